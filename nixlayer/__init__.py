@@ -1,0 +1,17 @@
+"""nixlayer: layered OCI/Docker images from Nix store closures.
+
+The core library. Nothing in this package imports Luigi: the tasks in ``tasks/`` call it.
+
+- ``storepath``: store path names, hash parts, the nixpkgs sort key.
+- ``closure``: closure graphs (store path -> references), read from Nix JSON, a live Nix store,
+  or a plain store directory.
+- ``popularity``: the nixpkgs ``referencesByPopularity`` order, computed fast.
+- ``plan``: which store paths go into which layer.
+- ``layer``: reproducible layer tarballs, written in one pass with their digests.
+- ``customisation``: the customisation layer (root symlinks into ``contents``).
+- ``compression``: none, gzip, zstd streams.
+- ``image``: the image config and manifests (OCI image-spec, Docker image spec v1.2).
+- ``docker_archive``, ``oci_layout``: the output formats.
+- ``reference``: image name and tag checks (distribution reference grammar).
+- ``registry``: pushing to a registry (OCI distribution spec).
+"""
