@@ -1,0 +1,244 @@
+"""Reproducible layer tarballs, written once, with their digests computed on the way.
+
+A store-path layer holds ``/nix``, ``/nix/store`` and then each store path with every file below
+it, exactly as nixpkgs ``stream_layered_image.py`` (``archive_paths_to``) writes it, so the same
+store paths and settings give the same bytes and diff_id as nixpkgs:
+
+- POSIX.1-2001 (pax) tar as Python's ``tarfile`` writes it, absolute member names;
+- the parent directories of the store directory first, mode 0755;
+- each store path in the order given, then its files depth-first, sorted by name (the order of
+  ``sorted(Path.rglob("*"))``); symlinks are stored, never followed;
+- every entry gets the settings' mtime, uid, gid, uname and gname; file modes are kept;
+- hard links are stored as regular files.
+
+Unlike nixpkgs, which tars each layer twice (once to learn its size and checksum), the tar is
+written once: the diff_id (sha256 of the uncompressed tar) and size, and the compressed blob's
+digest and size, are computed while the bytes stream to the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import stat
+import tarfile
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from nixlayer.compression import Compression
+from nixlayer.errors import NixlayerError
+from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir
+
+COPY_BUFFER = 1 << 20
+Progress = Callable[[int, int], None]
+"""Called as ``progress(bytes_done, bytes_total)`` with file-content bytes, as a layer is written."""
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """What every tar entry of a layer gets: mtime (seconds since the epoch) and owner.
+
+    nixpkgs defaults: mtime 1 (1970-01-01T00:00:01Z), uid 0, gid 0, uname and gname ``root``.
+    """
+
+    mtime: int = 1
+    uid: int = 0
+    gid: int = 0
+    uname: str = "root"
+    gname: str = "root"
+
+    def __post_init__(self) -> None:
+        for name in ("mtime", "uid", "gid"):
+            if getattr(self, name) < 0:
+                raise NixlayerError(f"layer setting {name} must not be negative")
+
+    @property
+    def key(self) -> str:
+        """A string naming every setting that changes the layer's bytes."""
+        return f"m{self.mtime}-u{self.uid}-g{self.gid}-{self.uname}-{self.gname}"
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A written layer: its uncompressed identity and the blob as stored.
+
+    diff_id: ``sha256:<hex>`` of the uncompressed tar (OCI image-spec config ``rootfs.diff_ids``).
+    size: bytes of the uncompressed tar.
+    digest: ``sha256:<hex>`` of the blob as stored (equals diff_id when uncompressed).
+    blob_size: bytes of the stored blob.
+    media_type: the OCI layer media type of the blob.
+    """
+
+    diff_id: str
+    size: int
+    digest: str
+    blob_size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar member to write: its name in the image and, for files and symlinks, its source."""
+
+    name: str
+    kind: str  # "dir", "file" or "symlink"
+    mode: int = 0o755
+    size: int = 0
+    source: str | None = None
+    target: str = ""
+
+
+class _DigestingWriter:
+    """The file object tarfile writes to: hashes the tar, compresses it, hashes the blob."""
+
+    def __init__(self, out: BinaryIO, compression: Compression) -> None:
+        self._out = out
+        self._compressor = compression.compressor()
+        self._diff = hashlib.sha256()
+        self._blob = hashlib.sha256()
+        self.size = 0
+        self.blob_size = 0
+
+    def write(self, data: bytes) -> int:
+        self._diff.update(data)
+        self.size += len(data)
+        self._emit(self._compressor.compress(data))
+        return len(data)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._blob.update(data)
+            self.blob_size += len(data)
+            self._out.write(data)
+
+    def finish(self, compression: Compression) -> LayerBlob:
+        self._emit(self._compressor.flush())
+        return LayerBlob(
+            diff_id="sha256:" + self._diff.hexdigest(),
+            size=self.size,
+            digest="sha256:" + self._blob.hexdigest(),
+            blob_size=self.blob_size,
+            media_type=compression.media_type,
+        )
+
+
+def store_path_entries(
+    path: str, store_root: str = "/", store_dir: str = DEFAULT_STORE_DIR
+) -> Iterator[Entry]:
+    """The entries of one store path, in nixpkgs order: the path itself, then depth-first by name.
+
+    ``path`` is the store path as seen in the image (``/nix/store/HASH-NAME``); its files are read
+    from ``store_root`` joined with it (a chroot store or a copy). Raises NixlayerError for a
+    missing path, a FIFO, socket or device file, or an unreadable directory, naming the file.
+    """
+    store_dir = normalize_store_dir(store_dir)
+    if posixpath.dirname(posixpath.normpath(path)) != store_dir:
+        raise NixlayerError(f"{path} is not in the store directory {store_dir}")
+    yield from _walk(path, _on_disk(store_root, path))
+
+
+def _on_disk(store_root: str, path: str) -> str:
+    return os.path.join(store_root, path.lstrip("/"))
+
+
+def _walk(name: str, disk: str) -> Iterator[Entry]:
+    try:
+        st = os.lstat(disk)
+    except FileNotFoundError:
+        raise NixlayerError(f"{disk} does not exist") from None
+    except OSError as e:
+        raise NixlayerError(f"cannot read {disk}: {e.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        yield Entry(name, "symlink", mode, target=os.readlink(disk))
+    elif stat.S_ISREG(st.st_mode):
+        yield Entry(name, "file", mode, size=st.st_size, source=disk)
+    elif stat.S_ISDIR(st.st_mode):
+        yield Entry(name, "dir", mode)
+        try:
+            children = sorted(os.listdir(disk))
+        except OSError as e:
+            raise NixlayerError(f"cannot read directory {disk}: {e.strerror}") from None
+        for child in children:
+            yield from _walk(f"{name}/{child}", os.path.join(disk, child))
+    else:
+        raise NixlayerError(f"{disk} is a FIFO, socket or device file; store paths cannot hold one")
+
+
+def parent_dirs(store_dir: str = DEFAULT_STORE_DIR) -> list[Entry]:
+    """The directories leading to the store directory (``/nix``, ``/nix/store``), mode 0755."""
+    parts = normalize_store_dir(store_dir).strip("/").split("/")
+    return [Entry("/" + "/".join(parts[: i + 1]), "dir", 0o755) for i in range(len(parts))]
+
+
+def write_entries(
+    entries: Iterable[Entry],
+    out: BinaryIO,
+    settings: LayerSettings,
+    compression: Compression = Compression(),
+    progress: Progress | None = None,
+) -> LayerBlob:
+    """Write ``entries`` as one tar to ``out``, compressed, and return the layer's digests.
+
+    The entries are listed first (so errors such as a FIFO surface before any byte is written
+    and the progress total is known), then written in one pass. File contents are streamed in
+    1 MiB pieces; memory does not grow with file size. Files of 8 GiB and more get a pax size
+    record. ``progress(done, total)`` is called after each file with content bytes.
+
+    Raises NixlayerError naming the file if one cannot be read or changes size while written.
+    """
+    entries = list(entries)
+    total = sum(e.size for e in entries)
+    done = 0
+    writer = _DigestingWriter(out, compression)
+    with tarfile.open(
+        fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+    ) as tar:
+        tar.copybufsize = COPY_BUFFER
+        for entry in entries:
+            info = tarfile.TarInfo(entry.name)
+            info.mode = entry.mode
+            info.mtime = settings.mtime
+            info.uid, info.gid = settings.uid, settings.gid
+            info.uname, info.gname = settings.uname, settings.gname
+            if entry.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif entry.kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry.target
+                tar.addfile(info)
+            else:
+                info.size = entry.size
+                assert entry.source is not None
+                try:
+                    with open(entry.source, "rb") as f:
+                        tar.addfile(info, f)
+                except OSError as e:
+                    raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
+                done += entry.size
+                if progress is not None:
+                    progress(done, total)
+    return writer.finish(compression)
+
+
+def write_store_layer(
+    paths: Iterable[str],
+    out: BinaryIO,
+    settings: LayerSettings = LayerSettings(),
+    compression: Compression = Compression(),
+    store_root: str = "/",
+    store_dir: str = DEFAULT_STORE_DIR,
+    progress: Progress | None = None,
+) -> LayerBlob:
+    """Write the layer of ``paths`` (store paths, in layer order) to ``out``; see the module doc.
+
+    Returns the LayerBlob (diff_id, size, digest, blob_size, media_type). Raises NixlayerError
+    naming the culprit for a path outside ``store_dir``, a missing path, a FIFO, socket or
+    device file, or an unreadable file; the caller discards what was written to ``out``.
+    """
+    entries: list[Entry] = parent_dirs(store_dir)
+    for path in paths:
+        entries.extend(store_path_entries(path, store_root, store_dir))
+    return write_entries(entries, out, settings, compression, progress)
