@@ -1,0 +1,446 @@
+"""Closure graphs: which store paths a set of roots needs, and what each one references.
+
+A :class:`ClosureGraph` maps each store path to its references (the store paths whose hash
+part occurs in its contents, itself included when it refers to itself) and to its NAR size.
+Three readers build one:
+
+- :func:`graph_from_json`: the JSON of ``nix path-info --json --recursive`` (list or object
+  form) or of nixpkgs ``exportReferencesGraph``.
+- :func:`graph_from_nix`: asks the Nix installed on this machine.
+- :func:`graph_from_store_dir`: scans a plain store directory the way Nix finds references,
+  with no Nix and no Nix database at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from nixlayer.errors import NixlayerError
+from nixlayer.storepath import (
+    DEFAULT_STORE_DIR,
+    HASH_LENGTH,
+    check_store_path,
+    hash_part,
+    normalize_store_dir,
+)
+
+
+class ClosureGraph:
+    """An immutable closure graph: store path -> references, plus NAR sizes.
+
+    Construction validates the whole graph and raises NixlayerError (one line naming the
+    culprit) for a path outside ``store_dir``, a reference to a path missing from the graph,
+    or a cycle between two distinct store paths. Self-references are kept as data (Nix
+    records them) but are never treated as edges for ordering.
+
+    Attributes:
+        store_dir: the store directory every path lives in, e.g. ``/nix/store``.
+    """
+
+    __slots__ = ("store_dir", "_references", "_nar_sizes")
+
+    def __init__(
+        self,
+        references: Mapping[str, Iterable[str]],
+        nar_sizes: Mapping[str, int | None] | None = None,
+        store_dir: str = DEFAULT_STORE_DIR,
+    ) -> None:
+        """Build and validate a graph.
+
+        Args:
+            references: every store path of the graph -> the store paths it references
+                (duplicates are merged; a path may reference itself).
+            nar_sizes: store path -> NAR size in bytes, or None when unknown. Paths left out
+                have an unknown size.
+            store_dir: the store directory; every path must be directly inside it.
+        Raises:
+            NixlayerError: bad store path, dangling reference, cycle, or a size for a path
+                that is not in the graph.
+        """
+        store_dir = normalize_store_dir(store_dir)
+        refs: dict[str, frozenset[str]] = {}
+        for path, path_refs in references.items():
+            check_store_path(path, store_dir)
+            refs[path] = frozenset(path_refs)
+        for path in sorted(refs):
+            for ref in sorted(refs[path]):
+                if ref not in refs:
+                    check_store_path(ref, store_dir)
+                    raise NixlayerError(f"{path} references {ref}, which is not in the closure graph")
+        sizes = dict.fromkeys(refs)
+        for path, size in (nar_sizes or {}).items():
+            if path not in refs:
+                raise NixlayerError(f"NAR size given for {path}, which is not in the closure graph")
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+                raise NixlayerError(f"NAR size of {path} is {size!r}, not a byte count")
+            sizes[path] = size
+        object.__setattr__(self, "store_dir", store_dir)
+        object.__setattr__(self, "_references", MappingProxyType(refs))
+        object.__setattr__(self, "_nar_sizes", MappingProxyType(sizes))
+        _check_acyclic(refs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ClosureGraph is immutable")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """All store paths of the graph, sorted."""
+        return tuple(sorted(self._references))
+
+    def references(self, path: str) -> frozenset[str]:
+        """The store paths ``path`` references, itself included if it refers to itself.
+
+        Raises NixlayerError if ``path`` is not in the graph.
+        """
+        return self._references[self._known(path)]
+
+    def nar_size(self, path: str) -> int | None:
+        """The NAR size of ``path`` in bytes, or None if unknown. Raises NixlayerError if
+        ``path`` is not in the graph."""
+        return self._nar_sizes[self._known(path)]
+
+    def references_map(self) -> Mapping[str, frozenset[str]]:
+        """A read-only view: store path -> references (self-references included)."""
+        return self._references
+
+    def roots(self) -> tuple[str, ...]:
+        """The paths no other path references (self-references do not count), sorted."""
+        referenced = {ref for path, refs in self._references.items() for ref in refs if ref != path}
+        return tuple(sorted(set(self._references) - referenced))
+
+    def closure(self, roots: Iterable[str]) -> ClosureGraph:
+        """The sub-graph of every path reachable from ``roots`` (roots included).
+
+        Raises NixlayerError naming the first root that is not in the graph.
+        """
+        seen: set[str] = set()
+        pending = [self._known(root, "root") for root in roots]
+        while pending:
+            path = pending.pop()
+            if path not in seen:
+                seen.add(path)
+                pending.extend(self._references[path] - seen)
+        return ClosureGraph(
+            {path: self._references[path] for path in seen},
+            {path: self._nar_sizes[path] for path in seen},
+            self.store_dir,
+        )
+
+    def _known(self, path: str, role: str = "store path") -> str:
+        if path not in self._references:
+            check_store_path(path, self.store_dir)
+            raise NixlayerError(f"{role} {path} is not in the closure graph")
+        return path
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._references
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self._references)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClosureGraph):
+            return NotImplemented
+        return (self.store_dir, self._references, self._nar_sizes) == (
+            other.store_dir, other._references, other._nar_sizes
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.store_dir, frozenset(self._references.items())))
+
+    def __repr__(self) -> str:
+        return f"ClosureGraph({len(self)} store paths in {self.store_dir})"
+
+
+def _check_acyclic(references: Mapping[str, frozenset[str]]) -> None:
+    """Raise NixlayerError naming two paths of a cycle (self-references are ignored)."""
+    state: dict[str, int] = {}  # 1: on the current DFS stack, 2: finished
+    for start in sorted(references):
+        if start in state:
+            continue
+        state[start] = 1
+        stack = [(start, iter(sorted(references[start])))]
+        while stack:
+            path, refs = stack[-1]
+            for ref in refs:
+                if ref == path:
+                    continue
+                if state.get(ref) == 1:
+                    raise NixlayerError(f"reference cycle: {path} references {ref}, which leads back to it")
+                if ref not in state:
+                    state[ref] = 1
+                    stack.append((ref, iter(sorted(references[ref]))))
+                    break
+            else:
+                state[path] = 2
+                stack.pop()
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGraph:
+    """Read a closure graph from Nix or nixpkgs JSON.
+
+    Accepted forms (``data`` is the parsed value, or the raw JSON text as str/bytes):
+
+    - ``nix path-info --json --recursive`` from Nix 2.8 and older: a list of objects with
+      ``path``, ``narSize`` and ``references``;
+    - the same from newer Nix: an object keyed by store path whose values lack ``path``
+      (references given as base names are taken relative to ``store_dir``);
+    - nixpkgs ``exportReferencesGraph``: a list of ``{path, narSize, narHash, closureSize,
+      references}``, or an object with one key holding that list (as nixpkgs passes it to
+      ``closure-graph.py``).
+
+    ``narSize`` (bytes) becomes :meth:`ClosureGraph.nar_size`; it is None when absent.
+
+    Raises:
+        NixlayerError: invalid JSON, an unexpected shape (the message says what was found),
+            a path marked invalid (``"valid": false`` or ``null``), or any graph error.
+    """
+    if isinstance(data, (str, bytes, bytearray)):
+        try:
+            data = json.loads(data)
+        except ValueError as error:
+            raise NixlayerError(f"malformed closure graph JSON: {error}") from None
+    store_dir = normalize_store_dir(store_dir)
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if isinstance(data, list):
+        entries = [(_entry_path(entry), entry) for entry in data]
+    elif isinstance(data, dict):
+        entries = list(data.items())
+    else:
+        raise NixlayerError(f"malformed closure graph JSON: expected a list or an object, got {type(data).__name__}")
+    references: dict[str, list[str]] = {}
+    nar_sizes: dict[str, int | None] = {}
+    for path, entry in entries:
+        if entry is None or (isinstance(entry, dict) and entry.get("valid") is False):
+            raise NixlayerError(f"{path} is not valid in the Nix store")
+        if not isinstance(entry, dict):
+            raise NixlayerError(f"malformed closure graph JSON: entry for {path} is {type(entry).__name__}, not an object")
+        refs = entry.get("references", [])
+        if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
+            raise NixlayerError(f"malformed closure graph JSON: references of {path} are not a list of strings")
+        if path in references:
+            raise NixlayerError(f"malformed closure graph JSON: {path} appears twice")
+        references[path] = [ref if ref.startswith("/") else f"{store_dir}/{ref}" for ref in refs]
+        nar_sizes[path] = entry.get("narSize")
+    return ClosureGraph(references, nar_sizes, store_dir)
+
+
+def _entry_path(entry: Any) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise NixlayerError(f"malformed closure graph JSON: list entry {str(entry)[:80]!r} has no \"path\" string")
+    return entry["path"]
+
+
+# --- live Nix ----------------------------------------------------------------------------
+
+
+def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> ClosureGraph:
+    """Ask the local Nix store for the closure of ``roots``.
+
+    Runs ``nix path-info --json --recursive --offline --extra-experimental-features
+    nix-command ROOTS...`` when ``nix`` is on PATH (``--offline``: only the local store
+    counts, no substituter is asked). With only ``nix-store`` available it runs
+    ``nix-store --query --requisites ROOTS...`` and then ``nix-store --dump-db PATHS...``,
+    which prints each path's NAR size and references in one call (instead of one
+    ``--query --references`` process per path).
+
+    Returns the closure graph with NAR sizes in bytes.
+
+    Raises:
+        NixlayerError: neither program is on PATH, a root is not a valid store path (the
+            message repeats Nix's own error line), or Nix printed something unreadable.
+    """
+    roots = [check_store_path(root, store_dir) for root in roots]
+    if not roots:
+        raise NixlayerError("no root store paths given")
+    if shutil.which("nix"):
+        output = _run_nix(["nix", "path-info", "--json", "--recursive", "--offline",
+                           "--extra-experimental-features", "nix-command", *roots])
+        return graph_from_json(output, store_dir).closure(roots)
+    if shutil.which("nix-store"):
+        requisites = _run_nix(["nix-store", "--query", "--requisites", *roots]).split()
+        references: dict[str, list[str]] = {}
+        nar_sizes: dict[str, int | None] = {}
+        for start in range(0, len(requisites), 1000):  # stay far below the argument size limit
+            dump = _run_nix(["nix-store", "--dump-db", *requisites[start:start + 1000]])
+            _read_validity_registration(dump, references, nar_sizes)
+        return ClosureGraph(references, nar_sizes, store_dir).closure(roots)
+    raise NixlayerError("neither nix nor nix-store is on PATH: install Nix, or read the graph from JSON or a store directory")
+
+
+def _run_nix(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise NixlayerError(f"cannot run {argv[0]}: {error.strerror}") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        detail = next((line for line in reversed(lines) if "error" in line), lines[-1] if lines else "no message")
+        raise NixlayerError(f"{argv[0]} {argv[1]} failed (exit {result.returncode}): {detail.strip()}")
+    return result.stdout
+
+
+def _read_validity_registration(text: str, references: dict[str, list[str]], nar_sizes: dict[str, int | None]) -> None:
+    """Parse ``nix-store --dump-db`` output: per path, lines ``path``, ``narHash``,
+    ``narSize``, ``deriver``, reference count, then the references."""
+    lines = text.splitlines()
+    at = 0
+    try:
+        while at < len(lines):
+            path, size, count = lines[at], int(lines[at + 2]), int(lines[at + 4])
+            references[path] = lines[at + 5:at + 5 + count]
+            nar_sizes[path] = size
+            at += 5 + count
+    except (IndexError, ValueError):
+        raise NixlayerError(f"nix-store --dump-db printed unreadable output near line {at + 1}") from None
+
+
+# --- plain store directory ---------------------------------------------------------------
+
+_CHUNK_SIZE = 1 << 20
+_CARRY = HASH_LENGTH - 1
+_HASH_RUN = re.compile(rb"[0-9a-df-np-sv-z]{32,}")
+_NAR_HEADER = 8  # every NAR string is a 64-bit length, then the bytes padded to 8
+
+
+def _nar_string(length: int) -> int:
+    return _NAR_HEADER + (length + 7) // 8 * 8
+
+
+# Fixed NAR framing around each node, in bytes.
+_NAR_MAGIC = _nar_string(len("nix-archive-1"))
+_NAR_NODE = _nar_string(1) * 2 + _nar_string(len("type"))  # "(" "type" ... ")"
+_NAR_REGULAR = _NAR_NODE + _nar_string(len("regular")) + _nar_string(len("contents"))
+_NAR_EXECUTABLE = _nar_string(len("executable")) + _nar_string(0)
+_NAR_SYMLINK = _NAR_NODE + _nar_string(len("symlink")) + _nar_string(len("target"))
+_NAR_DIRECTORY = _NAR_NODE + _nar_string(len("directory"))
+_NAR_ENTRY = _nar_string(len("entry")) + _nar_string(1) * 2 + _nar_string(len("name")) + _nar_string(len("node"))
+
+
+class _ReferenceScanner:
+    """Finds the known hash parts in a stream of bytes, chunk by chunk."""
+
+    def __init__(self, hashes: frozenset[bytes]) -> None:
+        self.hashes = hashes
+        self.found: set[bytes] = set()
+
+    def scan(self, data: bytes) -> None:
+        """Record every known hash part that occurs in ``data``."""
+        hashes = self.hashes
+        for run in _HASH_RUN.finditer(data):
+            text = run.group()
+            for start in range(len(text) - HASH_LENGTH + 1):
+                window = text[start:start + HASH_LENGTH]
+                if window in hashes:
+                    self.found.add(window)
+
+    def scan_file(self, file_path: bytes) -> None:
+        """Scan a file in chunks; the last 31 bytes of each buffer are scanned again with the
+        next chunk, so a hash part spanning two chunks is found."""
+        with open(file_path, "rb") as file:
+            carry = b""
+            while chunk := file.read(_CHUNK_SIZE):
+                buffer = carry + chunk
+                self.scan(buffer)
+                carry = buffer[-_CARRY:]
+
+
+def _scan_store_path(disk_path: bytes, scanner: _ReferenceScanner) -> int:
+    """Scan one store path on disk as Nix scans its NAR; return its exact NAR size in bytes."""
+    pending = [disk_path]
+    nar_size = _NAR_MAGIC
+    while pending:
+        entry = pending.pop()
+        info = os.lstat(entry)
+        if stat.S_ISLNK(info.st_mode):
+            target = os.readlink(entry)
+            scanner.scan(target)
+            nar_size += _NAR_SYMLINK + _nar_string(len(target))
+        elif stat.S_ISREG(info.st_mode):
+            scanner.scan_file(entry)
+            nar_size += _NAR_REGULAR + _nar_string(info.st_size)
+            if info.st_mode & stat.S_IXUSR:
+                nar_size += _NAR_EXECUTABLE
+        elif stat.S_ISDIR(info.st_mode):
+            nar_size += _NAR_DIRECTORY
+            for name in os.listdir(entry):
+                scanner.scan(name)
+                nar_size += _NAR_ENTRY + _nar_string(len(name))
+                pending.append(os.path.join(entry, name))
+        else:
+            raise NixlayerError(f"{os.fsdecode(entry)} is neither a file, a directory nor a symlink: Nix cannot store it")
+    return nar_size
+
+
+def graph_from_store_dir(
+    roots: Iterable[str], store_root: str = "/", store_dir: str = DEFAULT_STORE_DIR
+) -> ClosureGraph:
+    """Find the closure of ``roots`` in a plain store directory, without Nix.
+
+    The store directory is read at ``store_root + store_dir`` on disk (``store_root="/"`` is
+    the live store; a chroot store has its paths under ``ROOT/nix/store``), while the graph's
+    paths stay named ``store_dir/HASH-NAME``. References are found as Nix finds them: each
+    store path reachable from the roots is scanned (file contents, symlink targets and entry
+    names, i.e. what its NAR serialisation contains) for the 32-character hash part of every
+    store path present in the directory; a path that contains its own hash references itself.
+    Files are read in 1 MiB chunks with a 31-byte overlap, never whole. Entries ending in
+    ``.lock`` (Nix's lock files) are not store paths.
+
+    Returns the closure graph with NAR sizes in bytes computed exactly from the files (the
+    size ``nix-store --dump`` would write).
+
+    Raises:
+        NixlayerError: the store directory is unreadable, a root is not in it, a path holds
+            something Nix cannot store (a device, a socket), or a graph error such as a cycle.
+    """
+    store_dir = normalize_store_dir(store_dir)
+    disk_store = os.path.join(store_root, store_dir.lstrip("/"))
+    try:
+        names = [name for name in os.listdir(disk_store) if not name.endswith(".lock")]
+    except OSError as error:
+        raise NixlayerError(f"cannot read store directory {disk_store}: {error.strerror}") from None
+    path_of_hash: dict[bytes, str] = {}
+    for name in names:
+        path = f"{store_dir}/{name}"
+        try:
+            check_store_path(path, store_dir)
+        except NixlayerError:
+            continue  # not a store path: .links, temporary files
+        path_of_hash[hash_part(path).encode()] = path
+    hashes = frozenset(path_of_hash)
+    references: dict[str, set[str]] = {}
+    nar_sizes: dict[str, int | None] = {}
+    pending = []
+    for root in roots:
+        check_store_path(root, store_dir)
+        if path_of_hash.get(hash_part(root).encode()) != root:
+            raise NixlayerError(f"root {root} is not in the store directory {disk_store}")
+        pending.append(root)
+    while pending:
+        path = pending.pop()
+        if path in references:
+            continue
+        scanner = _ReferenceScanner(hashes)
+        try:
+            nar_sizes[path] = _scan_store_path(os.fsencode(os.path.join(disk_store, path[len(store_dir) + 1:])), scanner)
+        except OSError as error:
+            culprit = os.fsdecode(error.filename) if error.filename else path
+            raise NixlayerError(f"cannot read {culprit}: {error.strerror}") from None
+        references[path] = {path_of_hash[found] for found in scanner.found}
+        pending.extend(references[path] - references.keys())
+    return ClosureGraph(references, nar_sizes, store_dir)
