@@ -1,0 +1,148 @@
+"""The image model: layers on disk, the image config, and the OCI manifest.
+
+Sources: OCI image-spec v1.1 ``config.md`` (image config), ``manifest.md`` (image manifest) and
+``descriptor.md``; Docker image spec v1.2 for the fields docker-archive shares with it.
+All JSON documents are serialised canonically (sorted keys, no spaces), so identical inputs give
+identical digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from nixlayer.errors import NixlayerError
+from nixlayer.layer import LayerBlob
+
+MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
+CONFIG_FIELDS = (
+    "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
+    "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell",
+)
+# Python's platform.machine() -> GOARCH, as the OCI image-spec config "architecture" requires.
+_GOARCH = {
+    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+    "i386": "386", "i686": "386", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le",
+    "s390x": "s390x", "riscv64": "riscv64", "mips64": "mips64", "loongarch64": "loong64",
+}
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    """A layer ready to assemble: its digests, the file holding its blob, and what it holds.
+
+    ``file`` holds the blob bytes (compressed as ``blob.media_type`` says); ``comment`` goes
+    into the image config's history (nixpkgs: ``store paths: [...]``).
+    """
+
+    blob: LayerBlob
+    file: str
+    comment: str
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as UTF-8 JSON with sorted keys and no insignificant white space."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def host_architecture() -> str:
+    """This machine's architecture in Go naming (amd64, arm64, ...), for the image config."""
+    machine = platform.machine().lower()
+    return _GOARCH.get(machine, machine)
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """Parse an ISO 8601 time (``1970-01-01T00:00:01Z``) or ``now`` into an aware UTC datetime.
+
+    A time without an offset is taken as UTC. Raises NixlayerError for anything else.
+    """
+    if text == "now":
+        return (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise NixlayerError(f"invalid time {text!r}: use ISO 8601 (1970-01-01T00:00:01Z) or 'now'") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as the image config's ``created`` field."""
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """Check an image ``config`` object (OCI config.md "config" field) and return it.
+
+    Raises NixlayerError naming an unknown field or a field of the wrong JSON type.
+    """
+    if not isinstance(config, dict):
+        raise NixlayerError("image config must be a JSON object such as {\"Cmd\": [\"/bin/hello\"]}")
+    list_fields = {"Env", "Entrypoint", "Cmd", "OnBuild", "Shell"}
+    object_fields = {"ExposedPorts", "Volumes", "Labels", "Healthcheck"}
+    for key, value in config.items():
+        if key not in CONFIG_FIELDS:
+            raise NixlayerError(f"unknown image config field {key!r}: use {', '.join(CONFIG_FIELDS)}")
+        if key in list_fields and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise NixlayerError(f"image config field {key} must be a list of strings")
+        if key in object_fields and not isinstance(value, dict):
+            raise NixlayerError(f"image config field {key} must be a JSON object")
+        if key in {"User", "WorkingDir", "StopSignal"} and not isinstance(value, str):
+            raise NixlayerError(f"image config field {key} must be a string")
+    return config
+
+
+def image_config(
+    layers: Sequence[ImageLayer],
+    config: dict[str, Any],
+    created: datetime,
+    architecture: str,
+    os: str = "linux",
+) -> bytes:
+    """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
+
+    One ``history`` entry per layer carries the layer's comment. Returns canonical JSON bytes.
+    """
+    when = format_time(created)
+    return canonical_json({
+        "architecture": architecture,
+        "config": config,
+        "created": when,
+        "history": [{"created": when, "comment": layer.comment} for layer in layers],
+        "os": os,
+        "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
+    })
+
+
+def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = None) -> dict[str, Any]:
+    """An OCI descriptor (descriptor.md): from bytes, or from a digest and a size in bytes."""
+    if isinstance(data_or_digest, bytes):
+        return {"mediaType": media_type, "digest": sha256_digest(data_or_digest), "size": len(data_or_digest)}
+    return {"mediaType": media_type, "digest": data_or_digest, "size": size}
+
+
+def oci_manifest(config: bytes, layers: Sequence[ImageLayer]) -> bytes:
+    """The OCI image manifest (manifest.md) for an image config and its layers, canonical JSON."""
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": descriptor(MEDIA_TYPE_CONFIG, config),
+        "layers": [
+            descriptor(layer.blob.media_type, layer.blob.digest, layer.blob.blob_size)
+            for layer in layers
+        ],
+    })

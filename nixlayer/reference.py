@@ -1,0 +1,53 @@
+"""Image names and tags, checked against the distribution reference grammar.
+
+Source: the distribution project's ``reference/regexp.go`` grammar (as used by Docker, podman
+and skopeo): a name is an optional domain (``host[:port]``) and one or more ``/``-separated
+lowercase path components; a tag is ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``; a whole name is at
+most 255 characters.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nixlayer.errors import NixlayerError
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+NAME_MAX = 255
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` (for example ``registry:5000/team/app``) if it is a valid image name.
+
+    Raises NixlayerError saying what is allowed: lowercase letters, digits and separators
+    (``.``, ``_``, ``__``, ``-``) in ``/``-separated components, an optional ``host[:port]/``
+    prefix, at most 255 characters.
+    """
+    if not name:
+        raise NixlayerError("image name is empty: give a name such as 'app' or 'registry:5000/team/app'")
+    if len(name) > NAME_MAX:
+        raise NixlayerError(f"image name is {len(name)} characters long; at most {NAME_MAX} are allowed")
+    if not _NAME.match(name):
+        raise NixlayerError(
+            f"invalid image name {name!r}: use lowercase letters, digits and separators . _ __ -"
+            " in /-separated components, optionally after host[:port]/"
+        )
+    return name
+
+
+def check_tag(tag: str) -> str:
+    """Return ``tag`` if it is a valid tag: ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``.
+
+    Raises NixlayerError saying what is allowed.
+    """
+    if not _TAG.match(tag):
+        shown = tag if len(tag) <= 40 else tag[:40] + "..."
+        raise NixlayerError(
+            f"invalid tag {shown!r} ({len(tag)} characters): a tag is 1 to 128 letters, digits,"
+            " '_', '.' or '-', and does not start with '.' or '-'"
+        )
+    return tag

@@ -1,0 +1,845 @@
+"""Pushing an image to a registry, following the OCI distribution spec.
+
+Spec: OCI Distribution Specification v1.1, "Push" (https://github.com/opencontainers/
+distribution-spec/blob/main/spec.md#push). The steps, in the order this module performs them:
+
+1. ``GET /v2/`` (spec "Determining support", end-1) to learn whether the registry answers and
+   which authentication it wants (``WWW-Authenticate``: ``Basic`` or ``Bearer``; the bearer flow is
+   the Docker "token authentication specification" that the OCI spec defers to).
+2. For every blob (config and layers): ``HEAD /v2/<name>/blobs/<digest>`` (spec "Checking if
+   content exists in the registry", end-2). 200 = already present, 404 = upload it.
+3. A missing blob is first offered for a cross-repository mount
+   (``POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other>``, spec "Mounting a blob from
+   another repository", end-11): 201 = mounted, 202 = the registry opened an upload session instead.
+4. Otherwise an upload session (``POST /v2/<name>/blobs/uploads/``, end-4a) followed either by a
+   monolithic ``PUT <location>?digest=<digest>`` (spec "Pushing a blob monolithically", end-6) or
+   by chunked ``PATCH <location>`` requests with ``Content-Range`` and a closing empty
+   ``PUT <location>?digest=<digest>`` (spec "Pushing a blob in chunks", end-5, end-6).
+   ``Location`` headers may be relative: they are resolved against the request URL.
+5. Last, ``PUT /v2/<name>/manifests/<tag>`` with the manifest's ``Content-Type`` (spec "Pushing
+   Manifests", end-7). The manifest goes last, so a push that fails earlier never creates or moves
+   the tag.
+
+Faults: a 5xx or 429 answer or a dropped connection is retried with exponential backoff
+(:class:`RetryPolicy`); a blob upload that fails mid-way restarts from a new upload session.
+Credentials are read from the usual container auth files (:func:`load_credentials`) and never
+appear in log lines, exception messages or returned values.
+
+Nothing here knows about Luigi.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import requests
+
+from nixlayer.errors import NixlayerError
+
+# --- Media types (OCI image-spec "Media Types"; Docker Image Manifest V2, Schema 2) -------------
+
+MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_TYPE_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_TYPE_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_TYPE_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+MANIFEST_MEDIA_TYPES = frozenset(
+    {MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST}
+)
+
+# --- References (distribution/reference grammar) -----------------------------------------------
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_MAX_NAME_LENGTH = 255
+_TARGET_FORMS = (
+    "expected [docker://]HOST[:PORT]/REPOSITORY[:TAG] with lowercase repository path components "
+    "([a-z0-9] separated by '.', '_', '__' or '-', joined by '/') and a tag of up to 128 characters "
+    "from [A-Za-z0-9_.-] not starting with '.' or '-'"
+)
+
+DEFAULT_TAG = "latest"
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """Where an image goes: registry ``host`` (``name[:port]``), ``repository`` path and ``tag``."""
+
+    host: str
+    repository: str
+    tag: str = DEFAULT_TAG
+
+    @property
+    def hostname(self) -> str:
+        """The host without port (and without IPv6 brackets)."""
+        return _split_host_port(self.host)[0]
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.repository}:{self.tag}"
+
+
+def _split_host_port(host: str) -> tuple[str, int | None]:
+    if host.startswith("["):
+        inner, _, rest = host[1:].partition("]")
+        return inner, int(rest[1:]) if rest.startswith(":") else None
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, int(port)
+    return host, None
+
+
+def check_repository(repository: str) -> str:
+    """Return ``repository`` if it follows the distribution reference path grammar.
+
+    Grammar (distribution/reference ``path-component``): ``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``,
+    components joined by ``/``. Raises NixlayerError otherwise.
+    """
+    if not _REPOSITORY.match(repository):
+        raise NixlayerError(
+            f"repository name {repository!r} is not allowed: use lowercase path components "
+            "of [a-z0-9] separated by '.', '_', '__' or '-', joined by '/'"
+        )
+    return repository
+
+
+def parse_push_target(text: str) -> PushTarget:
+    """Parse ``docker://HOST[:PORT]/REPO[:TAG]`` (the ``docker://`` prefix is optional).
+
+    HOST is a DNS name, IPv4 address or bracketed IPv6 address with an optional port; it must be
+    given explicitly (a first component without ``.`` or ``:`` that is not ``localhost`` is not
+    taken for a host). REPO follows the distribution reference grammar, TAG is
+    ``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`` and defaults to ``latest``. Digest references
+    (``@sha256:...``) are refused: a push needs a tag.
+
+    Returns a :class:`PushTarget`. Raises NixlayerError with a one-line message saying what is
+    allowed.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise NixlayerError(f"push target {text!r} is empty: {_TARGET_FORMS}")
+    rest = text.strip()
+    if rest.startswith("docker://"):
+        rest = rest[len("docker://") :]
+    elif "://" in rest:
+        raise NixlayerError(f"push target {text!r} has an unsupported transport: {_TARGET_FORMS}")
+    if "@" in rest:
+        raise NixlayerError(f"push target {text!r} names a digest; a push needs a tag: {_TARGET_FORMS}")
+    host, slash, path = rest.partition("/")
+    if not slash or not path:
+        raise NixlayerError(f"push target {text!r} has no repository: {_TARGET_FORMS}")
+    looks_like_host = "." in host or ":" in host or host == "localhost" or host.startswith("[")
+    if not looks_like_host or not _HOST.match(host):
+        raise NixlayerError(f"push target {text!r} does not start with a registry host: {_TARGET_FORMS}")
+    _, port = _split_host_port(host)
+    if port is not None and not 0 < port < 65536:
+        raise NixlayerError(f"push target {text!r} has an invalid port: {_TARGET_FORMS}")
+    repository, tag = path, DEFAULT_TAG
+    last = path.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, _, tag = path.rpartition(":")
+    if not _REPOSITORY.match(repository):
+        raise NixlayerError(f"push target {text!r} has an invalid repository {repository!r}: {_TARGET_FORMS}")
+    if len(host) + 1 + len(repository) > _MAX_NAME_LENGTH:
+        raise NixlayerError(f"push target {text!r} is longer than {_MAX_NAME_LENGTH} characters")
+    if not _TAG.match(tag):
+        raise NixlayerError(f"push target {text!r} has an invalid tag {tag!r}: {_TARGET_FORMS}")
+    return PushTarget(host=host, repository=repository, tag=tag)
+
+
+# --- Values --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A content-addressed blob to push: read from ``path`` in a stream, never whole.
+
+    ``digest`` is ``sha256:<64 hex>`` of the exact bytes in ``path``; ``size`` is their length in
+    bytes; ``media_type`` is the descriptor's media type (informative here: the registry stores
+    bytes only).
+    """
+
+    digest: str
+    size: int
+    media_type: str
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not _DIGEST.match(self.digest):
+            raise NixlayerError(f"blob digest {self.digest!r} is not sha256:<64 lowercase hex digits>")
+        if self.size < 0:
+            raise NixlayerError(f"blob {self.digest} has a negative size {self.size}")
+        object.__setattr__(self, "path", Path(self.path))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient faults (5xx, 429, dropped connection) are retried.
+
+    ``tries`` attempts in all (at least 1); before attempt n+1 the client sleeps
+    ``min(base_delay * 2**(n-1), max_delay)`` seconds. ``timeout`` is the socket timeout in
+    seconds for connecting and for each read.
+    """
+
+    tries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    timeout: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did. Sizes are bytes, counts are distinct blobs."""
+
+    target: PushTarget
+    manifest_digest: str
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    mounted: int = 0
+    mounted_bytes: int = 0
+    present: int = 0
+    present_bytes: int = 0
+    mounted_from: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- Credentials ---------------------------------------------------------------------------------
+
+
+class Credentials:
+    """A user name and password. ``repr`` and ``str`` never show the password."""
+
+    __slots__ = ("username", "_password")
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self._password = password
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+    def as_tuple(self) -> tuple[str, str]:
+        return (self.username, self._password)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<hidden>)"
+
+    __str__ = __repr__
+
+
+def auth_file_candidates(auth_file: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The credential files looked at, in order: ``auth_file``, ``$REGISTRY_AUTH_FILE``,
+    ``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.docker/config.json``.
+    """
+    out: list[Path] = []
+    if auth_file is not None:
+        out.append(Path(auth_file))
+    env = os.environ.get("REGISTRY_AUTH_FILE")
+    if env:
+        out.append(Path(env))
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        out.append(Path(runtime) / "containers" / "auth.json")
+    out.append(Path.home() / ".docker" / "config.json")
+    return out
+
+
+def _normalize_auth_key(key: str) -> str:
+    key = key.strip()
+    for prefix in ("https://", "http://"):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key.split("/", 1)[0].lower()
+
+
+def load_credentials(host: str, auth_file: str | os.PathLike[str] | None = None) -> Credentials | None:
+    """Credentials for registry ``host`` (``name[:port]``) from the first auth file that exists.
+
+    Files are tried in :func:`auth_file_candidates` order; an explicit ``auth_file`` that does not
+    exist is an error. The file is ``{"auths": {"host:port": {"auth": base64("user:pass")}}}``
+    (containers-auth.json(5), Docker config.json); keys may carry an ``https://`` or ``http://``
+    prefix and a path. Entries with ``username`` and ``password`` fields are accepted too.
+
+    Returns None when the file has no entry for ``host``. Raises NixlayerError, naming the file but
+    never its contents, when the file cannot be read or parsed.
+    """
+    if auth_file is not None and not Path(auth_file).is_file():
+        raise NixlayerError(f"auth file {auth_file} does not exist")
+    for path in auth_file_candidates(auth_file):
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NixlayerError(f"auth file {path} cannot be read as JSON ({type(exc).__name__})") from None
+        auths = data.get("auths") if isinstance(data, dict) else None
+        if not isinstance(auths, dict):
+            return None
+        wanted = host.lower()
+        for key, entry in auths.items():
+            if not isinstance(key, str) or _normalize_auth_key(key) != wanted or not isinstance(entry, dict):
+                continue
+            if isinstance(entry.get("auth"), str) and entry["auth"]:
+                try:
+                    decoded = base64.b64decode(entry["auth"], validate=True).decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    raise NixlayerError(f"auth file {path}: the entry for {host} is not base64 of user:password") from None
+                user, sep, password = decoded.partition(":")
+                if not sep:
+                    raise NixlayerError(f"auth file {path}: the entry for {host} is not base64 of user:password")
+                return Credentials(user, password)
+            if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+                return Credentials(entry["username"], entry["password"])
+        return None
+    return None
+
+
+# --- Transport -----------------------------------------------------------------------------------
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (with or without a port)."""
+    name = _split_host_port(host)[0].lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _Transient(Exception):
+    """A fault worth retrying: 5xx, 429, dropped connection. ``what`` is a short description."""
+
+    def __init__(self, what: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _FileSlice:
+    """``length`` bytes of a file from ``offset``, read in blocks (a streaming request body)."""
+
+    def __init__(self, path: Path, offset: int, length: int, block: int = 1 << 20) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed when exhausted or by close()
+        self._file.seek(offset)
+        self._left = length
+        self._length = length
+        self._block = block
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            self.close()
+            return b""
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._file.read(n)
+        if not data:
+            self.close()
+            raise OSError(f"{self._file.name} is shorter than expected")
+        self._left -= len(data)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.read(self._block)
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
+    """Split a ``WWW-Authenticate`` challenge (RFC 7235) into (scheme lowercased, parameters)."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {}
+    for m in _CHALLENGE_PARAM.finditer(rest):
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        params[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+    return scheme.lower(), params
+
+
+def _registry_error(response: requests.Response) -> str:
+    """A short, single-line summary of a registry error body (spec "Error Codes")."""
+    try:
+        errors = response.json().get("errors")
+        codes = [str(e.get("code")) for e in errors if isinstance(e, dict) and e.get("code")]
+    except Exception:  # noqa: BLE001 - any body that is not the spec's JSON
+        codes = []
+    text = f"HTTP {response.status_code}"
+    if codes:
+        text += " " + ",".join(codes)[:100]
+    return text
+
+
+class _Client:
+    """One registry and one repository: scheme choice, authentication and retries."""
+
+    def __init__(
+        self,
+        target: PushTarget,
+        *,
+        insecure: bool,
+        credentials: Credentials | None,
+        scopes: list[str],
+        retry: RetryPolicy,
+        log: Callable[[str], None],
+        session: requests.Session | None = None,
+    ) -> None:
+        self.target = target
+        self.credentials = credentials
+        self.scopes = scopes
+        self.retry = retry
+        self.log = log
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = "nixlayer"
+        self.session.verify = True
+        self.scheme = "http" if insecure or is_loopback_host(target.host) else "https"
+        self.base = f"{self.scheme}://{target.host}"
+        self._authorization: str | None = None
+        self._challenge: tuple[str, dict[str, str]] | None = None
+
+    # -- helpers
+
+    @property
+    def where(self) -> str:
+        return f"registry {self.target.host} (repository {self.target.repository})"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/v2/{self.target.repository}/{path}"
+
+    def _auth_failed(self) -> NixlayerError:
+        source = "given credentials" if self.credentials else "no credentials found"
+        return NixlayerError(
+            f"authentication failed for {self.target.host} (repository {self.target.repository}): {source}"
+        )
+
+    def with_retries(self, action: Callable[[], requests.Response], what: str) -> requests.Response:
+        """Run ``action`` until it does not raise _Transient, at most ``retry.tries`` times.
+
+        Raises NixlayerError naming ``what`` (the registry, repository and object) and the last
+        status when all tries fail.
+        """
+        last: _Transient | None = None
+        for attempt in range(1, self.retry.tries + 1):
+            try:
+                return action()
+            except _Transient as exc:
+                last = exc
+                if attempt == self.retry.tries:
+                    break
+                delay = self.retry.delay(attempt)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self.retry.max_delay))
+                self.log(f"{what}: {exc.what}; retrying in {delay:.2f}s ({attempt}/{self.retry.tries})")
+                time.sleep(delay)
+        assert last is not None
+        if last.status is None and last.what.startswith("cannot connect"):
+            raise NixlayerError(
+                f"cannot reach registry {self.target.host} (repository {self.target.repository}) "
+                f"while {what}: {last.what[len('cannot connect ('):-1]} after {self.retry.tries} tries"
+            )
+        raise NixlayerError(f"{what} on {self.where} failed: {last.what} after {self.retry.tries} tries")
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Callable[[], object] | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_redirects: bool = True,
+    ) -> requests.Response:
+        """One request (re-sent once after refreshing authentication on 401).
+
+        ``body`` makes a fresh request body for each send. Raises _Transient for 5xx, 429 and
+        connection faults; returns any other response (including a 401 that survived
+        re-authentication, which callers turn into an error via :meth:`check_auth`).
+        """
+        for auth_round in range(2):
+            hdrs = dict(headers or {})
+            if self._authorization:
+                hdrs["Authorization"] = self._authorization
+            data = body() if body is not None else None
+            try:
+                resp = self.session.request(
+                    method, url, data=data, headers=hdrs, timeout=self.retry.timeout, allow_redirects=allow_redirects
+                )
+            except requests.exceptions.SSLError as exc:
+                raise NixlayerError(
+                    f"TLS verification failed for registry {self.target.host} ({type(exc).__name__}); "
+                    "use insecure=True only for a registry you trust"
+                ) from None
+            except requests.exceptions.ConnectionError as exc:
+                reason = "connection refused" if "refused" in str(exc).lower() else "connection failed"
+                raise _Transient(f"cannot connect ({reason})") from None
+            except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                raise _Transient(f"connection dropped ({type(exc).__name__})") from None
+            finally:
+                if isinstance(data, _FileSlice):
+                    data.close()
+            if resp.status_code == 429 or resp.status_code >= 500:
+                retry_after = None
+                ra = resp.headers.get("Retry-After", "")
+                if ra.isdigit():
+                    retry_after = float(ra)
+                raise _Transient(_registry_error(resp), status=resp.status_code, retry_after=retry_after)
+            if resp.status_code == 401 and auth_round == 0:
+                challenge = resp.headers.get("WWW-Authenticate")
+                if challenge and self._authenticate(challenge):
+                    continue
+            return resp
+        return resp
+
+    def check_auth(self, resp: requests.Response) -> None:
+        if resp.status_code == 401:
+            raise self._auth_failed()
+        if resp.status_code == 403:
+            raise NixlayerError(
+                f"access denied by {self.target.host} for repository {self.target.repository} (HTTP 403)"
+            )
+
+    # -- authentication (Docker token authentication specification)
+
+    def _authenticate(self, challenge: str) -> bool:
+        """Set the Authorization header from a challenge. True if there is something new to try."""
+        scheme, params = parse_www_authenticate(challenge)
+        if scheme == "basic":
+            if self.credentials is None:
+                return False
+            token = base64.b64encode(f"{self.credentials.username}:{self.credentials.password}".encode()).decode()
+            new = f"Basic {token}"
+        elif scheme == "bearer":
+            new = f"Bearer {self._fetch_token(params)}"
+        else:
+            raise NixlayerError(f"registry {self.target.host} asks for unsupported authentication {scheme!r}")
+        if new == self._authorization:
+            return False
+        self._authorization = new
+        return True
+
+    def _fetch_token(self, params: dict[str, str]) -> str:
+        realm = params.get("realm")
+        if not realm or not realm.startswith(("https://", "http://")):
+            raise NixlayerError(f"registry {self.target.host} sent a bearer challenge without a usable realm")
+        query: list[tuple[str, str]] = []
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        for scope in self.scopes:
+            query.append(("scope", scope))
+        auth = self.credentials.as_tuple() if self.credentials else None
+        realm_host = urllib.parse.urlsplit(realm).netloc
+
+        def action() -> requests.Response:
+            try:
+                resp = self.session.get(realm, params=query, auth=auth, timeout=self.retry.timeout)
+            except requests.exceptions.SSLError:
+                raise NixlayerError(f"TLS verification failed for token server {realm_host}") from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                raise _Transient(f"token server {realm_host}: {type(exc).__name__}") from None
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise _Transient(f"token server {realm_host}: HTTP {resp.status_code}", status=resp.status_code)
+            return resp
+
+        resp = self.with_retries(action, "token request")
+        if resp.status_code in (401, 403):
+            raise self._auth_failed()
+        if resp.status_code != 200:
+            raise NixlayerError(
+                f"token server {realm_host} for {self.target.host} answered HTTP {resp.status_code}"
+            )
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise NixlayerError(f"token server {realm_host} for {self.target.host} sent no token")
+        return token
+
+    def ping(self) -> None:
+        """``GET /v2/``: check the registry answers and learn its authentication (spec end-1)."""
+
+        def action() -> requests.Response:
+            return self.send("GET", f"{self.base}/v2/")
+
+        resp = self.with_retries(action, "version check")
+        self.check_auth(resp)
+        if resp.status_code != 200:
+            raise NixlayerError(
+                f"registry {self.target.host} does not answer GET /v2/ like an OCI registry (HTTP {resp.status_code})"
+            )
+
+
+# --- Push ----------------------------------------------------------------------------------------
+
+
+def _with_query(url: str, **params: str) -> str:
+    """Add query parameters to ``url``, keeping the ones it has (such as ``_state``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query += list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _location(resp: requests.Response) -> str:
+    loc = resp.headers.get("Location")
+    if not loc:
+        raise _Transient(f"HTTP {resp.status_code} without a Location header")
+    return urllib.parse.urljoin(resp.url, loc)
+
+
+def _blob_exists(client: _Client, blob: Blob) -> bool:
+    """``HEAD /v2/<name>/blobs/<digest>`` (spec end-2): True on 200, False on 404."""
+    what = f"checking blob {blob.digest}"
+    resp = client.with_retries(lambda: client.send("HEAD", client.url(f"blobs/{blob.digest}")), what)
+    client.check_auth(resp)
+    if resp.status_code == 200:
+        return True
+    if resp.status_code == 404:
+        return False
+    raise NixlayerError(f"{what} on {client.where} failed: HTTP {resp.status_code}")
+
+
+def _try_mount(client: _Client, blob: Blob, sources: Sequence[str]) -> tuple[str | None, str | None]:
+    """Offer ``blob`` for mounting from each repository in ``sources`` (spec end-11).
+
+    Returns (source repository, None) when mounted; (None, upload location) when the last
+    candidate opened an upload session instead; (None, None) when nothing usable came back.
+    """
+    for i, source in enumerate(sources):
+        url = client.url("blobs/uploads/") + "?" + urllib.parse.urlencode({"mount": blob.digest, "from": source})
+        what = f"mounting blob {blob.digest} from {source}"
+        resp = client.with_retries(lambda: client.send("POST", url), what)
+        client.check_auth(resp)
+        if resp.status_code == 201:
+            return source, None
+        if resp.status_code == 202:
+            try:
+                location = _location(resp)
+            except _Transient:
+                continue
+            if i == len(sources) - 1:
+                return None, location
+            try:  # cancel the session the registry opened; the next candidate may mount
+                client.send("DELETE", location)
+            except (_Transient, NixlayerError):
+                pass
+            continue
+        # Any other answer: the registry does not do mounts from here; upload instead.
+    return None, None
+
+
+def _upload_once(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
+    """One complete upload session for ``blob``; raises _Transient on a retryable fault.
+
+    Spec end-4a (``POST`` to open a session), end-5 (``PATCH`` chunks with ``Content-Range``
+    ``start-end`` inclusive), end-6 (closing ``PUT ?digest=``).
+    """
+    if location is None:
+        resp = client.send("POST", client.url("blobs/uploads/"), headers={"Content-Length": "0"})
+        client.check_auth(resp)
+        if resp.status_code != 202:
+            raise NixlayerError(f"starting upload of blob {blob.digest} on {client.where} failed: {_registry_error(resp)}")
+        location = _location(resp)
+    octet = "application/octet-stream"
+    if chunk_size is None or blob.size == 0:
+        resp = client.send(
+            "PUT",
+            _with_query(location, digest=blob.digest),
+            body=lambda: _FileSlice(blob.path, 0, blob.size),
+            headers={"Content-Type": octet, "Content-Length": str(blob.size)},
+        )
+    else:
+        offset = 0
+        while offset < blob.size:
+            n = min(chunk_size, blob.size - offset)
+            start = offset
+            resp = client.send(
+                "PATCH",
+                location,
+                body=lambda: _FileSlice(blob.path, start, n),
+                headers={"Content-Type": octet, "Content-Length": str(n), "Content-Range": f"{start}-{start + n - 1}"},
+            )
+            client.check_auth(resp)
+            if resp.status_code == 416:
+                raise _Transient(f"chunk {start}-{start + n - 1} refused (HTTP 416)", status=416)
+            if resp.status_code != 202:
+                raise NixlayerError(
+                    f"uploading a chunk of blob {blob.digest} to {client.where} failed: {_registry_error(resp)}"
+                )
+            location = _location(resp)
+            offset += n
+        resp = client.send("PUT", _with_query(location, digest=blob.digest), headers={"Content-Length": "0"})
+    client.check_auth(resp)
+    if resp.status_code not in (201, 204):
+        raise NixlayerError(f"uploading blob {blob.digest} to {client.where} failed: {_registry_error(resp)}")
+    echoed = resp.headers.get("Docker-Content-Digest")
+    if echoed and echoed != blob.digest:
+        raise NixlayerError(f"{client.where} stored blob {blob.digest} under digest {echoed}")
+
+
+def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
+    """Upload ``blob``, restarting the whole session after a transient fault."""
+    try:
+        actual = blob.path.stat().st_size
+    except OSError as exc:
+        raise NixlayerError(f"blob {blob.digest}: cannot read {blob.path} ({exc.strerror})") from None
+    if actual != blob.size:
+        raise NixlayerError(f"blob {blob.digest}: {blob.path} has {actual} bytes, expected {blob.size}")
+    first = [location]
+
+    def action() -> requests.Response:
+        session = first.pop() if first else None
+        _upload_once(client, blob, chunk_size, session)
+        return None  # type: ignore[return-value]
+
+    client.with_retries(action, f"uploading blob {blob.digest}")
+
+
+def push_image(
+    target: PushTarget | str,
+    manifest: bytes,
+    manifest_media_type: str,
+    config: Blob,
+    layers: Sequence[Blob],
+    *,
+    insecure: bool = False,
+    auth_file: str | os.PathLike[str] | None = None,
+    mount_from: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    log: Callable[[str], None] = lambda message: None,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+) -> PushResult:
+    """Push an image (config, layers, then the manifest under ``target.tag``) to a registry.
+
+    Inputs: ``target`` (a :class:`PushTarget` or text for :func:`parse_push_target`); ``manifest``,
+    the exact manifest bytes, and ``manifest_media_type`` (its ``Content-Type``, one of the
+    manifest media types); ``config`` and ``layers``, the blobs the manifest references (each
+    uploaded once even if listed twice); ``insecure`` allows plain HTTP to a non-loopback host
+    (loopback hosts always use plain HTTP, everything else HTTPS with verified TLS);
+    ``auth_file``, an explicit credentials file (see :func:`load_credentials`); ``mount_from``,
+    repositories on the same registry to mount missing blobs from; ``chunk_size`` in bytes,
+    to upload in ``PATCH`` chunks instead of one monolithic ``PUT``; ``log``, called with
+    one-line progress messages (never credentials); ``retry``, the fault policy.
+
+    Follows the OCI distribution spec "Push" section: end-1, end-2, end-11, end-4a, end-5, end-6,
+    then end-7 for the manifest, pushed last so a failed push leaves the tag untouched.
+
+    Returns a :class:`PushResult` with the manifest digest (``sha256:`` of ``manifest``, checked
+    against ``Docker-Content-Digest`` when the registry sends it) and per-kind blob counts and
+    bytes. Raises NixlayerError with one line naming the registry, the repository and, for blob
+    faults, the blob digest and the HTTP status.
+    """
+    if isinstance(target, str):
+        target = parse_push_target(target)
+    if manifest_media_type not in MANIFEST_MEDIA_TYPES:
+        raise NixlayerError(
+            f"manifest media type {manifest_media_type!r} is not one of {', '.join(sorted(MANIFEST_MEDIA_TYPES))}"
+        )
+    if chunk_size is not None and chunk_size <= 0:
+        raise NixlayerError(f"chunk size {chunk_size} must be a positive number of bytes")
+    sources = []
+    for source in mount_from or ():
+        check_repository(source)
+        if source != target.repository and source not in sources:
+            sources.append(source)
+    retry = retry or RetryPolicy()
+    scopes = [f"repository:{target.repository}:pull,push"] + [f"repository:{s}:pull" for s in sources]
+    client = _Client(
+        target,
+        insecure=insecure,
+        credentials=load_credentials(target.host, auth_file),
+        scopes=scopes,
+        retry=retry,
+        log=log,
+        session=session,
+    )
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    blobs: dict[str, Blob] = {}
+    for blob in [config, *layers]:
+        blobs.setdefault(blob.digest, blob)
+
+    counts = {"uploaded": [0, 0], "mounted": [0, 0], "present": [0, 0]}
+    mounted_from: dict[str, str] = {}
+    client.ping()
+    for blob in blobs.values():
+        if _blob_exists(client, blob):
+            kind = "present"
+            log(f"blob {blob.digest} ({blob.size} bytes) already in {target.repository}")
+        else:
+            source, location = _try_mount(client, blob, sources) if sources else (None, None)
+            if source is not None:
+                kind = "mounted"
+                mounted_from[blob.digest] = source
+                log(f"blob {blob.digest} ({blob.size} bytes) mounted from {source}")
+            else:
+                _upload(client, blob, chunk_size, location)
+                kind = "uploaded"
+                log(f"blob {blob.digest} ({blob.size} bytes) uploaded")
+        counts[kind][0] += 1
+        counts[kind][1] += blob.size
+
+    what = f"pushing manifest {manifest_digest} as tag {target.tag}"
+    resp = client.with_retries(
+        lambda: client.send(
+            "PUT",
+            client.url(f"manifests/{target.tag}"),
+            body=lambda: manifest,
+            headers={"Content-Type": manifest_media_type},
+        ),
+        what,
+    )
+    client.check_auth(resp)
+    if resp.status_code not in (200, 201, 202):
+        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
+    echoed = resp.headers.get("Docker-Content-Digest")
+    if echoed and echoed != manifest_digest:
+        raise NixlayerError(f"{client.where} stored manifest {manifest_digest} under digest {echoed}")
+    log(f"manifest {manifest_digest} pushed as {target}")
+    return PushResult(
+        target=target,
+        manifest_digest=manifest_digest,
+        uploaded=counts["uploaded"][0],
+        uploaded_bytes=counts["uploaded"][1],
+        mounted=counts["mounted"][0],
+        mounted_bytes=counts["mounted"][1],
+        present=counts["present"][0],
+        present_bytes=counts["present"][1],
+        mounted_from=mounted_from,
+    )
