@@ -22,14 +22,13 @@ from nixlayer.image import ImageLayer, canonical_json, sha256_digest
 from nixlayer.layer import COPY_BUFFER
 
 
-def check_layers(layers: Sequence[ImageLayer]) -> None:
-    """Raise NixlayerError unless every layer is an uncompressed tar, as docker-archive needs."""
-    for layer in layers:
-        if layer.blob.media_type != MEDIA_TYPE_LAYER:
-            raise NixlayerError(
-                "docker-archive holds uncompressed layers: use --compression none, or an OCI"
-                " format (oci, oci-archive) or a registry push for gzip and zstd"
-            )
+def check_media_type(media_type: str) -> None:
+    """Raise NixlayerError unless ``media_type`` is an uncompressed layer, as docker-archive needs."""
+    if media_type != MEDIA_TYPE_LAYER:
+        raise NixlayerError(
+            "docker-archive holds uncompressed layers: use --compression none, or an OCI"
+            " format (oci, oci-archive) or a registry push for gzip and zstd"
+        )
 
 
 def write_docker_archive(
@@ -40,7 +39,8 @@ def write_docker_archive(
     ``repo_tag`` is ``name:tag``; ``mtime`` (seconds since the epoch) is every member's mtime.
     The image ID is the config's ``sha256:<hex>``. Raises NixlayerError for compressed layers.
     """
-    check_layers(layers)
+    for layer in layers:
+        check_media_type(layer.blob.media_type)
     config_name = sha256_digest(config).removeprefix("sha256:") + ".json"
     layer_names = [layer.blob.diff_id.removeprefix("sha256:") + "/layer.tar" for layer in layers]
     manifest = canonical_json([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -146,3 +147,12 @@ def oci_manifest(config: bytes, layers: Sequence[ImageLayer]) -> bytes:
             for layer in layers
         ],
     })
+
+
+def config_store_paths(config: dict[str, Any], store_dir: str) -> list[str]:
+    """The store paths an image config mentions (``/nix/store/HASH-NAME``), sorted, unique.
+
+    As in nixpkgs, whose base JSON refers to them, they join the image's closure.
+    """
+    pattern = re.escape(store_dir.rstrip("/")) + r"/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+"
+    return sorted(set(re.findall(pattern, json.dumps(config))))

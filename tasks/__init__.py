@@ -1,0 +1,7 @@
+"""Luigi tasks, one per DAG node kind. Thin: parameters, requires, output, run calling nixlayer.
+
+- ``layers.StorePathLayer``: one store path's layer, keyed by its hash part.
+- ``layers.OverflowLayer``: the layer of the store paths past ``max_layers - 2``.
+- ``layers.CustomisationLayer``: root symlinks into ``contents``.
+- ``assemble.AssembleImage``: docker-archive, OCI layout or oci-archive from those layers.
+"""

@@ -1,0 +1,154 @@
+"""Layer tasks: each writes one layer into the layer store; its target is the layer's record.
+
+A layer's record path depends on every setting that changes its bytes (see
+``nixlayer.layerstore.settings_key``) and on what it holds: a store path's hash part, or a hash
+of the ordered store paths (overflow) or of the contents (customisation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import BinaryIO
+
+import luigi
+
+from nixlayer.compression import Compression
+from nixlayer.customisation import write_customisation_layer
+from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
+from nixlayer.layerstore import (
+    LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
+)
+from tasks.config import nixlayer
+
+
+class LayerStoreTarget(luigi.LocalTarget):
+    """A layer record in the layer store; it exists only if its blob is present and whole."""
+
+    def __init__(self, store: LayerStore, path: str) -> None:
+        super().__init__(path)
+        self.store = store
+
+    def exists(self) -> bool:
+        return self.store.is_complete(self.path)
+
+    def record(self) -> LayerRecord:
+        return self.store.read(self.path)
+
+
+class LayerParameters(luigi.Task):
+    """Parameters every layer shares: owner and mtime of entries, compression, store location."""
+
+    mtime = luigi.IntParameter(default=1, description="mtime of every entry, seconds since the epoch")
+    uid = luigi.IntParameter(default=0)
+    gid = luigi.IntParameter(default=0)
+    uname = luigi.Parameter(default="root")
+    gname = luigi.Parameter(default="root")
+    compression = luigi.ChoiceParameter(choices=["none", "gzip", "zstd"], default="none")
+    compression_level = luigi.OptionalIntParameter(default=None)
+    store_dir = luigi.Parameter(default="/nix/store")
+    store_root = luigi.Parameter(default="/", description="where the store directory is on disk")
+
+    def settings(self) -> LayerSettings:
+        return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
+
+    def compressor(self) -> Compression:
+        return Compression(self.compression, self.compression_level)
+
+    def layer_store(self) -> LayerStore:
+        return LayerStore(nixlayer().layer_store)
+
+    def layer_parameters(self) -> dict:
+        """This task's layer parameters, to hand on to the layer tasks it requires."""
+        return {name: getattr(self, name) for name in LayerParameters.get_param_names()}
+
+
+class LayerTask(LayerParameters):
+    """A task that writes one layer into the layer store; its output is the layer's record."""
+
+    def layer_key(self) -> str:
+        raise NotImplementedError
+
+    def store_paths(self) -> list[str]:
+        raise NotImplementedError
+
+    def output(self) -> LayerStoreTarget:
+        store = self.layer_store()
+        key = settings_key(self.settings(), self.compressor(), self.store_dir)
+        return LayerStoreTarget(store, store.record_path(key, self.layer_key()))
+
+    def write_blob(self, out: BinaryIO) -> LayerBlob:
+        return write_store_layer(
+            self.store_paths(), out, self.settings(), self.compressor(),
+            self.store_root, self.store_dir, progress=self._progress,
+        )
+
+    def run(self) -> None:
+        self._last_report = 0.0
+        self.set_status_message("writing layer of " + ", ".join(self.store_paths()))
+        target = self.output()
+        comment = "store paths: " + json.dumps(self.store_paths())
+        record = target.store.write(target.path, self.store_paths(), comment, self.write_blob)
+        self.set_progress_percentage(100)
+        self.set_status_message(
+            f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}"
+        )
+
+    def _progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_report < 0.5:
+            return
+        self._last_report = now
+        self.set_progress_percentage(100 if total == 0 else int(100 * done / total))
+        self.set_status_message(f"{done} of {total} bytes written")
+
+
+class StorePathLayer(LayerTask):
+    """The layer of one store path (most popular paths get one each); keyed by its hash part."""
+
+    store_path = luigi.Parameter()
+
+    def layer_key(self) -> str:
+        return store_path_layer_key(self.store_path)
+
+    def store_paths(self) -> list[str]:
+        return [self.store_path]
+
+
+class OverflowLayer(LayerTask):
+    """One layer of several store paths, in the order given (the overflow layer)."""
+
+    paths = luigi.ListParameter()
+
+    def layer_key(self) -> str:
+        return paths_layer_key("overflow", self.store_paths())
+
+    def store_paths(self) -> list[str]:
+        return list(self.paths)
+
+
+class CustomisationLayer(LayerTask):
+    """The customisation layer: symlinks at / into each contents store path."""
+
+    contents = luigi.ListParameter()
+
+    def layer_key(self) -> str:
+        return paths_layer_key("customisation", self.store_paths())
+
+    def store_paths(self) -> list[str]:
+        return list(self.contents)
+
+    def write_blob(self, out: BinaryIO) -> LayerBlob:
+        return write_customisation_layer(
+            self.store_paths(), out, self.settings(), self.compressor(), self.store_root
+        )
+
+
+def layer_task(paths: list[str], **settings) -> LayerTask:
+    """The task for one store layer of the plan: StorePathLayer for one path, else OverflowLayer.
+
+    A one-path overflow layer has the same bytes as that path's own layer, so it is that task.
+    """
+    if len(paths) == 1:
+        return StorePathLayer(store_path=paths[0], **settings)
+    return OverflowLayer(paths=list(paths), **settings)
