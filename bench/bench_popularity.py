@@ -6,7 +6,7 @@ straightforward implementation of the nixpkgs algorithm (tree expansion with mem
 sub-contests) as a baseline on the same graph, or on its first ``--baseline-paths`` paths when
 the full graph would take too long. Prints both times and the ratio.
 
-    python bench/bench_popularity.py [--paths 20000] [--baseline-paths 2000] [--seed 1]
+    python bench/bench_popularity.py [--paths 20000] [--baseline-paths 20000] [--seed 1]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def nixpkgs_order(graph: ClosureGraph) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=20_000)
-    parser.add_argument("--baseline-paths", type=int, default=2_000)
+    parser.add_argument("--baseline-paths", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     sys.setrecursionlimit(100_000)

@@ -1,0 +1,102 @@
+"""The ``nixlayer`` command line: ``python -m nixlayer SUBCOMMAND ...``.
+
+Subcommands:
+
+- ``plan``: print which store paths go into which layer of an image.
+
+Errors are printed as one line, ``nixlayer: error: <message>``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
+from nixlayer.errors import NixlayerError
+from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
+from nixlayer.storepath import DEFAULT_STORE_DIR
+
+
+def _read_graph(args: argparse.Namespace, roots: list[str]) -> ClosureGraph:
+    """The closure graph of ``roots`` from ``--graph``, ``--store-dir-scan`` or live Nix."""
+    if args.graph is not None:
+        if args.graph == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                with open(args.graph, encoding="utf-8") as file:
+                    text = file.read()
+            except OSError as error:
+                raise NixlayerError(f"cannot read graph file {args.graph}: {error.strerror}") from None
+        return graph_from_json(text, args.store_dir)
+    if args.store_dir_scan is not None:
+        return graph_from_store_dir(roots, args.store_dir_scan, args.store_dir)
+    return graph_from_nix(roots, args.store_dir)
+
+
+def _print_table(plan: LayerPlan) -> None:
+    print(f"{'layer':>5}  {'bytes':>12}  {'popularity':>12}  store paths")
+    for number, layer in enumerate(plan.layers, start=plan.base_layers + 1):
+        size = f"{layer.nar_size}" + ("" if layer.nar_size_complete else "+")
+        popularity = "" if layer.popularity is None else str(layer.popularity)
+        for index, path in enumerate(layer.store_paths):
+            if index == 0:
+                print(f"{number:>5}  {size:>12}  {popularity:>12}  {path}")
+            else:
+                print(f"{'':>5}  {'':>12}  {'':>12}  {path}")
+    print(f"{plan.customisation_layer_index + 1:>5}  {'':>12}  {'':>12}  (customisation layer)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    roots = list(args.roots)
+    graph = _read_graph(args, [*roots, *args.config_path])
+    plan = plan_image(graph, roots, args.config_path, args.max_layers)
+    if args.json:
+        json.dump(plan.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        _print_table(plan)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand; each sets ``func(args) -> exit status``."""
+    parser = argparse.ArgumentParser(prog="nixlayer", description="Layered OCI/Docker images from Nix store closures.")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plan = subcommands.add_parser(
+        "plan",
+        help="show which store paths go into which layer",
+        description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
+    )
+    plan.add_argument("roots", nargs="+", metavar="ROOT", help="store paths of the image contents")
+    source = plan.add_mutually_exclusive_group()
+    source.add_argument("--graph", metavar="FILE",
+                        help="closure graph JSON (nix path-info --json --recursive, or exportReferencesGraph); - for stdin")
+    source.add_argument("--store-dir-scan", metavar="STORE_ROOT",
+                        help="scan the store directory under STORE_ROOT for references, without Nix")
+    plan.add_argument("--store-dir", default=DEFAULT_STORE_DIR, help="the Nix store directory (default: %(default)s)")
+    plan.add_argument("--config-path", action="append", default=[], metavar="STORE_PATH",
+                      help="a store path the image config mentions (repeatable)")
+    plan.add_argument("--max-layers", type=int, default=DEFAULT_MAX_LAYERS,
+                      help="layer budget of the whole image (default: %(default)s)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 on a NixlayerError)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NixlayerError as error:
+        print(f"nixlayer: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
