@@ -154,8 +154,13 @@ class RegistryServer:
             self._log_file.close()
 
 
-def start_registry(root: Path, *, with_auth: bool = False, timeout: float = 15.0) -> RegistryServer:
+def start_registry(
+    root: Path, *, with_auth: bool = False, token: "TokenServer | None" = None, timeout: float = 15.0
+) -> RegistryServer:
     """Start ``docker-registry serve`` under ``root`` (storage, config, log) on a free port.
+
+    ``with_auth`` turns on htpasswd basic auth; ``token`` turns on bearer token auth against that
+    :class:`TokenServer`.
 
     Raises RuntimeError (so tests fail, not skip) if the binary is missing or it does not answer
     ``GET /v2/`` within ``timeout`` seconds.
@@ -175,6 +180,11 @@ def start_registry(root: Path, *, with_auth: bool = False, timeout: float = 15.0
         htpasswd = root / "htpasswd"
         htpasswd.write_text(f"{AUTH_USER}:{bcrypt_hash(AUTH_PASSWORD)}\n")
         auth = f"auth:\n  htpasswd:\n    realm: nixlayer-test\n    path: {htpasswd}\n"
+    if token is not None:
+        auth = (
+            f"auth:\n  token:\n    realm: {token.realm}\n    service: {TOKEN_SERVICE}\n"
+            f"    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {token.cert_path}\n"
+        )
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"
@@ -405,3 +415,128 @@ def make_image(directory: Path, layers: list[dict[str, bytes]], *, compress_leve
         "layers": [descriptor(b) for b in blobs],
     }
     return HandMadeImage(json.dumps(manifest, sort_keys=True).encode(), config_blob, blobs)
+
+
+# --- Bearer token authentication (Docker token authentication specification) --------------------
+
+TOKEN_SERVICE = "nixlayer-test-registry"
+TOKEN_ISSUER = "nixlayer-test-issuer"
+
+
+class TokenServer:
+    """A loopback token server for ``auth: token`` registries.
+
+    ``GET /token?service=...&scope=...`` with HTTP basic ``AUTH_USER``/``AUTH_PASSWORD`` answers a
+    JWT (RS256, ``x5c`` holding a self-signed certificate that the registry trusts) granting every
+    requested scope; wrong or missing credentials answer 401. Each request's scopes and whether
+    credentials came with it are recorded in ``seen``. ``field`` is the JSON key of the token
+    (``token`` or ``access_token``).
+    """
+
+    def __init__(self, directory: Path, field_name: str = "token") -> None:
+        import base64
+        import datetime
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+        from cryptography.x509.oid import NameOID
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nixlayer test token signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True
+            )
+            .sign(key, hashes.SHA256())
+        )
+        self.cert_path = directory / "token-signer.pem"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.seen: list[dict] = []
+        self.field_name = field_name
+        server_self = self
+
+        def b64url(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        def make_token(scopes: list[str]) -> str:
+            access = []
+            for scope in scopes:
+                kind, _, rest = scope.partition(":")
+                repo, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+            t = int(time.time())
+            claims = {
+                "iss": TOKEN_ISSUER, "sub": AUTH_USER, "aud": TOKEN_SERVICE, "exp": t + 600,
+                "nbf": t - 60, "iat": t, "jti": os.urandom(8).hex(), "access": access,
+            }
+            header = {"typ": "JWT", "alg": "RS256", "x5c": [x5c]}
+            signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+            signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+            return f"{signing_input}.{b64url(signature)}"
+
+        expected = "Basic " + base64.b64encode(f"{AUTH_USER}:{AUTH_PASSWORD}".encode()).decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                given = self.headers.get("Authorization")
+                server_self.seen.append({"scopes": query.get("scope", []), "credentials": given is not None})
+                if given != expected:
+                    status, payload = 401, b'{"details":"invalid credentials"}'
+                else:
+                    status = 200
+                    payload = json.dumps({server_self.field_name: make_token(query.get("scope", []))}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, TokenServer]]:
+    """A registry with bearer token auth (``auth: token``) and its loopback token server."""
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenServer(root, field_name="access_token")
+    try:
+        server = start_registry(root, token=tokens)
+    except BaseException:
+        tokens.stop()
+        raise
+    try:
+        yield server, tokens
+    finally:
+        server.stop()
+        tokens.stop()

@@ -26,6 +26,7 @@ from registry_fixture import (  # noqa: E402
     free_port,
     make_image,
     registry,  # noqa: F401 - fixture
+    token_registry,  # noqa: F401 - fixture
 )
 
 from nixlayer.errors import NixlayerError  # noqa: E402
@@ -354,3 +355,37 @@ def test_no_credentials(auth_registry, tmp_path: Path, monkeypatch: pytest.Monke
 def test_credentials_repr_hides_password() -> None:
     creds = Credentials("bob", "hunter2")
     assert "hunter2" not in repr(creds) and "hunter2" not in f"{creds}"
+
+
+def test_bearer_token_push_and_mount(token_registry, tmp_path: Path) -> None:
+    server, tokens = token_registry
+    image = make_image(tmp_path / "img", BASE_LAYERS)
+    auth = write_auth(tmp_path / "auth.json", server.host, AUTH_USER, AUTH_PASSWORD)
+    messages: list[str] = []
+    result = push(image, server.host, "nix/tok:1", auth_file=auth, log=messages.append)
+    assert result.uploaded == 4
+    assert tokens.seen and all(req["credentials"] for req in tokens.seen)
+    assert tokens.seen[-1]["scopes"] == ["repository:nix/tok:pull,push"]
+
+    mark = server.mark()
+    result = push(image, server.host, "nix/tok2:1", auth_file=auth, mount_from=["nix/tok"])
+    assert tokens.seen[-1]["scopes"] == ["repository:nix/tok2:pull,push", "repository:nix/tok:pull"]
+    assert sorted(server.blob_activity("nix/tok2", mark)["mounted"]) == sorted(
+        image.layer_digests + [image.config.digest]
+    )
+    assert result.mounted == 4
+    assert not any(AUTH_PASSWORD in m for m in messages)
+    info = skopeo(
+        "inspect", "--tls-verify=false", f"--creds={AUTH_USER}:{AUTH_PASSWORD}", f"docker://{server.host}/nix/tok2:1"
+    )
+    assert json.loads(info.stdout)["Layers"] == image.layer_digests
+
+
+def test_bearer_token_wrong_credentials(token_registry, tmp_path: Path) -> None:
+    server, _ = token_registry
+    image = make_image(tmp_path / "img", [{"/a": b"a"}])
+    auth = write_auth(tmp_path / "auth.json", server.host, AUTH_USER, "not-the-Pa55word")
+    with pytest.raises(NixlayerError) as info:
+        push(image, server.host, "nix/tok:2", auth_file=auth)
+    assert str(info.value).startswith(f"authentication failed for {server.host} (repository nix/tok)")
+    assert "not-the-Pa55word" not in str(info.value)
