@@ -258,20 +258,25 @@ def test_retry_after_first_blob_upload_fails(registry, tmp_path: Path) -> None:
 def test_dropped_connection_mid_chunked_upload_restarts_session(registry, tmp_path: Path) -> None:
     image = make_image(tmp_path / "img", [{"/data": bytes(range(256)) * 200}], compress_level=0)
     patches: list[str] = []
+    heads: list[str] = []
+    layer = image.layers[0].digest
 
-    def drop_second_patch(method: str, path: str):
+    def faults(method: str, path: str):
+        if method == "HEAD" and path.endswith(layer):
+            heads.append(path)
+            if len(heads) == 1:
+                return 429  # too many requests: retried after a pause
         if method == "PATCH":
             patches.append(path)
-            if len(patches) == 2:
+            if len(patches) == 3:  # the layer's second chunk (the config took one PATCH)
                 return "drop"
-        if method == "HEAD" and len(patches) == 0 and path.endswith(image.layers[0].digest):
-            return 429
         return None
 
     mark = registry.mark()
-    with FaultProxy(registry.port, drop_second_patch) as proxy:
+    with FaultProxy(registry.port, faults) as proxy:
         result = push(image, proxy.host, "nix/drop:1", chunk_size=8 * 1024)
     assert result.uploaded == 2
+    assert len(heads) == 2 and len(patches) > 3
     starts = [r for r in registry.requests()[mark:] if r.method == "POST" and r.path == "/v2/nix/drop/blobs/uploads/"]
     assert len(starts) == 3  # one restarted session for the layer, one for the config
     assert json.loads(inspect(registry.host, "nix/drop:1").stdout)["Layers"] == image.layer_digests
@@ -305,7 +310,7 @@ def test_unreachable_registry(tmp_path: Path) -> None:
     assert time.monotonic() - start < 5
 
 
-def test_manifest_digest_mismatch_detected(registry, tmp_path: Path) -> None:
+def test_rejects_unknown_manifest_media_type(registry, tmp_path: Path) -> None:
     image = make_image(tmp_path / "img", [{"/a": b"m"}])
     with pytest.raises(NixlayerError, match="manifest media type"):
         push_image(f"{registry.host}/nix/mt:1", image.manifest, "application/json", image.config, image.layers)
