@@ -1,0 +1,169 @@
+"""Layer tarballs: byte-identical to nixpkgs streamLayeredImage, one pass, compressed."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+import zstandard
+
+from nixlayer.compression import Compression
+from nixlayer.customisation import write_customisation_layer
+from nixlayer.errors import NixlayerError
+from nixlayer.layer import LayerSettings, write_store_layer
+
+
+def layer(paths, settings=LayerSettings(), compression=Compression(), **kw):
+    out = io.BytesIO()
+    blob = write_store_layer(paths, out, settings, compression, **kw)
+    return blob, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "key, settings",
+    [
+        ("single_path_layers", LayerSettings()),
+        ("single_path_layers_uid1000", LayerSettings(uid=1000, gid=100, uname="user", gname="users")),
+        ("single_path_layers_mtime_1700000000", LayerSettings(mtime=1700000000)),
+    ],
+)
+def test_single_path_layers_match_nixpkgs(vectors, vectors_app, key, settings):
+    for name, expected in vectors[key].items():
+        blob, data = layer([vectors["store_paths"][name]], settings)
+        assert (blob.diff_id, blob.size) == (expected["diff_id"], expected["size"]), name
+        assert blob.digest == blob.diff_id and blob.blob_size == len(data) == blob.size
+
+
+def test_multi_path_layers_match_nixpkgs_in_the_order_given(vectors, vectors_app):
+    for expected in vectors["multi_path_layers"]:
+        blob, _ = layer(expected["paths"])
+        assert (blob.diff_id, blob.size) == (expected["diff_id"], expected["size"])
+
+
+def test_layer_members(vectors, vectors_app):
+    longnames = vectors["store_paths"]["longnames"]
+    _, data = layer([longnames])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    names = list(members)
+    assert names[:3] == ["/nix", "/nix/store", longnames]
+    assert members[f"{longnames}/share/hard-b"].isfile()  # hard link stored as a regular file
+    assert members[f"{longnames}/share/hard-b"].size == len(b"linked\n")
+    assert members[f"{longnames}/share/café"].isfile()
+    link = members[f"{longnames}/share/long-target-link"]
+    assert link.issym() and len(link.linkname) > 100
+    assert all(m.mtime == 1 and m.uid == 0 and m.uname == "root" for m in members.values())
+
+
+def test_single_file_store_path_and_symlinks(vectors, vectors_app):
+    script, zlib = vectors["store_paths"]["script"], vectors["store_paths"]["zlib"]
+    _, data = layer([script, zlib])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members[script].isfile() and members[script].mode == 0o555
+    assert members[f"{zlib}/lib/dangling"].linkname == "does-not-exist"
+    assert members[f"{zlib}/lib64"].issym() and members[f"{zlib}/lib64"].linkname == "lib"
+
+
+@pytest.mark.parametrize("name", ["gzip", "zstd"])
+def test_compressed_blob_is_deterministic_and_decompresses_to_the_layer(vectors, vectors_app, name):
+    libc = vectors["store_paths"]["libc"]
+    plain, tar_bytes = layer([libc])
+    blob, data = layer([libc], compression=Compression(name))
+    again, data_again = layer([libc], compression=Compression(name))
+    assert data == data_again and blob == again
+    assert blob.diff_id == plain.diff_id and blob.size == plain.size
+    assert blob.media_type == f"application/vnd.oci.image.layer.v1.tar+{name}"
+    assert blob.blob_size == len(data) and blob.digest != blob.diff_id
+    unpacked = gzip.decompress(data) if name == "gzip" else zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    assert unpacked == tar_bytes
+    if name == "gzip":
+        assert data[4:8] == b"\0\0\0\0" and data[3] == 0  # MTIME 0, no file name
+
+
+def test_gzip_blob_is_readable_by_the_gzip_tool(vectors, vectors_app):
+    blob, data = layer([vectors["store_paths"]["zlib"]], compression=Compression("gzip"))
+    out = subprocess.run(["gzip", "-dc"], input=data, capture_output=True, check=True).stdout
+    assert len(out) == blob.size
+
+
+def test_store_root_reads_a_copy_of_the_store(tmp_path, vectors, vectors_app):
+    store = tmp_path / "nix" / "store"
+    store.mkdir(parents=True)
+    for path in vectors["store_paths"].values():
+        subprocess.run(["cp", "-a", path, str(store)], check=True)
+    for name, expected in vectors["single_path_layers"].items():
+        blob, _ = layer([vectors["store_paths"][name]], store_root=str(tmp_path))
+        assert blob.diff_id == expected["diff_id"]
+
+
+def test_special_files_are_an_error_naming_the_file_and_nothing_is_written(tmp_path):
+    path = tmp_path / "nix" / "store" / ("a" * 32 + "-fifo")
+    path.mkdir(parents=True)
+    os.mkfifo(path / "pipe")
+    out = io.BytesIO()
+    with pytest.raises(NixlayerError, match="pipe.*FIFO"):
+        write_store_layer([f"/nix/store/{path.name}"], out, store_root=str(tmp_path))
+    assert out.getvalue() == b""
+
+
+def test_missing_store_path_and_path_outside_the_store(tmp_path):
+    with pytest.raises(NixlayerError, match="does not exist"):
+        layer(["/nix/store/" + "a" * 32 + "-missing"])
+    with pytest.raises(NixlayerError, match="not in the store directory"):
+        layer(["/usr/bin"])
+
+
+def test_progress_reports_content_bytes(vectors, vectors_app):
+    seen = []
+    write_store_layer([vectors["store_paths"]["longnames"]], io.BytesIO(), progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+
+
+def test_files_of_8_gib_and_more_get_their_true_size(tmp_path):
+    """A sparse 8 GiB + 1 byte file: the pax header carries its size (ustar cannot)."""
+    path = tmp_path / "nix" / "store" / ("b" * 32 + "-big")
+    path.mkdir(parents=True)
+    with open(path / "big", "wb") as f:
+        f.truncate(8 * 2**30 + 1)
+
+    class Stop(Exception):
+        pass
+
+    class Head(io.BytesIO):
+        def write(self, data):
+            super().write(data)
+            if self.tell() > 64 * 1024:
+                raise Stop
+
+    head = Head()
+    with pytest.raises(Stop):
+        write_store_layer([f"/nix/store/{path.name}"], head, store_root=str(tmp_path))
+    assert b"size=8589934593\n" in head.getvalue()
+
+
+def test_customisation_layer_links_contents_into_root(tmp_path, vectors, vectors_app):
+    app, zlib = vectors["store_paths"]["app"], vectors["store_paths"]["zlib"]
+    out = io.BytesIO()
+    write_customisation_layer([app, zlib], out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["/bin"].isdir()
+    assert members["/bin/vec-app"].linkname == f"{app}/bin/vec-app"
+    assert members["/lib/libz.so.1"].linkname == f"{zlib}/lib/libz.so.1"
+    assert members["/lib64"].issym()
+    assert list(members) == sorted(members, key=lambda n: n.split("/"))
+
+
+def test_customisation_layer_refuses_two_contents_with_the_same_file(tmp_path):
+    root = tmp_path / "nix" / "store"
+    a, b = root / ("a" * 32 + "-one"), root / ("b" * 32 + "-two")
+    for p in (a, b):
+        (p / "bin").mkdir(parents=True)
+        (p / "bin" / "tool").write_text("x")
+    with pytest.raises(NixlayerError, match=f"{a.name}.*{b.name}.*bin/tool"):
+        write_customisation_layer([f"/nix/store/{a.name}", f"/nix/store/{b.name}"], io.BytesIO(), store_root=str(tmp_path))
