@@ -41,11 +41,13 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import requests
 
 from nixlayer.errors import NixlayerError
+
+_T = TypeVar("_T")
 
 # --- Media types (OCI image-spec "Media Types"; Docker Image Manifest V2, Schema 2) -------------
 
@@ -447,7 +449,7 @@ class _Client:
             f"authentication failed for {self.target.host} (repository {self.target.repository}): {source}"
         )
 
-    def with_retries(self, action: Callable[[], requests.Response], what: str) -> requests.Response:
+    def with_retries(self, action: Callable[[], _T], what: str) -> _T:
         """Run ``action`` until it does not raise _Transient, at most ``retry.tries`` times.
 
         Raises NixlayerError naming ``what`` (the registry, repository and object) and the last
@@ -644,7 +646,11 @@ def _try_mount(client: _Client, blob: Blob, sources: Sequence[str]) -> tuple[str
         url = client.url("blobs/uploads/") + "?" + urllib.parse.urlencode({"mount": blob.digest, "from": source})
         what = f"mounting blob {blob.digest} from {source}"
         resp = client.with_retries(lambda: client.send("POST", url), what)
-        client.check_auth(resp)
+        if resp.status_code in (401, 403):
+            # Distribution checks pull access to the source repository too: without it the
+            # mount is refused as a whole. Fall back to the next candidate or an upload.
+            client.log(f"{what}: not allowed (HTTP {resp.status_code}); not mounting from there")
+            continue
         if resp.status_code == 201:
             return source, None
         if resp.status_code == 202:
@@ -722,10 +728,9 @@ def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str |
         raise NixlayerError(f"blob {blob.digest}: {blob.path} has {actual} bytes, expected {blob.size}")
     first = [location]
 
-    def action() -> requests.Response:
+    def action() -> None:
         session = first.pop() if first else None
         _upload_once(client, blob, chunk_size, session)
-        return None  # type: ignore[return-value]
 
     client.with_retries(action, f"uploading blob {blob.digest}")
 

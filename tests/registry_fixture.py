@@ -429,7 +429,8 @@ class TokenServer:
 
     ``GET /token?service=...&scope=...`` with HTTP basic ``AUTH_USER``/``AUTH_PASSWORD`` answers a
     JWT (RS256, ``x5c`` holding a self-signed certificate that the registry trusts) granting every
-    requested scope; wrong or missing credentials answer 401. Each request's scopes and whether
+    requested scope except on repositories under ``forbidden/``; wrong or missing credentials
+    answer 401. Each request's scopes and whether
     credentials came with it are recorded in ``seen``. ``field`` is the JSON key of the token
     (``token`` or ``access_token``).
     """
@@ -477,6 +478,8 @@ class TokenServer:
             for scope in scopes:
                 kind, _, rest = scope.partition(":")
                 repo, _, actions = rest.rpartition(":")
+                if repo.startswith("forbidden/"):
+                    continue  # this user may not touch repositories under forbidden/
                 access.append({"type": kind, "name": repo, "actions": actions.split(",")})
             t = int(time.time())
             claims = {

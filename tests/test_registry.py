@@ -386,6 +386,20 @@ def test_bearer_token_push_and_mount(token_registry, tmp_path: Path) -> None:
     assert json.loads(info.stdout)["Layers"] == image.layer_digests
 
 
+def test_bearer_mount_from_unreadable_repository_falls_back_to_upload(token_registry, tmp_path: Path) -> None:
+    server, tokens = token_registry
+    image = make_image(tmp_path / "img", [{"/secret-source.txt": b"no pull on the source"}])
+    auth = write_auth(tmp_path / "auth.json", server.host, AUTH_USER, AUTH_PASSWORD)
+    mark = server.mark()
+    result = push(image, server.host, "nix/tok3:1", auth_file=auth, mount_from=["forbidden/src"])
+    assert result.uploaded == 2 and result.mounted == 0
+    activity = server.blob_activity("nix/tok3", mark)
+    assert sorted(activity["uploaded"]) == sorted(image.layer_digests + [image.config.digest])
+    assert "repository:forbidden/src:pull" in tokens.seen[-1]["scopes"]
+    refused = [r for r in server.requests()[mark:] if r.method == "POST" and "mount" in r.query]
+    assert refused and all(r.status == 401 for r in refused)
+
+
 def test_bearer_token_wrong_credentials(token_registry, tmp_path: Path) -> None:
     server, _ = token_registry
     image = make_image(tmp_path / "img", [{"/a": b"a"}])
