@@ -12,7 +12,7 @@ import luigi
 
 from nixlayer.closure import graph_from_json, graph_from_nix, graph_from_store_dir
 from nixlayer.compression import Compression
-from nixlayer.docker_archive import check_media_type
+from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.image import check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
@@ -20,7 +20,7 @@ from nixlayer.plan import plan_layers
 from nixlayer.popularity import image_order
 from nixlayer.reference import check_name, check_tag
 from nixlayer.storepath import check_store_path, normalize_store_dir
-from tasks.assemble import FORMATS, STDOUT, AssembleImage
+from tasks.assemble import AssembleImage
 
 DEFAULT_TIME = "1970-01-01T00:00:01Z"
 
@@ -84,8 +84,7 @@ class BuildImage(luigi.WrapperTask):
         mtime = int(parse_time(self.mtime).timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         compression = Compression(self.compression, self.compression_level)
-        if self.format == "docker-archive":
-            check_media_type(compression.media_type)
+        check_format(self.format, compression.media_type, self.output)
         self._check_output()
         config_paths = config_store_paths(config, store_dir)
         roots = sorted(set(contents) | set(config_paths))
@@ -122,8 +121,6 @@ class BuildImage(luigi.WrapperTask):
 
     def _check_output(self) -> None:
         if self.output == STDOUT:
-            if self.format == "oci":
-                raise NixlayerError("format 'oci' is a directory and cannot go to standard output; use oci-archive")
             return
         output = os.path.abspath(self.output)
         parent = os.path.dirname(output)

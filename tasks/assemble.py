@@ -6,18 +6,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 
 import luigi
 
-from nixlayer.atomic import atomic_directory, atomic_file
-from nixlayer.docker_archive import write_docker_archive
+from nixlayer.atomic import atomic_file
+from nixlayer.formats import FORMATS, STDOUT, write_image
 from nixlayer.image import image_config, parse_time
-from nixlayer.oci_layout import write_oci_archive, write_oci_layout
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
-
-FORMATS = ("docker-archive", "oci", "oci-archive")
-STDOUT = "-"
 
 
 class AssembleImage(LayerParameters):
@@ -68,33 +63,17 @@ class AssembleImage(LayerParameters):
 
     def run(self) -> None:
         store = self.layer_store()
-        layers = [store.image_layer(target.record()) for target in (t.output() for t in self.requires())]
-        created = parse_time(self.created)
-        config = image_config(layers, json.loads(self.config), created, self.architecture)
-        repo_tag = f"{self.name}:{self.tag}"
-        if self.format == "oci":
-            with atomic_directory(self.output) as directory:
-                digest = write_oci_layout(directory, layers, config, self.tag)
-        elif self.output == STDOUT:
-            digest = self._write_archive(sys.stdout.buffer, layers, config, repo_tag)
-            sys.stdout.buffer.flush()
-        else:
-            with atomic_file(self.output) as f:
-                digest = self._write_archive(f, layers, config, repo_tag)
-        self.set_status_message(f"wrote {self.format} {self.output}: {repo_tag} {digest}")
-        print(f"nixlayer: wrote {self.format} {self.output}: {repo_tag} {digest}", file=sys.stderr)
+        layers = [store.image_layer(task.output().record()) for task in self.requires()]
+        config = image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+        digest = write_image(
+            self.format, self.output, layers, config, self.name, self.tag, self.mtime, store.root
+        )
+        message = f"wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}"
+        self.set_status_message(message)
+        print(f"nixlayer: {message}", file=sys.stderr)
         if self.output != STDOUT:
             os.makedirs(os.path.dirname(self._stamp_path()), exist_ok=True)
             with atomic_file(self._stamp_path()) as f:
                 f.write(json.dumps({
                     "output": self.output, "digest": digest, "signature": self._output_signature(),
                 }).encode())
-
-    def _write_archive(self, out, layers, config: bytes, repo_tag: str) -> str:
-        if self.format == "docker-archive":
-            return write_docker_archive(out, layers, config, repo_tag, self.mtime)
-        store_root = self.layer_store().root
-        with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=store_root) as layout:
-            digest = write_oci_layout(layout, layers, config, self.tag)
-            write_oci_archive(out, layout, self.mtime)
-        return digest

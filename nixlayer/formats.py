@@ -1,0 +1,74 @@
+"""Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive.
+
+One entry point for every output: the file or directory is written atomically (temporary path,
+then rename); ``-`` streams docker-archive or oci-archive to standard output.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from typing import BinaryIO, Sequence
+
+from nixlayer.atomic import atomic_directory, atomic_file
+from nixlayer.docker_archive import check_media_type, write_docker_archive
+from nixlayer.errors import NixlayerError
+from nixlayer.image import ImageLayer
+from nixlayer.oci_layout import write_oci_archive, write_oci_layout
+
+FORMATS = ("docker-archive", "oci", "oci-archive")
+STDOUT = "-"
+
+
+def check_format(format: str, media_type: str, output: str) -> None:
+    """Raise NixlayerError if ``format`` cannot take layers of ``media_type`` or go to ``output``."""
+    if format not in FORMATS:
+        raise NixlayerError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    if format == "docker-archive":
+        check_media_type(media_type)
+    if format == "oci" and output == STDOUT:
+        raise NixlayerError("format 'oci' is a directory and cannot go to standard output; use oci-archive")
+
+
+def write_image(
+    format: str,
+    output: str,
+    layers: Sequence[ImageLayer],
+    config: bytes,
+    name: str,
+    tag: str,
+    mtime: int,
+    scratch: str,
+) -> str:
+    """Write the image of ``layers`` and ``config`` (image config JSON) to ``output``.
+
+    ``name`` and ``tag`` name the image (docker-archive ``RepoTags``; the OCI index's
+    ``org.opencontainers.image.ref.name`` is the tag). ``mtime`` (seconds since the epoch) is
+    the archive members' mtime. ``scratch`` is a directory on the layer blobs' file system,
+    for the temporary OCI layout of an oci-archive (blobs are hard-linked, not copied).
+
+    Returns the image's digest: the config digest (image ID) for docker-archive, the manifest
+    digest for OCI. Raises NixlayerError for a format that cannot hold the layers.
+    """
+    check_format(format, layers[0].blob.media_type if layers else "", output)
+    if format == "oci":
+        with atomic_directory(output) as directory:
+            return write_oci_layout(directory, layers, config, tag)
+    if output == STDOUT:
+        digest = _write_archive(sys.stdout.buffer, format, layers, config, name, tag, mtime, scratch)
+        sys.stdout.buffer.flush()
+        return digest
+    with atomic_file(output) as f:
+        return _write_archive(f, format, layers, config, name, tag, mtime, scratch)
+
+
+def _write_archive(
+    out: BinaryIO, format: str, layers: Sequence[ImageLayer], config: bytes,
+    name: str, tag: str, mtime: int, scratch: str,
+) -> str:
+    if format == "docker-archive":
+        return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
+    with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=scratch) as layout:
+        digest = write_oci_layout(layout, layers, config, tag)
+        write_oci_archive(out, layout, mtime)
+    return digest
