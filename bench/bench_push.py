@@ -13,7 +13,6 @@ Prints the time and bytes of each push and the ratio update_bytes / total_image_
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
