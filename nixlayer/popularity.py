@@ -105,8 +105,7 @@ def _popularity(references: Mapping[str, Iterable[str]]) -> dict[str, int]:
             waiting[ref] -= 1
             if waiting[ref] == 0:
                 topological.append(ref)
-    if len(topological) != len(children):
-        raise NixlayerError("reference cycle in the closure graph")
+    assert len(topological) == len(children), "ClosureGraph rejects cycles"
 
     # Bit i of a bitset stands for the i-th path in topological order.
     bit = {path: i for i, path in enumerate(topological)}
