@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 
 import luigi
 
@@ -120,11 +121,15 @@ class BuildImage(luigi.WrapperTask):
         return graph_from_nix(roots, store_dir)
 
     def _check_output(self) -> None:
+        """Fail before any layer is written if the output cannot be written."""
         if self.output == STDOUT:
             return
         output = os.path.abspath(self.output)
-        parent = os.path.dirname(output)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise NixlayerError(f"cannot write output {self.output}: {parent} is not a writable directory")
         if self.format != "oci" and os.path.isdir(output):
             raise NixlayerError(f"cannot write output {self.output}: it is a directory")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".nixlayer-probe-", dir=os.path.dirname(output))
+        except OSError as e:
+            raise NixlayerError(f"cannot write output {self.output}: {e.strerror}") from None
+        os.close(fd)
+        os.unlink(probe)
