@@ -32,7 +32,7 @@ def fail(error: NixlayerError) -> None:
     raise error
 
 
-class BuildImage(luigi.WrapperTask):
+class BuildImage(luigi.Task):
     """Build a layered image of ``contents`` and ``config``, as nixpkgs ``buildLayeredImage``.
 
     The closure of the contents and of the store paths the config mentions is ordered by
@@ -62,7 +62,20 @@ class BuildImage(luigi.WrapperTask):
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
 
-    def requires(self) -> AssembleImage:
+    def requires(self):
+        """AssembleImage; for standard output, its layers (this task then writes the image)."""
+        assemble = self.assembly()
+        return assemble.requires() if self.output == STDOUT else assemble
+
+    def complete(self) -> bool:
+        return self.output != STDOUT and self.assembly().complete()
+
+    def run(self) -> None:
+        if self.output == STDOUT:
+            self.assembly().write()
+
+    def assembly(self) -> AssembleImage:
+        """The AssembleImage of this build; bad input is printed as one line, then raised."""
         try:
             return self._assemble
         except NixlayerError as error:

@@ -52,8 +52,6 @@ class AssembleImage(LayerParameters):
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def complete(self) -> bool:
-        if self.output == STDOUT:
-            return False
         try:
             with open(self._stamp_path()) as f:
                 stamp = json.load(f)
@@ -62,18 +60,26 @@ class AssembleImage(LayerParameters):
         return stamp.get("signature") == self._output_signature() and stamp.get("output") == self.output
 
     def run(self) -> None:
-        store = self.layer_store()
-        layers = [store.image_layer(task.output().record()) for task in self.requires()]
-        config = image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
-        digest = write_image(
-            self.format, self.output, layers, config, self.name, self.tag, self.mtime, store.root
-        )
-        message = f"wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}"
-        self.set_status_message(message)
-        print(f"nixlayer: {message}", file=sys.stderr)
+        digest = self.write()
+        self.set_status_message(f"wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}")
         if self.output != STDOUT:
             os.makedirs(os.path.dirname(self._stamp_path()), exist_ok=True)
             with atomic_file(self._stamp_path()) as f:
                 f.write(json.dumps({
                     "output": self.output, "digest": digest, "signature": self._output_signature(),
                 }).encode())
+
+    def write(self) -> str:
+        """Write the image to ``output`` (its layers must be complete); return its digest.
+
+        Standard output cannot be a Luigi target, so ``BuildImage --output -`` calls this from
+        its own ``run`` instead of scheduling this task.
+        """
+        store = self.layer_store()
+        layers = [store.image_layer(task.output().record()) for task in self.requires()]
+        config = image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+        digest = write_image(
+            self.format, self.output, layers, config, self.name, self.tag, self.mtime, store.root
+        )
+        print(f"nixlayer: wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}", file=sys.stderr)
+        return digest

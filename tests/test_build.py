@@ -1,0 +1,195 @@
+"""BuildImage end to end: the Luigi DAG on real Nix closures, incremental and parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import pytest
+from luigi.execution_summary import _summary_dict
+
+from conftest import FIXTURES, nix_build
+from pipelines import BuildImage
+
+REPO = Path(__file__).resolve().parent.parent
+PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
+              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+
+
+@pytest.fixture
+def layer_store(tmp_path):
+    """A fresh layer store for in-process builds, set in Luigi's configuration."""
+    config = luigi.configuration.get_config()
+    if not config.has_section("nixlayer"):
+        config.add_section("nixlayer")
+    store = tmp_path / "layer-store"
+    config.set("nixlayer", "layer_store", str(store))
+    yield store
+    config.remove_option("nixlayer", "layer_store")
+
+
+def build(workers: int = 1, **params) -> dict[str, list[str]]:
+    """Run BuildImage in-process; return what Luigi records: task families that ran, and more."""
+    result = luigi.build([BuildImage(**params)], local_scheduler=True, detailed_summary=True, workers=workers)
+    summary = _summary_dict(result.worker)
+    assert not summary["failed"] and not summary["scheduling_error"], result.summary_text
+    return {
+        "ran": sorted(t.task_family for t in summary["completed"]),
+        "ran_tasks": list(summary["completed"]),
+        "worker": result.worker,
+    }
+
+
+def archive_config(path: Path) -> tuple[dict, list[str]]:
+    with tarfile.open(path) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))[0]
+        config = json.load(tar.extractfile(manifest["Config"]))
+    return config, manifest["Layers"]
+
+
+def cli(args: list[str], store: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run `luigi --module pipelines ...` as a user would, with the repository's luigi.cfg."""
+    cfg = store.parent / "test-luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
+    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg))
+    return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("max_layers", ["3", "4", "100"])
+def test_store_layers_match_nixpkgs_for_max_layers(tmp_path, layer_store, vectors, vectors_app, max_layers):
+    output = tmp_path / "vec.tar"
+    build(name="vec", contents=[vectors_app], max_layers=int(max_layers), output=str(output))
+    config, layers = archive_config(output)
+    expected = vectors["image_store_layers_by_max_layers"][max_layers]
+    diff_ids = config["rootfs"]["diff_ids"]
+    assert diff_ids[:-1] == [layer["diff_id"] for layer in expected]
+    assert len(diff_ids) == len(expected) + 1  # plus the customisation layer
+    comments = [h["comment"] for h in config["history"][:-1]]
+    assert comments == ["store paths: " + json.dumps(layer["paths"]) for layer in expected]
+    assert layers == [d.removeprefix("sha256:") + "/layer.tar" for d in diff_ids]
+
+
+def test_rebuild_runs_only_what_changed(tmp_path, layer_store):
+    lib, data, app, tool1 = (nix_build(FIXTURES / "incremental.nix", a) for a in ("lib", "data", "app", "tool"))
+    tool2 = subprocess.run(
+        ["nix-build", str(FIXTURES / "incremental.nix"), "--argstr", "version", "2", "-A", "tool", "--no-out-link"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    params = dict(name="inc", tag="t", output=str(tmp_path / "inc.tar"))
+
+    first = build(contents=[app, tool1], **params)
+    assert first["ran"].count("StorePathLayer") == 4
+    assert {"CustomisationLayer", "AssembleImage", "BuildImage"} <= set(first["ran"])
+
+    assert build(contents=[app, tool1], **params)["ran"] == []  # nothing changed: nothing runs
+
+    changed = build(contents=[app, tool2], **params)
+    assert changed["ran"] == ["AssembleImage", "BuildImage", "CustomisationLayer", "StorePathLayer"]
+    (layer,) = [t for t in changed["ran_tasks"] if t.task_family == "StorePathLayer"]
+    assert layer.store_path == tool2
+
+    # With max_layers 3 the new tool sits in the overflow layer: that layer runs, not the others
+    # (the customisation layer of these contents is in the layer store already).
+    build(contents=[app, tool1], max_layers=3, **params)
+    overflow = build(contents=[app, tool2], max_layers=3, **params)
+    assert overflow["ran"] == ["AssembleImage", "BuildImage", "OverflowLayer"]
+
+
+def test_layer_tasks_report_progress_to_the_scheduler(tmp_path, layer_store, vectors_app):
+    result = build(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
+    tasks = result["worker"]._scheduler.task_list("DONE", "")
+    layers = [t for t in tasks.values() if t["name"] == "StorePathLayer"]
+    assert len(layers) == 5
+    assert all(t["progress_percentage"] == 100 for t in layers)
+    assert all("diff_id sha256:" in t["status_message"] for t in layers)
+
+
+def test_changed_setting_never_reuses_a_layer(tmp_path, layer_store, vectors, vectors_app):
+    build(name="vec", contents=[vectors_app], output=str(tmp_path / "a.tar"))
+    again = build(name="vec", contents=[vectors_app], uid=1000, gid=100, uname="user", gname="users",
+                  output=str(tmp_path / "b.tar"))
+    assert again["ran"].count("StorePathLayer") == 5
+    config, _ = archive_config(tmp_path / "b.tar")
+    libc = vectors["single_path_layers_uid1000"]["libc"]["diff_id"]
+    assert config["rootfs"]["diff_ids"][0] == libc
+
+
+def test_corrupt_layer_store_entry_is_rebuilt(tmp_path, layer_store, vectors_app):
+    build(name="vec", contents=[vectors_app], output=str(tmp_path / "a.tar"))
+    blobs = list((layer_store / "blobs" / "sha256").iterdir())
+    os.chmod(blobs[0], 0o644)
+    with open(blobs[0], "ab") as f:
+        f.write(b"junk")
+    rebuilt = build(name="vec", contents=[vectors_app], output=str(tmp_path / "b.tar"))
+    assert rebuilt["ran"].count("StorePathLayer") + rebuilt["ran"].count("CustomisationLayer") == 1
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
+def test_workers_2_gives_the_same_bytes_as_workers_1(tmp_path, vectors_app):
+    outputs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.tar"
+        run = cli(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+                   "--output", str(out), "--workers", workers], tmp_path / f"store{workers}")
+        assert run.returncode == 0, run.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_example_image_runs_in_podman(tmp_path):
+    hello = nix_build(REPO / "examples" / "hello.nix", "hello")
+    busybox = nix_build(REPO / "examples" / "hello.nix", "busybox")
+    out = tmp_path / "hello.tar"
+    run = cli(["BuildImage", "--name", "nixlayer-test/hello", "--tag", "t1",
+               "--contents", json.dumps([hello, busybox]), "--config", '{"Cmd": ["/bin/hello"]}',
+               "--output", str(out)], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    subprocess.run(["podman", "load", "-i", str(out)], check=True, capture_output=True)
+    try:
+        shown = subprocess.run([*PODMAN_RUN, "localhost/nixlayer-test/hello:t1"],
+                               capture_output=True, text=True, timeout=120)
+        assert shown.stdout == "Hello from a nixlayer image!\n", shown.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/nixlayer-test/hello:t1"], capture_output=True)
+
+
+def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
+    run = subprocess.run(
+        f"luigi --module pipelines BuildImage --name vec --tag s --contents '{json.dumps([vectors_app])}'"
+        f" --output - > {tmp_path / 'out.tar'}",
+        shell=True, cwd=REPO, capture_output=True, text=True,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert run.returncode == 0, run.stderr
+    inspect = subprocess.run(["skopeo", "inspect", f"docker-archive:{tmp_path / 'out.tar'}"],
+                             capture_output=True, text=True, check=True)
+    assert len(json.loads(inspect.stdout)["Layers"]) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--contents", '["/nix/store/00000000000000000000000000000000-missing"]'], "missing"),
+    (["--contents", '["/usr/bin/env"]'], "not a store path"),
+    (["--config", "{not json"], "not valid JSON"),
+    (["--max-layers", "1"], "at least 2"),
+    (["--name", "MyApp"], "invalid image name"),
+    (["--tag", "x" * 129], "invalid tag"),
+    (["--output", "/proc/nixlayer-cannot-write.tar"], "cannot write output"),
+    (["--format", "docker-archive", "--compression", "zstd"], "docker-archive holds uncompressed layers"),
+])
+def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, args, message):
+    out = tmp_path / "out.tar"
+    base = {"--name": "vec", "--contents": json.dumps([vectors_app]), "--output": str(out)}
+    base.update(dict(zip(args[::2], args[1::2])))
+    store = tmp_path / "store"
+    run = cli(["BuildImage", *[x for kv in base.items() for x in kv]], store)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1 and message in errors[0], run.stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tar*"))
+    assert not (store / "layers").exists() and not (store / "blobs").exists()
