@@ -510,3 +510,37 @@ def test_a_failure_in_the_archive_writer_after_some_bytes_leaves_nothing(tmp_pat
         write(built["none"], "oci-archive", out_dir / "image.tar")
     assert os.listdir(out_dir) == []
     assert not [n for n in os.listdir(built["none"].store.root) if n.startswith(".oci-archive-")]
+
+
+# --- more real-tool checks ------------------------------------------------------------------
+
+
+def test_podman_loads_the_oci_archive_with_zstd_layers(tmp_path, built):
+    """podman reads our oci-archive, zstd layers included, as the image whose ID is the config
+    digest. podman takes ``org.opencontainers.image.ref.name`` as an image *name*: since ours
+    holds the tag only (as OCI image-layout.md's examples do), the image is named
+    ``localhost/<tag>:latest``; skopeo's ``oci:DIR:TAG`` reads the same annotation as the tag."""
+    tag = f"nixlayer-formats-{os.getpid()}"
+    archive = tmp_path / "zstd.tar"
+    write(built["zstd"], "oci-archive", archive, tag=tag)
+    try:
+        tool("podman", "load", "-i", str(archive))
+        assert podman_image_id(f"localhost/{tag}:latest") == "sha256:" + hashlib.sha256(built["zstd"].config).hexdigest()
+    finally:
+        tool("podman", "rmi", f"localhost/{tag}:latest", check=False)
+
+
+@pytest.mark.parametrize("format", ["docker-archive", "oci-archive"])
+def test_standard_output_gets_the_same_bytes_as_a_file(tmp_path, closure, vectors_app, format):
+    store = tmp_path / "store"
+    script = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(REPO)!r}, {str(TESTS)!r}]\n"
+        "from imagebuild import build_layers, write\n"
+        f"b = build_layers({str(store)!r}, {closure!r}, [{vectors_app!r}])\n"
+        f"write(b, {format!r}, '-')\n"
+        f"write(b, {format!r}, {str(tmp_path / 'file.tar')!r})\n"
+    )
+    streamed = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60).stdout
+    assert streamed == (tmp_path / "file.tar").read_bytes()
+    assert not [n for n in os.listdir(store) if n.startswith(".")]
