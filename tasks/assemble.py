@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -11,37 +10,23 @@ import luigi
 
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, write_image
-from nixlayer.image import image_config, parse_time
-from tasks.layers import CustomisationLayer, LayerParameters, layer_task
+from tasks.image import ImageTask
 
 
-class AssembleImage(LayerParameters):
+class AssembleImage(ImageTask):
     """Writes the image of ``store_layers`` plus the customisation layer to ``output``.
 
     ``store_layers`` is the layer plan: a list of layers, each a list of store paths. The output
-    is written atomically; ``-`` streams docker-archive or oci-archive to standard output.
+    is written atomically (``write`` also streams to standard output, ``-``).
     Complete when ``output`` exists and was written by this very task (a stamp in the layer
     store records it), so a changed image is never mistaken for the one already there.
     """
 
-    name = luigi.Parameter()
-    tag = luigi.Parameter()
-    config = luigi.Parameter(default="{}", description="the image config object, as JSON")
-    created = luigi.Parameter(default="1970-01-01T00:00:01Z")
-    architecture = luigi.Parameter()
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter()
-    store_layers = luigi.ListParameter()
-    contents = luigi.ListParameter(default=[])
-
-    def requires(self) -> list[LayerParameters]:
-        params = self.layer_parameters()
-        layers = [layer_task(list(paths), **params) for paths in self.store_layers]
-        return layers + [CustomisationLayer(contents=list(self.contents), **params)]
 
     def _stamp_path(self) -> str:
-        key = hashlib.sha256(json.dumps(self.to_str_params(), sort_keys=True).encode()).hexdigest()
-        return os.path.join(self.layer_store().root, "images", key[:32] + ".json")
+        return self.stamp_path("images", json.dumps(self.to_str_params(), sort_keys=True))
 
     def _output_signature(self) -> list[int] | None:
         path = os.path.join(self.output, "index.json") if self.format == "oci" else self.output
@@ -52,11 +37,7 @@ class AssembleImage(LayerParameters):
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def complete(self) -> bool:
-        try:
-            with open(self._stamp_path()) as f:
-                stamp = json.load(f)
-        except (OSError, ValueError):
-            return False
+        stamp = self.read_stamp(self._stamp_path())
         return stamp.get("signature") == self._output_signature() and stamp.get("output") == self.output
 
     def run(self) -> None:
@@ -75,11 +56,10 @@ class AssembleImage(LayerParameters):
         Standard output cannot be a Luigi target, so ``BuildImage --output -`` calls this from
         its own ``run`` instead of scheduling this task.
         """
-        store = self.layer_store()
-        layers = [store.image_layer(task.output().record()) for task in self.requires()]
-        config = image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+        layers = self.image_layers()
         digest = write_image(
-            self.format, self.output, layers, config, self.name, self.tag, self.mtime, store.root
+            self.format, self.output, layers, self.image_config(layers), self.name, self.tag,
+            self.mtime, self.layer_store().root,
         )
         print(f"nixlayer: wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}", file=sys.stderr)
         return digest

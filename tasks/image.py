@@ -1,0 +1,55 @@
+"""ImageTask: what every image-level task shares: the image's parameters, layers and config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import luigi
+
+from nixlayer.image import ImageLayer, image_config, parse_time
+from tasks.layers import CustomisationLayer, LayerParameters, layer_task
+
+
+class ImageTask(LayerParameters):
+    """An image: its layer plan (``store_layers``, lists of store paths), contents and config.
+
+    Requires one layer task per store layer plus the customisation layer, all with this task's
+    layer parameters, so tasks of several images that share a layer share its task.
+    """
+
+    name = luigi.Parameter()
+    tag = luigi.Parameter()
+    config = luigi.Parameter(default="{}", description="the image config object, as JSON")
+    created = luigi.Parameter(default="1970-01-01T00:00:01Z")
+    architecture = luigi.Parameter()
+    store_layers = luigi.ListParameter()
+    contents = luigi.ListParameter(default=[])
+
+    def requires(self) -> list[LayerParameters]:
+        params = self.layer_parameters()
+        layers = [layer_task(list(paths), **params) for paths in self.store_layers]
+        return layers + [CustomisationLayer(contents=list(self.contents), **params)]
+
+    def image_layers(self) -> list[ImageLayer]:
+        """The image's layers from the layer store (the required tasks must be complete)."""
+        store = self.layer_store()
+        return [store.image_layer(task.output().record()) for task in self.requires()]
+
+    def image_config(self, layers: list[ImageLayer]) -> bytes:
+        """The image config JSON for ``layers``."""
+        return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+
+    def stamp_path(self, kind: str, key: str) -> str:
+        """Where this task records, in the layer store, what it wrote (``kind``: images, pushes)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return os.path.join(self.layer_store().root, kind, digest + ".json")
+
+    def read_stamp(self, path: str) -> dict:
+        """The stamp at ``path``, or ``{}`` if there is none or it is unreadable."""
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
