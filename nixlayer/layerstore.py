@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Sequence
 from nixlayer.atomic import atomic_file
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer
+from nixlayer.image import ImageLayer, sha256_digest
 from nixlayer.layer import LayerBlob, LayerSettings
 from nixlayer.storepath import hash_part
 
@@ -138,6 +138,15 @@ class LayerStore:
         with atomic_file(record_path) as f:
             f.write(record.to_json())
         return record
+
+    def put_bytes(self, data: bytes) -> str:
+        """Keep ``data`` (a config or manifest) as a blob; return its path. Atomic, idempotent."""
+        path = self.blob_path(sha256_digest(data))
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_file(path) as f:
+                f.write(data)
+        return path
 
     def image_layer(self, record: LayerRecord) -> ImageLayer:
         """The record as an ImageLayer ready to assemble."""

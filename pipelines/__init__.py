@@ -5,6 +5,6 @@
 requires ``tasks.assemble.AssembleImage``, which requires one task per layer.
 """
 
-from pipelines.build import BuildImage
+from pipelines.build import BuildImage, PushImage
 
-__all__ = ["BuildImage"]
+__all__ = ["BuildImage", "PushImage"]

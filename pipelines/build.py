@@ -1,4 +1,4 @@
-"""BuildImage: one layered image from Nix store paths."""
+"""BuildImage and PushImage: one layered image from Nix store paths, written or pushed."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_layers
 from nixlayer.popularity import image_order
 from nixlayer.reference import check_name, check_tag
+from nixlayer.registry import parse_push_target
 from nixlayer.storepath import check_store_path, normalize_store_dir
 from tasks.assemble import AssembleImage
+from tasks.image import ImageTask
+from tasks.push import PushToRegistry
 
 DEFAULT_TIME = "1970-01-01T00:00:01Z"
 
@@ -32,8 +35,8 @@ def fail(error: NixlayerError) -> None:
     raise error
 
 
-class BuildImage(luigi.Task):
-    """Build a layered image of ``contents`` and ``config``, as nixpkgs ``buildLayeredImage``.
+class ImageParameters(luigi.Task):
+    """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
     The closure of the contents and of the store paths the config mentions is ordered by
     popularity; the first ``max_layers - 2`` store paths get a layer each, the rest share one
@@ -43,7 +46,7 @@ class BuildImage(luigi.Task):
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
     tag = luigi.Parameter(default="", description="image tag; default: a hash of everything that determines the image")
-    contents = luigi.ListParameter(default=[], description='store paths linked into /, as a JSON list')
+    contents = luigi.ListParameter(default=[], description="store paths linked into /, as a JSON list")
     config = luigi.Parameter(default="{}", description='image config as JSON: {"Cmd": [...], "Env": [...]}')
     created = luigi.Parameter(default=DEFAULT_TIME, description="image creation time, ISO 8601 or 'now'")
     mtime = luigi.Parameter(default=DEFAULT_TIME, description="mtime of every file, ISO 8601 or 'now'")
@@ -54,36 +57,38 @@ class BuildImage(luigi.Task):
     gname = luigi.Parameter(default="root")
     include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
     architecture = luigi.Parameter(default="", description="Go architecture name; default: this machine's")
-    format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
-    compression = luigi.ChoiceParameter(choices=["none", "gzip", "zstd"], default="none")
+    compression = luigi.ChoiceParameter(
+        choices=["auto", "none", "gzip", "zstd"], default="auto",
+        description="layer compression; auto: none for docker-archive, gzip for OCI and registries",
+    )
     compression_level = luigi.OptionalIntParameter(default=None)
-    output = luigi.Parameter(description="output file, directory for 'oci', or '-' for standard output")
     store_dir = luigi.Parameter(default="/nix/store")
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
+    insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
 
-    def requires(self):
-        """AssembleImage; for standard output, its layers (this task then writes the image)."""
-        assemble = self.assembly()
-        return assemble.requires() if self.output == STDOUT else assemble
-
-    def complete(self) -> bool:
-        return self.output != STDOUT and self.assembly().complete()
-
-    def run(self) -> None:
-        if self.output == STDOUT:
-            self.assembly().write()
-
-    def assembly(self) -> AssembleImage:
-        """The AssembleImage of this build; bad input is printed as one line, then raised."""
+    def planned(self) -> dict:
+        """The ImageTask parameters of this image; bad input is printed as one line, then raised."""
         try:
-            return self._assemble
+            return self._planned
         except NixlayerError as error:
             fail(error)
             raise
 
+    def check(self) -> None:
+        """Checks of the subclass's own parameters, run before the closure is computed."""
+
+    def image_task(self, task: type[ImageTask], compression: str, **extra) -> ImageTask:
+        """``task`` (AssembleImage, PushToRegistry) for this image, with layers compressed so."""
+        if self.compression != "auto":
+            compression = self.compression
+        return task(**self.planned(), compression=compression, compression_level=self.compression_level, **extra)
+
+    def run(self) -> None:
+        pass
+
     @functools.cached_property
-    def _assemble(self) -> AssembleImage:
+    def _planned(self) -> dict:
         """Check every parameter, compute the closure and the layer plan: once per build."""
         check_name(self.name)
         if self.tag:
@@ -97,30 +102,25 @@ class BuildImage(luigi.Task):
         created = parse_time(self.created)
         mtime = int(parse_time(self.mtime).timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
-        compression = Compression(self.compression, self.compression_level)
-        check_format(self.format, compression.media_type, self.output)
-        self._check_output()
+        if self.compression != "auto":
+            Compression(self.compression, self.compression_level)
+        self.check()
         config_paths = config_store_paths(config, store_dir)
         roots = sorted(set(contents) | set(config_paths))
         graph = self._graph(roots, store_dir)
         order = image_order(graph, contents, config_paths) if self.include_store_paths else []
         plan = plan_layers(order, self.max_layers)
-        store_layers = [list(layer.store_paths) for layer in plan.layers]
         image = {
-            "store_layers": store_layers, "contents": contents, "config": config,
-            "created": created.isoformat(), "settings": settings.key,
-            "compression": compression.key, "architecture": self.architecture or host_architecture(),
+            "store_layers": [list(layer.store_paths) for layer in plan.layers],
+            "contents": contents, "config": json.dumps(config, sort_keys=True),
+            "created": created.isoformat(), "architecture": self.architecture or host_architecture(),
         }
-        tag = self.tag or hashlib.sha256(json.dumps(image, sort_keys=True).encode()).hexdigest()[:32]
-        return AssembleImage(
-            name=self.name, tag=tag, config=json.dumps(config, sort_keys=True),
-            created=created.isoformat(), architecture=image["architecture"], format=self.format,
-            output=self.output if self.output == STDOUT else os.path.abspath(self.output),
-            store_layers=store_layers, contents=contents,
-            mtime=mtime, uid=self.uid, gid=self.gid, uname=self.uname, gname=self.gname,
-            compression=self.compression, compression_level=self.compression_level,
-            store_dir=store_dir, store_root=self.store_root,
-        )
+        identity = {**image, "settings": settings.key, "store_dir": store_dir}
+        tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+        return {
+            **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
+            "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
+        }
 
     def _graph(self, roots: list[str], store_dir: str):
         if self.closure_graph is not None:
@@ -132,6 +132,56 @@ class BuildImage(luigi.Task):
         if self.store_root != "/":
             return graph_from_store_dir(roots, self.store_root, store_dir)
         return graph_from_nix(roots, store_dir)
+
+
+class BuildImage(ImageParameters):
+    """Build the image and write it to ``--output`` (a file, an OCI directory, or ``-``), push
+    it to ``--push`` (``docker://HOST[:PORT]/REPOSITORY:TAG``), or both.
+    """
+
+    format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
+    output = luigi.Parameter(default="", description="output file, directory for 'oci', or '-' for standard output")
+    push = luigi.Parameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
+
+    def check(self) -> None:
+        if not self.output and not self.push:
+            raise NixlayerError("nothing to do: give --output FILE (or -) and/or --push docker://HOST/REPOSITORY:TAG")
+        if self.push:
+            parse_push_target(self.push)
+        if self.output:
+            check_format(self.format, Compression(self._output_compression()).media_type, self.output)
+            self._check_output()
+
+    def _output_compression(self) -> str:
+        if self.compression != "auto":
+            return self.compression
+        return "none" if self.format == "docker-archive" else "gzip"
+
+    def _assemble(self) -> AssembleImage:
+        output = self.output if self.output == STDOUT else os.path.abspath(self.output)
+        return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output)
+
+    def targets(self) -> list[ImageTask]:
+        """AssembleImage for a file or directory output, PushToRegistry for a push."""
+        tasks: list[ImageTask] = []
+        if self.output and self.output != STDOUT:
+            tasks.append(self._assemble())
+        if self.push:
+            tasks.append(self.image_task(PushToRegistry, "gzip", target=self.push,
+                                         insecure_registry=self.insecure_registry))
+        return tasks
+
+    def requires(self) -> list:
+        """The targets; for standard output, also the layers (this task writes the image)."""
+        layers = self._assemble().requires() if self.output == STDOUT else []
+        return self.targets() + layers
+
+    def complete(self) -> bool:
+        return self.output != STDOUT and all(task.complete() for task in self.targets())
+
+    def run(self) -> None:
+        if self.output == STDOUT:
+            self._assemble().write()
 
     def _check_output(self) -> None:
         """Fail before any layer is written if the output cannot be written."""
@@ -146,3 +196,20 @@ class BuildImage(luigi.Task):
             raise NixlayerError(f"cannot write output {self.output}: {e.strerror}") from None
         os.close(fd)
         os.unlink(probe)
+
+
+class PushImage(ImageParameters):
+    """Push the image to ``--target`` (``docker://HOST[:PORT]/REPOSITORY:TAG``), reusing the
+    layers already in the layer store: only missing layers are built, only missing blobs sent.
+    """
+
+    target = luigi.Parameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
+
+    def check(self) -> None:
+        parse_push_target(self.target)
+
+    def requires(self) -> PushToRegistry:
+        return self.image_task(PushToRegistry, "gzip", target=self.target, insecure_registry=self.insecure_registry)
+
+    def complete(self) -> bool:
+        return self.requires().complete()
