@@ -10,7 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import luigi
+import luigi.configuration
 import pytest
+from luigi.execution_summary import _summary_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,3 +39,31 @@ def vectors_app(vectors) -> str:
     path = nix_build(FIXTURES / "vectors.nix", "app")
     assert path == vectors["store_paths"]["app"]
     return path
+
+
+@pytest.fixture
+def layer_store(tmp_path):
+    """A fresh layer store for in-process builds, set in Luigi's configuration."""
+    config = luigi.configuration.get_config()
+    if not config.has_section("nixlayer"):
+        config.add_section("nixlayer")
+    store = tmp_path / "layer-store"
+    config.set("nixlayer", "layer_store", str(store))
+    yield store
+    config.remove_option("nixlayer", "layer_store")
+
+
+def run_luigi(task: luigi.Task, workers: int = 1) -> dict:
+    """Run ``task`` in-process with the local scheduler; return Luigi's record of the run.
+
+    ``ran``: sorted families of the tasks that ran; ``ran_tasks``: those tasks; ``worker``.
+    Fails the test if a task failed or could not be scheduled.
+    """
+    result = luigi.build([task], local_scheduler=True, detailed_summary=True, workers=workers)
+    summary = _summary_dict(result.worker)
+    assert not summary["failed"] and not summary["scheduling_error"], result.summary_text
+    return {
+        "ran": sorted(t.task_family for t in summary["completed"]),
+        "ran_tasks": list(summary["completed"]),
+        "worker": result.worker,
+    }

@@ -9,12 +9,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-import luigi
-import luigi.configuration
 import pytest
-from luigi.execution_summary import _summary_dict
 
-from conftest import FIXTURES, nix_build
+from conftest import FIXTURES, nix_build, run_luigi
 from pipelines import BuildImage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,28 +19,8 @@ PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
 
-@pytest.fixture
-def layer_store(tmp_path):
-    """A fresh layer store for in-process builds, set in Luigi's configuration."""
-    config = luigi.configuration.get_config()
-    if not config.has_section("nixlayer"):
-        config.add_section("nixlayer")
-    store = tmp_path / "layer-store"
-    config.set("nixlayer", "layer_store", str(store))
-    yield store
-    config.remove_option("nixlayer", "layer_store")
-
-
-def build(workers: int = 1, **params) -> dict[str, list[str]]:
-    """Run BuildImage in-process; return what Luigi records: task families that ran, and more."""
-    result = luigi.build([BuildImage(**params)], local_scheduler=True, detailed_summary=True, workers=workers)
-    summary = _summary_dict(result.worker)
-    assert not summary["failed"] and not summary["scheduling_error"], result.summary_text
-    return {
-        "ran": sorted(t.task_family for t in summary["completed"]),
-        "ran_tasks": list(summary["completed"]),
-        "worker": result.worker,
-    }
+def build(workers: int = 1, **params) -> dict:
+    return run_luigi(BuildImage(**params), workers)
 
 
 def archive_config(path: Path) -> tuple[dict, list[str]]:
