@@ -1,0 +1,91 @@
+"""Pushing with BuildImage --push and PushImage to a real registry on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import FIXTURES, nix_build, run_luigi
+from pipelines import BuildImage, PushImage
+from registry_fixture import registry  # noqa: F401 - the fixture
+from test_build import PODMAN_RUN, REPO
+
+
+def inc(version: str) -> str:
+    return subprocess.run(
+        ["nix-build", str(FIXTURES / "incremental.nix"), "--argstr", "version", version, "-A", "tool", "--no-out-link"],
+        check=True, capture_output=True, text=True).stdout.strip()
+
+
+def inspect(host: str, ref: str) -> dict:
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{host}/{ref}"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def test_pushed_image_pulls_and_runs(registry, layer_store):
+    hello = nix_build(REPO / "examples" / "hello.nix", "hello")
+    busybox = nix_build(REPO / "examples" / "hello.nix", "busybox")
+    ref = f"{registry.host}/nixlayer-test/hello:pushed"
+    run_luigi(BuildImage(name="hello", contents=[hello, busybox], config='{"Cmd": ["/bin/hello"]}',
+                         push=f"docker://{ref}"))
+    shown = inspect(registry.host, "nixlayer-test/hello:pushed")
+    assert len(shown["Layers"]) == 4  # hello, busybox, greeting, customisation
+    manifest = _raw_manifest(registry.host, "nixlayer-test/hello:pushed")
+    assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 4
+    subprocess.run(["podman", "pull", "--tls-verify=false", ref], check=True, capture_output=True)
+    try:
+        out = subprocess.run([*PODMAN_RUN, ref], capture_output=True, text=True, timeout=120)
+        assert out.stdout == "Hello from a nixlayer image!\n", out.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
+
+
+def test_update_uploads_only_changed_layers_and_second_repository_mounts(registry, layer_store):
+    app = nix_build(FIXTURES / "incremental.nix", "app")
+    params = dict(name="inc", config='{"Cmd": ["/bin/app"]}')
+    first = run_luigi(PushImage(contents=[app, inc("1")], target=f"{registry.host}/inc/app:v1", **params))
+    assert first["ran"].count("StorePathLayer") == 4
+    uploaded = registry.blob_activity("inc/app")["uploaded"]
+    assert len(uploaded) == 6  # 4 store-path layers, customisation layer, config
+
+    mark = registry.mark()
+    again = run_luigi(PushImage(contents=[app, inc("1")], target=f"{registry.host}/inc/app:v1", **params))
+    assert again["ran"] == []
+    assert registry.blob_activity("inc/app", mark)["uploaded"] == []
+
+    mark = registry.mark()
+    update = run_luigi(PushImage(contents=[app, inc("2")], target=f"{registry.host}/inc/app:v2", **params))
+    assert update["ran"] == ["CustomisationLayer", "PushImage", "PushToRegistry", "StorePathLayer"]
+    activity = registry.blob_activity("inc/app", mark)
+    manifest = inspect(registry.host, "inc/app:v2")
+    assert len(activity["uploaded"]) == 3  # the new tool layer, customisation layer, config
+    assert set(activity["uploaded"]) <= set(manifest["Layers"]) | {_config_digest(registry.host, "inc/app:v2")}
+
+    mark = registry.mark()
+    run_luigi(PushImage(contents=[app, inc("2")], target=f"{registry.host}/other/app:v2", **params))
+    other = registry.blob_activity("other/app", mark)
+    assert other["uploaded"] == []  # layers and config are mounted from inc/app
+    assert set(other["mounted"]) >= set(manifest["Layers"])
+    assert inspect(registry.host, "other/app:v2")["Digest"] == manifest["Digest"]
+
+
+def _raw_manifest(host: str, ref: str) -> dict:
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{ref}"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(raw)
+
+
+def _config_digest(host: str, ref: str) -> str:
+    return _raw_manifest(host, ref)["config"]["digest"]
+
+
+def test_bad_push_target_is_one_line_error(tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    run = subprocess.run(["luigi", "--module", "pipelines", "PushImage", "--name", "x", "--target", "NotARegistry/x"],
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(cfg)})
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1 and "push target" in errors[0]
