@@ -21,9 +21,9 @@ from typing import Protocol
 import zstandard
 
 from nixlayer.errors import NixlayerError
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 
 NAMES = ("none", "gzip", "zstd")
-MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
 _DEFAULT_LEVELS = {"none": 0, "gzip": 6, "zstd": 3}
 _LEVEL_RANGES = {"none": (0, 0), "gzip": (1, 9), "zstd": (1, 22)}
 # RFC 1952: ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown).
@@ -95,7 +95,7 @@ class Compression:
     @property
     def media_type(self) -> str:
         """The OCI layer media type for blobs made with this compression."""
-        return MEDIA_TYPE_LAYER if self.name == "none" else f"{MEDIA_TYPE_LAYER}+{self.name}"
+        return MEDIA_TYPE_OCI_LAYER if self.name == "none" else f"{MEDIA_TYPE_OCI_LAYER}+{self.name}"
 
     @property
     def key(self) -> str:

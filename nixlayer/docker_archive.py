@@ -16,7 +16,7 @@ import io
 import tarfile
 from typing import BinaryIO, Sequence
 
-from nixlayer.compression import MEDIA_TYPE_LAYER
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, sha256_digest
 from nixlayer.layer import COPY_BUFFER
@@ -24,7 +24,7 @@ from nixlayer.layer import COPY_BUFFER
 
 def check_media_type(media_type: str) -> None:
     """Raise NixlayerError unless ``media_type`` is an uncompressed layer, as docker-archive needs."""
-    if media_type != MEDIA_TYPE_LAYER:
+    if media_type != MEDIA_TYPE_OCI_LAYER:
         raise NixlayerError(
             "docker-archive holds uncompressed layers: use --compression none, or an OCI"
             " format (oci, oci-archive) or a registry push for gzip and zstd"

@@ -18,10 +18,8 @@ from typing import Any, Sequence
 
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerBlob
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 
-MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
 CONFIG_FIELDS = (
     "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
     "StopSignal", "ArgsEscaped", "Healthcheck", "OnBuild", "Shell",
@@ -140,8 +138,8 @@ def oci_manifest(config: bytes, layers: Sequence[ImageLayer]) -> bytes:
     """The OCI image manifest (manifest.md) for an image config and its layers, canonical JSON."""
     return canonical_json({
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
-        "config": descriptor(MEDIA_TYPE_CONFIG, config),
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": descriptor(MEDIA_TYPE_OCI_CONFIG, config),
         "layers": [
             descriptor(layer.blob.media_type, layer.blob.digest, layer.blob.blob_size)
             for layer in layers

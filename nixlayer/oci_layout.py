@@ -13,9 +13,8 @@ import shutil
 import tarfile
 from typing import BinaryIO, Sequence
 
-from nixlayer.image import (
-    MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, ImageLayer, canonical_json, descriptor, oci_manifest,
-)
+from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.layer import COPY_BUFFER
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -54,9 +53,9 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
         _put_file(directory, layer.blob.digest, layer.file)
     _put_bytes(directory, config)
     _put_bytes(directory, manifest)
-    entry = descriptor(MEDIA_TYPE_MANIFEST, manifest)
+    entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
     entry["annotations"] = {REF_NAME: tag}
-    index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": [entry]})
+    index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [entry]})
     with open(os.path.join(directory, "index.json"), "wb") as f:
         f.write(index)
     with open(os.path.join(directory, "oci-layout"), "wb") as f:

@@ -14,9 +14,13 @@ from nixlayer.errors import NixlayerError
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
+HOST = re.compile(rf"^{_DOMAIN}$")
+"""A registry host: DNS name, IPv4 or bracketed IPv6 address, optional port."""
+REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+"""A repository path: lowercase components joined by ``/``."""
+TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 NAME_MAX = 255
 
 
@@ -44,7 +48,7 @@ def check_tag(tag: str) -> str:
 
     Raises NixlayerError saying what is allowed.
     """
-    if not _TAG.match(tag):
+    if not TAG.match(tag):
         shown = tag if len(tag) <= 40 else tag[:40] + "..."
         raise NixlayerError(
             f"invalid tag {shown!r} ({len(tag)} characters): a tag is 1 to 128 letters, digits,"

@@ -46,37 +46,20 @@ from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 import requests
 
 from nixlayer.errors import NixlayerError
+from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
+from nixlayer.mediatypes import (  # noqa: F401 - re-exported for callers of push_image
+    MANIFEST_MEDIA_TYPES, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER, MEDIA_TYPE_DOCKER_LAYER_GZIP,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_LAYER_ZSTD, MEDIA_TYPE_OCI_MANIFEST,
+)
 
 _T = TypeVar("_T")
 
 # --- Media types (OCI image-spec "Media Types"; Docker Image Manifest V2, Schema 2) -------------
 
-MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_TYPE_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_TYPE_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_TYPE_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-
-MANIFEST_MEDIA_TYPES = frozenset(
-    {MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST}
-)
-
 # --- References (distribution/reference grammar) -----------------------------------------------
 
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_HOST = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_MAX_NAME_LENGTH = 255
 _TARGET_FORMS = (
     "expected [docker://]HOST[:PORT]/REPOSITORY[:TAG] with lowercase repository path components "
     "([a-z0-9] separated by '.', '_', '__' or '-', joined by '/') and a tag of up to 128 characters "
@@ -119,7 +102,7 @@ def check_repository(repository: str) -> str:
     Grammar (distribution/reference ``path-component``): ``[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*``,
     components joined by ``/``. Raises NixlayerError otherwise.
     """
-    if not _REPOSITORY.match(repository):
+    if not REPOSITORY.match(repository):
         raise NixlayerError(
             f"repository name {repository!r} is not allowed: use lowercase path components "
             "of [a-z0-9] separated by '.', '_', '__' or '-', joined by '/'"
@@ -152,7 +135,7 @@ def parse_push_target(text: str) -> PushTarget:
     if not slash or not path:
         raise NixlayerError(f"push target {text!r} has no repository: {_TARGET_FORMS}")
     looks_like_host = "." in host or ":" in host or host == "localhost" or host.startswith("[")
-    if not looks_like_host or not _HOST.match(host):
+    if not looks_like_host or not HOST.match(host):
         raise NixlayerError(f"push target {text!r} does not start with a registry host: {_TARGET_FORMS}")
     _, port = _split_host_port(host)
     if port is not None and not 0 < port < 65536:
@@ -161,11 +144,11 @@ def parse_push_target(text: str) -> PushTarget:
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         repository, _, tag = path.rpartition(":")
-    if not _REPOSITORY.match(repository):
+    if not REPOSITORY.match(repository):
         raise NixlayerError(f"push target {text!r} has an invalid repository {repository!r}: {_TARGET_FORMS}")
-    if len(host) + 1 + len(repository) > _MAX_NAME_LENGTH:
-        raise NixlayerError(f"push target {text!r} is longer than {_MAX_NAME_LENGTH} characters")
-    if not _TAG.match(tag):
+    if len(host) + 1 + len(repository) > NAME_MAX:
+        raise NixlayerError(f"push target {text!r} is longer than {NAME_MAX} characters")
+    if not TAG.match(tag):
         raise NixlayerError(f"push target {text!r} has an invalid tag {tag!r}: {_TARGET_FORMS}")
     return PushTarget(host=host, repository=repository, tag=tag)
 

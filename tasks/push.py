@@ -16,7 +16,8 @@ import sys
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.image import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, ImageLayer, oci_manifest, sha256_digest
+from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image
 from tasks.image import ImageTask
 
@@ -59,10 +60,10 @@ class PushToRegistry(ImageTask):
         target = self._target()
         manifest, config, layers = self._manifest()
         store = self.layer_store()
-        config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_CONFIG, store.put_bytes(config))
+        config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(config))
         blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
         result = push_image(
-            target, manifest, MEDIA_TYPE_MANIFEST, config_blob, blobs,
+            target, manifest, MEDIA_TYPE_OCI_MANIFEST, config_blob, blobs,
             insecure=self.insecure_registry, mount_from=self._mount_sources(target), log=logger.info,
         )
         message = (
