@@ -44,7 +44,7 @@ def write_docker_archive(
     config_name = sha256_digest(config).removeprefix("sha256:") + ".json"
     layer_names = [layer.blob.diff_id.removeprefix("sha256:") + "/layer.tar" for layer in layers]
     manifest = canonical_json([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}])
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+    with tarfile.open(fileobj=out, mode="w|", bufsize=COPY_BUFFER, format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         tar.copybufsize = COPY_BUFFER
         for name, layer in dict(zip(layer_names, layers)).items():  # a repeated layer once
             with open(layer.file, "rb") as f:

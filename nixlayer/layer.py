@@ -193,7 +193,7 @@ def write_entries(
     done = 0
     writer = _DigestingWriter(out, compression)
     with tarfile.open(
-        fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
+        fileobj=writer, mode="w|", bufsize=COPY_BUFFER, format=tarfile.PAX_FORMAT, encoding="utf-8"
     ) as tar:
         tar.copybufsize = COPY_BUFFER
         for entry in entries:

@@ -69,7 +69,7 @@ def write_oci_archive(out: BinaryIO, layout: str, mtime: int) -> None:
     Members are sorted, with ``mtime`` (seconds since the epoch) and root ownership, so the
     archive is reproducible.
     """
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+    with tarfile.open(fileobj=out, mode="w|", bufsize=COPY_BUFFER, format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         tar.copybufsize = COPY_BUFFER
         for dirpath, dirnames, filenames in os.walk(layout):
             dirnames.sort()

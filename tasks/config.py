@@ -17,6 +17,10 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
 
     layer_store: directory of the layer store (default ``$XDG_CACHE_HOME/nixlayer``, else
     ``~/.cache/nixlayer``).
+
+    layer_batch_size: how many pending store path layers a worker takes from the scheduler at
+    once (one hand-out of work instead of one each; see ``tasks.layers.StorePathLayer``).
     """
 
     layer_store = luigi.Parameter(default=_default_layer_store())
+    layer_batch_size = luigi.IntParameter(default=50)

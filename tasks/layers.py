@@ -7,6 +7,7 @@ of the ordered store paths (overflow) or of the contents (customisation).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import BinaryIO
@@ -84,35 +85,90 @@ class LayerTask(LayerParameters):
         )
 
     def run(self) -> None:
+        self._write_layer()
+
+    def _write_layer(self, report=None) -> LayerRecord:
+        """Write this layer; ``report(percentage, message)`` tells the scheduler how it goes."""
+        report = report or self._report_self
         self._last_report = 0.0
-        self.set_status_message("writing layer of " + ", ".join(self.store_paths()))
+        self._reporting = report
+        report(0, "writing layer of " + ", ".join(self.store_paths()))
         target = self.output()
         comment = "store paths: " + json.dumps(self.store_paths())
         record = target.store.write(target.path, self.store_paths(), comment, self.write_blob)
-        self.set_progress_percentage(100)
-        self.set_status_message(
-            f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}"
-        )
+        report(100, f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
+        return record
+
+    def _report_self(self, percentage: int, message: str) -> None:
+        self.set_progress_percentage(percentage)
+        self.set_status_message(message)
 
     def _progress(self, done: int, total: int) -> None:
         now = time.monotonic()
         if done < total and now - self._last_report < 0.5:
             return
         self._last_report = now
-        self.set_progress_percentage(100 if total == 0 else int(100 * done / total))
-        self.set_status_message(f"{done} of {total} bytes written")
+        self._reporting(100 if total == 0 else int(100 * done / total), f"{done} of {total} bytes written")
+
+
+def _join_store_paths(paths) -> str:
+    """Luigi's batch_method for StorePathLayer: the store paths of a batch, one a line."""
+    return "\n".join(paths)
 
 
 class StorePathLayer(LayerTask):
-    """The layer of one store path (most popular paths get one each); keyed by its hash part."""
+    """The layer of one store path (most popular paths get one each); keyed by its hash part.
 
-    store_path = luigi.Parameter()
+    Batchable: Luigi's scheduler costs grow with the number of pending tasks at each hand-out
+    of work, so a worker takes up to ``[nixlayer] layer_batch_size`` pending StorePathLayer
+    tasks with equal settings at once. The batch runs as one StorePathLayer whose
+    ``store_path`` holds the paths one a line; it writes each layer as its own task would and
+    reports each one's progress and status to the scheduler under that task's id. Every layer
+    stays one task in the scheduler, done once.
+    """
+
+    store_path = luigi.Parameter(batch_method=_join_store_paths)
+
+    @property
+    def max_batch_size(self) -> int:  # read by Luigi's worker when it registers the family
+        return nixlayer().layer_batch_size
+
+    def members(self) -> list["StorePathLayer"]:
+        """The single-path tasks this task stands for: itself, or each task of its batch."""
+        paths = self.store_path.split("\n")
+        if len(paths) == 1:
+            return [self]
+        params = self.layer_parameters()
+        return [StorePathLayer(store_path=p, **params) for p in paths]
 
     def layer_key(self) -> str:
         return store_path_layer_key(self.store_path)
 
     def store_paths(self) -> list[str]:
         return [self.store_path]
+
+    def output(self):
+        members = self.members()
+        return super().output() if members == [self] else [m.output() for m in members]
+
+    def run(self) -> None:
+        members = self.members()
+        if members == [self]:
+            self._write_layer()
+            return
+        scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
+        for member in members:
+            if member.complete():  # written meanwhile by another worker sharing the layer store
+                continue
+            if scheduler is None:
+                member._write_layer(self._report_self)
+            else:  # each layer's own progress and status, under its own task id
+                member._write_layer(functools.partial(_report_task, scheduler, member.task_id))
+
+
+def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None:
+    scheduler.set_task_progress_percentage(task_id, percentage)
+    scheduler.set_task_status_message(task_id, message)
 
 
 class OverflowLayer(LayerTask):
