@@ -1,0 +1,304 @@
+"""BuildImages: every image of a batch file, in one Luigi run.
+
+The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
+table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
+``config`` as a TOML table, ``max_layers``, ``uid``, ``gid``, ``uname``, ``gname``,
+``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
+``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
+Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``) are relative to
+the batch file's directory.
+
+Images with equal layer settings share layer tasks (a layer task is named by its store path
+and settings only), so a layer common to several images is built once. Each run writes a JSON
+report (atomically) and prints a summary: per image its digest, layers built in this run
+versus reused from the layer store, and bytes written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+
+import luigi
+from luigi.task import flatten
+
+from nixlayer.atomic import atomic_file
+from nixlayer.errors import NixlayerError
+from nixlayer.formats import STDOUT
+from pipelines.build import BuildImage, fail
+from tasks.assemble import AssembleImage
+from tasks.layers import LayerTask
+
+NIX_KEYS = ("nix_file", "nix_attrs")
+PATH_KEYS = ("output", "closure_graph", "store_root")
+
+# The run log of the BuildImages run in this process: a file the layer and image tasks of the
+# run append to when they succeed (also from worker processes forked by --workers N).
+_run_log: str | None = None
+
+
+def _log_run(entry: dict) -> None:
+    if _run_log is None:
+        return
+    fd = os.open(_run_log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@LayerTask.event_handler(luigi.Event.SUCCESS)
+def _layer_written(task: LayerTask) -> None:
+    for target in flatten(task.output()):
+        _log_run({"layer": target.path})
+
+
+@AssembleImage.event_handler(luigi.Event.SUCCESS)
+def _image_written(task: AssembleImage) -> None:
+    _log_run({"image": task.output})
+
+
+def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
+    if isinstance(parameter, luigi.BoolParameter):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(parameter, (luigi.IntParameter, luigi.OptionalIntParameter)):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(parameter, luigi.ListParameter):
+        ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+    elif key == "config":
+        ok, kind = isinstance(value, (dict, str)), "a table (or a JSON string)"
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    if not ok:
+        raise NixlayerError(f"{key} must be {kind}, not {json.dumps(value, default=str)}")
+
+
+def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:
+    paths = []
+    for attr in attrs:
+        try:
+            out = subprocess.run(["nix-build", nix_file, "-A", attr, "--no-out-link"],
+                                 capture_output=True, text=True)
+        except OSError as e:
+            raise NixlayerError(f"cannot run nix-build: {e.strerror}") from None
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["exit status %d" % out.returncode])[-1]
+            raise NixlayerError(f"nix-build {nix_file} -A {attr} failed: {last}")
+        paths.append(out.stdout.strip().splitlines()[-1])
+    return paths
+
+
+def _check_keys(settings: dict) -> None:
+    params = dict(BuildImage.get_params())
+    unknown = sorted(set(settings) - set(params) - set(NIX_KEYS))
+    if unknown:
+        raise NixlayerError(f"unknown key {unknown[0]!r}")
+    for key, value in settings.items():
+        if key in params:
+            _check_type(key, value, params[key])
+
+
+def _image_params(settings: dict, directory: str) -> dict:
+    """BuildImage parameters of one merged [[image]] table; raises NixlayerError."""
+    _check_keys(settings)
+    if "name" not in settings:
+        raise NixlayerError("no name")
+    out = {k: v for k, v in settings.items() if k not in NIX_KEYS}
+    if isinstance(out.get("config"), dict):
+        out["config"] = json.dumps(out["config"], sort_keys=True)
+    if not out.get("output") and not out.get("push"):
+        raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
+    if out.get("output") == STDOUT:
+        raise NixlayerError("output '-' (standard output) cannot be used in a batch")
+    for key in PATH_KEYS:
+        if out.get(key) and not (key == "store_root" and out[key] == "/"):
+            out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
+    if "nix_attrs" in settings or "nix_file" in settings:
+        nix_file, attrs = settings.get("nix_file"), settings.get("nix_attrs")
+        if not isinstance(nix_file, str) or not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+            raise NixlayerError("nix_file must be a string and nix_attrs a list of attribute names")
+        built = _nix_build(os.path.join(directory, nix_file), attrs)
+        out["contents"] = list(out.get("contents", [])) + built
+    return out
+
+
+def load_batch(path: str) -> list[dict]:
+    """The BuildImage parameters of each image in the batch file at ``path``.
+
+    Raises NixlayerError naming the file, and the entry (``image N (NAME)``) at fault.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise NixlayerError(f"{path}: cannot read batch file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise NixlayerError(f"{path}: not valid TOML: {e}") from None
+    images = data.pop("image", None)
+    if not isinstance(images, list) or not images or not all(isinstance(i, dict) for i in images):
+        raise NixlayerError(f"{path}: no [[image]] tables")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        _check_keys(data)
+    except NixlayerError as e:
+        raise NixlayerError(f"{path}: defaults: {e}") from None
+    result, outputs = [], {}
+    for number, image in enumerate(images, 1):
+        entry = f"image {number}" + (f" ({image['name']})" if isinstance(image.get("name"), str) else "")
+        try:
+            params = _image_params({**data, **image}, directory)
+        except NixlayerError as e:
+            raise NixlayerError(f"{path}: {entry}: {e}") from None
+        output = params.get("output")
+        if output and output in outputs:
+            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output]}")
+        if output:
+            outputs[output] = entry
+        result.append((entry, params))
+    return result
+
+
+class BuildImages(luigi.Task):
+    """Build every image of the batch file ``batch_file`` in one run; write a JSON report.
+
+    Always runs (its run writes the report); the images and layers it requires run only if
+    they are not already there, so a rebuild where nothing changed does no layer work.
+    """
+
+    batch_file = luigi.Parameter(description="the batch file (TOML): defaults, then one [[image]] table per image")
+    report = luigi.Parameter(default="nixlayer-report.json", description="where to write the JSON report of the run")
+
+    def complete(self) -> bool:
+        """Never complete. Luigi asks once per run, before anything runs: a run starts here."""
+        global _run_log
+        self._images = None
+        self._started = time.time()
+        if _run_log is not None:
+            try:
+                os.unlink(_run_log)
+            except FileNotFoundError:
+                pass
+        fd, _run_log = tempfile.mkstemp(prefix="nixlayer-run-", suffix=".jsonl")
+        os.close(fd)
+        return False
+
+    def images(self) -> list[tuple[str, BuildImage]]:
+        """(entry, BuildImage) of each image; bad input is printed as one line, then raised."""
+        if getattr(self, "_images", None) is None:
+            try:
+                entries = load_batch(self.batch_file)
+                images = []
+                for entry, params in entries:
+                    if params.get("output"):  # the batch's output directories are made for it
+                        os.makedirs(os.path.dirname(params["output"]), exist_ok=True)
+                    task = BuildImage(**params)
+                    try:
+                        task._planned  # check every setting, plan the layers: before any work
+                    except NixlayerError as e:
+                        raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
+                    images.append((entry, task))
+            except NixlayerError as error:
+                fail(error)
+            self._images = images
+        return self._images
+
+    def requires(self) -> list[BuildImage]:
+        return [task for _, task in self.images()]
+
+    def run(self) -> None:
+        report = self.make_report()
+        with atomic_file(os.path.abspath(self.report)) as f:
+            f.write(json.dumps(report, indent=1).encode() + b"\n")
+        print(format_summary(report), flush=True)
+
+    def _built(self) -> tuple[set[str], set[str]]:
+        layers, images = set(), set()
+        if _run_log is not None:
+            with open(_run_log) as f:
+                for line in f:
+                    entry = json.loads(line)
+                    layers.update([entry["layer"]] if "layer" in entry else [])
+                    images.update([entry["image"]] if "image" in entry else [])
+        return layers, images
+
+    def make_report(self) -> dict:
+        built_layers, built_images = self._built()
+        sizes: dict[str, int] = {}
+        report_images = []
+        for _, image in self.images():
+            assemble = image._assemble() if image.output else None
+            task = assemble or image.targets()[0]
+            layers = [layer.output() for layer in task.requires()]
+            for target in layers:
+                if target.path not in sizes:
+                    sizes[target.path] = target.record().blob.blob_size
+            built = [t.path for t in layers if t.path in built_layers]
+            written = assemble is not None and assemble.output in built_images
+            image_bytes = 0
+            if written:
+                image_bytes = _size(assemble.output)
+            stamp = assemble.read_stamp(assemble._stamp_path()) if assemble else {}
+            report_images.append({
+                "name": image.name, "tag": task.tag, "output": image.output or None,
+                "push": image.push or None, "format": image.format if image.output else None,
+                "digest": stamp.get("digest"), "layers": len(layers),
+                "layers_built": len(built), "layers_reused": len(layers) - len(built),
+                "image_written": written,
+                "bytes_written": sum(sizes[p] for p in built) + image_bytes,
+            })
+        distinct_built = built_layers & set(sizes)
+        return {
+            "batch": os.path.abspath(self.batch_file),
+            "started": _iso(self._started), "finished": _iso(time.time()),
+            "seconds": round(time.time() - self._started, 3),
+            "images": report_images,
+            "totals": {
+                "images": len(report_images),
+                "images_written": sum(i["image_written"] for i in report_images),
+                "distinct_layers": len(sizes),
+                "layers_built": len(distinct_built),
+                "layers_reused": len(sizes) - len(distinct_built),
+                "layer_bytes_written": sum(sizes[p] for p in distinct_built),
+                "image_bytes_written": sum(_size(i["output"]) for i in report_images if i["image_written"]),
+            },
+        }
+
+
+def _size(path: str) -> int:
+    """Bytes of a file, or of the files under a directory (an OCI layout; hard links once)."""
+    if not os.path.isdir(path):
+        return os.stat(path).st_size
+    seen, total = set(), 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            st = os.stat(os.path.join(directory, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def format_summary(report: dict) -> str:
+    """The report as the lines BuildImages prints."""
+    lines = [f"nixlayer: batch {report['batch']}: {len(report['images'])} images in {report['seconds']} s"]
+    for image in report["images"]:
+        lines.append(
+            f"  {image['name']}:{image['tag']} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
+            f" {image['layers_reused']} reused; {image['bytes_written']} bytes written"
+            + ("" if image["image_written"] else " (image unchanged)")
+        )
+    t = report["totals"]
+    lines.append(
+        f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
+        f" {t['images_written']} images written; {t['layer_bytes_written'] + t['image_bytes_written']} bytes written"
+    )
+    return "\n".join(lines)
