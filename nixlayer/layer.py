@@ -96,7 +96,8 @@ class _DigestingWriter:
         self._out = out
         self._compressor = compression.compressor()
         self._diff = hashlib.sha256()
-        self._blob = hashlib.sha256()
+        # Uncompressed, the blob is the tar: one hash serves for both digests.
+        self._blob = self._diff if compression.name == "none" else hashlib.sha256()
         self.size = 0
         self.blob_size = 0
 
@@ -108,7 +109,8 @@ class _DigestingWriter:
 
     def _emit(self, data: bytes) -> None:
         if data:
-            self._blob.update(data)
+            if self._blob is not self._diff:
+                self._blob.update(data)
             self.blob_size += len(data)
             self._out.write(data)
 

@@ -172,9 +172,18 @@ def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None
 
 
 class OverflowLayer(LayerTask):
-    """One layer of several store paths, in the order given (the overflow layer)."""
+    """One layer of several store paths, in the order given (the overflow layer).
+
+    Its priority is its number of store paths: it is usually the largest layer of the image,
+    so the scheduler starts it first rather than last, where it would run alone on the
+    critical path while the other workers idle.
+    """
 
     paths = luigi.ListParameter()
+
+    @property
+    def priority(self) -> int:  # read by Luigi's worker when it adds the task
+        return len(self.paths)
 
     def layer_key(self) -> str:
         return paths_layer_key("overflow", self.store_paths())
