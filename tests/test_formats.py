@@ -151,7 +151,8 @@ def podman_name() -> str:
     """A name no other test run uses, removed from podman's store afterwards."""
     name = f"registry:5000/nixlayer-tests/formats-{os.getpid()}"
     yield name
-    images = tool("podman", "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.decode().split()
+    # check=False: with other podman users on the machine, a listing can fail transiently
+    images = tool("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.decode().split()
     for image in images:
         if image.startswith(name + ":"):
             tool("podman", "rmi", image, check=False)
