@@ -101,6 +101,10 @@ class _DigestingWriter:
         self.size = 0
         self.blob_size = 0
 
+    def tell(self) -> int:
+        """Bytes of tar written so far (TarFile in mode "w" asks once, at the start)."""
+        return self.size
+
     def write(self, data: bytes) -> int:
         self._diff.update(data)
         self.size += len(data)
@@ -195,7 +199,7 @@ def write_entries(
     done = 0
     writer = _DigestingWriter(out, compression)
     with tarfile.open(
-        fileobj=writer, mode="w|", bufsize=COPY_BUFFER, format=tarfile.PAX_FORMAT, encoding="utf-8"
+        fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
     ) as tar:
         tar.copybufsize = COPY_BUFFER
         for entry in entries:
