@@ -48,9 +48,21 @@ def write_image(
     for the temporary OCI layout of an oci-archive (blobs are hard-linked, not copied).
 
     Returns the image's digest: the config digest (image ID) for docker-archive, the manifest
-    digest for OCI. Raises NixlayerError for a format that cannot hold the layers.
+    digest for OCI. Raises NixlayerError for a format that cannot hold the layers, or naming
+    the file when a layer blob cannot be read or the output cannot be written.
     """
     check_format(format, layers[0].blob.media_type if layers else "", output)
+    try:
+        return _write(format, output, layers, config, name, tag, mtime, scratch)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        raise NixlayerError(f"cannot write {format} {output}:{where} {e.strerror or e}") from None
+
+
+def _write(
+    format: str, output: str, layers: Sequence[ImageLayer], config: bytes,
+    name: str, tag: str, mtime: int, scratch: str,
+) -> str:
     if format == "oci":
         with atomic_directory(output) as directory:
             return write_oci_layout(directory, layers, config, tag)

@@ -466,7 +466,7 @@ def test_a_write_failing_midway_leaves_no_output_and_no_temp_file(tmp_path, buil
     out_dir.mkdir()
     broken = vanish_midway(built["none"], tmp_path)
     scratch_before = sorted(os.listdir(built["none"].store.root))
-    with pytest.raises(OSError, match="gone-blob"):
+    with pytest.raises(NixlayerError, match="gone-blob"):
         write(broken, format, out_dir / "image")
     assert os.listdir(out_dir) == []
     assert sorted(os.listdir(built["none"].store.root)) == scratch_before  # no .oci-archive-* left
@@ -478,7 +478,7 @@ def test_a_failed_rewrite_keeps_the_previous_output(tmp_path, built, format):
     output.parent.mkdir()
     digest = write(built["none"], format, output)
     before = tree(output) if output.is_dir() else output.read_bytes()
-    with pytest.raises(OSError):
+    with pytest.raises(NixlayerError):
         write(vanish_midway(built["none"], tmp_path), format, output)
     assert os.listdir(output.parent) == ["image"]
     assert (tree(output) if output.is_dir() else output.read_bytes()) == before
