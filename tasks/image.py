@@ -28,9 +28,15 @@ class ImageTask(LayerParameters):
     contents = luigi.ListParameter(default=[])
 
     def requires(self) -> list[LayerParameters]:
-        params = self.layer_parameters()
-        layers = [layer_task(list(paths), **params) for paths in self.store_layers]
-        return layers + [CustomisationLayer(contents=list(self.contents), **params)]
+        # Computed once per task: Luigi asks several times (scheduling, deps check, image,
+        # batch report), and instantiating a hundred layer tasks each time adds up in a batch.
+        layers = self.__dict__.get("_layer_tasks")
+        if layers is None:
+            params = self.layer_parameters()
+            layers = [layer_task(list(paths), **params) for paths in self.store_layers]
+            layers.append(CustomisationLayer(contents=list(self.contents), **params))
+            self._layer_tasks = layers
+        return list(layers)
 
     def image_layers(self) -> list[ImageLayer]:
         """The image's layers from the layer store (the required tasks must be complete)."""

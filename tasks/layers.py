@@ -13,6 +13,7 @@ import time
 from typing import BinaryIO
 
 import luigi
+import luigi.configuration
 
 from nixlayer.compression import Compression
 from nixlayer.customisation import write_customisation_layer
@@ -20,7 +21,16 @@ from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
 from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
-from tasks.config import nixlayer
+from tasks.config import _default_layer_store, nixlayer
+
+
+def layer_store_root() -> str:
+    """``[nixlayer] layer_store``, read from the configuration at each call.
+
+    The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
+    a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
+    """
+    return luigi.configuration.get_config().get("nixlayer", "layer_store", _default_layer_store())
 
 
 class LayerStoreTarget(luigi.LocalTarget):
@@ -57,7 +67,7 @@ class LayerParameters(luigi.Task):
         return Compression(self.compression, self.compression_level)
 
     def layer_store(self) -> LayerStore:
-        return LayerStore(nixlayer().layer_store)
+        return LayerStore(layer_store_root())
 
     def layer_parameters(self) -> dict:
         """This task's layer parameters, to hand on to the layer tasks it requires."""
@@ -74,9 +84,14 @@ class LayerTask(LayerParameters):
         raise NotImplementedError
 
     def output(self) -> LayerStoreTarget:
-        store = self.layer_store()
-        key = settings_key(self.settings(), self.compressor(), self.store_dir)
-        return LayerStoreTarget(store, store.record_path(key, self.layer_key()))
+        root = layer_store_root()
+        cached = self.__dict__.get("_output")  # Luigi asks often (complete, deps checks, images)
+        if cached is None or cached[0] != root:
+            store = LayerStore(root)
+            key = settings_key(self.settings(), self.compressor(), self.store_dir)
+            cached = (root, LayerStoreTarget(store, store.record_path(key, self.layer_key())))
+            self._output = cached
+        return cached[1]
 
     def write_blob(self, out: BinaryIO) -> LayerBlob:
         return write_store_layer(
@@ -135,11 +150,13 @@ class StorePathLayer(LayerTask):
 
     def members(self) -> list["StorePathLayer"]:
         """The single-path tasks this task stands for: itself, or each task of its batch."""
-        paths = self.store_path.split("\n")
-        if len(paths) == 1:
-            return [self]
-        params = self.layer_parameters()
-        return [StorePathLayer(store_path=p, **params) for p in paths]
+        members = self.__dict__.get("_members")
+        if members is None:
+            paths = self.store_path.split("\n")
+            params = self.layer_parameters()
+            members = [self] if len(paths) == 1 else [StorePathLayer(store_path=p, **params) for p in paths]
+            self._members = members
+        return members
 
     def layer_key(self) -> str:
         return store_path_layer_key(self.store_path)
