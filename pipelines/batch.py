@@ -32,7 +32,8 @@ from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, fail
 from tasks.assemble import AssembleImage
-from tasks.layers import LayerTask
+from nixlayer.layerstore import LayerStore
+from tasks.layers import LayerTask, layer_store_root
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
@@ -252,6 +253,7 @@ class BuildImages(luigi.Task):
                 "bytes_written": sum(sizes[p] for p in built) + image_bytes,
             })
         distinct_built = built_layers & set(sizes)
+        store_root = LayerStore(layer_store_root()).root
         return {
             "batch": os.path.abspath(self.batch_file),
             "started": _iso(self._started), "finished": _iso(time.time()),
@@ -266,6 +268,9 @@ class BuildImages(luigi.Task):
                 "layer_bytes_written": sum(sizes[p] for p in distinct_built),
                 "image_bytes_written": sum(_size(i["output"]) for i in report_images if i["image_written"]),
             },
+            "layer_store": store_root,
+            # The layer records this run wrote, relative to the layer store.
+            "built_layers": sorted(os.path.relpath(p, store_root) for p in distinct_built),
         }
 
 

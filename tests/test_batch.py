@@ -1,0 +1,183 @@
+"""BuildImages: a batch file of images in one run; shared layers once; report; bad batch files;
+two independent runs sharing one layer store at the same time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, nix_build, run_luigi
+from nixlayer.storepath import NIX_BASE32
+from pipelines import BuildImages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_store(root: Path, images: int, base: int, unique: int, seed: int = 7) -> list[str]:
+    """A store directory under ``root`` (scanned with store_root, no Nix): ``base`` paths all
+    images share and ``unique`` paths per image; returns each image's root store path."""
+    rng = random.Random(seed)
+    disk = root / "nix" / "store"
+    disk.mkdir(parents=True)
+
+    def new_path(name: str, refs: list[str]) -> str:
+        path = f"/nix/store/{''.join(rng.choices(NIX_BASE32, k=32))}-{name}"
+        share = disk / path.rsplit("/", 1)[1] / "share"
+        share.mkdir(parents=True)
+        (share / f"{name}.txt").write_text("".join(f"needs {r}\n" for r in refs) + "x" * rng.randrange(10, 50_000))
+        return path
+
+    shared = []
+    for i in range(base):
+        shared.append(new_path(f"base{i}", shared[-2:]))
+    return [new_path(f"app{i}", [new_path(f"lib{i}-{j}", shared[-3:]) for j in range(unique)]) for i in range(images)]
+
+
+def write_batch(path: Path, defaults: str, images: list[str]) -> Path:
+    path.write_text(defaults + "\n" + "\n".join(f"[[image]]\n{image}" for image in images))
+    return path
+
+
+def test_batch_builds_shared_layers_once_reports_and_rebuilds_nothing(tmp_path, layer_store, vectors_app):
+    lib, app, tool = (nix_build(FIXTURES / "incremental.nix", a) for a in ("lib", "app", "tool"))
+    batch = write_batch(tmp_path / "batch.toml", 'tag = "t"\nmax_layers = 100\n', [
+        f'name = "vec"\ncontents = ["{vectors_app}"]\noutput = "out/vec.tar"\nconfig = {{ Cmd = ["/bin/vec-app"] }}',
+        f'name = "inc"\ncontents = ["{app}", "{tool}"]\noutput = "out/inc.tar"',
+        f'name = "inc-oci"\ncontents = ["{app}"]\nformat = "oci"\noutput = "out/inc-oci"',
+        f'name = "inc-uid"\ncontents = ["{app}"]\nuid = 1000\noutput = "out/inc-uid.tar"',
+    ])
+    report = tmp_path / "report.json"
+    first = run_luigi(BuildImages(batch_file=str(batch), report=str(report)))
+    data = json.loads(report.read_text())
+    images = {i["name"]: i for i in data["images"]}
+    assert (tmp_path / "out" / "vec.tar").is_file() and (tmp_path / "out" / "inc-oci" / "index.json").is_file()
+    # inc and inc-uid differ in uid: no shared layers. inc-oci has gzip layers (oci's default).
+    # inc's app closure (app, lib, data) is a subset of inc's: one task per layer, run once.
+    layer_tasks = [t for t in first["ran_tasks"] if t.task_family in ("StorePathLayer", "OverflowLayer", "CustomisationLayer")]
+    assert len(layer_tasks) == len({t.task_id for t in layer_tasks}) == data["totals"]["distinct_layers"]
+    assert data["totals"]["layers_built"] == data["totals"]["distinct_layers"] == len(data["built_layers"])
+    assert all(i["layers_built"] == i["layers"] and i["image_written"] and i["digest"].startswith("sha256:")
+               for i in data["images"])
+    assert images["vec"]["layers"] == 6 and images["inc"]["layers"] == 5
+    assert all(i["bytes_written"] > 0 for i in data["images"])
+    assert data["totals"]["layer_bytes_written"] == sum(
+        json.loads((layer_store / p).read_text())["blob_size"] for p in data["built_layers"])
+
+    # Nothing changed: no layer work, no image written; the report says so with the same digests.
+    again = run_luigi(BuildImages(batch_file=str(batch), report=str(report)))
+    assert again["ran"] == ["BuildImages"]
+    data2 = json.loads(report.read_text())
+    assert data2["totals"]["layers_built"] == 0 and data2["built_layers"] == []
+    assert all(i["layers_built"] == 0 and i["layers_reused"] == i["layers"] and not i["image_written"]
+               and i["bytes_written"] == 0 for i in data2["images"])
+    assert [i["digest"] for i in data2["images"]] == [i["digest"] for i in data["images"]]
+
+
+def test_shared_base_is_one_task_per_layer(tmp_path, layer_store):
+    roots = synthetic_store(tmp_path / "root", images=4, base=10, unique=5)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    result = run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+    store_layers = [t for t in result["ran_tasks"] if t.task_family == "StorePathLayer"]
+    assert len(store_layers) == 10 + 4 * 6  # the base once, then each image's own paths
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [i["layers_built"] for i in data["images"]] == [17] * 4  # 10 base + 6 own + customisation
+    assert data["totals"]["distinct_layers"] == 10 + 4 * 6 + 4
+
+
+def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    cfg = store.parent / f"{store.name}-luigi.cfg"
+    cfg.write_text(f"[core]\nlocal_scheduler = true\n[nixlayer]\nlayer_store = {store}\n")
+    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO))
+    return subprocess.run(["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), *extra],
+                          cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[image]]\nname = "a"\ncontents = [\n', "not valid TOML"),
+    ('max_layers = 100\n', "no [[image]] tables"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\n[[image]]\nname = "b"\nmax_layer = 3\noutput = "b.tar"\n',
+     "image 2 (b): unknown key 'max_layer'"),
+    ('max_layers = "ten"\n[[image]]\nname = "a"\noutput = "a.tar"\n', 'defaults: max_layers must be an integer, not "ten"'),
+    ('[[image]]\nname = "a"\ncontents = "/nix/store/x"\noutput = "a.tar"\n', "image 1 (a): contents must be a list of strings"),
+    ('[[image]]\noutput = "a.tar"\n', "image 1: no name"),
+    ('[[image]]\nname = "a"\n', "image 1 (a): no output"),
+    ('[[image]]\nname = "a"\noutput = "-"\n', "standard output"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\n[[image]]\nname = "b"\noutput = "a.tar"\n', "image 2 (b): output"),
+    ('[[image]]\nname = "Bad"\noutput = "a.tar"\n', "image 1 (Bad): invalid image name"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\ncontents = ["/nix/store/00000000000000000000000000000000-missing"]\n',
+     "image 1 (a): "),
+])
+def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
+    batch = tmp_path / "batch.toml"
+    batch.write_text(body)
+    store = tmp_path / "store"
+    run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].startswith(f"nixlayer: error: {batch}: ") and message in errors[0], errors[0]
+    assert not store.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_example_batch_file_builds(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("batch.toml", "hello.nix"):
+        (work / name).write_text((REPO / "examples" / name).read_text())
+    run = run_batch_cli(work / "batch.toml", tmp_path / "store", "--report", "report.json", cwd=work)
+    assert run.returncode == 0, run.stderr
+    data = json.loads((work / "report.json").read_text())
+    assert [i["name"] for i in data["images"]] == ["nixlayer/hello", "nixlayer/busybox", "nixlayer/hello-oci"]
+    assert all((work / "out" / f).is_file() for f in ("hello.tar", "busybox.tar", "hello-oci.tar"))
+    assert "nixlayer/hello:latest sha256:" in run.stdout
+    again = run_batch_cli(work / "batch.toml", tmp_path / "store", "--report", "report.json", cwd=work)
+    assert again.returncode == 0 and json.loads((work / "report.json").read_text())["totals"]["layers_built"] == 0
+
+
+def verify_layer_store(store: Path) -> int:
+    """Every record names a blob that exists with the recorded size and digest; no temporary
+    file is left. Returns the number of records."""
+    records = list((store / "layers").glob("*/*.json"))
+    for record in records:
+        data = json.loads(record.read_text())
+        blob = store / "blobs" / "sha256" / data["digest"].removeprefix("sha256:")
+        content = blob.read_bytes()
+        assert len(content) == data["blob_size"], record
+        assert "sha256:" + hashlib.sha256(content).hexdigest() == data["digest"], record
+    leftovers = [p for p in store.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+    return len(records)
+
+
+def test_two_local_runs_at_once_share_a_layer_store_safely(tmp_path):
+    roots = synthetic_store(tmp_path / "root", images=6, base=40, unique=20)
+    images = [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)]
+    store = tmp_path / "store"
+    runs, dirs = [], []
+    for n in range(2):
+        work = tmp_path / f"run{n}"
+        work.mkdir()
+        # Each run its own batch order, so each writes layers the other is writing too.
+        batch = write_batch(work / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n',
+                            images if n == 0 else images[::-1])
+        cfg = work / "luigi.cfg"
+        cfg.write_text(f"[core]\nlocal_scheduler = true\n[nixlayer]\nlayer_store = {store}\nlayer_batch_size = 5\n")
+        env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO), TMPDIR=str(work))
+        runs.append(subprocess.Popen(
+            ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", "r.json",
+             "--local-scheduler"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        dirs.append(work)
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+    assert verify_layer_store(store) == 40 + 6 * 21 + 6
+    for i in range(6):
+        assert (dirs[0] / "out" / f"img{i}.tar").read_bytes() == (dirs[1] / "out" / f"img{i}.tar").read_bytes()
