@@ -1,0 +1,125 @@
+"""A real luigid, two BuildImages runs at once against it over one shared layer store, as two
+machines would: each layer task runs exactly once across both, and both give the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_batch import synthetic_store, verify_layer_store, write_batch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(port: int, method: str, **data) -> dict:
+    query = urllib.parse.urlencode({"data": json.dumps(data)})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{method}?{query}", timeout=30) as r:
+        return json.loads(r.read())["response"]
+
+
+@pytest.fixture
+def luigid(tmp_path):
+    """luigid on 127.0.0.1, a free port, its own state, pidfile, logs and SQLite task history."""
+    home = tmp_path / "luigid"
+    home.mkdir()
+    port = free_port()
+    cfg = home / "luigid.cfg"
+    cfg.write_text(f"[scheduler]\nrecord_task_history = true\nstate_path = {home / 'state.pickle'}\n"
+                   f"[task_history]\ndb_connection = sqlite:///{home / 'history.db'}\n")
+    pidfile = home / "luigid.pid"
+    subprocess.run(
+        ["luigid", "--background", "--port", str(port), "--address", "127.0.0.1",
+         "--state-path", str(home / "state.pickle"), "--pidfile", str(pidfile), "--logdir", str(home / "log")],
+        cwd=home, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), check=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            api(port, "ping", worker="test")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "luigid did not start"
+            time.sleep(0.2)
+    pid = int(pidfile.read_text())
+    yield {"port": port, "pid": pid, "history": home / "history.db"}
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "luigid did not stop"
+        time.sleep(0.1)
+
+
+def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
+    roots = synthetic_store(tmp_path / "root", images=5, base=40, unique=40)
+    store = tmp_path / "shared-layer-store"
+    port = str(luigid["port"])
+    runs, machines = [], []
+    for n in range(2):
+        machine = tmp_path / f"machine{n}"
+        for sub in ("work", "tmp", "home", "cache"):
+            (machine / sub).mkdir(parents=True)
+        work = machine / "work"
+        images = [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)]
+        batch = write_batch(work / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', images)
+        cfg = work / "luigi.cfg"  # read from the working directory, as on a machine of its own
+        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batch_size = 2\n"
+                       "[retcode]\ntask_failed = 30\nscheduling_error = 35\nunhandled_exception = 40\n")
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(machine / "home"),
+               "XDG_CACHE_HOME": str(machine / "cache"), "TMPDIR": str(machine / "tmp"), "LANG": "C.UTF-8"}
+        runs.append(subprocess.Popen(
+            ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", "report.json",
+             "--scheduler-host", "127.0.0.1", "--scheduler-port", port],
+            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        machines.append(work)
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+        assert "nixlayer: batch " in out
+
+    # Each layer task ran exactly once across both runs: the layer records each run wrote are
+    # disjoint and together are every layer of the batch.
+    reports = [json.loads((m / "report.json").read_text()) for m in machines]
+    built = [set(r["built_layers"]) for r in reports]
+    distinct = reports[0]["totals"]["distinct_layers"]
+    assert distinct == 40 + 5 * 41 + 5
+    print("layers built per machine:", [len(b) for b in built])  # pytest -s shows the split
+    assert not built[0] & built[1]
+    assert len(built[0] | built[1]) == distinct == verify_layer_store(store)
+    for i in range(5):
+        assert (machines[0] / "out" / f"img{i}.tar").read_bytes() == (machines[1] / "out" / f"img{i}.tar").read_bytes()
+    assert [i["digest"] for i in reports[0]["images"]] == [i["digest"] for i in reports[1]["images"]]
+
+    # The scheduler saw every layer task, done, with its progress and status message.
+    done = api(luigid["port"], "task_list", status="DONE", upstream_status="", search="")
+    layers = {tid: t for tid, t in done.items() if t["name"] in ("StorePathLayer", "CustomisationLayer")
+              and "\n" not in t["params"].get("store_path", "")}
+    assert len(layers) == distinct
+    assert all(t["progress_percentage"] == 100 for t in layers.values())
+    assert all("diff_id sha256:" in t["status_message"] for t in layers.values())
+    assert {t["name"] for t in done.values()} >= {"BuildImages", "BuildImage", "AssembleImage"}
+
+    # Task history (SQLite): no layer task was handed out to run twice.
+    with sqlite3.connect(luigid["history"]) as db:
+        running = db.execute(
+            "SELECT t.task_id, count(*) FROM tasks t JOIN task_events e ON e.task_id = t.id"
+            " WHERE e.event_name = 'RUNNING' AND t.name = 'CustomisationLayer' GROUP BY t.task_id").fetchall()
+    assert len(running) == 5 and all(count == 1 for _, count in running)
