@@ -23,15 +23,16 @@ from nixlayer.storepath import DEFAULT_STORE_DIR
 def _read_graph(args: argparse.Namespace, roots: list[str]) -> ClosureGraph:
     """The closure graph of ``roots`` from ``--graph``, ``--store-dir-scan`` or live Nix."""
     if args.graph is not None:
+        # Bytes: graph_from_json decodes them and reports a file that is not UTF-8 as one line.
         if args.graph == "-":
-            text = sys.stdin.read()
+            data = sys.stdin.buffer.read()
         else:
             try:
-                with open(args.graph, encoding="utf-8") as file:
-                    text = file.read()
+                with open(args.graph, "rb") as file:
+                    data = file.read()
             except OSError as error:
                 raise NixlayerError(f"cannot read graph file {args.graph}: {error.strerror}") from None
-        return graph_from_json(text, args.store_dir)
+        return graph_from_json(data, args.store_dir)
     if args.store_dir_scan is not None:
         return graph_from_store_dir(roots, args.store_dir_scan, args.store_dir)
     return graph_from_nix(roots, args.store_dir)

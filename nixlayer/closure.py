@@ -193,7 +193,8 @@ def _check_acyclic(references: Mapping[str, frozenset[str]]) -> None:
 def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGraph:
     """Read a closure graph from Nix or nixpkgs JSON.
 
-    Accepted forms (``data`` is the parsed value, or the raw JSON text as str/bytes):
+    Accepted forms (``data`` is the parsed value, or the raw JSON text as str, or as bytes
+    in UTF-8, the encoding Nix writes):
 
     - ``nix path-info --json --recursive`` from Nix 2.8 and older: a list of objects with
       ``path``, ``narSize`` and ``references``;
@@ -206,10 +207,17 @@ def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGra
     ``narSize`` (bytes) becomes :meth:`ClosureGraph.nar_size`; it is None when absent.
 
     Raises:
-        NixlayerError: invalid JSON, an unexpected shape (the message says what was found),
+        NixlayerError: bytes that are not UTF-8, invalid JSON, an unexpected shape (the message says what was found),
             a path marked invalid (``"valid": false`` or ``null``), or any graph error.
     """
-    if isinstance(data, (str, bytes, bytearray)):
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise NixlayerError(
+                f"malformed closure graph JSON: not UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+            ) from None
+    if isinstance(data, str):
         try:
             data = json.loads(data)
         except ValueError as error:

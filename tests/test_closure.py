@@ -167,6 +167,14 @@ def test_bad_json(data, message):
     assert "\n" not in str(error.value)
 
 
+def test_json_bytes_utf8_and_not_utf8():
+    text = json.dumps([{"path": A, "references": [B], "narSize": 7}, {"path": B}])
+    assert graph_from_json(text.encode()) == graph_from_json(text)
+    for data in (b"\xff\xfe[" + text.encode(), bytearray(b"[{\"path\": \"\xe9\"}]")):
+        with pytest.raises(NixlayerError, match=r"^malformed closure graph JSON: not UTF-8 \(byte 0x(ff|e9) at offset (0|11)\)$"):
+            graph_from_json(data)
+
+
 def test_graph_queries():
     graph = ClosureGraph({A: [B, A], B: [C], C: []}, {A: 1, B: None})
     assert graph.paths == (A, B, C) and len(graph) == 3 and list(graph) == [A, B, C]

@@ -103,7 +103,7 @@ def test_cli_plan_json(source, graph_file, vectors_app, vectors, capsys):
 
 
 def test_cli_plan_table_from_stdin(graph_file, vectors_app, vectors, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO(graph_file.read_text()))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(graph_file.read_bytes())))
     assert main(["plan", "--graph", "-", "--max-layers", "3", vectors_app]) == 0
     lines = capsys.readouterr().out.splitlines()
     libc = vectors["store_paths"]["libc"]
@@ -145,6 +145,16 @@ def test_cli_as_module_with_bad_json(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("nixlayer: error: malformed closure graph JSON") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("stdin", [False, True])
+def test_cli_graph_file_not_utf8_is_one_line(tmp_path, stdin):
+    bad = tmp_path / "utf16.json"
+    bad.write_bytes(b"\xff\xfe" + "[]".encode("utf-16-le"))
+    argv = [sys.executable, "-m", "nixlayer", "plan", "--graph", "-" if stdin else str(bad), "/nix/store/" + "a" * 32 + "-a"]
+    result = subprocess.run(argv, input=bad.read_bytes() if stdin else None, capture_output=True)
+    assert result.returncode == 2
+    assert result.stderr.decode() == "nixlayer: error: malformed closure graph JSON: not UTF-8 (byte 0xff at offset 0)\n"
 
 
 def test_cli_root_missing_from_graph_file(graph_file, capsys):
