@@ -6,6 +6,7 @@ then rename); ``-`` streams docker-archive or oci-archive to standard output.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from typing import BinaryIO, Sequence
@@ -14,20 +15,25 @@ from nixlayer.atomic import atomic_directory, atomic_file
 from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
-from nixlayer.oci_layout import write_oci_archive, write_oci_layout
+from nixlayer.oci_layout import check_layout_output, write_oci_archive, write_oci_layout
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 STDOUT = "-"
 
 
 def check_format(format: str, media_type: str, output: str) -> None:
-    """Raise NixlayerError if ``format`` cannot take layers of ``media_type`` or go to ``output``."""
+    """Raise NixlayerError if ``format`` cannot take layers of ``media_type`` or go to ``output``.
+
+    Run before any work: an ``oci`` output must be absent, empty, or an OCI layout.
+    """
     if format not in FORMATS:
         raise NixlayerError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if format == "docker-archive":
         check_media_type(media_type)
     if format == "oci" and output == STDOUT:
         raise NixlayerError("format 'oci' is a directory and cannot go to standard output; use oci-archive")
+    if format == "oci":
+        check_layout_output(output)
 
 
 def write_image(
@@ -42,8 +48,10 @@ def write_image(
 ) -> str:
     """Write the image of ``layers`` and ``config`` (image config JSON) to ``output``.
 
-    ``name`` and ``tag`` name the image (docker-archive ``RepoTags``; the OCI index's
-    ``org.opencontainers.image.ref.name`` is the tag). ``mtime`` (seconds since the epoch) is
+    ``name`` and ``tag`` name the image: docker-archive ``RepoTags`` and the oci-archive's
+    ``org.opencontainers.image.ref.name`` are ``name:tag`` (so ``podman load`` names the image);
+    in an OCI layout directory the ref name is the tag (``skopeo ... oci:DIR:TAG``), and the
+    image is added to the layout there, next to its other tags. ``mtime`` (seconds since the epoch) is
     the archive members' mtime. ``scratch`` is a directory on the layer blobs' file system,
     for the temporary OCI layout of an oci-archive (blobs are hard-linked, not copied).
 
@@ -64,6 +72,8 @@ def _write(
     name: str, tag: str, mtime: int, scratch: str,
 ) -> str:
     if format == "oci":
+        if os.path.isdir(output) and os.listdir(output):  # an existing layout: add this tag
+            return write_oci_layout(output, layers, config, tag)
         with atomic_directory(output) as directory:
             return write_oci_layout(directory, layers, config, tag)
     if output == STDOUT:
@@ -81,6 +91,6 @@ def _write_archive(
     if format == "docker-archive":
         return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
     with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=scratch) as layout:
-        digest = write_oci_layout(layout, layers, config, tag)
+        digest = write_oci_layout(layout, layers, config, f"{name}:{tag}")
         write_oci_archive(out, layout, mtime)
     return digest

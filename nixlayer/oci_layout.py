@@ -1,24 +1,53 @@
 """OCI image layout (a directory) and oci-archive (that directory as a tar).
 
 Source: OCI image-spec v1.1 ``image-layout.md``: an ``oci-layout`` file, ``index.json`` whose
-manifest descriptor carries ``org.opencontainers.image.ref.name`` (the tag), and every blob under
+manifest descriptors carry ``org.opencontainers.image.ref.name``, and every blob under
 ``blobs/sha256/<hex>``. Layer blobs are hard-linked from where they were written when the file
 system allows (they are immutable and content-addressed), and copied otherwise.
+
+An image is *added* to a layout, as ``skopeo copy ... oci:DIR:TAG`` does: a layout can hold
+many tags, and an image replaces only the entry with its own ref name. Blobs are written by
+atomic rename and ``index.json`` last, under a lock, so concurrent writers of one layout and
+readers never see a half-written image. A directory that is neither empty nor a layout is
+never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import tarfile
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
+from nixlayer.atomic import atomic_file
+from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest
-from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.layer import COPY_BUFFER
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 REF_NAME = "org.opencontainers.image.ref.name"
+LAYOUT_FILE = "oci-layout"
 LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+
+
+def check_layout_output(directory: str) -> None:
+    """Raise NixlayerError unless ``directory`` is absent, empty, or an OCI image layout.
+
+    Run before any work, so a build never clobbers a directory of other files.
+    """
+    if not os.path.lexists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise NixlayerError(f"output {directory} exists and is not a directory; an OCI layout is a directory")
+    entries = os.listdir(directory)
+    if entries and LAYOUT_FILE not in entries:
+        raise NixlayerError(
+            f"output {directory} is a directory of other files, not an OCI image layout"
+            f" (no {LAYOUT_FILE} file); refusing to write into it"
+        )
 
 
 def _blob_path(root: str, digest: str) -> str:
@@ -28,8 +57,9 @@ def _blob_path(root: str, digest: str) -> str:
 
 def _put_bytes(root: str, data: bytes) -> None:
     path = _blob_path(root, descriptor("", data)["digest"])
-    with open(path, "wb") as f:
-        f.write(data)
+    if not os.path.exists(path):
+        with atomic_file(path) as f:
+            f.write(data)
 
 
 def _put_file(root: str, digest: str, source: str) -> None:
@@ -38,15 +68,46 @@ def _put_file(root: str, digest: str, source: str) -> None:
         return
     try:
         os.link(source, path)
+    except FileExistsError:
+        pass  # another writer put the same blob there meanwhile
     except OSError:
-        shutil.copyfile(source, path)
+        with atomic_file(path) as out, open(source, "rb") as f:
+            shutil.copyfileobj(f, out, COPY_BUFFER)
 
 
-def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, tag: str) -> str:
-    """Fill the empty ``directory`` with an OCI image layout of one image tagged ``tag``.
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
-    Returns the manifest digest (``sha256:<hex>``).
+
+def _read_index(directory: str) -> list[dict]:
+    path = os.path.join(directory, "index.json")
+    try:
+        with open(path, "rb") as f:
+            manifests = json.load(f)["manifests"]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError):
+        raise NixlayerError(f"{path} is not a valid OCI image index; refusing to change it") from None
+    if not isinstance(manifests, list):
+        raise NixlayerError(f"{path} is not a valid OCI image index; refusing to change it")
+    return manifests
+
+
+def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, ref_name: str) -> str:
+    """Add the image of ``layers`` and ``config`` to the OCI layout ``directory`` as ``ref_name``.
+
+    ``directory`` is created if absent; an existing layout keeps its other images, and an
+    entry already named ``ref_name`` is replaced. Returns the manifest digest
+    (``sha256:<hex>``). Raises NixlayerError if ``directory`` holds other files
+    (``check_layout_output``) or an unreadable ``index.json``.
     """
+    check_layout_output(directory)
     os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
     manifest = oci_manifest(config, layers)
     for layer in layers:
@@ -54,12 +115,15 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     _put_bytes(directory, config)
     _put_bytes(directory, manifest)
     entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
-    entry["annotations"] = {REF_NAME: tag}
-    index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [entry]})
-    with open(os.path.join(directory, "index.json"), "wb") as f:
-        f.write(index)
-    with open(os.path.join(directory, "oci-layout"), "wb") as f:
-        f.write(LAYOUT)
+    entry["annotations"] = {REF_NAME: ref_name}
+    with _locked(directory):
+        if not os.path.exists(os.path.join(directory, LAYOUT_FILE)):
+            with atomic_file(os.path.join(directory, LAYOUT_FILE)) as f:
+                f.write(LAYOUT)
+        others = [m for m in _read_index(directory) if m.get("annotations", {}).get(REF_NAME) != ref_name]
+        index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [*others, entry]}
+        with atomic_file(os.path.join(directory, "index.json")) as f:
+            f.write(canonical_json(index))
     return entry["digest"]
 
 

@@ -171,3 +171,16 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, arg
     assert not out.exists()
     assert not list(tmp_path.glob(".out.tar*"))
     assert not (store / "layers").exists() and not (store / "blobs").exists()
+
+
+def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path, vectors_app):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    store = tmp_path / "store"
+    run = cli(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+               "--format", "oci", "--output", str(work)], store)
+    assert run.returncode != 0
+    assert "not an OCI image layout" in run.stderr
+    assert os.listdir(work) == ["notes.txt"]
+    assert not (store / "blobs").exists()
