@@ -11,7 +11,7 @@ import tempfile
 
 import luigi
 
-from nixlayer.closure import graph_from_json, graph_from_nix, graph_from_store_dir
+from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
 from nixlayer.compression import Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
@@ -23,6 +23,7 @@ from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import check_store_path, normalize_store_dir
 from tasks.assemble import AssembleImage
+from tasks.errors import report
 from tasks.image import ImageTask
 from tasks.push import PushToRegistry
 
@@ -31,8 +32,20 @@ DEFAULT_TIME = "1970-01-01T00:00:01Z"
 
 def fail(error: NixlayerError) -> None:
     """Print the one-line error for the user, then let Luigi record the failure."""
-    print(f"nixlayer: error: {error}", file=sys.stderr, flush=True)
+    report(error)
     raise error
+
+
+class StorePathsParameter(luigi.ListParameter):
+    """A JSON list of store paths; a value that is not one says what is expected."""
+
+    def parse(self, x: str):
+        try:
+            return super().parse(x)
+        except ValueError:
+            raise ValueError(
+                f"--contents takes a JSON list of store paths such as '[\"/nix/store/...-hello\"]', not {x!r}"
+            ) from None
 
 
 class ImageParameters(luigi.Task):
@@ -46,7 +59,7 @@ class ImageParameters(luigi.Task):
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
     tag = luigi.Parameter(default="", description="image tag; default: a hash of everything that determines the image")
-    contents = luigi.ListParameter(default=[], description="store paths linked into /, as a JSON list")
+    contents = StorePathsParameter(default=[], description="store paths linked into /, as a JSON list")
     config = luigi.Parameter(default="{}", description='image config as JSON: {"Cmd": [...], "Env": [...]}')
     created = luigi.Parameter(default=DEFAULT_TIME, description="image creation time, ISO 8601 or 'now'")
     mtime = luigi.Parameter(default=DEFAULT_TIME, description="mtime of every file, ISO 8601 or 'now'")
@@ -122,10 +135,12 @@ class ImageParameters(luigi.Task):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
         }
 
-    def _graph(self, roots: list[str], store_dir: str):
+    def _graph(self, roots: list[str], store_dir: str) -> ClosureGraph:
+        if not roots:  # an image of its config alone, as nixpkgs allows
+            return ClosureGraph({}, store_dir=store_dir)
         if self.closure_graph is not None:
             try:
-                with open(self.closure_graph) as f:
+                with open(self.closure_graph, "rb") as f:
                     return graph_from_json(f.read(), store_dir).closure(roots)
             except OSError as e:
                 raise NixlayerError(f"cannot read closure graph {self.closure_graph}: {e.strerror}") from None
@@ -177,6 +192,7 @@ class BuildImage(ImageParameters):
         return self.targets() + layers
 
     def complete(self) -> bool:
+        self.planned()  # every parameter is checked, even when nothing is left to do
         return self.output != STDOUT and all(task.complete() for task in self.targets())
 
     def run(self) -> None:

@@ -5,3 +5,5 @@
 - ``layers.CustomisationLayer``: root symlinks into ``contents``.
 - ``assemble.AssembleImage``: docker-archive, OCI layout or oci-archive from those layers.
 """
+
+from tasks import errors  # noqa: E402,F401 - one-line errors for everything run through Luigi

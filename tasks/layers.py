@@ -21,7 +21,9 @@ from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
 from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
+from nixlayer.errors import NixlayerError
 from tasks.config import _default_layer_store, nixlayer
+from tasks.errors import PREFIX
 
 
 def layer_store_root() -> str:
@@ -72,6 +74,12 @@ class LayerParameters(luigi.Task):
     def layer_parameters(self) -> dict:
         """This task's layer parameters, to hand on to the layer tasks it requires."""
         return {name: getattr(self, name) for name in LayerParameters.get_param_names()}
+
+    def on_failure(self, exception: Exception) -> str:
+        """What the scheduler shows for a failure: one line for nixlayer's own errors."""
+        if isinstance(exception, NixlayerError):
+            return f"{PREFIX}{exception}"
+        return super().on_failure(exception)
 
 
 class LayerTask(LayerParameters):

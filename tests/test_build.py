@@ -158,6 +158,10 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     (["--tag", "x" * 129], "invalid tag"),
     (["--output", "/proc/nixlayer-cannot-write.tar"], "cannot write output"),
     (["--format", "docker-archive", "--compression", "zstd"], "docker-archive holds uncompressed layers"),
+    (["--format", "ocii"], "invalid parameter: ocii is not a valid choice"),
+    (["--contents", "/nix/store/abc-not-a-list"], "takes a JSON list of store paths"),
+    (["--max-layers", "abc"], "invalid parameter"),
+    (["--output", ""], "nothing to do"),
 ])
 def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, args, message):
     out = tmp_path / "out.tar"

@@ -89,3 +89,17 @@ def test_bad_push_target_is_one_line_error(tmp_path):
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and "push target" in errors[0]
+
+
+def test_unreachable_registry_is_one_line_error_and_no_tag(tmp_path, vectors_app):
+    from registry_fixture import free_port
+    cfg = tmp_path / "cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    target = f"docker://127.0.0.1:{free_port()}/team/vec:1"
+    run = subprocess.run(["luigi", "--module", "pipelines", "PushImage", "--name", "vec",
+                          "--contents", json.dumps([vectors_app]), "--target", target],
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(cfg)})
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1 and "cannot reach registry 127.0.0.1" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,0 +1,51 @@
+"""One line per error: how nixlayer's errors reach the user through Luigi.
+
+Luigi logs a traceback for every task whose ``complete``, ``requires`` or ``run`` raised, and
+for a parameter it could not parse. For nixlayer's own errors (NixlayerError: bad input, a
+failed operation) and for bad parameter values, the user gets one line instead,
+``nixlayer: error: <message>``, and the scheduler's dashboard the same text; Luigi's summary
+and non-zero exit status (luigi.cfg ``[retcode]``) stay as they are. Other exceptions are bugs
+and keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import luigi
+
+from nixlayer.errors import NixlayerError
+
+PREFIX = "nixlayer: error: "
+
+
+def report(error: BaseException | str) -> None:
+    """Print ``nixlayer: error: <error>`` to standard error."""
+    print(PREFIX + str(error), file=sys.stderr, flush=True)
+
+
+class OneLineErrors(logging.Filter):
+    """A filter for Luigi's ``luigi-interface`` logger that turns tracebacks into one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.msg == "Uncaught exception in luigi" and isinstance(error, (ValueError, NixlayerError)):
+            report(f"invalid parameter: {error}" if not isinstance(error, NixlayerError) else error)
+            return False  # Luigi could not make the task: a parameter it could not parse
+        if isinstance(error, NixlayerError):
+            record.exc_info, record.exc_text = None, None
+            return True
+        message = record.getMessage()
+        if "due to error in" in message and "NixlayerError: " in message:
+            return False  # planning failed: nixlayer printed its line already
+        return True
+
+
+def _on_failure(task: luigi.Task, error: Exception) -> None:
+    if isinstance(error, NixlayerError):
+        report(error)
+
+
+logging.getLogger("luigi-interface").addFilter(OneLineErrors())
+luigi.Task.event_handler(luigi.Event.FAILURE)(_on_failure)
