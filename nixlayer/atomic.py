@@ -2,6 +2,13 @@
 
 A killed or failed writer leaves no file at the destination that a later run could take as
 complete; the temporary path is removed on failure.
+
+A writer killed outright (``kill -9``, a crash, a power cut) cannot remove its temporary, so
+every writer first removes the abandoned temporaries of its kind in the directory it writes
+to (:func:`remove_stale_temporaries`): those untouched for ``STALE_TEMP_SECONDS`` (10 minutes).
+A live writer writes continuously, so its temporary is never that old. Age is judged by
+modification time against the writer's own new temporary, never by process id, so it holds
+when several machines write to one directory over NFS, whatever their clocks say.
 """
 
 from __future__ import annotations
@@ -13,6 +20,52 @@ import tempfile
 from typing import BinaryIO, Iterator
 
 from nixlayer.errors import NixlayerError
+
+# A temporary whose newest modification (of anything in it, for a directory) is this many
+# seconds older than a new temporary in the same directory is abandoned and removed.
+STALE_TEMP_SECONDS = 10 * 60
+
+
+def remove_stale_temporaries(directory: str, prefix: str, reference: str) -> list[str]:
+    """Remove the entries of ``directory`` named ``prefix*`` untouched for STALE_TEMP_SECONDS.
+
+    ``reference`` is the caller's own temporary, just created in ``directory``: its mtime is
+    "now" as the directory's file system sees it (on NFS, the server's clock), and it is never
+    removed. A directory counts as touched when anything in it was. Entries another process
+    removes meanwhile, or that cannot be removed, are skipped. Returns the paths removed.
+    """
+    cutoff = os.stat(reference).st_mtime - STALE_TEMP_SECONDS
+    removed = []
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(prefix) and e.path != reference]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if _touched_since(entry.path, cutoff):
+                    continue
+                shutil.rmtree(entry.path)
+            elif entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+            else:
+                continue
+        except OSError:
+            continue
+        removed.append(entry.path)
+    return removed
+
+
+def _touched_since(directory: str, cutoff: float) -> bool:
+    """True if ``directory`` or anything under it was modified at or after ``cutoff``."""
+    if os.lstat(directory).st_mtime >= cutoff:
+        return True
+    for parent, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(os.path.join(parent, name)).st_mtime >= cutoff:
+                    return True
+    return False
 
 
 def _temp_name(destination: str, suffix: str = "") -> str:
@@ -30,13 +83,23 @@ def _temp_name(destination: str, suffix: str = "") -> str:
     return path
 
 
+def _sweep(destination: str, temp: str) -> None:
+    """Remove abandoned temporaries of ``destination`` (``.NAME.tmp-*`` beside it)."""
+    remove_stale_temporaries(os.path.dirname(temp), f".{os.path.basename(destination)}.tmp-", temp)
+
+
 @contextlib.contextmanager
-def atomic_file(destination: str) -> Iterator[BinaryIO]:
+def atomic_file(destination: str, sweep: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``destination``; rename it there when the block succeeds.
 
-    Raises NixlayerError when the directory does not exist or is not writable.
+    With ``sweep``, first remove abandoned temporaries of ``destination``
+    (:func:`remove_stale_temporaries`); callers writing many small files into one large
+    directory may skip that. Raises NixlayerError when the directory does not exist or is
+    not writable.
     """
     temp = _temp_name(destination)
+    if sweep:
+        _sweep(destination, temp)
     try:
         with open(temp, "wb") as f:
             yield f
@@ -53,9 +116,11 @@ def atomic_directory(destination: str) -> Iterator[str]:
     """Yield a fresh temporary directory; it replaces ``destination`` when the block succeeds.
 
     An existing ``destination`` is moved aside first and removed after the rename, so readers
-    see either the old or the new directory, never a mixture.
+    see either the old or the new directory, never a mixture. Abandoned temporaries of
+    ``destination`` are removed first (:func:`remove_stale_temporaries`).
     """
     temp = _temp_name(destination)
+    _sweep(destination, temp)
     os.unlink(temp)
     os.mkdir(temp)
     try:

@@ -11,6 +11,10 @@ A record is written only after its blob is in place, both by atomic rename, so a
 leaves no record without its blob, and two builders writing the same layer at once both end
 with the same complete entry. The settings key covers every setting that changes a layer's
 bytes (owner, mtime, compression, store directory), so a changed setting never reuses a layer.
+
+A writer killed outright leaves its temporary blob ``blobs/sha256/.blob.tmp-*``; writers remove
+those untouched for ``nixlayer.atomic.STALE_TEMP_SECONDS`` (10 minutes), at most once per
+process every 10 minutes, so one scan of the blob directory serves many layers.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Sequence
 
-from nixlayer.atomic import atomic_file
+from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, sha256_digest
@@ -50,6 +55,20 @@ class LayerRecord:
         raw = json.loads(data)
         blob = LayerBlob(**{k: raw[k] for k in LayerBlob.__dataclass_fields__})
         return LayerRecord(blob, tuple(raw["store_paths"]), raw["comment"])
+
+
+BLOB_TEMP_PREFIX = ".blob.tmp-"
+
+# Blob directory -> time.monotonic() of this process's last sweep of abandoned blob temporaries.
+_swept: dict[str, float] = {}
+
+
+def _sweep_blob_temporaries(blobs: str, temp: str) -> None:
+    """Remove abandoned ``.blob.tmp-*`` files in ``blobs`` unless this process just did."""
+    last = _swept.get(blobs)
+    if last is None or time.monotonic() - last >= STALE_TEMP_SECONDS:
+        remove_stale_temporaries(blobs, BLOB_TEMP_PREFIX, temp)
+        _swept[blobs] = time.monotonic()
 
 
 def settings_key(settings: LayerSettings, compression: Compression, store_dir: str) -> str:
@@ -119,14 +138,16 @@ class LayerStore:
         """Write a layer: ``write_blob(file)`` writes the blob bytes and returns its digests.
 
         The blob goes to a temporary file, is renamed to ``blobs/sha256/<hex>``, then the record
-        is written atomically. On any error nothing is left behind.
+        is written atomically. On any error nothing is left behind. Temporary blobs abandoned by
+        killed writers are removed (see the module docstring).
         """
         blobs = os.path.join(self.root, "blobs", "sha256")
         os.makedirs(blobs, exist_ok=True)
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".blob.tmp-", dir=blobs)
+        fd, temp = tempfile.mkstemp(prefix=BLOB_TEMP_PREFIX, dir=blobs)
         try:
             with os.fdopen(fd, "wb") as f:
+                _sweep_blob_temporaries(blobs, temp)
                 blob = write_blob(f)
             os.chmod(temp, 0o444)
             os.replace(temp, self.blob_path(blob.digest))
@@ -135,7 +156,9 @@ class LayerStore:
                 os.unlink(temp)
             raise
         record = LayerRecord(blob, tuple(store_paths), comment)
-        with atomic_file(record_path) as f:
+        # No sweep: a record directory holds thousands of records, listing it for every record
+        # would cost more than the few hundred bytes a killed writer can leave there.
+        with atomic_file(record_path, sweep=False) as f:
             f.write(record.to_json())
         return record
 

@@ -1,0 +1,80 @@
+"""Atomic writes, and the removal of temporaries that killed writers left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_directory, atomic_file
+from nixlayer.layer import LayerBlob
+from nixlayer.layerstore import LayerStore
+
+OLD = STALE_TEMP_SECONDS + 60   # seconds ago: abandoned
+RECENT = STALE_TEMP_SECONDS - 60  # seconds ago: maybe a live writer on another machine
+
+
+def aged(path: Path, seconds_ago: float, data: bytes = b"partial") -> Path:
+    """``path`` (a file, or a directory if it exists) last modified ``seconds_ago``."""
+    if not path.is_dir():
+        path.write_bytes(data)
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+    return path
+
+
+def test_atomic_file_removes_its_abandoned_temporaries_only(tmp_path):
+    stale = aged(tmp_path / ".a.tar.tmp-dead", OLD)
+    live = aged(tmp_path / ".a.tar.tmp-live", RECENT)
+    other = aged(tmp_path / ".b.tar.tmp-dead", OLD)  # another destination's: not ours to judge
+    unrelated = aged(tmp_path / "a.tar.tmp-x", OLD)
+    with atomic_file(str(tmp_path / "a.tar")) as f:
+        f.write(b"image")
+    assert (tmp_path / "a.tar").read_bytes() == b"image"
+    assert not stale.exists() and live.exists() and other.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.tar.tmp-live", ".b.tar.tmp-dead", "a.tar", "a.tar.tmp-x"]
+
+
+def test_atomic_file_sweep_false_keeps_them(tmp_path):
+    stale = aged(tmp_path / ".r.json.tmp-dead", OLD)
+    with atomic_file(str(tmp_path / "r.json"), sweep=False) as f:
+        f.write(b"{}")
+    assert stale.exists()
+
+
+def test_atomic_directory_removes_abandoned_directories_judged_by_their_newest_file(tmp_path):
+    dead = tmp_path / ".layout.tmp-dead"
+    (dead / "blobs" / "sha256").mkdir(parents=True)
+    aged(dead / "blobs" / "sha256" / "x", OLD)
+    for d in (dead / "blobs" / "sha256", dead / "blobs", dead):
+        aged(d, OLD)
+    busy = tmp_path / ".layout.tmp-busy"  # old directories, but a blob in it is being written
+    (busy / "blobs").mkdir(parents=True)
+    aged(busy / "blobs" / "big", 0)
+    for d in (busy / "blobs", busy):
+        aged(d, OLD)
+    moved_aside = aged(tmp_path / ".layout.tmp-abc.old", OLD)  # killed after moving the old layout aside
+    with atomic_directory(str(tmp_path / "layout")) as directory:
+        Path(directory, "index.json").write_text("{}")
+    assert (tmp_path / "layout" / "index.json").is_file()
+    assert not dead.exists() and not moved_aside.exists() and busy.exists()
+
+
+def test_layer_store_write_removes_abandoned_blob_temporaries(tmp_path):
+    store = LayerStore(str(tmp_path / "store"))
+    blobs = tmp_path / "store" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    stale = aged(blobs / ".blob.tmp-killed", OLD, b"x" * 4096)
+    live = aged(blobs / ".blob.tmp-writing", RECENT)
+    data = b"layer bytes"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def write_blob(f):
+        f.write(data)
+        return LayerBlob(digest, len(data), digest, len(data), "application/vnd.oci.image.layer.v1.tar")
+
+    record = store.write(store.record_path("settings", "key"), ["/nix/store/x"], "", write_blob)
+    assert store.has_blob(record.blob)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in blobs.iterdir()) == [".blob.tmp-writing", digest.removeprefix("sha256:")]
