@@ -7,3 +7,6 @@
 """
 
 from tasks import errors  # noqa: E402,F401 - one-line errors for everything run through Luigi
+from tasks.config import install_defaults  # noqa: E402
+
+install_defaults()

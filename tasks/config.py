@@ -5,6 +5,30 @@ from __future__ import annotations
 import os
 
 import luigi
+import luigi.configuration
+
+
+# What the repository's luigi.cfg sets, for a run that finds no luigi.cfg (nixlayer installed
+# with pip and run from anywhere): the embedded scheduler, and a non-zero exit status for every
+# kind of failure (Luigi's own defaults exit 0 when a task fails).
+DEFAULTS = {
+    "core": {"local_scheduler": "true", "autoload_range": "false"},
+    "retcode": {
+        "already_running": "10", "missing_data": "20", "not_run": "25", "task_failed": "30",
+        "scheduling_error": "35", "unhandled_exception": "40",
+    },
+}
+
+
+def install_defaults() -> None:
+    """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does."""
+    config = luigi.configuration.get_config()
+    for section, options in DEFAULTS.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for option, value in options.items():
+            if not config.has_option(section, option):
+                config.set(section, option, value)
 
 
 def _default_layer_store() -> str:
