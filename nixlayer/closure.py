@@ -291,15 +291,32 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
     raise NixlayerError("neither nix nor nix-store is on PATH: install Nix, or read the graph from JSON or a store directory")
 
 
+def nix_error_line(stderr: str) -> str:
+    """The error of a failed Nix command, as one line, from its standard error.
+
+    That is the last line starting with ``error:`` (indentation stripped): Nix's own error
+    comes last, after any ``warning: error: ...`` lines, build logs, source excerpts and hints
+    such as ``Did you mean hello?``. A bare ``error:`` (newer Nix, followed by a trace) is
+    joined with the next line. Without an ``error:`` line: the last non-blank line, or
+    ``no message``.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for at in range(len(lines) - 1, -1, -1):
+        if lines[at].startswith("error:"):
+            if lines[at] == "error:" and at + 1 < len(lines):
+                return f"error: {lines[at + 1]}"
+            return lines[at]
+    return lines[-1] if lines else "no message"
+
+
 def _run_nix(argv: list[str]) -> str:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        result = subprocess.run(argv, capture_output=True, text=True, errors="replace", check=False)
     except OSError as error:
         raise NixlayerError(f"cannot run {argv[0]}: {error.strerror}") from None
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        detail = next((line for line in reversed(lines) if "error" in line), lines[-1] if lines else "no message")
-        raise NixlayerError(f"{argv[0]} {argv[1]} failed (exit {result.returncode}): {detail.strip()}")
+        detail = nix_error_line(result.stderr)
+        raise NixlayerError(f"{argv[0]} {argv[1]} failed (exit {result.returncode}): {detail}")
     return result.stdout
 
 

@@ -28,6 +28,7 @@ import luigi
 from luigi.task import flatten
 
 from nixlayer.atomic import atomic_file
+from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, fail
@@ -84,12 +85,11 @@ def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:
     for attr in attrs:
         try:
             out = subprocess.run(["nix-build", nix_file, "-A", attr, "--no-out-link"],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, errors="replace")
         except OSError as e:
             raise NixlayerError(f"cannot run nix-build: {e.strerror}") from None
         if out.returncode != 0:
-            last = (out.stderr.strip().splitlines() or ["exit status %d" % out.returncode])[-1]
-            raise NixlayerError(f"nix-build {nix_file} -A {attr} failed: {last}")
+            raise NixlayerError(f"nix-build {nix_file} -A {attr} failed (exit {out.returncode}): {nix_error_line(out.stderr)}")
         paths.append(out.stdout.strip().splitlines()[-1])
     return paths
 

@@ -127,6 +127,17 @@ def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     assert not store.exists() and not (tmp_path / "r.json").exists()
 
 
+def test_failed_nix_build_reports_nix_error_line(tmp_path):
+    batch = tmp_path / "batch.toml"
+    batch.write_text(f'[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "{REPO / "examples" / "hello.nix"}"\n'
+                     'nix_attrs = ["helo"]\n')
+    run = run_batch_cli(batch, tmp_path / "store", "--report", str(tmp_path / "r.json"))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert errors == [f"nixlayer: error: {batch}: image 1 (a): nix-build {REPO / 'examples' / 'hello.nix'} -A helo"
+                      " failed (exit 1): error: attribute 'helo' in selection path 'helo' not found"], run.stderr
+
+
 def test_example_batch_file_builds(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

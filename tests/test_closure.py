@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
+from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir, nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.plan import plan_image
 from nixlayer.popularity import popularity_order
@@ -106,6 +106,28 @@ def test_invalid_root_in_live_nix(tmp_path, monkeypatch, only_nix_store):
     missing = "/nix/store/" + "0" * 32 + "-missing"
     with pytest.raises(NixlayerError, match=f"{missing}.*is not valid"):
         graph_from_nix([missing])
+
+
+@pytest.mark.parametrize(("stderr", "line"), [
+    # Nix 2.8 nix-build of a missing attribute: a hint follows the error.
+    ("error: attribute 'helo' in selection path 'helo' not found\n       Did you mean hello?\n",
+     "error: attribute 'helo' in selection path 'helo' not found"),
+    # A failed build: substituter warnings, then the builder's log, then Nix's error.
+    ("warning: error: unable to download 'https://cache.nixos.org/nix-cache-info'\nbuilding '/nix/store/x.drv'...\n"
+     "error: in the build log\nerror: builder for '/nix/store/x.drv' failed with exit code 1\n",
+     "error: builder for '/nix/store/x.drv' failed with exit code 1"),
+    # An evaluation error with the source excerpt after it (the excerpt mentions "error").
+    ("error: attribute 'b' missing\n\n       at /tmp/bad.nix:1:9:\n\n            1| { x = \"some error\"; }\n",
+     "error: attribute 'b' missing"),
+    # Newer Nix: a bare "error:", then the trace, then the error itself, indented.
+    ("error:\n       … while evaluating the attribute 'x'\n\n       error: attribute 'b' missing\n",
+     "error: attribute 'b' missing"),
+    ("error:\n       undefined variable 'foo'\n", "error: undefined variable 'foo'"),
+    ("something went wrong\n  details\n", "details"),
+    ("\n", "no message"),
+])
+def test_nix_error_line(stderr, line):
+    assert nix_error_line(stderr) == line
 
 
 def make_store(root, contents: dict[str, bytes]) -> None:
