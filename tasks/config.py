@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import luigi
 import luigi.configuration
@@ -10,19 +11,30 @@ import luigi.configuration
 
 # What the repository's luigi.cfg sets, for a run that finds no luigi.cfg (nixlayer installed
 # with pip and run from anywhere): the embedded scheduler, and a non-zero exit status for every
-# kind of failure (Luigi's own defaults exit 0 when a task fails).
+# kind of failure (Luigi's own defaults exit 0 when a task fails). ``not_run`` stays 0: under
+# luigid, a task another machine is running is "not granted run permission" here, which is fine.
 DEFAULTS = {
     "core": {"local_scheduler": "true", "autoload_range": "false"},
     "retcode": {
-        "already_running": "10", "missing_data": "20", "not_run": "25", "task_failed": "30",
+        "already_running": "10", "missing_data": "20", "task_failed": "30",
         "scheduling_error": "35", "unhandled_exception": "40",
     },
 }
 
 
-def install_defaults() -> None:
-    """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does."""
+def install_defaults(argv: list[str] | None = None) -> None:
+    """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does.
+
+    A command line that names a central scheduler (``--scheduler-host``, ``--scheduler-url``)
+    uses it: ``[core] local_scheduler`` is then false, whatever luigi.cfg says, rather than
+    the flags being silently ignored.
+    """
     config = luigi.configuration.get_config()
+    argv = sys.argv if argv is None else argv
+    if any(arg.split("=")[0] in ("--scheduler-host", "--scheduler-url") for arg in argv):
+        if not config.has_section("core"):
+            config.add_section("core")
+        config.set("core", "local_scheduler", "false")
     for section, options in DEFAULTS.items():
         if not config.has_section(section):
             config.add_section(section)
