@@ -16,6 +16,7 @@ versus reused from the layer store, and bytes written.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -39,19 +40,37 @@ from tasks.layers import LayerTask, layer_store_root
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
 
-# The run log of the BuildImages run in this process: a file the layer and image tasks of the
-# run append to when they succeed (also from worker processes forked by --workers N).
-_run_log: str | None = None
+# The run log of the BuildImages run in this process: the descriptor of an anonymous file the
+# layer and image tasks of the run append to when they succeed, also from the worker processes
+# --workers N forks (they inherit it). The file is unlinked as soon as it is made, so nothing
+# is left on disk however the run ends, even killed.
+_run_log: int | None = None
+
+
+def _new_run_log() -> None:
+    """Start an empty run log, closing the previous run's."""
+    global _run_log
+    if _run_log is not None:
+        os.close(_run_log)
+        _run_log = None
+    fd, path = tempfile.mkstemp(prefix="nixlayer-run-", suffix=".jsonl")
+    os.unlink(path)
+    # O_APPEND on the open file description, shared with forked workers: every line lands whole
+    # at the end, whoever writes it.
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    _run_log = fd
 
 
 def _log_run(entry: dict) -> None:
+    if _run_log is not None:
+        os.write(_run_log, (json.dumps(entry) + "\n").encode())
+
+
+def _read_run_log() -> list[dict]:
     if _run_log is None:
-        return
-    fd = os.open(_run_log, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, (json.dumps(entry) + "\n").encode())
-    finally:
-        os.close(fd)
+        return []
+    data = os.pread(_run_log, os.fstat(_run_log).st_size, 0)
+    return [json.loads(line) for line in data.splitlines()]
 
 
 @LayerTask.event_handler(luigi.Event.SUCCESS)
@@ -175,17 +194,11 @@ class BuildImages(luigi.Task):
     report = luigi.Parameter(default="nixlayer-report.json", description="where to write the JSON report of the run")
 
     def complete(self) -> bool:
-        """Never complete. Luigi asks once per run, before anything runs: a run starts here."""
-        global _run_log
+        """Never complete. Luigi asks once per run, before anything runs: a run starts here,
+        with an empty run log (an anonymous file: nothing to clean up)."""
         self._images = None
         self._started = time.time()
-        if _run_log is not None:
-            try:
-                os.unlink(_run_log)
-            except FileNotFoundError:
-                pass
-        fd, _run_log = tempfile.mkstemp(prefix="nixlayer-run-", suffix=".jsonl")
-        os.close(fd)
+        _new_run_log()
         return False
 
     def images(self) -> list[tuple[str, BuildImage]]:
@@ -219,12 +232,9 @@ class BuildImages(luigi.Task):
 
     def _built(self) -> tuple[set[str], set[str]]:
         layers, images = set(), set()
-        if _run_log is not None:
-            with open(_run_log) as f:
-                for line in f:
-                    entry = json.loads(line)
-                    layers.update([entry["layer"]] if "layer" in entry else [])
-                    images.update([entry["image"]] if "image" in entry else [])
+        for entry in _read_run_log():
+            layers.update([entry["layer"]] if "layer" in entry else [])
+            images.update([entry["image"]] if "image" in entry else [])
         return layers, images
 
     def make_report(self) -> dict:

@@ -9,8 +9,10 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import luigi
 import pytest
 
 from conftest import FIXTURES, nix_build, run_luigi
@@ -90,6 +92,22 @@ def test_shared_base_is_one_task_per_layer(tmp_path, layer_store):
     data = json.loads((tmp_path / "r.json").read_text())
     assert [i["layers_built"] for i in data["images"]] == [17] * 4  # 10 base + 6 own + customisation
     assert data["totals"]["distinct_layers"] == 10 + 4 * 6 + 4
+
+
+def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    roots = synthetic_store(tmp_path / "root", images=2, base=4, unique=2)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")), workers=2)
+    totals = json.loads((tmp_path / "r.json").read_text())["totals"]
+    assert totals["layers_built"] == totals["distinct_layers"] == 4 + 2 * 3 + 2 and totals["images_written"] == 2
+    assert list(temp.iterdir()) == []
+    bad = write_batch(tmp_path / "bad.toml", "", ['name = "Bad"\noutput = "bad.tar"'])
+    assert not luigi.build([BuildImages(batch_file=str(bad), report=str(tmp_path / "r2.json"))], local_scheduler=True)
+    assert list(temp.iterdir()) == []
 
 
 def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
