@@ -202,22 +202,35 @@ class BuildImages(luigi.Task):
         return False
 
     def images(self) -> list[tuple[str, BuildImage]]:
-        """(entry, BuildImage) of each image; bad input is printed as one line, then raised."""
+        """(entry, BuildImage) of each image; bad input is printed as one line, then raised.
+
+        Every image is checked and planned before any work. The batch's output directories are
+        made for it, as each image's output check needs them; if any image is bad, the
+        directories made here are removed again.
+        """
         if getattr(self, "_images", None) is None:
+            created: list[str] = []
             try:
                 entries = load_batch(self.batch_file)
                 images = []
                 for entry, params in entries:
-                    if params.get("output"):  # the batch's output directories are made for it
-                        os.makedirs(os.path.dirname(params["output"]), exist_ok=True)
-                    task = BuildImage(**params)
                     try:
+                        if params.get("output"):
+                            _make_directories(os.path.dirname(params["output"]), created)
+                        task = BuildImage(**params)
                         task._planned  # check every setting, plan the layers: before any work
                     except NixlayerError as e:
                         raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
                     images.append((entry, task))
-            except NixlayerError as error:
-                fail(error)
+            except BaseException as error:
+                for directory in reversed(created):
+                    try:
+                        os.rmdir(directory)  # only if still empty: never anything else's files
+                    except OSError:
+                        pass
+                if isinstance(error, NixlayerError):
+                    fail(error)
+                raise
             self._images = images
         return self._images
 
@@ -282,6 +295,21 @@ class BuildImages(luigi.Task):
             # The layer records this run wrote, relative to the layer store.
             "built_layers": sorted(os.path.relpath(p, store_root) for p in distinct_built),
         }
+
+
+def _make_directories(directory: str, created: list[str]) -> None:
+    """``os.makedirs(directory)``, adding the directories it makes to ``created`` (outermost
+    first; added before they are made, so a failure half-way loses none of them)."""
+    missing = []
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    if missing:
+        created += reversed(missing)
+        try:
+            os.makedirs(missing[0], exist_ok=True)
+        except OSError as e:
+            raise NixlayerError(f"cannot make output directory {missing[0]}: {e.strerror}") from None
 
 
 def _size(path: str) -> int:

@@ -145,6 +145,22 @@ def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     assert not store.exists() and not (tmp_path / "r.json").exists()
 
 
+def test_bad_image_removes_the_output_directories_the_run_made(tmp_path):
+    (root,) = synthetic_store(tmp_path / "root", images=1, base=1, unique=1)
+    (tmp_path / "keep").mkdir()
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ncontents = ["{root}"]\n', [
+        'name = "a"\noutput = "out/a/b/a.tar"', 'name = "k"\noutput = "keep/new/k.tar"', 'name = "Bad"\noutput = "bad.tar"'])
+    run = run_batch_cli(batch, tmp_path / "store", "--report", str(tmp_path / "r.json"))
+    assert run.returncode != 0 and f"nixlayer: error: {batch}: image 3 (Bad): invalid image name" in run.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "keep" / "new").exists()
+    assert (tmp_path / "keep").is_dir() and not (tmp_path / "store").exists()
+    # A good batch keeps them, and builds.
+    batch.write_text(batch.read_text().replace('"Bad"', '"good"'))
+    run = run_batch_cli(batch, tmp_path / "store", "--report", str(tmp_path / "r.json"))
+    assert run.returncode == 0, run.stderr
+    assert all((tmp_path / p).is_file() for p in ("out/a/b/a.tar", "keep/new/k.tar", "bad.tar"))
+
+
 def test_failed_nix_build_reports_nix_error_line(tmp_path):
     batch = tmp_path / "batch.toml"
     batch.write_text(f'[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "{REPO / "examples" / "hello.nix"}"\n'
