@@ -183,6 +183,21 @@ def load_batch(path: str) -> list[dict]:
     return result
 
 
+def _read_graphs(images: list[dict]) -> None:
+    """Read one closure graph for all images that read theirs from the same place (one call
+    to Nix instead of one per image; see ``ImageParameters.read_graph``). Best effort: an image
+    whose contents are bad gets its own clear error when it is planned."""
+    sources: dict[tuple, tuple[dict, set[str]]] = {}
+    for params in images:
+        key = (params.get("closure_graph"), params.get("store_root", "/"), params.get("store_dir", "/nix/store"))
+        sources.setdefault(key, (params, set()))[1].update(params.get("contents", []))
+    for params, roots in sources.values():
+        try:
+            BuildImage(**params).read_graph(sorted(roots))
+        except (NixlayerError, ValueError):
+            pass
+
+
 class BuildImages(luigi.Task):
     """Build every image of the batch file ``batch_file`` in one run; write a JSON report.
 
@@ -212,6 +227,7 @@ class BuildImages(luigi.Task):
             created: list[str] = []
             try:
                 entries = load_batch(self.batch_file)
+                _read_graphs([params for _, params in entries])
                 images = []
                 for entry, params in entries:
                     try:
@@ -219,7 +235,7 @@ class BuildImages(luigi.Task):
                             _make_directories(os.path.dirname(params["output"]), created)
                         task = BuildImage(**params)
                         task._planned  # check every setting, plan the layers: before any work
-                    except NixlayerError as e:
+                    except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
                         raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
                     images.append((entry, task))
             except BaseException as error:

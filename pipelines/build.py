@@ -120,7 +120,7 @@ class ImageParameters(luigi.Task):
         self.check()
         config_paths = config_store_paths(config, store_dir)
         roots = sorted(set(contents) | set(config_paths))
-        graph = self._graph(roots, store_dir)
+        graph = self.read_graph(roots)
         order = image_order(graph, contents, config_paths) if self.include_store_paths else []
         plan = plan_layers(order, self.max_layers)
         image = {
@@ -135,9 +135,26 @@ class ImageParameters(luigi.Task):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
         }
 
-    def _graph(self, roots: list[str], store_dir: str) -> ClosureGraph:
+    def read_graph(self, roots: list[str]) -> ClosureGraph:
+        """The closure of ``roots``, read as this image's parameters say (a JSON graph, a store
+        directory scan, or live Nix).
+
+        Graphs read in this process are kept by where they came from, and a closure inside one
+        is taken from it: ``BuildImages`` reads one graph for all its images this way instead
+        of asking Nix once per image. Raises NixlayerError.
+        """
+        store_dir = normalize_store_dir(self.store_dir)
         if not roots:  # an image of its config alone, as nixpkgs allows
             return ClosureGraph({}, store_dir=store_dir)
+        source = (self.closure_graph, self.store_root, store_dir)
+        for graph in _GRAPHS.get(source, ()):
+            if all(root in graph for root in roots):
+                return graph.closure(roots)
+        graph = self._read_graph(roots, store_dir)
+        _GRAPHS.setdefault(source, []).append(graph)
+        return graph
+
+    def _read_graph(self, roots: list[str], store_dir: str) -> ClosureGraph:
         if self.closure_graph is not None:
             try:
                 with open(self.closure_graph, "rb") as f:
@@ -147,6 +164,10 @@ class ImageParameters(luigi.Task):
         if self.store_root != "/":
             return graph_from_store_dir(roots, self.store_root, store_dir)
         return graph_from_nix(roots, store_dir)
+
+
+# Closure graphs read in this process, by (closure_graph, store_root, store_dir).
+_GRAPHS: dict[tuple, list[ClosureGraph]] = {}
 
 
 class BuildImage(ImageParameters):

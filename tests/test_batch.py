@@ -130,6 +130,7 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path | None = None
     ('[[image]]\nname = "a"\noutput = "-"\n', "standard output"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\n[[image]]\nname = "b"\noutput = "a.tar"\n', "image 2 (b): output"),
     ('[[image]]\nname = "Bad"\noutput = "a.tar"\n', "image 1 (Bad): invalid image name"),
+    ('format = "ocii"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "image 1 (a): ocii is not a valid choice"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\ncontents = ["/nix/store/00000000000000000000000000000000-missing"]\n',
      "image 1 (a): "),
 ])
