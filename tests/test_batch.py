@@ -227,3 +227,24 @@ def test_two_local_runs_at_once_share_a_layer_store_safely(tmp_path):
     assert verify_layer_store(store) == 40 + 6 * 21 + 6
     for i in range(6):
         assert (dirs[0] / "out" / f"img{i}.tar").read_bytes() == (dirs[1] / "out" / f"img{i}.tar").read_bytes()
+
+
+def test_batch_asks_nix_for_the_closure_once(tmp_path, vectors_app):
+    """Five images, one `nix path-info` call: counted by a `nix` on PATH that logs each call."""
+    lib, app, tool = (nix_build(FIXTURES / "incremental.nix", a) for a in ("lib", "app", "tool"))
+    shims, calls = tmp_path / "bin", tmp_path / "nix-calls"
+    shims.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v nix"], capture_output=True, text=True, check=True).stdout.strip()
+    (shims / "nix").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    (shims / "nix").chmod(0o755)
+    images = [f'name = "img{i}"\ncontents = {json.dumps(c)}\noutput = "out/img{i}.tar"'
+              for i, c in enumerate([[vectors_app], [app], [tool], [app, tool], [lib]])]
+    batch = write_batch(tmp_path / "batch.toml", 'tag = "t"\n', images)
+    cfg = tmp_path / "cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "LUIGI_CONFIG_PATH": str(cfg)}
+    run = subprocess.run(["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch),
+                          "--report", str(tmp_path / "report.json")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["path-info"]
+    assert len(list((tmp_path / "out").iterdir())) == 5
