@@ -109,31 +109,3 @@ def atomic_file(destination: str, sweep: bool = True) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-
-
-@contextlib.contextmanager
-def atomic_directory(destination: str) -> Iterator[str]:
-    """Yield a fresh temporary directory; it replaces ``destination`` when the block succeeds.
-
-    An existing ``destination`` is moved aside first and removed after the rename, so readers
-    see either the old or the new directory, never a mixture. Abandoned temporaries of
-    ``destination`` are removed first (:func:`remove_stale_temporaries`).
-    """
-    temp = _temp_name(destination)
-    _sweep(destination, temp)
-    os.unlink(temp)
-    os.mkdir(temp)
-    try:
-        yield temp
-        os.chmod(temp, 0o755)
-        if os.path.lexists(destination):
-            old = _temp_name(destination, ".old")
-            os.unlink(old)
-            os.rename(destination, old)
-            os.rename(temp, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(temp, destination)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise

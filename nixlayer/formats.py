@@ -11,11 +11,13 @@ import sys
 import tempfile
 from typing import BinaryIO, Sequence
 
-from nixlayer.atomic import atomic_directory, atomic_file
+from nixlayer.atomic import atomic_file, remove_stale_temporaries
 from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
-from nixlayer.oci_layout import check_layout_output, write_oci_archive, write_oci_layout
+from nixlayer.oci_layout import (
+    check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_layout,
+)
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 STDOUT = "-"
@@ -72,10 +74,14 @@ def _write(
     name: str, tag: str, mtime: int, scratch: str,
 ) -> str:
     if format == "oci":
-        if os.path.isdir(output) and os.listdir(output):  # an existing layout: add this tag
+        created = not os.path.lexists(output)
+        os.makedirs(output, exist_ok=True)  # concurrent writers of one layout may all create it
+        try:
             return write_oci_layout(output, layers, config, tag)
-        with atomic_directory(output) as directory:
-            return write_oci_layout(directory, layers, config, tag)
+        except BaseException:
+            if created:
+                remove_unfinished_layout(output)
+            raise
     if output == STDOUT:
         digest = _write_archive(sys.stdout.buffer, format, layers, config, name, tag, mtime, scratch)
         sys.stdout.buffer.flush()
@@ -91,6 +97,7 @@ def _write_archive(
     if format == "docker-archive":
         return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
     with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=scratch) as layout:
+        remove_stale_temporaries(scratch, ".oci-archive-", layout)  # left by killed writers
         digest = write_oci_layout(layout, layers, config, f"{name}:{tag}")
         write_oci_archive(out, layout, mtime)
     return digest

@@ -30,11 +30,13 @@ from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
+LAYOUT_ENTRIES = {LAYOUT_FILE, "index.json", "blobs"}
 LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 
 
 def check_layout_output(directory: str) -> None:
-    """Raise NixlayerError unless ``directory`` is absent, empty, or an OCI image layout.
+    """Raise NixlayerError unless ``directory`` is absent, empty, or an OCI image layout
+    (finished, or being written: nothing but ``oci-layout``, ``index.json`` and ``blobs``).
 
     Run before any work, so a build never clobbers a directory of other files.
     """
@@ -42,8 +44,8 @@ def check_layout_output(directory: str) -> None:
         return
     if not os.path.isdir(directory):
         raise NixlayerError(f"output {directory} exists and is not a directory; an OCI layout is a directory")
-    entries = os.listdir(directory)
-    if entries and LAYOUT_FILE not in entries:
+    entries = set(os.listdir(directory))
+    if LAYOUT_FILE not in entries and not entries <= LAYOUT_ENTRIES:
         raise NixlayerError(
             f"output {directory} is a directory of other files, not an OCI image layout"
             f" (no {LAYOUT_FILE} file); refusing to write into it"
@@ -125,6 +127,14 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
         with atomic_file(os.path.join(directory, "index.json")) as f:
             f.write(canonical_json(index))
     return entry["digest"]
+
+
+def remove_unfinished_layout(directory: str) -> None:
+    """Remove ``directory``, a layout this writer created, unless an image was finished in it
+    meanwhile (by a concurrent writer): a failed first write leaves nothing behind."""
+    with _locked(directory):
+        if not os.path.exists(os.path.join(directory, "index.json")):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_oci_archive(out: BinaryIO, layout: str, mtime: int) -> None:

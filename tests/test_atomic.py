@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_directory, atomic_file
+from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
 from nixlayer.layer import LayerBlob
 from nixlayer.layerstore import LayerStore
 
@@ -43,22 +43,23 @@ def test_atomic_file_sweep_false_keeps_them(tmp_path):
     assert stale.exists()
 
 
-def test_atomic_directory_removes_abandoned_directories_judged_by_their_newest_file(tmp_path):
-    dead = tmp_path / ".layout.tmp-dead"
+def test_stale_directories_are_judged_by_their_newest_file(tmp_path):
+    """An abandoned oci-archive scratch layout is removed; one whose blob is still being
+    written is kept, however old its directories are."""
+    dead = tmp_path / ".oci-archive-dead"
     (dead / "blobs" / "sha256").mkdir(parents=True)
     aged(dead / "blobs" / "sha256" / "x", OLD)
     for d in (dead / "blobs" / "sha256", dead / "blobs", dead):
         aged(d, OLD)
-    busy = tmp_path / ".layout.tmp-busy"  # old directories, but a blob in it is being written
+    busy = tmp_path / ".oci-archive-busy"
     (busy / "blobs").mkdir(parents=True)
     aged(busy / "blobs" / "big", 0)
     for d in (busy / "blobs", busy):
         aged(d, OLD)
-    moved_aside = aged(tmp_path / ".layout.tmp-abc.old", OLD)  # killed after moving the old layout aside
-    with atomic_directory(str(tmp_path / "layout")) as directory:
-        Path(directory, "index.json").write_text("{}")
-    assert (tmp_path / "layout" / "index.json").is_file()
-    assert not dead.exists() and not moved_aside.exists() and busy.exists()
+    reference = tmp_path / ".oci-archive-mine"
+    reference.mkdir()
+    assert remove_stale_temporaries(str(tmp_path), ".oci-archive-", str(reference)) == [str(dead)]
+    assert busy.exists() and reference.exists()
 
 
 def test_layer_store_write_removes_abandoned_blob_temporaries(tmp_path):

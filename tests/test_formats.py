@@ -572,3 +572,29 @@ def test_standard_output_gets_the_same_bytes_as_a_file(tmp_path, closure, vector
     streamed = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, timeout=60).stdout
     assert streamed == (tmp_path / "file.tar").read_bytes()
     assert not [n for n in os.listdir(store) if n.startswith(".")]
+
+
+def test_concurrent_writers_of_one_new_layout_keep_every_tag(tmp_path, built):
+    """Writers that create the same layout at once (threads here; flock works between them as
+    between processes) all end up in its index."""
+    import threading
+
+    layout = tmp_path / "race"
+    errors = []
+
+    def add(tag: str, b) -> None:
+        try:
+            write(b, "oci", layout, tag=tag)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(f"t{i}", built[c])) for i, c in enumerate(["none", "gzip", "zstd", "none"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    index = json.loads((layout / "index.json").read_text())
+    assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == ["t0", "t1", "t2", "t3"]
+    for i in range(4):
+        tool("skopeo", "inspect", f"oci:{layout}:t{i}")
