@@ -83,6 +83,18 @@ def _temp_name(destination: str, suffix: str = "") -> str:
     return path
 
 
+def check_writable(destination: str) -> None:
+    """Raise NixlayerError unless a file can be created beside ``destination`` (in its
+    directory): a probe file is made and removed, so a bad output fails before any work."""
+    directory = os.path.dirname(os.path.abspath(destination))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nixlayer-probe-", dir=directory)
+    except OSError as e:
+        raise NixlayerError(f"cannot write {destination}: {e.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _sweep(destination: str, temp: str) -> None:
     """Remove abandoned temporaries of ``destination`` (``.NAME.tmp-*`` beside it)."""
     remove_stale_temporaries(os.path.dirname(temp), f".{os.path.basename(destination)}.tmp-", temp)

@@ -45,6 +45,25 @@ class ImageLayer:
     comment: str
 
 
+# GOARCH values (Go's syslist), the names the image config's "architecture" takes.
+ARCHITECTURES = frozenset({
+    "386", "amd64", "arm", "arm64", "loong64", "mips", "mipsle", "mips64", "mips64le", "ppc64",
+    "ppc64le", "riscv64", "s390x", "wasm",
+})
+# containers/image (podman, skopeo, CRI-O) refuses image configs larger than this.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def check_architecture(name: str) -> str:
+    """Return ``name`` if it is a Go architecture name (OCI config.md "architecture").
+
+    Raises NixlayerError listing the names allowed.
+    """
+    if name not in ARCHITECTURES:
+        raise NixlayerError(f"unknown architecture {name!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
+    return name
+
+
 def canonical_json(value: Any) -> bytes:
     """``value`` as UTF-8 JSON with sorted keys and no insignificant white space."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -58,7 +77,7 @@ def sha256_digest(data: bytes) -> str:
 def host_architecture() -> str:
     """This machine's architecture in Go naming (amd64, arm64, ...), for the image config."""
     machine = platform.machine().lower()
-    return _GOARCH.get(machine, machine)
+    return check_architecture(_GOARCH.get(machine, machine))
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -85,10 +104,14 @@ def format_time(value: datetime) -> str:
 def check_config(config: Any) -> dict[str, Any]:
     """Check an image ``config`` object (OCI config.md "config" field) and return it.
 
-    Raises NixlayerError naming an unknown field or a field of the wrong JSON type.
+    Raises NixlayerError naming an unknown field or a field of the wrong JSON type, or for a
+    config over 4 MiB (``MAX_CONFIG_BYTES``), which podman and skopeo refuse to load.
     """
     if not isinstance(config, dict):
         raise NixlayerError("image config must be a JSON object such as {\"Cmd\": [\"/bin/hello\"]}")
+    size = len(canonical_json(config))
+    if size > MAX_CONFIG_BYTES:
+        raise NixlayerError(f"image config is {size} bytes; podman and skopeo refuse configs over {MAX_CONFIG_BYTES} bytes")
     list_fields = {"Env", "Entrypoint", "Cmd", "OnBuild", "Shell"}
     object_fields = {"ExposedPorts", "Volumes", "Labels", "Healthcheck"}
     for key, value in config.items():

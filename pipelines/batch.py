@@ -28,7 +28,7 @@ import tomllib
 import luigi
 from luigi.task import flatten
 
-from nixlayer.atomic import atomic_file
+from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
@@ -227,6 +227,7 @@ class BuildImages(luigi.Task):
             created: list[str] = []
             try:
                 entries = load_batch(self.batch_file)
+                check_writable(os.path.abspath(self.report))
                 _read_graphs([params for _, params in entries])
                 images = []
                 for entry, params in entries:

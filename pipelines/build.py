@@ -7,15 +7,16 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 
 import luigi
 
+from nixlayer.atomic import check_writable
 from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
 from nixlayer.compression import Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
-from nixlayer.image import check_config, config_store_paths, host_architecture, parse_time
+from nixlayer.customisation import customisation_entries
+from nixlayer.image import check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_layers
 from nixlayer.popularity import image_order
@@ -121,12 +122,14 @@ class ImageParameters(luigi.Task):
         config_paths = config_store_paths(config, store_dir)
         roots = sorted(set(contents) | set(config_paths))
         graph = self.read_graph(roots)
+        customisation_entries(contents, self.store_root)  # two contents with one file: fail now
         order = image_order(graph, contents, config_paths) if self.include_store_paths else []
         plan = plan_layers(order, self.max_layers)
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),
-            "created": created.isoformat(), "architecture": self.architecture or host_architecture(),
+            "created": created.isoformat(),
+            "architecture": check_architecture(self.architecture) if self.architecture else host_architecture(),
         }
         identity = {**image, "settings": settings.key, "store_dir": store_dir}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
@@ -227,12 +230,7 @@ class BuildImage(ImageParameters):
         output = os.path.abspath(self.output)
         if self.format != "oci" and os.path.isdir(output):
             raise NixlayerError(f"cannot write output {self.output}: it is a directory")
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".nixlayer-probe-", dir=os.path.dirname(output))
-        except OSError as e:
-            raise NixlayerError(f"cannot write output {self.output}: {e.strerror}") from None
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(output)
 
 
 class PushImage(ImageParameters):

@@ -248,3 +248,14 @@ def test_batch_asks_nix_for_the_closure_once(tmp_path, vectors_app):
     assert run.returncode == 0, run.stderr
     assert [line.split()[0] for line in calls.read_text().splitlines()] == ["path-info"]
     assert len(list((tmp_path / "out").iterdir())) == 5
+
+
+def test_unwritable_report_fails_before_any_work(tmp_path):
+    (root,) = synthetic_store(tmp_path / "root", images=1, base=1, unique=1)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ncontents = ["{root}"]\n',
+                        ['name = "a"\noutput = "out/a.tar"'])
+    run = run_batch_cli(batch, tmp_path / "store", "--report", str(tmp_path / "missing" / "r.json"))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1 and f"cannot write {tmp_path / 'missing' / 'r.json'}" in errors[0], run.stderr
+    assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, nix_build, run_luigi
+from nixlayer.errors import NixlayerError
 from pipelines import BuildImage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,12 +157,13 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     (["--max-layers", "1"], "at least 2"),
     (["--name", "MyApp"], "invalid image name"),
     (["--tag", "x" * 129], "invalid tag"),
-    (["--output", "/proc/nixlayer-cannot-write.tar"], "cannot write output"),
+    (["--output", "/proc/nixlayer-cannot-write.tar"], "cannot write /proc/nixlayer-cannot-write.tar"),
     (["--format", "docker-archive", "--compression", "zstd"], "docker-archive holds uncompressed layers"),
     (["--format", "ocii"], "invalid parameter: ocii is not a valid choice"),
     (["--contents", "/nix/store/abc-not-a-list"], "takes a JSON list of store paths"),
     (["--max-layers", "abc"], "invalid parameter"),
     (["--output", ""], "nothing to do"),
+    (["--architecture", "x86 64"], "unknown architecture 'x86 64'"),
 ])
 def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, args, message):
     out = tmp_path / "out.tar"
@@ -188,3 +190,27 @@ def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(t
     assert "not an OCI image layout" in run.stderr
     assert os.listdir(work) == ["notes.txt"]
     assert not (store / "blobs").exists()
+
+
+def test_two_contents_with_the_same_file_fail_before_any_layer_is_written(tmp_path):
+    store = tmp_path / "root" / "nix" / "store"
+    paths = []
+    for name in ("a" * 32 + "-one", "b" * 32 + "-two"):
+        (store / name / "bin").mkdir(parents=True)
+        (store / name / "bin" / "tool").write_text(name)
+        paths.append(f"/nix/store/{name}")
+    layer_root = tmp_path / "store"
+    run = cli(["BuildImage", "--name", "x", "--contents", json.dumps(paths), "--store-root", str(tmp_path / "root"),
+               "--output", str(tmp_path / "x.tar")], layer_root)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert len(errors) == 1 and "both provide /bin/tool" in errors[0], run.stderr
+    assert not layer_root.exists()
+
+
+def test_config_over_4_mib_is_refused_before_any_work(tmp_path, layer_store):
+    """Only a batch file can carry such a config (a command-line argument is at most 128 KiB)."""
+    big = json.dumps({"Labels": {"big": "x" * (4 * 2**20)}})
+    with pytest.raises(NixlayerError, match="podman and skopeo refuse configs over 4194304 bytes"):
+        BuildImage(name="x", config=big, output=str(tmp_path / "x.tar")).planned()
+    assert not layer_store.exists()
