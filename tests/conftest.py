@@ -7,6 +7,7 @@ skip: CI installs them all.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import pytest
 from luigi.execution_summary import _summary_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parent.parent
+# Subprocesses (luigi, python -m nixlayer) import this checkout, whichever one pip installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")
