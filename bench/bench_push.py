@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from registry_fixture import make_image, start_registry  # noqa: E402
 
-from nixlayer.registry import MEDIA_TYPE_OCI_MANIFEST, push_image  # noqa: E402
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_MANIFEST  # noqa: E402
+from nixlayer.registry import push_image  # noqa: E402
 
 
 def made_up_layers(count: int, size: int, seed: int) -> list[dict[str, bytes]]:

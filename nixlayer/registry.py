@@ -47,11 +47,7 @@ import requests
 
 from nixlayer.errors import NixlayerError
 from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
-from nixlayer.mediatypes import (  # noqa: F401 - re-exported for callers of push_image
-    MANIFEST_MEDIA_TYPES, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER, MEDIA_TYPE_DOCKER_LAYER_GZIP,
-    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_LAYER_ZSTD, MEDIA_TYPE_OCI_MANIFEST,
-)
+from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES
 
 _T = TypeVar("_T")
 

@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib

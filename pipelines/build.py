@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 
 import luigi
 

@@ -385,10 +385,7 @@ def make_image(directory: Path, layers: list[dict[str, bytes]], *, compress_leve
     import hashlib
     import json
 
-    from nixlayer.registry import (
-        MEDIA_TYPE_OCI_CONFIG,
-        MEDIA_TYPE_OCI_LAYER_GZIP,
-    )
+    from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER_GZIP
 
     directory.mkdir(parents=True, exist_ok=True)
     blobs, diff_ids = [], []

@@ -30,8 +30,8 @@ from registry_fixture import (  # noqa: E402
 )
 
 from nixlayer.errors import NixlayerError  # noqa: E402
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_MANIFEST  # noqa: E402
 from nixlayer.registry import (  # noqa: E402
-    MEDIA_TYPE_OCI_MANIFEST,
     Credentials,
     PushTarget,
     RetryPolicy,
