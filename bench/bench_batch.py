@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import random
 import shutil
 import sys
