@@ -31,7 +31,7 @@ from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
-from pipelines.build import BuildImage, fail
+from pipelines.build import BuildImage
 from tasks.assemble import AssembleImage
 from nixlayer.layerstore import LayerStore
 from tasks.layers import LayerTask, layer_store_root
@@ -234,18 +234,16 @@ class BuildImages(luigi.Task):
                         if params.get("output"):
                             _make_directories(os.path.dirname(params["output"]), created)
                         task = BuildImage(**params)
-                        task._planned  # check every setting, plan the layers: before any work
+                        task.plan  # check every setting, plan the layers: before any work
                     except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
                         raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
                     images.append((entry, task))
-            except BaseException as error:
+            except BaseException:
                 for directory in reversed(created):
                     try:
                         os.rmdir(directory)  # only if still empty: never anything else's files
                     except OSError:
                         pass
-                if isinstance(error, NixlayerError):
-                    fail(error)
                 raise
             self._images = images
         return self._images
@@ -271,7 +269,7 @@ class BuildImages(luigi.Task):
         sizes: dict[str, int] = {}
         report_images = []
         for _, image in self.images():
-            assemble = image._assemble() if image.output else None
+            assemble = image.assemble_task() if image.output else None
             task = assemble or image.targets()[0]
             layers = [layer.output() for layer in task.requires()]
             for target in layers:
@@ -282,7 +280,7 @@ class BuildImages(luigi.Task):
             image_bytes = 0
             if written:
                 image_bytes = _size(assemble.output)
-            stamp = assemble.read_stamp(assemble._stamp_path()) if assemble else {}
+            stamp = assemble.read_stamp(assemble.stamp()) if assemble else {}
             report_images.append({
                 "name": image.name, "tag": task.tag, "output": image.output or None,
                 "push": image.push or None, "format": image.format if image.output else None,

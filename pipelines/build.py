@@ -23,17 +23,11 @@ from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import check_store_path, normalize_store_dir
 from tasks.assemble import AssembleImage
-from tasks.errors import report
 from tasks.image import ImageTask
 from tasks.push import PushToRegistry
 
 DEFAULT_TIME = "1970-01-01T00:00:01Z"
-
-
-def fail(error: NixlayerError) -> None:
-    """Print the one-line error for the user, then let Luigi record the failure."""
-    report(error)
-    raise error
+PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
 
 
 class StorePathsParameter(luigi.ListParameter):
@@ -80,29 +74,29 @@ class ImageParameters(luigi.Task):
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
 
-    def planned(self) -> dict:
-        """The ImageTask parameters of this image; bad input is printed as one line, then raised."""
-        try:
-            return self._planned
-        except NixlayerError as error:
-            fail(error)
-            raise
-
     def check(self) -> None:
         """Checks of the subclass's own parameters, run before the closure is computed."""
 
-    def image_task(self, task: type[ImageTask], compression: str, **extra) -> ImageTask:
-        """``task`` (AssembleImage, PushToRegistry) for this image, with layers compressed so."""
-        if self.compression != "auto":
-            compression = self.compression
-        return task(**self.planned(), compression=compression, compression_level=self.compression_level, **extra)
+    def compression_for(self, default: str) -> Compression:
+        """The layer compression of one target: ``--compression``, or ``default`` for ``auto``
+        (none for docker-archive, gzip for OCI and registries). Raises NixlayerError for a
+        level out of range."""
+        return Compression(default if self.compression == "auto" else self.compression, self.compression_level)
+
+    def image_task(self, task: type[ImageTask], default_compression: str, **extra) -> ImageTask:
+        """``task`` (AssembleImage, PushToRegistry) for this image, its layers compressed as
+        ``compression_for(default_compression)`` says."""
+        compression = self.compression_for(default_compression)
+        return task(**self.plan, compression=compression.name, compression_level=self.compression_level, **extra)
 
     def run(self) -> None:
         pass
 
     @functools.cached_property
-    def _planned(self) -> dict:
-        """Check every parameter, compute the closure and the layer plan: once per build."""
+    def plan(self) -> dict:
+        """The ImageTask parameters of this image: every parameter checked, the closure read and
+        the layers planned, once per build. Raises NixlayerError for bad input (Luigi then
+        prints it as one line, see ``tasks.errors``)."""
         check_name(self.name)
         if self.tag:
             check_tag(self.tag)
@@ -115,8 +109,6 @@ class ImageParameters(luigi.Task):
         created = parse_time(self.created)
         mtime = int(parse_time(self.mtime).timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
-        if self.compression != "auto":
-            Compression(self.compression, self.compression_level)
         self.check()
         config_paths = config_store_paths(config, store_dir)
         roots = sorted(set(contents) | set(config_paths))
@@ -186,16 +178,16 @@ class BuildImage(ImageParameters):
             raise NixlayerError("nothing to do: give --output FILE (or -) and/or --push docker://HOST/REPOSITORY:TAG")
         if self.push:
             parse_push_target(self.push)
+            self.compression_for(PUSH_COMPRESSION)
         if self.output:
-            check_format(self.format, Compression(self._output_compression()).media_type, self.output)
+            check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
             self._check_output()
 
     def _output_compression(self) -> str:
-        if self.compression != "auto":
-            return self.compression
+        """The compression ``auto`` means for the output format."""
         return "none" if self.format == "docker-archive" else "gzip"
 
-    def _assemble(self) -> AssembleImage:
+    def assemble_task(self) -> AssembleImage:
         output = self.output if self.output == STDOUT else os.path.abspath(self.output)
         return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output)
 
@@ -203,24 +195,24 @@ class BuildImage(ImageParameters):
         """AssembleImage for a file or directory output, PushToRegistry for a push."""
         tasks: list[ImageTask] = []
         if self.output and self.output != STDOUT:
-            tasks.append(self._assemble())
+            tasks.append(self.assemble_task())
         if self.push:
-            tasks.append(self.image_task(PushToRegistry, "gzip", target=self.push,
+            tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push,
                                          insecure_registry=self.insecure_registry))
         return tasks
 
     def requires(self) -> list:
         """The targets; for standard output, also the layers (this task writes the image)."""
-        layers = self._assemble().requires() if self.output == STDOUT else []
+        layers = self.assemble_task().requires() if self.output == STDOUT else []
         return self.targets() + layers
 
     def complete(self) -> bool:
-        self.planned()  # every parameter is checked, even when nothing is left to do
+        self.plan  # every parameter is checked, even when nothing is left to do
         return self.output != STDOUT and all(task.complete() for task in self.targets())
 
     def run(self) -> None:
         if self.output == STDOUT:
-            self._assemble().write()
+            self.assemble_task().write()
 
     def _check_output(self) -> None:
         """Fail before any layer is written if the output cannot be written."""
@@ -241,9 +233,10 @@ class PushImage(ImageParameters):
 
     def check(self) -> None:
         parse_push_target(self.target)
+        self.compression_for(PUSH_COMPRESSION)
 
     def requires(self) -> PushToRegistry:
-        return self.image_task(PushToRegistry, "gzip", target=self.target, insecure_registry=self.insecure_registry)
+        return self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)
 
     def complete(self) -> bool:
         return self.requires().complete()

@@ -25,7 +25,8 @@ class AssembleImage(ImageTask):
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter()
 
-    def _stamp_path(self) -> str:
+    def stamp(self) -> str:
+        """Where this task records, in the layer store, the output it wrote."""
         return self.stamp_path("images", json.dumps(self.to_str_params(), sort_keys=True))
 
     def _output_signature(self) -> list[int] | None:
@@ -37,15 +38,15 @@ class AssembleImage(ImageTask):
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def complete(self) -> bool:
-        stamp = self.read_stamp(self._stamp_path())
+        stamp = self.read_stamp(self.stamp())
         return stamp.get("signature") == self._output_signature() and stamp.get("output") == self.output
 
     def run(self) -> None:
         digest = self.write()
         self.set_status_message(f"wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}")
         if self.output != STDOUT:
-            os.makedirs(os.path.dirname(self._stamp_path()), exist_ok=True)
-            with atomic_file(self._stamp_path()) as f:
+            os.makedirs(os.path.dirname(self.stamp()), exist_ok=True)
+            with atomic_file(self.stamp()) as f:
                 f.write(json.dumps({
                     "output": self.output, "digest": digest, "signature": self._output_signature(),
                 }).encode())

@@ -38,7 +38,10 @@ class OneLineErrors(logging.Filter):
             return True
         message = record.getMessage()
         if "due to error in" in message and "NixlayerError: " in message:
-            return False  # planning failed: nixlayer printed its line already
+            # complete() or requires() raised: the traceback is in the message; its last line
+            # is ``nixlayer.errors.NixlayerError: <message>``.
+            report(message.rsplit("NixlayerError: ", 1)[1].strip())
+            return False
         return True
 
 

@@ -164,6 +164,8 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     (["--max-layers", "abc"], "invalid parameter"),
     (["--output", ""], "nothing to do"),
     (["--architecture", "x86 64"], "unknown architecture 'x86 64'"),
+    (["--format", "oci", "--compression-level", "30"], "gzip level 30 is out of range 1-9"),
+    (["--push", "docker://127.0.0.1:5000/a/b:1", "--compression-level", "0"], "gzip level 0 is out of range"),
 ])
 def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, args, message):
     out = tmp_path / "out.tar"
@@ -212,5 +214,5 @@ def test_config_over_4_mib_is_refused_before_any_work(tmp_path, layer_store):
     """Only a batch file can carry such a config (a command-line argument is at most 128 KiB)."""
     big = json.dumps({"Labels": {"big": "x" * (4 * 2**20)}})
     with pytest.raises(NixlayerError, match="podman and skopeo refuse configs over 4194304 bytes"):
-        BuildImage(name="x", config=big, output=str(tmp_path / "x.tar")).planned()
+        BuildImage(name="x", config=big, output=str(tmp_path / "x.tar")).plan
     assert not layer_store.exists()
