@@ -48,7 +48,11 @@ def customisation_entries(contents: Iterable[str], store_root: str = "/") -> lis
 
 
 def _merge(tree: dict[str, tuple[str, str]], content: str, disk: str, rel: str) -> None:
-    for child in sorted(os.listdir(disk)):
+    try:
+        children = sorted(os.listdir(disk))
+    except OSError as e:
+        raise NixlayerError(f"cannot read contents directory {disk}: {e.strerror}") from None
+    for child in children:
         name = f"{rel}/{child}"
         child_disk = os.path.join(disk, child)
         kind = "dir" if stat.S_ISDIR(os.lstat(child_disk).st_mode) else "link"

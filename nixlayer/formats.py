@@ -1,7 +1,9 @@
 """Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive.
 
-One entry point for every output: the file or directory is written atomically (temporary path,
-then rename); ``-`` streams docker-archive or oci-archive to standard output.
+One entry point for every output. Archive files are written atomically (temporary path, then
+rename); ``-`` streams docker-archive or oci-archive to standard output. An OCI layout is
+written in place, blobs first and ``index.json`` last under a lock (see ``oci_layout``), so a
+reader never sees a half-written image, and a failed first image leaves no directory.
 """
 
 from __future__ import annotations
@@ -74,8 +76,11 @@ def _write(
     name: str, tag: str, mtime: int, scratch: str,
 ) -> str:
     if format == "oci":
-        created = not os.path.lexists(output)
-        os.makedirs(output, exist_ok=True)  # concurrent writers of one layout may all create it
+        try:  # only the writer that made the directory removes it if its first image fails
+            os.mkdir(output)
+            created = True
+        except FileExistsError:
+            created = False
         try:
             return write_oci_layout(output, layers, config, tag)
         except BaseException:

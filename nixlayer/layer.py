@@ -116,7 +116,10 @@ class _DigestingWriter:
             if self._blob is not self._diff:
                 self._blob.update(data)
             self.blob_size += len(data)
-            self._out.write(data)
+            try:
+                self._out.write(data)
+            except OSError as e:  # the blob's side (a full disk), not the store path's
+                raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
 
     def finish(self, compression: Compression) -> LayerBlob:
         self._emit(self._compressor.flush())

@@ -139,18 +139,27 @@ class LayerStore:
 
         The blob goes to a temporary file, is renamed to ``blobs/sha256/<hex>``, then the record
         is written atomically. On any error nothing is left behind. Temporary blobs abandoned by
-        killed writers are removed (see the module docstring).
+        killed writers are removed (see the module docstring). Raises NixlayerError naming the
+        layer store when it cannot be written (not writable, full), and whatever ``write_blob``
+        raises.
         """
         blobs = os.path.join(self.root, "blobs", "sha256")
-        os.makedirs(blobs, exist_ok=True)
-        os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=BLOB_TEMP_PREFIX, dir=blobs)
+        try:
+            os.makedirs(blobs, exist_ok=True)
+            os.makedirs(os.path.dirname(record_path), exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=BLOB_TEMP_PREFIX, dir=blobs)
+        except OSError as e:
+            raise NixlayerError(f"cannot write to layer store {self.root}: {e.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 _sweep_blob_temporaries(blobs, temp)
                 blob = write_blob(f)
             os.chmod(temp, 0o444)
             os.replace(temp, self.blob_path(blob.digest))
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise NixlayerError(f"cannot write to layer store {self.root}: {e.strerror or e}") from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -167,7 +176,7 @@ class LayerStore:
         path = self.blob_path(sha256_digest(data))
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with atomic_file(path) as f:
+            with atomic_file(path, sweep=False) as f:  # blobs/sha256 is large; write() sweeps it
                 f.write(data)
         return path
 

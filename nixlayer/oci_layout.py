@@ -101,6 +101,19 @@ def _read_index(directory: str) -> list[dict]:
     return manifests
 
 
+def layout_digest(directory: str, ref_name: str) -> str | None:
+    """The manifest digest the layout at ``directory`` names ``ref_name``, or None (no layout,
+    no such entry, or an unreadable index)."""
+    try:
+        manifests = _read_index(directory)
+    except NixlayerError:
+        return None
+    for entry in manifests:
+        if isinstance(entry, dict) and entry.get("annotations", {}).get(REF_NAME) == ref_name:
+            return entry.get("digest")
+    return None
+
+
 def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, ref_name: str) -> str:
     """Add the image of ``layers`` and ``config`` to the OCI layout ``directory`` as ``ref_name``.
 

@@ -10,6 +10,7 @@ import luigi
 
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, write_image
+from nixlayer.oci_layout import layout_digest
 from tasks.image import ImageTask
 
 
@@ -17,9 +18,11 @@ class AssembleImage(ImageTask):
     """Writes the image of ``store_layers`` plus the customisation layer to ``output``.
 
     ``store_layers`` is the layer plan: a list of layers, each a list of store paths. The output
-    is written atomically (``write`` also streams to standard output, ``-``).
-    Complete when ``output`` exists and was written by this very task (a stamp in the layer
-    store records it), so a changed image is never mistaken for the one already there.
+    is written atomically (``write`` also streams to standard output, ``-``); an OCI layout
+    gets this image added under its tag.
+    Complete when ``output`` holds what this very task wrote (a stamp in the layer store records
+    it: the archive file as it was written, or the layout's entry for the tag), so a changed
+    image is never mistaken for the one already there.
     """
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
@@ -29,17 +32,21 @@ class AssembleImage(ImageTask):
         """Where this task records, in the layer store, the output it wrote."""
         return self.stamp_path("images", json.dumps(self.to_str_params(), sort_keys=True))
 
-    def _output_signature(self) -> list[int] | None:
-        path = os.path.join(self.output, "index.json") if self.format == "oci" else self.output
+    def _output_signature(self) -> list[int] | str | None:
+        """What identifies the output as written: an archive file's size, mtime and inode; for
+        an OCI layout, the manifest digest its index names for the tag (other tags may come
+        and go)."""
+        if self.format == "oci":
+            return layout_digest(self.output, self.tag)
         try:
-            st = os.stat(path)
+            st = os.stat(self.output)
         except OSError:
             return None
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def complete(self) -> bool:
-        stamp = self.read_stamp(self.stamp())
-        return stamp.get("signature") == self._output_signature() and stamp.get("output") == self.output
+        signature = self.read_stamp(self.stamp()).get("signature")
+        return signature is not None and signature == self._output_signature()
 
     def run(self) -> None:
         digest = self.write()

@@ -216,3 +216,13 @@ def test_config_over_4_mib_is_refused_before_any_work(tmp_path, layer_store):
     with pytest.raises(NixlayerError, match="podman and skopeo refuse configs over 4194304 bytes"):
         BuildImage(name="x", config=big, output=str(tmp_path / "x.tar")).plan
     assert not layer_store.exists()
+
+
+def test_two_tags_in_one_oci_layout_rebuild_nothing(tmp_path, layer_store, vectors_app):
+    layout = str(tmp_path / "layout")
+    for tag in ("a", "b"):
+        build(name="vec", tag=tag, contents=[vectors_app], format="oci", output=layout)
+    for tag in ("a", "b"):
+        assert build(name="vec", tag=tag, contents=[vectors_app], format="oci", output=layout)["ran"] == []
+    index = json.loads((tmp_path / "layout" / "index.json").read_text())
+    assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == ["a", "b"]

@@ -167,3 +167,21 @@ def test_customisation_layer_refuses_two_contents_with_the_same_file(tmp_path):
         (p / "bin" / "tool").write_text("x")
     with pytest.raises(NixlayerError, match=f"{a.name}.*{b.name}.*bin/tool"):
         write_customisation_layer([f"/nix/store/{a.name}", f"/nix/store/{b.name}"], io.BytesIO(), store_root=str(tmp_path))
+
+
+def test_a_full_disk_is_blamed_on_the_blob_not_the_store_path(vectors, vectors_app):
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(NixlayerError, match="cannot write layer blob: No space left on device"):
+        write_store_layer([vectors["store_paths"]["libc"]], Full())
+
+
+def test_an_unwritable_layer_store_is_one_error_naming_it(tmp_path, vectors, vectors_app):
+    from nixlayer.layerstore import LayerStore
+
+    (tmp_path / "file").write_text("not a directory")
+    store = LayerStore(str(tmp_path / "file" / "store"))
+    with pytest.raises(NixlayerError, match=f"cannot write to layer store {tmp_path / 'file' / 'store'}"):
+        store.write(store.record_path("k", "x"), [], "", lambda out: write_store_layer([vectors["store_paths"]["libc"]], out))
