@@ -15,6 +15,7 @@ import luigi.configuration
 # luigid, a task another machine is running is "not granted run permission" here, which is fine.
 DEFAULTS = {
     "core": {"local_scheduler": "true", "autoload_range": "false"},
+    "worker": {"check_unfulfilled_deps": "false"},
     "retcode": {
         "already_running": "10", "missing_data": "20", "task_failed": "30",
         "scheduling_error": "35", "unhandled_exception": "40",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from typing import BinaryIO
 
@@ -36,17 +37,33 @@ def layer_store_root() -> str:
 
 
 class LayerStoreTarget(luigi.LocalTarget):
-    """A layer record in the layer store; it exists only if its blob is present and whole."""
+    """A layer record in the layer store; it exists only if its blob is present and whole.
+
+    The record is parsed once and kept (records never change once written); later checks
+    only stat the record and its blob, as Luigi and the image tasks ask several times a build.
+    """
 
     def __init__(self, store: LayerStore, path: str) -> None:
         super().__init__(path)
         self.store = store
+        self._record: LayerRecord | None = None
 
     def exists(self) -> bool:
-        return self.store.is_complete(self.path)
+        if self._record is not None and os.path.exists(self.path) and self.store.has_blob(self._record.blob):
+            return True
+        try:
+            self._record = self.store.read(self.path)
+        except NixlayerError:
+            self._record = None
+            return False
+        return True
 
     def record(self) -> LayerRecord:
-        return self.store.read(self.path)
+        """The layer's record. Raises NixlayerError if it is missing or its blob is."""
+        if not self.exists():
+            return self.store.read(self.path)  # raises, naming what is wrong
+        assert self._record is not None
+        return self._record
 
 
 class LayerParameters(luigi.Task):
