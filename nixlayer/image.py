@@ -45,6 +45,9 @@ class ImageLayer:
     comment: str
 
 
+DEFAULT_CREATED = "1970-01-01T00:00:01Z"
+"""nixpkgs' default ``created`` and ``mtime``: one second after the epoch."""
+
 # GOARCH values (Go's syslist), the names the image config's "architecture" takes.
 ARCHITECTURES = frozenset({
     "386", "amd64", "arm", "arm64", "loong64", "mips", "mipsle", "mips64", "mips64le", "ppc64",

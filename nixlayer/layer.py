@@ -94,6 +94,7 @@ class _DigestingWriter:
 
     def __init__(self, out: BinaryIO, compression: Compression) -> None:
         self._out = out
+        self._media_type = compression.media_type
         self._compressor = compression.compressor()
         self._diff = hashlib.sha256()
         # Uncompressed, the blob is the tar: one hash serves for both digests.
@@ -121,14 +122,15 @@ class _DigestingWriter:
             except OSError as e:  # the blob's side (a full disk), not the store path's
                 raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
 
-    def finish(self, compression: Compression) -> LayerBlob:
+    def finish(self) -> LayerBlob:
+        """Flush the compressor; the layer's digests and sizes."""
         self._emit(self._compressor.flush())
         return LayerBlob(
             diff_id="sha256:" + self._diff.hexdigest(),
             size=self.size,
             digest="sha256:" + self._blob.hexdigest(),
             blob_size=self.blob_size,
-            media_type=compression.media_type,
+            media_type=self._media_type,
         )
 
 
@@ -229,7 +231,7 @@ def write_entries(
                 done += entry.size
                 if progress is not None:
                     progress(done, total)
-    return writer.finish(compression)
+    return writer.finish()
 
 
 def write_store_layer(

@@ -7,14 +7,9 @@ MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_TYPE_OCI_LAYER_GZIP = MEDIA_TYPE_OCI_LAYER + "+gzip"
-MEDIA_TYPE_OCI_LAYER_ZSTD = MEDIA_TYPE_OCI_LAYER + "+zstd"
 
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_TYPE_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 MANIFEST_MEDIA_TYPES = frozenset(
     {MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST}

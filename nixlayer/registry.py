@@ -73,11 +73,6 @@ class PushTarget:
     repository: str
     tag: str = DEFAULT_TAG
 
-    @property
-    def hostname(self) -> str:
-        """The host without port (and without IPv6 brackets)."""
-        return _split_host_port(self.host)[0]
-
     def __str__(self) -> str:
         return f"{self.host}/{self.repository}:{self.tag}"
 

@@ -186,14 +186,17 @@ def _read_graphs(images: list[dict]) -> None:
     """Read one closure graph for all images that read theirs from the same place (one call
     to Nix instead of one per image; see ``ImageParameters.read_graph``). Best effort: an image
     whose contents are bad gets its own clear error when it is planned."""
-    sources: dict[tuple, tuple[dict, set[str]]] = {}
+    sources: dict[tuple, tuple[BuildImage, set[str]]] = {}
     for params in images:
-        key = (params.get("closure_graph"), params.get("store_root", "/"), params.get("store_dir", "/nix/store"))
-        sources.setdefault(key, (params, set()))[1].update(params.get("contents", []))
-    for params, roots in sources.values():
         try:
-            BuildImage(**params).read_graph(sorted(roots))
+            image = BuildImage(**params)
+            sources.setdefault(image.graph_source(), (image, set()))[1].update(image.roots())
         except (NixlayerError, ValueError):
+            pass
+    for image, roots in sources.values():
+        try:
+            image.read_graph(sorted(roots))
+        except NixlayerError:
             pass
 
 

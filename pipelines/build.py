@@ -11,22 +11,21 @@ import luigi
 
 from nixlayer.atomic import check_writable
 from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
-from nixlayer.compression import Compression
+from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import customisation_entries
-from nixlayer.image import check_architecture, check_config, config_store_paths, host_architecture, parse_time
+from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_layers
 from nixlayer.popularity import image_order
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
-from nixlayer.storepath import check_store_path, normalize_store_dir
+from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
 from tasks.assemble import AssembleImage
 from tasks.image import ImageTask
 from tasks.push import PushToRegistry
 
-DEFAULT_TIME = "1970-01-01T00:00:01Z"
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
 
 
@@ -55,8 +54,8 @@ class ImageParameters(luigi.Task):
     tag = luigi.Parameter(default="", description="image tag; default: a hash of everything that determines the image")
     contents = StorePathsParameter(default=[], description="store paths linked into /, as a JSON list")
     config = luigi.Parameter(default="{}", description='image config as JSON: {"Cmd": [...], "Env": [...]}')
-    created = luigi.Parameter(default=DEFAULT_TIME, description="image creation time, ISO 8601 or 'now'")
-    mtime = luigi.Parameter(default=DEFAULT_TIME, description="mtime of every file, ISO 8601 or 'now'")
+    created = luigi.Parameter(default=DEFAULT_CREATED, description="image creation time, ISO 8601 or 'now'")
+    mtime = luigi.Parameter(default=DEFAULT_CREATED, description="mtime of every file, ISO 8601 or 'now'")
     max_layers = luigi.IntParameter(default=100)
     uid = luigi.IntParameter(default=0)
     gid = luigi.IntParameter(default=0)
@@ -65,11 +64,11 @@ class ImageParameters(luigi.Task):
     include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
     architecture = luigi.Parameter(default="", description="Go architecture name; default: this machine's")
     compression = luigi.ChoiceParameter(
-        choices=["auto", "none", "gzip", "zstd"], default="auto",
+        choices=["auto", *NAMES], default="auto",
         description="layer compression; auto: none for docker-archive, gzip for OCI and registries",
     )
     compression_level = luigi.OptionalIntParameter(default=None)
-    store_dir = luigi.Parameter(default="/nix/store")
+    store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR)
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
@@ -101,18 +100,12 @@ class ImageParameters(luigi.Task):
         if self.tag:
             check_tag(self.tag)
         store_dir = normalize_store_dir(self.store_dir)
-        contents = [check_store_path(p, store_dir) for p in self.contents]
-        try:
-            config = check_config(json.loads(self.config))
-        except json.JSONDecodeError as e:
-            raise NixlayerError(f"--config is not valid JSON: {e}") from None
+        contents, config, config_paths = self._inputs
         created = parse_time(self.created)
         mtime = int(parse_time(self.mtime).timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
-        config_paths = config_store_paths(config, store_dir)
-        roots = sorted(set(contents) | set(config_paths))
-        graph = self.read_graph(roots)
+        graph = self.read_graph(self.roots())
         customisation_entries(contents, self.store_root)  # two contents with one file: fail now
         order = image_order(graph, contents, config_paths) if self.include_store_paths else []
         plan = plan_layers(order, self.max_layers)
@@ -129,6 +122,28 @@ class ImageParameters(luigi.Task):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
         }
 
+    def graph_source(self) -> tuple:
+        """Where this image's closure graph is read from: (closure_graph, store_root, store_dir)."""
+        return (self.closure_graph, self.store_root, normalize_store_dir(self.store_dir))
+
+    @functools.cached_property
+    def _inputs(self) -> tuple[list[str], dict, list[str]]:
+        """The checked contents, config, and store paths the config mentions."""
+        store_dir = normalize_store_dir(self.store_dir)
+        contents = [check_store_path(p, store_dir) for p in self.contents]
+        try:
+            config = check_config(json.loads(self.config))
+        except json.JSONDecodeError as e:
+            raise NixlayerError(f"--config is not valid JSON: {e}") from None
+        return contents, config, config_store_paths(config, store_dir)
+
+    def roots(self) -> list[str]:
+        """The image's roots: its contents and the store paths its config mentions, sorted.
+
+        Raises NixlayerError for a bad contents path or config."""
+        contents, _, config_paths = self._inputs
+        return sorted(set(contents) | set(config_paths))
+
     def read_graph(self, roots: list[str]) -> ClosureGraph:
         """The closure of ``roots``, read as this image's parameters say (a JSON graph, a store
         directory scan, or live Nix).
@@ -140,7 +155,7 @@ class ImageParameters(luigi.Task):
         store_dir = normalize_store_dir(self.store_dir)
         if not roots:  # an image of its config alone, as nixpkgs allows
             return ClosureGraph({}, store_dir=store_dir)
-        source = (self.closure_graph, self.store_root, store_dir)
+        source = self.graph_source()
         for graph in _GRAPHS.get(source, ()):
             if all(root in graph for root in roots):
                 return graph.closure(roots)

@@ -8,7 +8,7 @@ import os
 
 import luigi
 
-from nixlayer.image import ImageLayer, image_config, parse_time
+from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
@@ -22,7 +22,7 @@ class ImageTask(LayerParameters):
     name = luigi.Parameter()
     tag = luigi.Parameter()
     config = luigi.Parameter(default="{}", description="the image config object, as JSON")
-    created = luigi.Parameter(default="1970-01-01T00:00:01Z")
+    created = luigi.Parameter(default=DEFAULT_CREATED)
     architecture = luigi.Parameter()
     store_layers = luigi.ListParameter()
     contents = luigi.ListParameter(default=[])

@@ -16,9 +16,10 @@ from typing import BinaryIO
 import luigi
 import luigi.configuration
 
-from nixlayer.compression import Compression
+from nixlayer.compression import NAMES, Compression
 from nixlayer.customisation import write_customisation_layer
 from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
+from nixlayer.storepath import DEFAULT_STORE_DIR
 from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
@@ -74,9 +75,9 @@ class LayerParameters(luigi.Task):
     gid = luigi.IntParameter(default=0)
     uname = luigi.Parameter(default="root")
     gname = luigi.Parameter(default="root")
-    compression = luigi.ChoiceParameter(choices=["none", "gzip", "zstd"], default="none")
+    compression = luigi.ChoiceParameter(choices=NAMES, default="none")
     compression_level = luigi.OptionalIntParameter(default=None)
-    store_dir = luigi.Parameter(default="/nix/store")
+    store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR)
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk")
 
     def settings(self) -> LayerSettings:

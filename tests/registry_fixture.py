@@ -385,7 +385,8 @@ def make_image(directory: Path, layers: list[dict[str, bytes]], *, compress_leve
     import hashlib
     import json
 
-    from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER_GZIP
+    from nixlayer.compression import Compression
+    from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG
 
     directory.mkdir(parents=True, exist_ok=True)
     blobs, diff_ids = [], []
@@ -393,7 +394,7 @@ def make_image(directory: Path, layers: list[dict[str, bytes]], *, compress_leve
         tar = make_layer_tar(files)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
         gz = gzip.compress(tar, compresslevel=compress_level, mtime=0)
-        blobs.append(_write_blob(directory, gz, MEDIA_TYPE_OCI_LAYER_GZIP))
+        blobs.append(_write_blob(directory, gz, Compression("gzip").media_type))
     config = {
         "architecture": "amd64",
         "os": "linux",
