@@ -11,7 +11,9 @@ The core library. Nothing in this package imports Luigi: the tasks in ``tasks/``
 - ``customisation``: the customisation layer (root symlinks into ``contents``).
 - ``compression``: none, gzip, zstd streams.
 - ``image``: the image config and manifests (OCI image-spec, Docker image spec v1.2).
-- ``docker_archive``, ``oci_layout``: the output formats.
+- ``docker_archive``, ``oci_layout``: the output formats; ``formats``: one entry point for them.
+- ``mediatypes``: media types; ``atomic``: atomic outputs; ``layerstore``: layers kept on disk.
+- ``errors``: NixlayerError, the one error type for bad input and failed operations.
 - ``reference``: image name and tag checks (distribution reference grammar).
 - ``registry``: pushing to a registry (OCI distribution spec).
 """

@@ -72,8 +72,6 @@ def _temp_name(destination: str, suffix: str = "") -> str:
     directory = os.path.dirname(os.path.abspath(destination)) or "."
     if not os.path.isdir(directory):
         raise NixlayerError(f"cannot write {destination}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise NixlayerError(f"cannot write {destination}: directory {directory} is not writable")
     prefix = f".{os.path.basename(destination)}.tmp-"
     try:
         fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
@@ -86,13 +84,7 @@ def _temp_name(destination: str, suffix: str = "") -> str:
 def check_writable(destination: str) -> None:
     """Raise NixlayerError unless a file can be created beside ``destination`` (in its
     directory): a probe file is made and removed, so a bad output fails before any work."""
-    directory = os.path.dirname(os.path.abspath(destination))
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".nixlayer-probe-", dir=directory)
-    except OSError as e:
-        raise NixlayerError(f"cannot write {destination}: {e.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
+    os.unlink(_temp_name(destination))
 
 
 def _sweep(destination: str, temp: str) -> None:

@@ -197,7 +197,9 @@ def write_entries(
     1 MiB pieces; memory does not grow with file size. Files of 8 GiB and more get a pax size
     record. ``progress(done, total)`` is called after each file with content bytes.
 
-    Raises NixlayerError naming the file if one cannot be read or changes size while written.
+    Raises NixlayerError naming the file if one cannot be read or is shorter than when it was
+    listed (a file that grew is written at its listed size), or "cannot write layer blob" when
+    ``out`` fails.
     """
     entries = list(entries)
     total = sum(e.size for e in entries)

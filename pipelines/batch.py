@@ -34,7 +34,8 @@ from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage
 from tasks.assemble import AssembleImage
 from nixlayer.layerstore import LayerStore
-from tasks.layers import LayerTask, layer_store_root
+from tasks.config import layer_store_root
+from tasks.layers import LayerTask
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")

@@ -4,6 +4,9 @@
 - ``layers.OverflowLayer``: the layer of the store paths past ``max_layers - 2``.
 - ``layers.CustomisationLayer``: root symlinks into ``contents``.
 - ``assemble.AssembleImage``: docker-archive, OCI layout or oci-archive from those layers.
+- ``push.PushToRegistry``: push those layers and the manifest to a registry.
+- ``image.ImageTask``: what the image-level tasks share; ``config``: the ``[nixlayer]`` section
+  and the defaults used without a luigi.cfg; ``errors``: one line per error.
 """
 
 from tasks import errors  # noqa: E402,F401 - one-line errors for everything run through Luigi

@@ -61,3 +61,12 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
 
     layer_store = luigi.Parameter(default=_default_layer_store())
     layer_batch_size = luigi.IntParameter(default=50)
+
+
+def layer_store_root() -> str:
+    """``[nixlayer] layer_store``, read from the configuration at each call.
+
+    The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
+    a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
+    """
+    return luigi.configuration.get_config().get("nixlayer", "layer_store", _default_layer_store())

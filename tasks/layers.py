@@ -24,17 +24,8 @@ from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
-from tasks.config import _default_layer_store, nixlayer
+from tasks.config import layer_store_root, nixlayer
 from tasks.errors import PREFIX
-
-
-def layer_store_root() -> str:
-    """``[nixlayer] layer_store``, read from the configuration at each call.
-
-    The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
-    a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
-    """
-    return luigi.configuration.get_config().get("nixlayer", "layer_store", _default_layer_store())
 
 
 class LayerStoreTarget(luigi.LocalTarget):
