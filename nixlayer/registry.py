@@ -709,6 +709,40 @@ def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str |
     client.with_retries(action, f"uploading blob {blob.digest}")
 
 
+def tagged_manifest_digest(
+    target: PushTarget | str,
+    manifest_media_type: str,
+    *,
+    insecure: bool = False,
+    auth_file: str | os.PathLike[str] | None = None,
+    retry: RetryPolicy | None = None,
+) -> str | None:
+    """The digest of the manifest the registry holds under ``target.tag``, or None if it holds
+    none there (``HEAD /v2/<name>/manifests/<tag>``, OCI distribution spec end-3).
+
+    ``manifest_media_type`` goes in ``Accept``. Same transport, credentials and retries as
+    :func:`push_image`. Raises NixlayerError for an unreachable registry or refused credentials.
+    """
+    if isinstance(target, str):
+        target = parse_push_target(target)
+    client = _Client(
+        target, insecure=insecure, credentials=load_credentials(target.host, auth_file),
+        scopes=[f"repository:{target.repository}:pull"], retry=retry or RetryPolicy(),
+        log=lambda message: None,
+    )
+    what = f"checking tag {target.tag}"
+    resp = client.with_retries(
+        lambda: client.send("HEAD", client.url(f"manifests/{target.tag}"), headers={"Accept": manifest_media_type}),
+        what,
+    )
+    client.check_auth(resp)
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise NixlayerError(f"{what} on {client.where} failed: HTTP {resp.status_code}")
+    return resp.headers.get("Docker-Content-Digest")
+
+
 def push_image(
     target: PushTarget | str,
     manifest: bytes,

@@ -18,7 +18,8 @@ import luigi
 from nixlayer.atomic import atomic_file
 from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
-from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image
+from nixlayer.errors import NixlayerError
+from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image, tagged_manifest_digest
 from tasks.image import ImageTask
 
 logger = logging.getLogger("nixlayer.push")
@@ -42,10 +43,19 @@ class PushToRegistry(ImageTask):
         return oci_manifest(config, layers), config, layers
 
     def complete(self) -> bool:
+        """The layers are built and the registry holds this image's manifest under the tag
+        (asked with a HEAD: another push may have moved the tag since this one)."""
         if not all(task.complete() for task in self.requires()):
             return False
         manifest, _, _ = self._manifest()
-        return self.read_stamp(self._stamp()).get("manifest_digest") == sha256_digest(manifest)
+        expected = sha256_digest(manifest)
+        if self.read_stamp(self._stamp()).get("manifest_digest") != expected:
+            return False
+        try:
+            held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_MANIFEST, insecure=self.insecure_registry)
+        except NixlayerError:
+            return False  # unreachable now: run() will say so, in one line
+        return held == expected
 
     def _mount_sources(self, target: PushTarget) -> list[str]:
         """Repositories of the same registry this layer store pushed to before."""

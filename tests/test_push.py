@@ -103,3 +103,19 @@ def test_unreachable_registry_is_one_line_error_and_no_tag(tmp_path, vectors_app
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and "cannot reach registry 127.0.0.1" in errors[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_tag_moved_by_another_tool_is_pushed_again(registry, layer_store):
+    app = nix_build(FIXTURES / "incremental.nix", "app")
+    one = dict(name="inc", contents=[app, inc("1")], target=f"{registry.host}/moved/app:v1")
+    run_luigi(PushImage(**one))
+    first = inspect(registry.host, "moved/app:v1")["Digest"]
+    run_luigi(PushImage(name="inc", contents=[app, inc("2")], target=f"{registry.host}/moved/app:v2"))
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--preserve-digests",
+                    f"docker://{registry.host}/moved/app:v2", f"docker://{registry.host}/moved/app:v1"],
+                   check=True, capture_output=True)
+    assert inspect(registry.host, "moved/app:v1")["Digest"] != first
+    again = run_luigi(PushImage(**one))
+    assert again["ran"] == ["PushImage", "PushToRegistry"]  # nothing to build, the tag to restore
+    assert inspect(registry.host, "moved/app:v1")["Digest"] == first
+    assert run_luigi(PushImage(**one))["ran"] == []
