@@ -125,7 +125,7 @@ def main() -> None:
             Register.clear_instance_cache()
             set_layer_store(tmp / "single" / f"store{i}")
             start = time.perf_counter()
-            BuildImage(**{**params, "output": str(tmp / "single" / f"img{i}.tar")})._planned
+            BuildImage(**{**params, "output": str(tmp / "single" / f"img{i}.tar")}).plan
             plan = time.perf_counter() - start
             wall, _, _, _ = build(BuildImage(**{**params, "output": str(tmp / "single" / f"img{i}.tar")}))
             singles.append(plan + wall)
