@@ -31,8 +31,9 @@ from typing import BinaryIO, Callable, Sequence
 from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, sha256_digest
+from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
+from nixlayer.oci_layout import blob_path, put_blob
 from nixlayer.storepath import hash_part
 
 
@@ -100,7 +101,8 @@ class LayerStore:
         return os.path.join(self.root, "layers", settings_dir, layer_key + ".json")
 
     def blob_path(self, digest: str) -> str:
-        return os.path.join(self.root, "blobs", *digest.split(":", 1))
+        """Where the blob ``digest`` lives in this store."""
+        return blob_path(self.root, digest)
 
     def read(self, record_path: str) -> LayerRecord:
         """Read a record. Raises NixlayerError if it is unreadable or its blob is missing."""
@@ -173,12 +175,7 @@ class LayerStore:
 
     def put_bytes(self, data: bytes) -> str:
         """Keep ``data`` (a config or manifest) as a blob; return its path. Atomic, idempotent."""
-        path = self.blob_path(sha256_digest(data))
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with atomic_file(path, sweep=False) as f:  # blobs/sha256 is large; write() sweeps it
-                f.write(data)
-        return path
+        return put_blob(self.root, data)
 
     def image_layer(self, record: LayerRecord) -> ImageLayer:
         """The record as an ImageLayer ready to assemble."""

@@ -24,7 +24,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest
+from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest, sha256_digest
 from nixlayer.layer import COPY_BUFFER
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
@@ -52,20 +52,28 @@ def check_layout_output(directory: str) -> None:
         )
 
 
-def _blob_path(root: str, digest: str) -> str:
+def blob_path(root: str, digest: str) -> str:
+    """Where the blob ``digest`` (``sha256:<hex>``) lives under ``root``: ``blobs/sha256/<hex>``
+    (image-layout.md "Blobs"; the layer store keeps its blobs the same way)."""
     algorithm, hex_digest = digest.split(":", 1)
     return os.path.join(root, "blobs", algorithm, hex_digest)
 
 
-def _put_bytes(root: str, data: bytes) -> None:
-    path = _blob_path(root, descriptor("", data)["digest"])
+def put_blob(root: str, data: bytes) -> str:
+    """Keep ``data`` as a blob under ``root`` unless it is there; return its path.
+
+    Written atomically, so concurrent writers of the same blob are harmless. Abandoned
+    temporaries are not swept here: a blob directory can be large (see ``atomic``)."""
+    path = blob_path(root, sha256_digest(data))
     if not os.path.exists(path):
-        with atomic_file(path) as f:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_file(path, sweep=False) as f:
             f.write(data)
+    return path
 
 
 def _put_file(root: str, digest: str, source: str) -> None:
-    path = _blob_path(root, digest)
+    path = blob_path(root, digest)
     if os.path.exists(path):
         return
     try:
@@ -127,8 +135,8 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     manifest = oci_manifest(config, layers)
     for layer in layers:
         _put_file(directory, layer.blob.digest, layer.file)
-    _put_bytes(directory, config)
-    _put_bytes(directory, manifest)
+    put_blob(directory, config)
+    put_blob(directory, manifest)
     entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
     entry["annotations"] = {REF_NAME: ref_name}
     with _locked(directory):
