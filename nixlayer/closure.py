@@ -30,6 +30,7 @@ from nixlayer.storepath import (
     check_store_path,
     hash_part,
     normalize_store_dir,
+    on_disk,
 )
 
 
@@ -434,7 +435,7 @@ def graph_from_store_dir(
             something Nix cannot store (a device, a socket), or a graph error such as a cycle.
     """
     store_dir = normalize_store_dir(store_dir)
-    disk_store = os.path.join(store_root, store_dir.lstrip("/"))
+    disk_store = on_disk(store_root, store_dir)
     try:
         names = [name for name in os.listdir(disk_store) if not name.endswith(".lock")]
     except OSError as error:

@@ -19,6 +19,7 @@ from typing import BinaryIO, Iterable
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerBlob, LayerSettings, write_entries
+from nixlayer.storepath import on_disk
 
 
 def customisation_entries(contents: Iterable[str], store_root: str = "/") -> list[Entry]:
@@ -29,7 +30,7 @@ def customisation_entries(contents: Iterable[str], store_root: str = "/") -> lis
     """
     tree: dict[str, tuple[str, str]] = {}  # image path -> ("dir", provider) / ("link", provider)
     for content in contents:
-        disk = os.path.join(store_root, content.lstrip("/"))
+        disk = on_disk(store_root, content)
         try:
             is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
         except OSError:

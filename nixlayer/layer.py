@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir
+from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
 Progress = Callable[[int, int], None]
@@ -146,11 +146,8 @@ def store_path_entries(
     store_dir = normalize_store_dir(store_dir)
     if posixpath.dirname(posixpath.normpath(path)) != store_dir:
         raise NixlayerError(f"{path} is not in the store directory {store_dir}")
-    yield from _walk(path, _on_disk(store_root, path))
+    yield from _walk(path, on_disk(store_root, path))
 
-
-def _on_disk(store_root: str, path: str) -> str:
-    return os.path.join(store_root, path.lstrip("/"))
 
 
 def _walk(name: str, disk: str) -> Iterator[Entry]:

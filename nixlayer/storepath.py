@@ -6,6 +6,7 @@ A store path is ``STORE_DIR/HASH-NAME`` where HASH is 32 characters of Nix's bas
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 
@@ -44,6 +45,13 @@ def check_store_path(path: str, store_dir: str = DEFAULT_STORE_DIR) -> str:
     if not _BASENAME.match(base):
         raise NixlayerError(f"{path} is not a valid store path name (expected {store_dir}/HASH-NAME)")
     return norm
+
+
+def on_disk(store_root: str, path: str) -> str:
+    """Where ``path`` (a store path, or the store directory) is on disk when the store lives
+    under ``store_root``: ``on_disk("/srv/chroot", "/nix/store/x")`` is
+    ``/srv/chroot/nix/store/x``; with ``store_root="/"`` it is ``path`` itself."""
+    return os.path.join(store_root, path.lstrip("/"))
 
 
 def hash_part(path: str) -> str:
