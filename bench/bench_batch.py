@@ -62,8 +62,11 @@ def make_store(root: Path, images: int, base: int, unique: int, seed: int) -> li
         path = f"{STORE_DIR}/{''.join(rng.choices(NIX_BASE32, k=32))}-{name}"
         share = disk / path.rsplit("/", 1)[1] / "share"
         share.mkdir(parents=True)
-        (share / f"{name}.txt").write_text(
-            f"{name}\n" + "".join(f"needs {r}\n" for r in refs) + "x" * rng.randrange(64, 4096) + "\n")
+        # Text naming the references, then binary filler: like real store files, it has few
+        # long runs of base-32 characters (a run of 4,000 "x" costs the reference scan a
+        # set look-up per position, which no real file does).
+        (share / f"{name}.txt").write_bytes(
+            (f"{name}\n" + "".join(f"needs {r}\n" for r in refs)).encode() + rng.randbytes(rng.randrange(64, 4096)))
         return path
 
     base_paths: list[str] = []
