@@ -17,8 +17,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.customisation import customisation_entries
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
-from nixlayer.plan import plan_layers
-from nixlayer.popularity import image_order
+from nixlayer.plan import plan_image, plan_layers
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
@@ -107,8 +106,10 @@ class ImageParameters(luigi.Task):
         self.check()
         graph = self.read_graph(self.roots())
         customisation_entries(contents, self.store_root)  # two contents with one file: fail now
-        order = image_order(graph, contents, config_paths) if self.include_store_paths else []
-        plan = plan_layers(order, self.max_layers)
+        if self.include_store_paths:
+            plan = plan_image(graph, contents, config_paths, self.max_layers)
+        else:  # only the customisation layer; the layer budget is still checked
+            plan = plan_layers([], self.max_layers)
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),
