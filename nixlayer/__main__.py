@@ -14,28 +14,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
+from nixlayer.closure import read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
 from nixlayer.storepath import DEFAULT_STORE_DIR
-
-
-def _read_graph(args: argparse.Namespace, roots: list[str]) -> ClosureGraph:
-    """The closure graph of ``roots`` from ``--graph``, ``--store-dir-scan`` or live Nix."""
-    if args.graph is not None:
-        # Bytes: graph_from_json decodes them and reports a file that is not UTF-8 as one line.
-        if args.graph == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            try:
-                with open(args.graph, "rb") as file:
-                    data = file.read()
-            except OSError as error:
-                raise NixlayerError(f"cannot read graph file {args.graph}: {error.strerror}") from None
-        return graph_from_json(data, args.store_dir)
-    if args.store_dir_scan is not None:
-        return graph_from_store_dir(roots, args.store_dir_scan, args.store_dir)
-    return graph_from_nix(roots, args.store_dir)
 
 
 def _print_table(plan: LayerPlan) -> None:
@@ -53,7 +35,8 @@ def _print_table(plan: LayerPlan) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     roots = list(args.roots)
-    graph = _read_graph(args, [*roots, *args.config_path])
+    graph = read_graph([*roots, *args.config_path], graph_file=args.graph,
+                       scan_root=args.store_dir_scan, store_dir=args.store_dir)
     plan = plan_image(graph, roots, args.config_path, args.max_layers)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)

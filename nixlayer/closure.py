@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
@@ -470,3 +471,36 @@ def graph_from_store_dir(
         references[path] = {path_of_hash[found] for found in scanner.found}
         pending.extend(references[path] - references.keys())
     return ClosureGraph(references, nar_sizes, store_dir)
+
+
+def read_graph(
+    roots: Iterable[str],
+    *,
+    graph_file: str | None = None,
+    scan_root: str | None = None,
+    store_dir: str = DEFAULT_STORE_DIR,
+) -> ClosureGraph:
+    """A graph holding the closure of ``roots``, from one of three sources, in this order:
+
+    ``graph_file``, a JSON graph, returned whole (:func:`graph_from_json`; ``-`` reads
+    standard input);
+    ``scan_root``, a store directory under that root scanned without Nix
+    (:func:`graph_from_store_dir`); otherwise live Nix (:func:`graph_from_nix`).
+
+    Raises NixlayerError, naming the graph file when it cannot be read.
+    """
+    roots = list(roots)
+    if graph_file is not None:
+        # Bytes: graph_from_json decodes them and reports a file that is not UTF-8 as one line.
+        if graph_file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(graph_file, "rb") as file:
+                    data = file.read()
+            except OSError as error:
+                raise NixlayerError(f"cannot read graph file {graph_file}: {error.strerror}") from None
+        return graph_from_json(data, store_dir)
+    if scan_root is not None:
+        return graph_from_store_dir(roots, scan_root, store_dir)
+    return graph_from_nix(roots, store_dir)

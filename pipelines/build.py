@@ -10,7 +10,7 @@ import os
 import luigi
 
 from nixlayer.atomic import check_writable
-from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir
+from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
@@ -160,20 +160,12 @@ class ImageParameters(luigi.Task):
         for graph in _GRAPHS.get(source, ()):
             if all(root in graph for root in roots):
                 return graph.closure(roots)
-        graph = self._read_graph(roots, store_dir)
+        graph = read_graph(roots, graph_file=None if self.closure_graph is None else str(self.closure_graph),
+                           scan_root=None if self.store_root == "/" else self.store_root, store_dir=store_dir)
+        if self.closure_graph is not None:  # a graph file holds more than this closure
+            graph = graph.closure(roots)
         _GRAPHS.setdefault(source, []).append(graph)
         return graph
-
-    def _read_graph(self, roots: list[str], store_dir: str) -> ClosureGraph:
-        if self.closure_graph is not None:
-            try:
-                with open(self.closure_graph, "rb") as f:
-                    return graph_from_json(f.read(), store_dir).closure(roots)
-            except OSError as e:
-                raise NixlayerError(f"cannot read closure graph {self.closure_graph}: {e.strerror}") from None
-        if self.store_root != "/":
-            return graph_from_store_dir(roots, self.store_root, store_dir)
-        return graph_from_nix(roots, store_dir)
 
 
 # Closure graphs read in this process, by (closure_graph, store_root, store_dir).
