@@ -71,3 +71,13 @@ def run_luigi(task: luigi.Task, workers: int = 1) -> dict:
         "ran_tasks": list(summary["completed"]),
         "worker": result.worker,
     }
+
+
+def run_pipelines(args: list[str], store: Path, cwd: Path = REPO, path: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``luigi --module pipelines ARGS`` as a user would (the repository's luigi.cfg when
+    run from it), with ``store`` as the layer store; ``path`` replaces $PATH."""
+    cfg = store.parent / f"{store.name}-luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
+    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), **({"PATH": path} if path else {}))
+    return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)

@@ -8,18 +8,16 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import luigi
 import pytest
 
-from conftest import FIXTURES, nix_build, run_luigi
+from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.storepath import NIX_BASE32
 from pipelines import BuildImages
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def synthetic_store(root: Path, images: int, base: int, unique: int, seed: int = 7) -> list[str]:
@@ -110,12 +108,8 @@ def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store,
     assert list(temp.iterdir()) == []
 
 
-def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cfg = store.parent / f"{store.name}-luigi.cfg"
-    cfg.write_text(f"[core]\nlocal_scheduler = true\n[nixlayer]\nlayer_store = {store}\n")
-    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO))
-    return subprocess.run(["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), *extra],
-                          cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=300)
+def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return run_pipelines(["BuildImages", "--batch-file", str(batch), *extra], store, cwd)
 
 
 @pytest.mark.parametrize("body, message", [
@@ -240,11 +234,8 @@ def test_batch_asks_nix_for_the_closure_once(tmp_path, vectors_app):
     images = [f'name = "img{i}"\ncontents = {json.dumps(c)}\noutput = "out/img{i}.tar"'
               for i, c in enumerate([[vectors_app], [app], [tool], [app, tool], [lib]])]
     batch = write_batch(tmp_path / "batch.toml", 'tag = "t"\n', images)
-    cfg = tmp_path / "cfg"
-    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
-    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "LUIGI_CONFIG_PATH": str(cfg)}
-    run = subprocess.run(["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch),
-                          "--report", str(tmp_path / "report.json")], cwd=REPO, env=env, capture_output=True, text=True)
+    run = run_pipelines(["BuildImages", "--batch-file", str(batch), "--report", str(tmp_path / "report.json")],
+                        tmp_path / "store", path=f"{shims}:{os.environ['PATH']}")
     assert run.returncode == 0, run.stderr
     assert [line.split()[0] for line in calls.read_text().splitlines()] == ["path-info"]
     assert len(list((tmp_path / "out").iterdir())) == 5

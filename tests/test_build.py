@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, nix_build, run_luigi
+from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from pipelines import BuildImage
 
-REPO = Path(__file__).resolve().parent.parent
 PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--rm", "--network", "none",
               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
@@ -31,13 +29,6 @@ def archive_config(path: Path) -> tuple[dict, list[str]]:
     return config, manifest["Layers"]
 
 
-def cli(args: list[str], store: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run `luigi --module pipelines ...` as a user would, with the repository's luigi.cfg."""
-    cfg = store.parent / "test-luigi.cfg"
-    cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
-    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg))
-    return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("max_layers", ["3", "4", "100"])
@@ -114,7 +105,7 @@ def test_workers_2_gives_the_same_bytes_as_workers_1(tmp_path, vectors_app):
     outputs = []
     for workers in ("1", "2"):
         out = tmp_path / f"w{workers}.tar"
-        run = cli(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+        run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
                    "--output", str(out), "--workers", workers], tmp_path / f"store{workers}")
         assert run.returncode == 0, run.stderr
         outputs.append(out.read_bytes())
@@ -125,7 +116,7 @@ def test_example_image_runs_in_podman(tmp_path):
     hello = nix_build(REPO / "examples" / "hello.nix", "hello")
     busybox = nix_build(REPO / "examples" / "hello.nix", "busybox")
     out = tmp_path / "hello.tar"
-    run = cli(["BuildImage", "--name", "nixlayer-test/hello", "--tag", "t1",
+    run = run_pipelines(["BuildImage", "--name", "nixlayer-test/hello", "--tag", "t1",
                "--contents", json.dumps([hello, busybox]), "--config", '{"Cmd": ["/bin/hello"]}',
                "--output", str(out)], tmp_path / "store")
     assert run.returncode == 0, run.stderr
@@ -172,7 +163,7 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, arg
     base = {"--name": "vec", "--contents": json.dumps([vectors_app]), "--output": str(out)}
     base.update(dict(zip(args[::2], args[1::2])))
     store = tmp_path / "store"
-    run = cli(["BuildImage", *[x for kv in base.items() for x in kv]], store)
+    run = run_pipelines(["BuildImage", *[x for kv in base.items() for x in kv]], store)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and message in errors[0], run.stderr
@@ -186,7 +177,7 @@ def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(t
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     store = tmp_path / "store"
-    run = cli(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
                "--format", "oci", "--output", str(work)], store)
     assert run.returncode != 0
     assert "not an OCI image layout" in run.stderr
@@ -202,7 +193,7 @@ def test_two_contents_with_the_same_file_fail_before_any_layer_is_written(tmp_pa
         (store / name / "bin" / "tool").write_text(name)
         paths.append(f"/nix/store/{name}")
     layer_root = tmp_path / "store"
-    run = cli(["BuildImage", "--name", "x", "--contents", json.dumps(paths), "--store-root", str(tmp_path / "root"),
+    run = run_pipelines(["BuildImage", "--name", "x", "--contents", json.dumps(paths), "--store-root", str(tmp_path / "root"),
                "--output", str(tmp_path / "x.tar")], layer_root)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]

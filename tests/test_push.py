@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
-from conftest import FIXTURES, nix_build, run_luigi
+from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from pipelines import BuildImage, PushImage
 from registry_fixture import registry  # noqa: F401 - the fixture
-from test_build import PODMAN_RUN, REPO
+from test_build import PODMAN_RUN
 
 
 def inc(version: str) -> str:
@@ -82,10 +81,7 @@ def _config_digest(host: str, ref: str) -> str:
 
 
 def test_bad_push_target_is_one_line_error(tmp_path):
-    cfg = tmp_path / "cfg"
-    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
-    run = subprocess.run(["luigi", "--module", "pipelines", "PushImage", "--name", "x", "--target", "NotARegistry/x"],
-                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(cfg)})
+    run = run_pipelines(["PushImage", "--name", "x", "--target", "NotARegistry/x"], tmp_path / "store")
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and "push target" in errors[0]
@@ -93,12 +89,9 @@ def test_bad_push_target_is_one_line_error(tmp_path):
 
 def test_unreachable_registry_is_one_line_error_and_no_tag(tmp_path, vectors_app):
     from registry_fixture import free_port
-    cfg = tmp_path / "cfg"
-    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
     target = f"docker://127.0.0.1:{free_port()}/team/vec:1"
-    run = subprocess.run(["luigi", "--module", "pipelines", "PushImage", "--name", "vec",
-                          "--contents", json.dumps([vectors_app]), "--target", target],
-                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(cfg)})
+    run = run_pipelines(["PushImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--target", target],
+                        tmp_path / "store")
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and "cannot reach registry 127.0.0.1" in errors[0], run.stderr
