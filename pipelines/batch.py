@@ -33,6 +33,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage
 from tasks.assemble import AssembleImage
+from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks.config import layer_store_root
 from tasks.layers import LayerTask
@@ -252,8 +253,10 @@ class BuildImages(luigi.Task):
             self._images = images
         return self._images
 
-    def requires(self) -> list[BuildImage]:
-        return [task for _, task in self.images()]
+    def requires(self) -> list[ImageTask]:
+        """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
+        only stands for them, and each task more costs the scheduler a hand-out of work."""
+        return [target for _, task in self.images() for target in task.targets()]
 
     def run(self) -> None:
         report = self.make_report()

@@ -56,7 +56,7 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     ``~/.cache/nixlayer``).
 
     layer_batch_size: how many pending store path layers a worker takes from the scheduler at
-    once (one hand-out of work instead of one each; see ``tasks.layers.StorePathLayer``).
+    once (one hand-out of work instead of one each; see ``tasks.layers.BatchableLayer``).
     """
 
     layer_store = luigi.Parameter(default=_default_layer_store())
@@ -69,4 +69,4 @@ def layer_store_root() -> str:
     The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
     a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
     """
-    return luigi.configuration.get_config().get("nixlayer", "layer_store", _default_layer_store())
+    return luigi.configuration.get_config().get("nixlayer", "layer_store", None) or _default_layer_store()

@@ -58,6 +58,10 @@ class LayerStoreTarget(luigi.LocalTarget):
         return self._record
 
 
+# Task class -> its Luigi parameters (LayerParameters.get_params).
+_CLASS_PARAMS: dict[type, list[tuple[str, luigi.Parameter]]] = {}
+
+
 class LayerParameters(luigi.Task):
     """Parameters every layer shares: owner and mtime of entries, compression, store location."""
 
@@ -70,6 +74,20 @@ class LayerParameters(luigi.Task):
     compression_level = luigi.OptionalIntParameter(default=None)
     store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR)
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk")
+
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        """Luigi's (name, Parameter) list of the class, in declaration order.
+
+        Luigi computes it from ``dir(cls)`` at every call and calls it about ten times per task
+        (instantiation, ids, the scheduler's copy, the summary): a third of the scheduling cost
+        of a batch of thousands of layer tasks. Task classes do not change once defined, so it
+        is computed once per class.
+        """
+        params = _CLASS_PARAMS.get(cls)
+        if params is None:
+            params = _CLASS_PARAMS[cls] = super().get_params()
+        return list(params)
 
     def settings(self) -> LayerSettings:
         return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
@@ -143,43 +161,37 @@ class LayerTask(LayerParameters):
         self._reporting(100 if total == 0 else int(100 * done / total), f"{done} of {total} bytes written")
 
 
-def _join_store_paths(paths) -> str:
-    """Luigi's batch_method for StorePathLayer: the store paths of a batch, one a line."""
-    return "\n".join(paths)
+class BatchableLayer(LayerTask):
+    """A layer task the scheduler may hand out in batches.
 
-
-class StorePathLayer(LayerTask):
-    """The layer of one store path (most popular paths get one each); keyed by its hash part.
-
-    Batchable: Luigi's scheduler costs grow with the number of pending tasks at each hand-out
-    of work, so a worker takes up to ``[nixlayer] layer_batch_size`` pending StorePathLayer
-    tasks with equal settings at once. The batch runs as one StorePathLayer whose
-    ``store_path`` holds the paths one a line; it writes each layer as its own task would and
-    reports each one's progress and status to the scheduler under that task's id. Every layer
-    stays one task in the scheduler, done once.
+    Luigi's scheduler walks every task it knows at each hand-out of work, so a worker takes up
+    to ``[nixlayer] layer_batch_size`` pending tasks of one class with equal settings at once
+    (Luigi's ``batch_method``). The batch runs as one task of the class whose batched parameter
+    holds every member's value; it writes each layer as its own task would and reports each
+    one's progress and status to the scheduler under that task's id. Every layer stays one
+    task in the scheduler, done once.
     """
 
-    store_path = luigi.Parameter(batch_method=_join_store_paths)
+    batch_parameter: str  # the name of the parameter declared with a batch_method
 
     @property
     def max_batch_size(self) -> int:  # read by Luigi's worker when it registers the family
         return nixlayer().layer_batch_size
 
-    def members(self) -> list["StorePathLayer"]:
-        """The single-path tasks this task stands for: itself, or each task of its batch."""
+    def batch_values(self) -> list | None:
+        """The batched parameter's value of each member, or None for a task of one layer."""
+        raise NotImplementedError
+
+    def members(self) -> list["BatchableLayer"]:
+        """The one-layer tasks this task stands for: itself, or each task of its batch."""
         members = self.__dict__.get("_members")
         if members is None:
-            paths = self.store_path.split("\n")
+            values = self.batch_values()
             params = self.layer_parameters()
-            members = [self] if len(paths) == 1 else [StorePathLayer(store_path=p, **params) for p in paths]
+            members = [self] if values is None else [
+                type(self)(**{self.batch_parameter: value}, **params) for value in values]
             self._members = members
         return members
-
-    def layer_key(self) -> str:
-        return store_path_layer_key(self.store_path)
-
-    def store_paths(self) -> list[str]:
-        return [self.store_path]
 
     def output(self):
         members = self.members()
@@ -205,6 +217,30 @@ def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None
     scheduler.set_task_status_message(task_id, message)
 
 
+def _join_lines(values) -> str:
+    return "\n".join(values)
+
+
+class StorePathLayer(BatchableLayer):
+    """The layer of one store path (most popular paths get one each); keyed by its hash part.
+
+    A batch (see BatchableLayer) has the store paths of its members in ``store_path``, one a line.
+    """
+
+    store_path = luigi.Parameter(batch_method=_join_lines)
+    batch_parameter = "store_path"
+
+    def batch_values(self) -> list[str] | None:
+        paths = self.store_path.split("\n")
+        return paths if len(paths) > 1 else None
+
+    def layer_key(self) -> str:
+        return store_path_layer_key(self.store_path)
+
+    def store_paths(self) -> list[str]:
+        return [self.store_path]
+
+
 class OverflowLayer(LayerTask):
     """One layer of several store paths, in the order given (the overflow layer).
 
@@ -226,10 +262,20 @@ class OverflowLayer(LayerTask):
         return list(self.paths)
 
 
-class CustomisationLayer(LayerTask):
-    """The customisation layer: symlinks at / into each contents store path."""
+class CustomisationLayer(BatchableLayer):
+    """The customisation layer: symlinks at / into each contents store path.
 
-    contents = luigi.ListParameter()
+    A batch (see BatchableLayer; one per image in a batch of images) has the contents of its
+    members in ``contents``, a list of lists.
+    """
+
+    contents = luigi.ListParameter(batch_method=tuple)
+    batch_parameter = "contents"
+
+    def batch_values(self) -> list[tuple[str, ...]] | None:
+        # One layer's contents are store paths (strings); a batch's are lists of them.
+        batched = bool(self.contents) and not isinstance(self.contents[0], str)
+        return list(self.contents) if batched else None
 
     def layer_key(self) -> str:
         return paths_layer_key("customisation", self.store_paths())

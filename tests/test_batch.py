@@ -90,6 +90,10 @@ def test_shared_base_is_one_task_per_layer(tmp_path, layer_store):
     data = json.loads((tmp_path / "r.json").read_text())
     assert [i["layers_built"] for i in data["images"]] == [17] * 4  # 10 base + 6 own + customisation
     assert data["totals"]["distinct_layers"] == 10 + 4 * 6 + 4
+    # The four customisation layers were handed out at once, as one batch.
+    scheduled = result["worker"]._scheduled_tasks.values()
+    (custom_batch,) = [t for t in scheduled if t.task_family == "CustomisationLayer" and len(t.members()) > 1]
+    assert sorted(m.contents for m in custom_batch.members()) == sorted((r,) for r in roots)
 
 
 def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store, monkeypatch):
