@@ -12,6 +12,7 @@ The layer is reproducible: entries sorted by name, the settings' owner and mtime
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from typing import BinaryIO, Iterable
@@ -22,12 +23,19 @@ from nixlayer.layer import Entry, LayerBlob, LayerSettings, write_entries
 from nixlayer.storepath import on_disk
 
 
-def customisation_entries(contents: Iterable[str], store_root: str = "/") -> list[Entry]:
+def customisation_entries(contents: Iterable[str], store_root: str = "/") -> tuple[Entry, ...]:
     """The tar entries of the customisation layer for ``contents`` (store paths, image order).
 
     Directories get mode 0755, symlinks mode 0777. Raises NixlayerError when a contents path
     is missing or not a directory, or when two contents provide the same non-directory path.
+    The last result is kept (store paths never change): a build asks twice, to check the
+    contents before any layer is written, then to write the layer.
     """
+    return _entries(tuple(contents), store_root)
+
+
+@functools.lru_cache(maxsize=1)
+def _entries(contents: tuple[str, ...], store_root: str) -> tuple[Entry, ...]:
     tree: dict[str, tuple[str, str]] = {}  # image path -> ("dir", provider) / ("link", provider)
     for content in contents:
         disk = on_disk(store_root, content)
@@ -45,7 +53,7 @@ def customisation_entries(contents: Iterable[str], store_root: str = "/") -> lis
             entries.append(Entry(name, "dir", 0o755))
         else:
             entries.append(Entry(name, "symlink", 0o777, target=provider + name))
-    return entries
+    return tuple(entries)
 
 
 def _merge(tree: dict[str, tuple[str, str]], content: str, disk: str, rel: str) -> None:
