@@ -130,11 +130,12 @@ class ClosureGraph:
             if path not in seen:
                 seen.add(path)
                 pending.extend(self._references[path] - seen)
-        return ClosureGraph(
-            {path: self._references[path] for path in seen},
-            {path: self._nar_sizes[path] for path in seen},
-            self.store_dir,
-        )
+        # A closed subset of a valid graph is valid: no need to check it again.
+        graph = object.__new__(ClosureGraph)
+        object.__setattr__(graph, "store_dir", self.store_dir)
+        object.__setattr__(graph, "_references", MappingProxyType({path: self._references[path] for path in seen}))
+        object.__setattr__(graph, "_nar_sizes", MappingProxyType({path: self._nar_sizes[path] for path in seen}))
+        return graph
 
     def _known(self, path: str, role: str = "store path") -> str:
         if path not in self._references:

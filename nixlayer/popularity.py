@@ -51,13 +51,6 @@ def popularity_order(graph: ClosureGraph) -> list[str]:
     return order_by_popularity(popularity(graph))
 
 
-def image_order(graph: ClosureGraph, contents: Iterable[str], config_paths: Iterable[str] = ()) -> list[str]:
-    """The store-path order nixpkgs ``streamLayeredImage`` uses for an image: the image's
-    store paths by descending :func:`image_popularity`, ties by ascending package_name.
-    Raises NixlayerError if a content or config path is not in ``graph``."""
-    return order_by_popularity(image_popularity(graph, contents, config_paths))
-
-
 def image_popularity(
     graph: ClosureGraph, contents: Iterable[str], config_paths: Iterable[str] = ()
 ) -> dict[str, int]:

@@ -275,6 +275,7 @@ class BuildImages(luigi.Task):
         built_layers, built_images = self._built()
         sizes: dict[str, int] = {}
         report_images = []
+        image_bytes_written = 0
         for _, image in self.images():
             assemble = image.assemble_task() if image.output else None
             task = assemble or image.targets()[0]
@@ -284,9 +285,8 @@ class BuildImages(luigi.Task):
                     sizes[target.path] = target.record().blob.blob_size
             built = [t.path for t in layers if t.path in built_layers]
             written = assemble is not None and assemble.output in built_images
-            image_bytes = 0
-            if written:
-                image_bytes = _size(assemble.output)
+            image_bytes = _size(assemble.output) if written else 0
+            image_bytes_written += image_bytes
             stamp = assemble.read_stamp(assemble.stamp()) if assemble else {}
             report_images.append({
                 "name": image.name, "tag": task.tag, "output": image.output or None,
@@ -310,7 +310,7 @@ class BuildImages(luigi.Task):
                 "layers_built": len(distinct_built),
                 "layers_reused": len(sizes) - len(distinct_built),
                 "layer_bytes_written": sum(sizes[p] for p in distinct_built),
-                "image_bytes_written": sum(_size(i["output"]) for i in report_images if i["image_written"]),
+                "image_bytes_written": image_bytes_written,
             },
             "layer_store": store_root,
             # The layer records this run wrote, relative to the layer store.

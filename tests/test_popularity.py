@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixlayer.closure import ClosureGraph
-from nixlayer.popularity import image_order, image_popularity, popularity, popularity_order
+from nixlayer.popularity import image_popularity, order_by_popularity, popularity, popularity_order
 from random_graphs import dag_references, naive_order, naive_popularity, store_paths
 
 
@@ -37,7 +37,7 @@ def test_order_independent_of_input_order_duplicates_and_self_references(referen
 
 @settings(max_examples=150, deadline=None)
 @given(dag_references(), st.data())
-def test_image_order_equals_tree_expansion_with_the_nixpkgs_nodes(references, data):
+def test_image_popularity_order_equals_tree_expansion_with_the_nixpkgs_nodes(references, data):
     paths = list(references)
     contents = data.draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True))
     config_paths = data.draw(st.lists(st.sampled_from(paths), max_size=2, unique=True))
@@ -50,7 +50,7 @@ def test_image_order_equals_tree_expansion_with_the_nixpkgs_nodes(references, da
     with_image_nodes[base_json] = config_paths
     with_image_nodes[customisation] = contents
     expected = [p for p in naive_order(with_image_nodes) if p in image_paths]
-    assert image_order(ClosureGraph(references), contents, config_paths) == expected
+    assert order_by_popularity(image_popularity(ClosureGraph(references), contents, config_paths)) == expected
 
 
 def ladder(levels: int) -> dict[str, list[str]]:
@@ -81,5 +81,5 @@ def test_vectors_image_order_is_the_nixpkgs_order(vectors):
         s["libc"]: [],
     })
     assert popularity_order(graph) == vectors["popularity_order"]
-    assert image_order(graph, [s["app"]]) == vectors["popularity_order"]
+    assert order_by_popularity(image_popularity(graph, [s["app"]])) == vectors["popularity_order"]
     assert set(image_popularity(graph, [s["zlib"]], [s["script"]])) == {s["zlib"], s["script"], s["libc"]}
