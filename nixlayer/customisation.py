@@ -8,55 +8,55 @@ place under ``/`` (directories present in several contents are merged), and ever
 first of two contents that provide the same file, that is an error naming both.
 
 The layer is reproducible: entries sorted by name, the settings' owner and mtime on each.
+
+Each content's entries are encoded once and kept in a *fragment* file (:class:`Fragments`), by
+store path and settings: a store path never changes, so when one content of an image changes,
+a rebuild walks and encodes that content only, and the layer is a merge of the fragments.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import heapq
+import json
 import os
 import stat
-from typing import BinaryIO, Iterable
+import tempfile
+from typing import BinaryIO, Iterable, Iterator
 
+from nixlayer.atomic import atomic_file
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import Entry, LayerBlob, LayerSettings, write_entries
+from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
 from nixlayer.storepath import on_disk
 
+FRAGMENT_END = b"end\n"
+FragmentIndex = list[tuple[Entry, int, int]]
+"""A content's entries in layer order, each with the offset and length (bytes) of its encoded
+tar header(s) in the content's fragment file."""
 
-def customisation_entries(contents: Iterable[str], store_root: str = "/") -> tuple[Entry, ...]:
-    """The tar entries of the customisation layer for ``contents`` (store paths, image order).
 
-    Directories get mode 0755, symlinks mode 0777. Raises NixlayerError when a contents path
-    is missing or not a directory, or when two contents provide the same non-directory path.
-    The last result is kept (store paths never change): a build asks twice, to check the
-    contents before any layer is written, then to write the layer.
+def content_entries(content: str, store_root: str = "/") -> list[Entry]:
+    """The entries one contents store path gives the layer, in layer order (by name, compared
+    component by component: a depth-first walk by name): each directory below it as a
+    directory (mode 0755), everything else as a symlink (mode 0777) to its place in the store.
+
+    Raises NixlayerError when the path is missing or not a directory, or a directory below it
+    cannot be read.
     """
-    return _entries(tuple(contents), store_root)
+    disk = on_disk(store_root, content)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
+    except OSError:
+        raise NixlayerError(f"contents path {content} does not exist") from None
+    if not is_dir:
+        raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /")
+    entries: list[Entry] = []
+    _walk(content, disk, "", entries)
+    return entries
 
 
-@functools.lru_cache(maxsize=1)
-def _entries(contents: tuple[str, ...], store_root: str) -> tuple[Entry, ...]:
-    tree: dict[str, tuple[str, str]] = {}  # image path -> ("dir", provider) / ("link", provider)
-    for content in contents:
-        disk = on_disk(store_root, content)
-        try:
-            is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
-        except OSError:
-            raise NixlayerError(f"contents path {content} does not exist") from None
-        if not is_dir:
-            raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /")
-        _merge(tree, content, disk, "")
-    entries = []
-    for name in sorted(tree, key=lambda n: n.split("/")):
-        kind, provider = tree[name]
-        if kind == "dir":
-            entries.append(Entry(name, "dir", 0o755))
-        else:
-            entries.append(Entry(name, "symlink", 0o777, target=provider + name))
-    return tuple(entries)
-
-
-def _merge(tree: dict[str, tuple[str, str]], content: str, disk: str, rel: str) -> None:
+def _walk(content: str, disk: str, rel: str, entries: list[Entry]) -> None:
     try:
         children = sorted(os.listdir(disk))
     except OSError as e:
@@ -64,15 +64,122 @@ def _merge(tree: dict[str, tuple[str, str]], content: str, disk: str, rel: str) 
     for child in children:
         name = f"{rel}/{child}"
         child_disk = os.path.join(disk, child)
-        kind = "dir" if stat.S_ISDIR(os.lstat(child_disk).st_mode) else "link"
-        seen = tree.get(name)
-        if seen is not None and (kind, seen[0]) != ("dir", "dir"):
-            raise NixlayerError(
-                f"contents {seen[1]} and {content} both provide {name}; remove one from contents"
-            )
-        tree.setdefault(name, (kind, content))
-        if kind == "dir":
-            _merge(tree, content, child_disk, name)
+        if stat.S_ISDIR(os.lstat(child_disk).st_mode):
+            entries.append(Entry(name, "dir", 0o755))
+            _walk(content, child_disk, name, entries)
+        else:
+            entries.append(Entry(name, "symlink", 0o777, target=content + name))
+
+
+class Fragments:
+    """Fragment files under ``directory``: each content's entries, encoded with ``settings``.
+
+    One file per contents store path: for each entry in layer order, a JSON line
+    ``[name, kind, target, length]`` then its ``length`` bytes of tar header(s)
+    (:func:`nixlayer.layer.encode_entry`); the file ends with the line ``end``. Files are
+    written atomically; one that is missing or does not parse is made again.
+    """
+
+    def __init__(self, directory: str, settings: LayerSettings) -> None:
+        self.directory = directory
+        self.settings = settings
+
+    def path(self, content: str) -> str:
+        """The fragment file of ``content``."""
+        return os.path.join(self.directory, os.path.basename(content))
+
+    def index(self, content: str, store_root: str = "/") -> FragmentIndex:
+        """The fragment index of ``content``; the fragment is made first if it is missing or
+        damaged. Raises NixlayerError as :func:`content_entries` does, or when the fragment
+        cannot be written."""
+        path = self.path(content)
+        index = _read_index(path)
+        if index is None:
+            entries = content_entries(content, store_root)
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+            except OSError as e:
+                raise NixlayerError(f"cannot write customisation fragment {path}: {e.strerror}") from None
+            index = []
+            with atomic_file(path) as f:
+                for entry in entries:
+                    encoded = encode_entry(entry, self.settings)
+                    f.write(json.dumps([entry.name, entry.kind, entry.target, len(encoded)]).encode() + b"\n")
+                    index.append((entry, f.tell(), len(encoded)))
+                    f.write(encoded)
+                f.write(FRAGMENT_END)
+        return index
+
+
+def _read_index(path: str) -> FragmentIndex | None:
+    """The index of the fragment file at ``path``, or None if it is missing or damaged."""
+    index: FragmentIndex = []
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while (line := f.readline()) != FRAGMENT_END:
+                name, kind, target, length = json.loads(line)
+                offset = f.tell()
+                if kind not in ("dir", "symlink") or length <= 0 or offset + length > size:
+                    return None
+                index.append((Entry(name, kind, 0o755 if kind == "dir" else 0o777, target=target), offset, length))
+                f.seek(length, os.SEEK_CUR)
+            if f.tell() != size:
+                return None
+    except (OSError, ValueError, TypeError):
+        return None
+    return index
+
+
+def _merge(contents: list[str], indexes: list[FragmentIndex]) -> Iterator[tuple[int, Entry, int, int]]:
+    """The layer's entries, from the contents' fragment indexes: (content number, entry,
+    offset, length), in layer order; a directory several contents hold comes once. Raises
+    NixlayerError when two contents provide the same path and it is not a directory in both."""
+    def stream(number: int, index: FragmentIndex) -> Iterator[tuple]:
+        for entry, offset, length in index:
+            yield entry.name.split("/"), number, entry, offset, length
+
+    streams = [stream(number, index) for number, index in enumerate(indexes)]
+    previous: tuple[int, Entry] | None = None
+    for _, number, entry, offset, length in heapq.merge(*streams):
+        if previous is not None and previous[1].name == entry.name:
+            if (previous[1].kind, entry.kind) != ("dir", "dir"):
+                raise NixlayerError(f"contents {contents[previous[0]]} and {contents[number]} both provide "
+                                    f"{entry.name}; remove one from contents")
+            continue
+        previous = (number, entry)
+        yield number, entry, offset, length
+
+
+@contextlib.contextmanager
+def _fragments(settings: LayerSettings, directory: str | None) -> Iterator[Fragments]:
+    """Fragments in ``directory``, or in a temporary directory for this call if it is None."""
+    if directory is not None:
+        yield Fragments(directory, settings)
+        return
+    with tempfile.TemporaryDirectory(prefix="nixlayer-fragments-") as temporary:
+        yield Fragments(temporary, settings)
+
+
+def customisation_entries(
+    contents: Iterable[str],
+    store_root: str = "/",
+    settings: LayerSettings = LayerSettings(),
+    fragments_dir: str | None = None,
+) -> list[Entry]:
+    """The tar entries of the customisation layer for ``contents`` (store paths, image order).
+
+    Directories get mode 0755, symlinks mode 0777. A content's entries are read from its
+    fragment in ``fragments_dir`` if it has one there, else walked; nothing is written.
+    Raises NixlayerError when a contents path is missing or not a directory, or when two
+    contents provide the same non-directory path.
+    """
+    contents = list(contents)
+    indexes = []
+    for content in contents:
+        index = None if fragments_dir is None else _read_index(Fragments(fragments_dir, settings).path(content))
+        indexes.append(index if index is not None else [(e, 0, 0) for e in content_entries(content, store_root)])
+    return [entry for _, entry, _, _ in _merge(contents, indexes)]
 
 
 def write_customisation_layer(
@@ -81,9 +188,23 @@ def write_customisation_layer(
     settings: LayerSettings = LayerSettings(),
     compression: Compression = Compression(),
     store_root: str = "/",
+    fragments_dir: str | None = None,
 ) -> LayerBlob:
     """Write the customisation layer of ``contents`` to ``out``; return its digests.
 
-    Raises NixlayerError as ``customisation_entries`` does, before any byte is written.
+    The layer is merged from the contents' fragments in ``fragments_dir`` (made there for the
+    contents that have none; a temporary directory if None); only the merged entries are read,
+    one at a time. Raises NixlayerError as ``customisation_entries`` does (a conflict may be
+    found after bytes were written: the caller discards them, as for any failed layer).
     """
-    return write_entries(customisation_entries(contents, store_root), out, settings, compression)
+    contents = list(contents)
+    with _fragments(settings, fragments_dir) as fragments, contextlib.ExitStack() as files:
+        indexes = [fragments.index(content, store_root) for content in contents]
+        readers = [files.enter_context(open(fragments.path(content), "rb")) for content in contents]
+
+        def members() -> Iterator[bytes]:
+            for number, _, offset, length in _merge(contents, indexes):
+                readers[number].seek(offset)
+                yield readers[number].read(length)
+
+        return write_encoded(members(), out, compression)

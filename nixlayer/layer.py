@@ -31,6 +31,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
+TAR_ENCODING = "utf-8"
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` with file-content bytes, as a layer is written."""
 
@@ -180,6 +181,43 @@ def parent_dirs(store_dir: str = DEFAULT_STORE_DIR) -> list[Entry]:
     return [Entry("/" + "/".join(parts[: i + 1]), "dir", 0o755) for i in range(len(parts))]
 
 
+def _tarinfo(entry: Entry, settings: LayerSettings) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.name)
+    info.mode = entry.mode
+    info.mtime = settings.mtime
+    info.uid, info.gid = settings.uid, settings.gid
+    info.uname, info.gname = settings.uname, settings.gname
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif entry.kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target
+    else:
+        info.size = entry.size
+    return info
+
+
+def encode_entry(entry: Entry, settings: LayerSettings) -> bytes:
+    """The tar header block(s) of a directory or symlink ``entry`` (a pax header first when a
+    name or link target does not fit ustar), exactly as ``write_entries`` writes them."""
+    if entry.kind == "file":
+        raise ValueError("encode_entry takes directories and symlinks; files have contents")
+    return _tarinfo(entry, settings).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape")
+
+
+def write_encoded(members: Iterable[bytes], out: BinaryIO, compression: Compression = Compression()) -> LayerBlob:
+    """Write a tar of ``members`` (each from :func:`encode_entry`) to ``out``, compressed, and
+    return the layer's digests. The archive ends as Python's tarfile ends one: two zero blocks,
+    then zeros up to a multiple of its record size (10240 bytes), so the bytes equal those
+    ``write_entries`` gives for the same entries. Raises NixlayerError when ``out`` fails."""
+    writer = _DigestingWriter(out, compression)
+    for member in members:
+        writer.write(member)
+    writer.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+    writer.write(tarfile.NUL * (-writer.size % tarfile.RECORDSIZE))
+    return writer.finish()
+
+
 def write_entries(
     entries: Iterable[Entry],
     out: BinaryIO,
@@ -203,33 +241,23 @@ def write_entries(
     done = 0
     writer = _DigestingWriter(out, compression)
     with tarfile.open(
-        fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
+        fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding=TAR_ENCODING
     ) as tar:
         tar.copybufsize = COPY_BUFFER
         for entry in entries:
-            info = tarfile.TarInfo(entry.name)
-            info.mode = entry.mode
-            info.mtime = settings.mtime
-            info.uid, info.gid = settings.uid, settings.gid
-            info.uname, info.gname = settings.uname, settings.gname
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
+            info = _tarinfo(entry, settings)
+            if entry.kind != "file":
                 tar.addfile(info)
-            elif entry.kind == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = entry.target
-                tar.addfile(info)
-            else:
-                info.size = entry.size
-                assert entry.source is not None
-                try:
-                    with open(entry.source, "rb") as f:
-                        tar.addfile(info, f)
-                except OSError as e:
-                    raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
-                done += entry.size
-                if progress is not None:
-                    progress(done, total)
+                continue
+            assert entry.source is not None
+            try:
+                with open(entry.source, "rb") as f:
+                    tar.addfile(info, f)
+            except OSError as e:
+                raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
+            done += entry.size
+            if progress is not None:
+                progress(done, total)
     return writer.finish()
 
 

@@ -5,7 +5,9 @@ Layout under the store's root directory:
 - ``blobs/sha256/<hex>``: layer blobs, content-addressed and immutable (an OCI layout's blob
   directory, so images hard-link from it);
 - ``layers/<settings key>/<layer key>.json``: one record per layer, naming its blob: diff_id,
-  size, digest, blob_size, media_type and its store paths.
+  size, digest, blob_size, media_type and its store paths;
+- ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
+  contents store path, encoded (``nixlayer.customisation.Fragments``).
 
 A record is written only after its blob is in place, both by atomic rename, so a killed build
 leaves no record without its blob, and two builders writing the same layer at once both end
@@ -99,6 +101,11 @@ class LayerStore:
 
     def record_path(self, settings_dir: str, layer_key: str) -> str:
         return os.path.join(self.root, "layers", settings_dir, layer_key + ".json")
+
+    def fragments_dir(self, settings: LayerSettings) -> str:
+        """Where the customisation fragments encoded with ``settings`` are kept."""
+        key = hashlib.sha256(json.dumps(asdict(settings)).encode()).hexdigest()[:16]
+        return os.path.join(self.root, "customisation", key)
 
     def blob_path(self, digest: str) -> str:
         """Where the blob ``digest`` lives in this store."""

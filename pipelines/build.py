@@ -21,7 +21,9 @@ from nixlayer.plan import plan_image, plan_layers
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
+from nixlayer.layerstore import LayerStore
 from tasks.assemble import AssembleImage
+from tasks.config import layer_store_root
 from tasks.image import ImageTask
 from tasks.push import PushToRegistry
 
@@ -105,11 +107,13 @@ class ImageParameters(luigi.Task):
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
         graph = self.read_graph(self.roots())
-        customisation_entries(contents, self.store_root)  # two contents with one file: fail now
         if self.include_store_paths:
             plan = plan_image(graph, contents, config_paths, self.max_layers)
         else:  # only the customisation layer; the layer budget is still checked
             plan = plan_layers([], self.max_layers)
+        # Two contents with one file: fail now.
+        customisation_entries(contents, self.store_root, settings,
+                              LayerStore(layer_store_root()).fragments_dir(settings))
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),

@@ -12,9 +12,10 @@ import pytest
 import zstandard
 
 from nixlayer.compression import Compression
-from nixlayer.customisation import write_customisation_layer
+from nixlayer.customisation import customisation_entries, write_customisation_layer
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import LayerSettings, write_store_layer
+from nixlayer.layer import LayerSettings, write_entries, write_store_layer
+from nixlayer.layerstore import LayerStore
 
 
 def layer(paths, settings=LayerSettings(), compression=Compression(), **kw):
@@ -159,6 +160,39 @@ def test_customisation_layer_links_contents_into_root(tmp_path, vectors, vectors
     assert list(members) == sorted(members, key=lambda n: n.split("/"))
 
 
+def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path, vectors):
+    """The layer merged from per-content fragments equals the same entries written by tarfile,
+    whether the fragments are made in this call, reused, or one of them is damaged."""
+    s = vectors["store_paths"]
+    contents = [s["app"], s["zlib"], s["longnames"], s["libc"]]  # their directories overlap (/bin, /lib, ...)
+    expected = io.BytesIO()
+    expected_blob = write_entries(customisation_entries(contents), expected, LayerSettings())
+    assert {e.name for e in customisation_entries(contents)} >= {"/bin", "/bin/vec-app", "/lib/libz.so.1"}
+    fragments = tmp_path / "fragments"
+    for damage in (None, None, b"garbage", b""):
+        if damage is not None:
+            (fragments / os.path.basename(s["zlib"])).write_bytes(damage)
+        out = io.BytesIO()
+        assert write_customisation_layer(contents, out, fragments_dir=str(fragments)) == expected_blob
+        assert out.getvalue() == expected.getvalue()
+    assert sorted(os.listdir(fragments)) == sorted(os.path.basename(c) for c in contents)
+    # Entries only (the check before a build) read fragments but never write them.
+    assert customisation_entries(contents, fragments_dir=str(tmp_path / "none")) == customisation_entries(contents)
+    assert not (tmp_path / "none").exists()
+
+
+def test_customisation_fragments_depend_on_the_settings(tmp_path, vectors):
+    contents = [vectors["store_paths"]["app"]]
+    store = LayerStore(str(tmp_path / "store"))
+    write_customisation_layer(contents, io.BytesIO(), fragments_dir=store.fragments_dir(LayerSettings()))
+    user = LayerSettings(uid=1000, gid=100, uname="user", gname="users")
+    assert store.fragments_dir(user) != store.fragments_dir(LayerSettings())
+    user_owned = io.BytesIO()
+    write_customisation_layer(contents, user_owned, user, fragments_dir=store.fragments_dir(user))
+    with tarfile.open(fileobj=io.BytesIO(user_owned.getvalue())) as tar:
+        assert {(m.uid, m.uname) for m in tar.getmembers()} == {(1000, "user")}
+
+
 def test_customisation_layer_refuses_two_contents_with_the_same_file(tmp_path):
     root = tmp_path / "nix" / "store"
     a, b = root / ("a" * 32 + "-one"), root / ("b" * 32 + "-two")
@@ -179,8 +213,6 @@ def test_a_full_disk_is_blamed_on_the_blob_not_the_store_path(vectors, vectors_a
 
 
 def test_an_unwritable_layer_store_is_one_error_naming_it(tmp_path, vectors, vectors_app):
-    from nixlayer.layerstore import LayerStore
-
     (tmp_path / "file").write_text("not a directory")
     store = LayerStore(str(tmp_path / "file" / "store"))
     with pytest.raises(NixlayerError, match=f"cannot write to layer store {tmp_path / 'file' / 'store'}"):
