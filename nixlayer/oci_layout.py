@@ -32,6 +32,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
 LAYOUT_ENTRIES = {LAYOUT_FILE, "index.json", "blobs"}
 LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+_LAYOUT_TEMPORARIES = tuple(f".{name}.tmp-" for name in (LAYOUT_FILE, "index.json"))
 
 
 def check_layout_output(directory: str) -> None:
@@ -44,7 +45,8 @@ def check_layout_output(directory: str) -> None:
         return
     if not os.path.isdir(directory):
         raise NixlayerError(f"output {directory} exists and is not a directory; an OCI layout is a directory")
-    entries = set(os.listdir(directory))
+    # A concurrent writer's temporaries (``.index.json.tmp-*``, see ``atomic``) are layout files.
+    entries = {e for e in os.listdir(directory) if not e.startswith(_LAYOUT_TEMPORARIES)}
     if LAYOUT_FILE not in entries and not entries <= LAYOUT_ENTRIES:
         raise NixlayerError(
             f"output {directory} is a directory of other files, not an OCI image layout"

@@ -514,6 +514,15 @@ def test_an_oci_output_that_is_another_directory_is_refused_untouched(tmp_path, 
     assert afile.read_text() == "mine"
 
 
+def test_a_layout_another_writer_is_creating_is_not_taken_for_other_files(tmp_path, built):
+    """Another writer has made blobs/ and is renaming its oci-layout file into place."""
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / ".oci-layout.tmp-x1y2").write_bytes(b"")
+    write(built["none"], "oci", layout, tag="t")
+    tool("skopeo", "inspect", f"oci:{layout}:t")
+
+
 def test_a_failure_in_the_archive_writer_after_some_bytes_leaves_nothing(tmp_path, built, monkeypatch):
     """The oci-archive writer dies after streaming part of the archive."""
     import nixlayer.formats as formats
