@@ -32,6 +32,7 @@ from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
 TAR_ENCODING = "utf-8"
+MAX_ID = 2**32 - 1  # the largest uid or gid Linux (uid_t, gid_t) has
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` with file-content bytes, as a layer is written."""
 
@@ -50,9 +51,12 @@ class LayerSettings:
     gname: str = "root"
 
     def __post_init__(self) -> None:
-        for name in ("mtime", "uid", "gid"):
-            if getattr(self, name) < 0:
-                raise NixlayerError(f"layer setting {name} must not be negative")
+        if self.mtime < 0:
+            raise NixlayerError("layer setting mtime must not be negative")
+        for name in ("uid", "gid"):
+            if not 0 <= getattr(self, name) <= MAX_ID:
+                raise NixlayerError(f"layer setting {name} must be between 0 and {MAX_ID} (a Linux {name}), "
+                                    f"not {getattr(self, name)}")
 
     @property
     def key(self) -> str:

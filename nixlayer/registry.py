@@ -477,7 +477,7 @@ class _Client:
             except requests.exceptions.SSLError as exc:
                 raise NixlayerError(
                     f"TLS verification failed for registry {self.target.host} ({type(exc).__name__}); "
-                    "use insecure=True only for a registry you trust"
+                    "allow that (--insecure-registry, insecure_registry in a batch file) only for a registry you trust"
                 ) from None
             except requests.exceptions.ConnectionError as exc:
                 reason = "connection refused" if "refused" in str(exc).lower() else "connection failed"

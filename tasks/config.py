@@ -14,7 +14,7 @@ import luigi.configuration
 # kind of failure (Luigi's own defaults exit 0 when a task fails). ``not_run`` stays 0: under
 # luigid, a task another machine is running is "not granted run permission" here, which is fine.
 DEFAULTS = {
-    "core": {"local_scheduler": "true", "autoload_range": "false"},
+    "core": {"local_scheduler": "true", "autoload_range": "false", "log_level": "INFO"},
     "worker": {"check_unfulfilled_deps": "false"},
     "retcode": {
         "already_running": "10", "missing_data": "20", "task_failed": "30",

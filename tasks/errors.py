@@ -11,7 +11,9 @@ and keep their tracebacks.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 import luigi
 
@@ -45,10 +47,23 @@ class OneLineErrors(logging.Filter):
         return True
 
 
+_NIXLAYER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """nixlayer's own warnings as ``nixlayer: warning: <message>``; others as Python shows them."""
+    if os.path.abspath(filename).startswith(_NIXLAYER_DIR + os.sep):
+        print(f"nixlayer: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
 def _on_failure(task: luigi.Task, error: Exception) -> None:
     if isinstance(error, NixlayerError):
         report(error)
 
 
 logging.getLogger("luigi-interface").addFilter(OneLineErrors())
+warnings.showwarning = _one_line_warning
 luigi.Task.event_handler(luigi.Event.FAILURE)(_on_failure)

@@ -146,6 +146,7 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     (["--contents", '["/usr/bin/env"]'], "not a store path"),
     (["--config", "{not json"], "not valid JSON"),
     (["--max-layers", "1"], "at least 2"),
+    (["--uid", "70000000000"], "uid must be between 0 and 4294967295"),
     (["--name", "MyApp"], "invalid image name"),
     (["--tag", "x" * 129], "invalid tag"),
     (["--output", "/proc/nixlayer-cannot-write.tar"], "cannot write /proc/nixlayer-cannot-write.tar"),
@@ -169,7 +170,7 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, arg
     assert len(errors) == 1 and message in errors[0], run.stderr
     assert not out.exists()
     assert not list(tmp_path.glob(".out.tar*"))
-    assert not (store / "layers").exists() and not (store / "blobs").exists()
+    assert not store.exists()  # no layer, record, fragment or stamp
 
 
 def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path, vectors_app):
@@ -217,3 +218,18 @@ def test_two_tags_in_one_oci_layout_rebuild_nothing(tmp_path, layer_store, vecto
         assert build(name="vec", tag=tag, contents=[vectors_app], format="oci", output=layout)["ran"] == []
     index = json.loads((tmp_path / "layout" / "index.json").read_text())
     assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == ["a", "b"]
+
+
+def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path, vectors_app):
+    """Run from a directory without luigi.cfg (only the layer store configured): nixlayer's own
+    defaults apply (INFO log, non-zero exit on failure) and its warnings are one line."""
+    store = tmp_path / "store"
+    out = tmp_path / "vec.tar"
+    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+                         "--max-layers", "126", "--output", str(out)], store, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "nixlayer: warning: max_layers is 126: Docker may fail above 125 layers" in run.stderr.splitlines()
+    assert "UserWarning" not in run.stderr and "DEBUG:" not in run.stderr
+    bad = run_pipelines(["BuildImage", "--name", "Bad", "--contents", json.dumps([vectors_app]),
+                         "--output", str(tmp_path / "bad.tar")], store, cwd=tmp_path)
+    assert bad.returncode != 0 and "nixlayer: error: invalid image name" in bad.stderr
