@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.parametrize("script, args, expect", [
     ("bench_popularity.py", ["--paths", "300", "--baseline-paths", "300"], "(same order)"),
-    ("bench_batch.py", ["--images", "2", "--base", "2", "--unique", "2"], "per task"),
+    ("bench_batch.py", ["--images", "2", "--base", "2", "--base-mib", "1", "--unique", "2"], "per task"),
     ("bench_layers.py", ["--megabytes", "5", "--repeat", "1", "--big-gib", "1"], "floor/this"),
     ("bench_push.py", ["--layers", "2", "--layer-mb", "1"], "update bytes / image bytes"),
 ])
