@@ -17,6 +17,7 @@ a rebuild walks and encodes that content only, and the layer is a merge of the f
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import json
 import os
@@ -30,7 +31,6 @@ from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
 from nixlayer.storepath import on_disk
 
-FRAGMENT_END = b"end\n"
 FragmentIndex = list[tuple[Entry, int, int]]
 """A content's entries in layer order, each with the offset and length (bytes) of its encoded
 tar header(s) in the content's fragment file."""
@@ -74,10 +74,11 @@ def _walk(content: str, disk: str, rel: str, entries: list[Entry]) -> None:
 class Fragments:
     """Fragment files under ``directory``: each content's entries, encoded with ``settings``.
 
-    One file per contents store path: for each entry in layer order, a JSON line
-    ``[name, kind, target, length]`` then its ``length`` bytes of tar header(s)
-    (:func:`nixlayer.layer.encode_entry`); the file ends with the line ``end``. Files are
-    written atomically; one that is missing or does not parse is made again.
+    One file per contents store path: the entries' tar headers (:func:`nixlayer.layer.encode_entry`)
+    one after another in layer order, then the index, one JSON line ``[[name, kind, target,
+    length], ...]``, then the index's offset as a line of 20 digits. Files are written atomically
+    and never change; one that is missing or does not parse is made again. An index read in
+    this process is kept (a build reads each twice: the check, then the layer).
     """
 
     def __init__(self, directory: str, settings: LayerSettings) -> None:
@@ -104,31 +105,44 @@ class Fragments:
             with atomic_file(path) as f:
                 for entry in entries:
                     encoded = encode_entry(entry, self.settings)
-                    f.write(json.dumps([entry.name, entry.kind, entry.target, len(encoded)]).encode() + b"\n")
                     index.append((entry, f.tell(), len(encoded)))
                     f.write(encoded)
-                f.write(FRAGMENT_END)
+                start = f.tell()
+                rows = [[entry.name, entry.kind, entry.target, length] for entry, _, length in index]
+                f.write(json.dumps(rows).encode() + b"\n" + b"%020d\n" % start)
         return index
 
 
 def _read_index(path: str) -> FragmentIndex | None:
     """The index of the fragment file at ``path``, or None if it is missing or damaged."""
-    index: FragmentIndex = []
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _parse_index(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_index(path: str, inode: int, size: int, mtime_ns: int) -> FragmentIndex | None:
+    """The index of the fragment file at ``path`` as it is (inode, size, mtime), or None."""
+    trailer = len(b"%020d\n" % 0)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            while (line := f.readline()) != FRAGMENT_END:
-                name, kind, target, length = json.loads(line)
-                offset = f.tell()
-                if kind not in ("dir", "symlink") or length <= 0 or offset + length > size:
-                    return None
-                index.append((Entry(name, kind, 0o755 if kind == "dir" else 0o777, target=target), offset, length))
-                f.seek(length, os.SEEK_CUR)
-            if f.tell() != size:
+            f.seek(size - trailer)
+            start = int(f.read(trailer))
+            if not 0 <= start <= size - trailer:
                 return None
+            f.seek(start)
+            rows = json.loads(f.read(size - trailer - start))
+        index, offset = [], 0
+        for name, kind, target, length in rows:
+            if kind not in ("dir", "symlink") or not isinstance(length, int) or length <= 0:
+                return None
+            index.append((Entry(name, kind, 0o755 if kind == "dir" else 0o777, target=target), offset, length))
+            offset += length
     except (OSError, ValueError, TypeError):
         return None
-    return index
+    return index if offset == start else None
 
 
 def _merge(contents: list[str], indexes: list[FragmentIndex]) -> Iterator[tuple[int, Entry, int, int]]:
