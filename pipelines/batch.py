@@ -25,7 +25,6 @@ import time
 import tomllib
 
 import luigi
-from luigi.task import flatten
 
 from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
@@ -76,7 +75,7 @@ def _read_run_log() -> list[dict]:
 
 @LayerTask.event_handler(luigi.Event.SUCCESS)
 def _layer_written(task: LayerTask) -> None:
-    for target in flatten(task.output()):
+    for target in task.written():  # not a batch member another process wrote meanwhile
         _log_run({"layer": target.path})
 
 

@@ -137,6 +137,10 @@ class LayerTask(LayerParameters):
     def run(self) -> None:
         self._write_layer()
 
+    def written(self) -> list[LayerStoreTarget]:
+        """The layer records this task's run wrote (none before it ran)."""
+        return self.__dict__.get("_written", [])
+
     def _write_layer(self, report=None) -> LayerRecord:
         """Write this layer; ``report(percentage, message)`` tells the scheduler how it goes."""
         report = report or self._report_self
@@ -146,6 +150,7 @@ class LayerTask(LayerParameters):
         target = self.output()
         comment = "store paths: " + json.dumps(self.store_paths())
         record = target.store.write(target.path, self.store_paths(), comment, self.write_blob)
+        self._written = [target]
         report(100, f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
         return record
 
@@ -203,6 +208,7 @@ class BatchableLayer(LayerTask):
             self._write_layer()
             return
         scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
+        self._written = []
         for member in members:
             if member.complete():  # written meanwhile by another worker sharing the layer store
                 continue
@@ -210,6 +216,7 @@ class BatchableLayer(LayerTask):
                 member._write_layer(self._report_self)
             else:  # each layer's own progress and status, under its own task id
                 member._write_layer(functools.partial(_report_task, scheduler, member.task_id))
+            self._written.extend(member.written())
 
 
 def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None:
