@@ -16,8 +16,10 @@ a rebuild walks and encodes that content only, and the layer is a merge of the f
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import hashlib
 import heapq
 import json
 import os
@@ -31,9 +33,23 @@ from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
 from nixlayer.storepath import on_disk
 
+FRAGMENT_FORMAT = 1  # part of the fragments' directory key: a new format never reads an old file
 FragmentIndex = list[tuple[Entry, int, int]]
 """A content's entries in layer order, each with the offset and length (bytes) of its encoded
 tar header(s) in the content's fragment file."""
+_TRAILER = len(b"%020d\n" % 0)
+
+
+def _content_dir(content: str, store_root: str) -> str:
+    """Where ``content`` is on disk; raises NixlayerError unless it is a directory there."""
+    disk = on_disk(store_root, content)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
+    except OSError:
+        raise NixlayerError(f"contents path {content} does not exist") from None
+    if not is_dir:
+        raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /")
+    return disk
 
 
 def content_entries(content: str, store_root: str = "/") -> list[Entry]:
@@ -44,15 +60,8 @@ def content_entries(content: str, store_root: str = "/") -> list[Entry]:
     Raises NixlayerError when the path is missing or not a directory, or a directory below it
     cannot be read.
     """
-    disk = on_disk(store_root, content)
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
-    except OSError:
-        raise NixlayerError(f"contents path {content} does not exist") from None
-    if not is_dir:
-        raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /")
     entries: list[Entry] = []
-    _walk(content, disk, "", entries)
+    _walk(content, _content_dir(content, store_root), "", entries)
     return entries
 
 
@@ -71,14 +80,52 @@ def _walk(content: str, disk: str, rel: str, entries: list[Entry]) -> None:
             entries.append(Entry(name, "symlink", 0o777, target=content + name))
 
 
+class _Fragment:
+    """A fragment file checked and read: its path and index."""
+
+    def __init__(self, path: str, index: FragmentIndex) -> None:
+        self.path, self.index = path, index
+
+
+class _Readers:
+    """Reads pieces of fragment files, keeping at most ``MAX_OPEN`` of them open (the least
+    recently used is closed), so an image of thousands of contents does not run out of file
+    descriptors."""
+
+    MAX_OPEN = 64
+
+    def __init__(self) -> None:
+        self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        fd = self._open.pop(path, None)
+        if fd is None:
+            if len(self._open) >= self.MAX_OPEN:
+                os.close(self._open.popitem(last=False)[1])
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise NixlayerError(f"cannot read customisation fragment {path}: {e.strerror}") from None
+        self._open[path] = fd
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise NixlayerError(f"customisation fragment {path} is shorter than its index says")
+        return data
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1])
+
+
 class Fragments:
     """Fragment files under ``directory``: each content's entries, encoded with ``settings``.
 
     One file per contents store path: the entries' tar headers (:func:`nixlayer.layer.encode_entry`)
-    one after another in layer order, then the index, one JSON line ``[[name, kind, target,
-    length], ...]``, then the index's offset as a line of 20 digits. Files are written atomically
-    and never change; one that is missing or does not parse is made again. An index read in
-    this process is kept (a build reads each twice: the check, then the layer).
+    one after another in layer order; then one JSON line ``{"sha256": <hex of those bytes>,
+    "entries": [[name, kind, target, length], ...]}``; then the offset of that line, 20 digits
+    and a newline. Files are written atomically and never change; one that is missing, does
+    not parse, is out of order or does not match its sha256 is made again. Fragments read in
+    this process are kept (a build reads each twice: the check, then the layer).
     """
 
     def __init__(self, directory: str, settings: LayerSettings) -> None:
@@ -89,60 +136,89 @@ class Fragments:
         """The fragment file of ``content``."""
         return os.path.join(self.directory, os.path.basename(content))
 
-    def index(self, content: str, store_root: str = "/") -> FragmentIndex:
-        """The fragment index of ``content``; the fragment is made first if it is missing or
-        damaged. Raises NixlayerError as :func:`content_entries` does, or when the fragment
-        cannot be written."""
+    def read(self, content: str, store_root: str = "/") -> _Fragment:
+        """The fragment of ``content``, made first if it is missing or damaged. Raises
+        NixlayerError as :func:`content_entries` does (also when a fragment exists: the
+        contents path must still be there), or when the fragment cannot be written."""
+        _content_dir(content, store_root)
         path = self.path(content)
-        index = _read_index(path)
-        if index is None:
+        fragment = _read(path)
+        if fragment is None:
             entries = content_entries(content, store_root)
             try:
                 os.makedirs(self.directory, exist_ok=True)
             except OSError as e:
                 raise NixlayerError(f"cannot write customisation fragment {path}: {e.strerror}") from None
-            index = []
+            rows, digest = [], hashlib.sha256()
             with atomic_file(path) as f:
                 for entry in entries:
                     encoded = encode_entry(entry, self.settings)
-                    index.append((entry, f.tell(), len(encoded)))
+                    rows.append([entry.name, entry.kind, entry.target, len(encoded)])
+                    digest.update(encoded)
                     f.write(encoded)
                 start = f.tell()
-                rows = [[entry.name, entry.kind, entry.target, length] for entry, _, length in index]
-                f.write(json.dumps(rows).encode() + b"\n" + b"%020d\n" % start)
-        return index
+                f.write(json.dumps({"sha256": digest.hexdigest(), "entries": rows}).encode() + b"\n")
+                f.write(b"%020d\n" % start)
+            fragment = _read(path)
+            if fragment is None:
+                raise NixlayerError(f"customisation fragment {path} does not read back as written")
+        return fragment
 
 
-def _read_index(path: str) -> FragmentIndex | None:
-    """The index of the fragment file at ``path``, or None if it is missing or damaged."""
+def _read(path: str) -> _Fragment | None:
+    """The fragment file at ``path``, or None if it is missing or damaged."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return _parse_index(path, st.st_ino, st.st_size, st.st_mtime_ns)
+    return _parse(path, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=256)
-def _parse_index(path: str, inode: int, size: int, mtime_ns: int) -> FragmentIndex | None:
-    """The index of the fragment file at ``path`` as it is (inode, size, mtime), or None."""
-    trailer = len(b"%020d\n" % 0)
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, inode: int, size: int, mtime_ns: int) -> _Fragment | None:
+    """The fragment file at ``path`` as it is (inode, size, mtime), or None if it is damaged."""
     try:
         with open(path, "rb") as f:
-            f.seek(size - trailer)
-            start = int(f.read(trailer))
-            if not 0 <= start <= size - trailer:
+            f.seek(size - _TRAILER)
+            start = int(f.read(_TRAILER))
+            if not 0 <= start <= size - _TRAILER:
                 return None
             f.seek(start)
-            rows = json.loads(f.read(size - trailer - start))
-        index, offset = [], 0
+            header = json.loads(f.read(size - _TRAILER - start))
+            rows, digest = header["entries"], header["sha256"]
+            f.seek(0)
+            if hashlib.file_digest(_Prefix(f, start), "sha256").hexdigest() != digest:
+                return None
+        index: FragmentIndex = []
+        offset, last = 0, None
         for name, kind, target, length in rows:
-            if kind not in ("dir", "symlink") or not isinstance(length, int) or length <= 0:
+            if not (isinstance(name, str) and name.startswith("/") and isinstance(target, str)
+                    and kind in ("dir", "symlink") and isinstance(length, int) and length > 0):
+                return None
+            key = name.split("/")
+            if last is not None and key <= last:  # layer order, each name once
                 return None
             index.append((Entry(name, kind, 0o755 if kind == "dir" else 0o777, target=target), offset, length))
-            offset += length
-    except (OSError, ValueError, TypeError):
+            offset, last = offset + length, key
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
-    return index if offset == start else None
+    return _Fragment(path, index) if offset == start else None
+
+
+class _Prefix:
+    """The first ``size`` bytes of a binary file, as a file to read (for hashlib.file_digest)."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f, self._left = f, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)[:self._left]
+        count = self._f.readinto(view)
+        self._left -= count
+        return count
 
 
 def _merge(contents: list[str], indexes: list[FragmentIndex]) -> Iterator[tuple[int, Entry, int, int]]:
@@ -184,15 +260,17 @@ def customisation_entries(
     """The tar entries of the customisation layer for ``contents`` (store paths, image order).
 
     Directories get mode 0755, symlinks mode 0777. A content's entries are read from its
-    fragment in ``fragments_dir`` if it has one there, else walked; nothing is written.
+    fragment in ``fragments_dir`` if it has a sound one there, else walked; nothing is written.
     Raises NixlayerError when a contents path is missing or not a directory, or when two
     contents provide the same non-directory path.
     """
     contents = list(contents)
     indexes = []
     for content in contents:
-        index = None if fragments_dir is None else _read_index(Fragments(fragments_dir, settings).path(content))
-        indexes.append(index if index is not None else [(e, 0, 0) for e in content_entries(content, store_root)])
+        _content_dir(content, store_root)
+        fragment = None if fragments_dir is None else _read(Fragments(fragments_dir, settings).path(content))
+        indexes.append(fragment.index if fragment is not None else
+                       [(e, 0, 0) for e in content_entries(content, store_root)])
     return [entry for _, entry, _, _ in _merge(contents, indexes)]
 
 
@@ -207,18 +285,17 @@ def write_customisation_layer(
     """Write the customisation layer of ``contents`` to ``out``; return its digests.
 
     The layer is merged from the contents' fragments in ``fragments_dir`` (made there for the
-    contents that have none; a temporary directory if None); only the merged entries are read,
-    one at a time. Raises NixlayerError as ``customisation_entries`` does (a conflict may be
-    found after bytes were written: the caller discards them, as for any failed layer).
+    contents that have none; a temporary directory if None), one entry at a time. Raises
+    NixlayerError as ``customisation_entries`` does (a conflict may be found after bytes were
+    written: the caller discards them, as for any failed layer).
     """
     contents = list(contents)
-    with _fragments(settings, fragments_dir) as fragments, contextlib.ExitStack() as files:
-        indexes = [fragments.index(content, store_root) for content in contents]
-        readers = [files.enter_context(open(fragments.path(content), "rb")) for content in contents]
+    readers = _Readers()
+    with _fragments(settings, fragments_dir) as fragments, contextlib.closing(readers):
+        read = [fragments.read(content, store_root) for content in contents]
 
         def members() -> Iterator[bytes]:
-            for number, _, offset, length in _merge(contents, indexes):
-                readers[number].seek(offset)
-                yield readers[number].read(length)
+            for number, _, offset, length in _merge(contents, [fragment.index for fragment in read]):
+                yield readers.read(read[number].path, offset, length)
 
         return write_encoded(members(), out, compression)

@@ -1,4 +1,4 @@
-"""The one error type nixlayer raises for bad input and failed operations."""
+"""The error type nixlayer raises for bad input and failed operations, and its warning type."""
 
 
 class NixlayerError(Exception):
@@ -8,3 +8,7 @@ class NixlayerError(Exception):
     file, parameter or registry) and says what is wrong. Callers print it as
     ``nixlayer: error: <message>`` and exit non-zero.
     """
+
+
+class NixlayerWarning(UserWarning):
+    """Input that works but may not do what the user wants; printed as ``nixlayer: warning: ...``."""

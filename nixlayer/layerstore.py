@@ -32,6 +32,7 @@ from typing import BinaryIO, Callable, Sequence
 
 from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
 from nixlayer.compression import Compression
+from nixlayer.customisation import FRAGMENT_FORMAT
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
@@ -102,10 +103,12 @@ class LayerStore:
     def record_path(self, settings_dir: str, layer_key: str) -> str:
         return os.path.join(self.root, "layers", settings_dir, layer_key + ".json")
 
-    def fragments_dir(self, settings: LayerSettings) -> str:
-        """Where the customisation fragments encoded with ``settings`` are kept."""
-        key = hashlib.sha256(json.dumps(asdict(settings)).encode()).hexdigest()[:16]
-        return os.path.join(self.root, "customisation", key)
+    def fragments_dir(self, settings: LayerSettings, store_dir: str) -> str:
+        """Where the customisation fragments of contents in ``store_dir`` encoded with
+        ``settings`` are kept (a file per store path name; the store directory is in the key,
+        as the symlink targets name it)."""
+        text = json.dumps([asdict(settings), store_dir, FRAGMENT_FORMAT])
+        return os.path.join(self.root, "customisation", hashlib.sha256(text.encode()).hexdigest()[:16])
 
     def blob_path(self, digest: str) -> str:
         """Where the blob ``digest`` lives in this store."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nixlayer.closure import ClosureGraph
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.popularity import image_popularity, order_by_popularity
 
 DEFAULT_MAX_LAYERS = 100
@@ -104,7 +104,8 @@ def check_max_layers(max_layers: int, base_layers: int = 0) -> int:
             f"max_layers is {max_layers}: the {base_layers} base layers and the customisation layer leave no layer for store paths"
         )
     if max_layers > DOCKER_SAFE_LAYERS:
-        warnings.warn(f"max_layers is {max_layers}: Docker may fail above {DOCKER_SAFE_LAYERS} layers", stacklevel=3)
+        warnings.warn(f"max_layers is {max_layers}: Docker may fail above {DOCKER_SAFE_LAYERS} layers",
+                      NixlayerWarning, stacklevel=3)
     return available
 
 

@@ -113,7 +113,7 @@ class ImageParameters(luigi.Task):
             plan = plan_layers([], self.max_layers)
         # Two contents with one file: fail now.
         customisation_entries(contents, self.store_root, settings,
-                              LayerStore(layer_store_root()).fragments_dir(settings))
+                              LayerStore(layer_store_root()).fragments_dir(settings, store_dir))
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),

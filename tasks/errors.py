@@ -11,13 +11,12 @@ and keep their tracebacks.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 
 import luigi
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, NixlayerWarning
 
 PREFIX = "nixlayer: error: "
 
@@ -47,16 +46,14 @@ class OneLineErrors(logging.Filter):
         return True
 
 
-_NIXLAYER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_show_warning = warnings.showwarning
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """nixlayer's own warnings as ``nixlayer: warning: <message>``; others as Python shows them."""
-    if os.path.abspath(filename).startswith(_NIXLAYER_DIR + os.sep):
-        print(f"nixlayer: warning: {message}", file=sys.stderr, flush=True)
-    else:
-        _show_warning(message, category, filename, lineno, file, line)
+    """NixlayerWarning as ``nixlayer: warning: <message>``; other warnings as Python shows them."""
+    text = (f"nixlayer: warning: {message}\n" if issubclass(category, NixlayerWarning)
+            else warnings.formatwarning(message, category, filename, lineno, line))
+    try:
+        (sys.stderr if file is None else file).write(text)
+    except OSError:
+        pass  # as Python's own: a closed or broken stderr loses the warning, not the run
 
 
 def _on_failure(task: luigi.Task, error: Exception) -> None:

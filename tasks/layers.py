@@ -293,7 +293,7 @@ class CustomisationLayer(BatchableLayer):
     def write_blob(self, out: BinaryIO) -> LayerBlob:
         return write_customisation_layer(
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
-            self.layer_store().fragments_dir(self.settings()),
+            self.layer_store().fragments_dir(self.settings(), self.store_dir),
         )
 
 

@@ -233,3 +233,20 @@ def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path
     bad = run_pipelines(["BuildImage", "--name", "Bad", "--contents", json.dumps([vectors_app]),
                          "--output", str(tmp_path / "bad.tar")], store, cwd=tmp_path)
     assert bad.returncode != 0 and "nixlayer: error: invalid image name" in bad.stderr
+
+
+def test_only_nixlayer_warnings_are_reworded(capsys):
+    """The hook prints NixlayerWarning as one nixlayer line and leaves other warnings as they are."""
+    import warnings
+
+    import tasks.errors  # noqa: F401 - installs the hook
+    from nixlayer.errors import NixlayerWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = tasks.errors._one_line_warning
+        warnings.warn("ours", NixlayerWarning)
+        warnings.warn("theirs", DeprecationWarning)
+    err = capsys.readouterr().err
+    assert "nixlayer: warning: ours\n" in err
+    assert "DeprecationWarning: theirs" in err and "nixlayer: warning: theirs" not in err

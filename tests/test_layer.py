@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -160,6 +161,24 @@ def test_customisation_layer_links_contents_into_root(tmp_path, vectors, vectors
     assert list(members) == sorted(members, key=lambda n: n.split("/"))
 
 
+def _fragment_with_index(data: bytes, change) -> bytes:
+    """A fragment file's bytes with its JSON index line replaced by ``change(index)`` (bytes)."""
+    start = int(data[-21:])
+    return data[:start] + change(json.loads(data[start:-21])) + b"\n" + b"%020d\n" % start
+
+
+FRAGMENT_DAMAGE = {
+    "garbage": lambda data: b"garbage",
+    "empty": lambda data: b"",
+    "a flipped header byte": lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:],
+    "a name that is a number": lambda data: _fragment_with_index(
+        data, lambda i: json.dumps({**i, "entries": [[1, *i["entries"][0][1:]], *i["entries"][1:]]}).encode()),
+    "names out of order": lambda data: _fragment_with_index(
+        data, lambda i: json.dumps({**i, "entries": i["entries"][::-1]}).encode()),
+    "a deeply nested index": lambda data: _fragment_with_index(data, lambda i: b"[" * 100_000),
+}
+
+
 def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path, vectors):
     """The layer merged from per-content fragments equals the same entries written by tarfile,
     whether the fragments are made in this call, reused, or one of them is damaged."""
@@ -169,26 +188,66 @@ def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path
     expected_blob = write_entries(customisation_entries(contents), expected, LayerSettings())
     assert {e.name for e in customisation_entries(contents)} >= {"/bin", "/bin/vec-app", "/lib/libz.so.1"}
     fragments = tmp_path / "fragments"
-    for damage in (None, None, b"garbage", b""):
+    zlib_fragment = fragments / os.path.basename(s["zlib"])
+    for damage in [None, None, *FRAGMENT_DAMAGE]:
         if damage is not None:
-            (fragments / os.path.basename(s["zlib"])).write_bytes(damage)
+            zlib_fragment.write_bytes(FRAGMENT_DAMAGE[damage](zlib_fragment.read_bytes()))
         out = io.BytesIO()
-        assert write_customisation_layer(contents, out, fragments_dir=str(fragments)) == expected_blob
-        assert out.getvalue() == expected.getvalue()
+        assert write_customisation_layer(contents, out, fragments_dir=str(fragments)) == expected_blob, damage
+        assert out.getvalue() == expected.getvalue(), damage
+        assert customisation_entries(contents, fragments_dir=str(fragments)) == customisation_entries(contents)
     assert sorted(os.listdir(fragments)) == sorted(os.path.basename(c) for c in contents)
     # Entries only (the check before a build) read fragments but never write them.
     assert customisation_entries(contents, fragments_dir=str(tmp_path / "none")) == customisation_entries(contents)
     assert not (tmp_path / "none").exists()
 
 
+def test_a_contents_path_gone_is_an_error_even_with_its_fragment_kept(tmp_path):
+    root = tmp_path / "root"
+    app = root / "nix" / "store" / ("a" * 32 + "-app")
+    (app / "bin").mkdir(parents=True)
+    (app / "bin" / "app").write_text("x")
+    content, fragments = f"/nix/store/{app.name}", str(tmp_path / "fragments")
+    write_customisation_layer([content], io.BytesIO(), store_root=str(root), fragments_dir=fragments)
+    (app / "bin" / "app").unlink()
+    (app / "bin").rmdir()
+    app.rmdir()
+    for check in (lambda: customisation_entries([content], str(root), fragments_dir=fragments),
+                  lambda: write_customisation_layer([content], io.BytesIO(), store_root=str(root), fragments_dir=fragments)):
+        with pytest.raises(NixlayerError, match=f"contents path {content} does not exist"):
+            check()
+
+
+def test_thousands_of_contents_need_no_file_descriptor_each(tmp_path):
+    import resource
+
+    root = tmp_path / "root"
+    contents = []
+    for i in range(300):
+        path = root / "nix" / "store" / (f"{i:032d}"[-32:].replace("0", "a") + f"-c{i}")
+        (path / "share" / f"c{i}").mkdir(parents=True)
+        contents.append(f"/nix/store/{path.name}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        for _ in range(2):  # fragments made, then read
+            out = io.BytesIO()
+            write_customisation_layer(contents, out, store_root=str(root), fragments_dir=str(tmp_path / "f"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        assert len([m for m in tar.getmembers() if m.name.startswith("/share/c")]) == 300
+
+
 def test_customisation_fragments_depend_on_the_settings(tmp_path, vectors):
     contents = [vectors["store_paths"]["app"]]
     store = LayerStore(str(tmp_path / "store"))
-    write_customisation_layer(contents, io.BytesIO(), fragments_dir=store.fragments_dir(LayerSettings()))
+    write_customisation_layer(contents, io.BytesIO(), fragments_dir=store.fragments_dir(LayerSettings(), "/nix/store"))
     user = LayerSettings(uid=1000, gid=100, uname="user", gname="users")
-    assert store.fragments_dir(user) != store.fragments_dir(LayerSettings())
+    assert store.fragments_dir(user, "/nix/store") != store.fragments_dir(LayerSettings(), "/nix/store")
+    assert store.fragments_dir(user, "/nix/store") != store.fragments_dir(user, "/gnu/store")
     user_owned = io.BytesIO()
-    write_customisation_layer(contents, user_owned, user, fragments_dir=store.fragments_dir(user))
+    write_customisation_layer(contents, user_owned, user, fragments_dir=store.fragments_dir(user, "/nix/store"))
     with tarfile.open(fileobj=io.BytesIO(user_owned.getvalue())) as tar:
         assert {(m.uid, m.uname) for m in tar.getmembers()} == {(1000, "user")}
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nixlayer.__main__ import main
 from nixlayer.closure import ClosureGraph
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.plan import plan_image, plan_layers
 from random_graphs import dag_references
 
@@ -65,7 +65,7 @@ def test_bad_layer_budget(max_layers, base_layers, message):
 
 
 def test_more_than_125_layers_warns():
-    with pytest.warns(UserWarning, match="max_layers is 126"):
+    with pytest.warns(NixlayerWarning, match="max_layers is 126"):
         plan_layers([], 126)
 
 
