@@ -15,6 +15,7 @@ import sys
 import warnings
 
 import luigi
+from luigi.rpc import RPCError
 
 from nixlayer.errors import NixlayerError, NixlayerWarning
 
@@ -34,7 +35,12 @@ class OneLineErrors(logging.Filter):
         if record.msg == "Uncaught exception in luigi" and isinstance(error, (ValueError, NixlayerError)):
             report(f"invalid parameter: {error}" if not isinstance(error, NixlayerError) else error)
             return False  # Luigi could not make the task: a parameter it could not parse
-        if isinstance(error, NixlayerError):
+        if record.msg == "Uncaught exception in luigi" and isinstance(error, RPCError):
+            report(f"{error}: is luigid running there? ([core] rpc-retry-attempts and rpc-retry-wait"
+                   " set how long luigi keeps trying)")
+            return False
+        if isinstance(error, (NixlayerError, RPCError)) or (record.exc_info and record.exc_info[0] is None):
+            # (Luigi logs some warnings with exc_info outside any exception: "NoneType: None".)
             record.exc_info, record.exc_text = None, None
             return True
         message = record.getMessage()

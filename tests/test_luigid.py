@@ -123,3 +123,19 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
     assert len({task_id for _, task_id in running}) == len(running)
     members = [c for value in contents for c in (value if value and isinstance(value[0], list) else [value])]
     assert sorted(members) == sorted([root] for root in roots)
+
+
+def test_an_unreachable_luigid_is_one_error_line(tmp_path):
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[core]\nrpc-retry-attempts = 2\nrpc-retry-wait = 0\n[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    port = free_port()  # nothing listens there
+    run = subprocess.run(
+        ["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--output", str(tmp_path / "x.tar"),
+         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)],
+        cwd=REPO, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 40
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert errors == [f"nixlayer: error: Errors (2 attempts) when connecting to remote scheduler "
+                      f"'http://127.0.0.1:{port}': is luigid running there? ([core] rpc-retry-attempts and "
+                      "rpc-retry-wait set how long luigi keeps trying)"], run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "x.tar").exists()
