@@ -3,6 +3,7 @@
 Subcommands:
 
 - ``plan``: print which store paths go into which layer of an image.
+- ``gc``: remove what no build has used for some days from a layer store.
 
 Errors are printed as one line, ``nixlayer: error: <message>``, with exit status 2.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from nixlayer.closure import read_graph
 from nixlayer.errors import NixlayerError
+from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
 from nixlayer.storepath import DEFAULT_STORE_DIR
 
@@ -46,6 +49,19 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    if args.unused_days < 0:
+        raise NixlayerError(f"--unused-days must not be negative, not {args.unused_days}")
+    store = LayerStore(args.layer_store)
+    if not os.path.isdir(store.root):
+        raise NixlayerError(f"layer store {store.root} does not exist")
+    garbage = store.collect_garbage(args.unused_days * 86400, dry_run=args.dry_run)
+    print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {garbage.records} layer "
+          f"records, {garbage.blobs} blobs, {garbage.fragments} customisation fragments, {garbage.stamps} image "
+          f"stamps: {garbage.bytes} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand; each sets ``func(args) -> exit status``."""
     parser = argparse.ArgumentParser(prog="nixlayer", description="Layered OCI/Docker images from Nix store closures.")
@@ -69,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="layer budget of the whole image (default: %(default)s)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
+
+    gc = subcommands.add_parser(
+        "gc",
+        help="remove what no build has used for some days from a layer store",
+        description="Remove layer records, blobs, customisation fragments and image stamps that no build has "
+                    "used for --unused-days (see LayerStore.collect_garbage).",
+    )
+    gc.add_argument("--unused-days", type=float, required=True, metavar="DAYS",
+                    help="remove what was last used more than DAYS days ago")
+    gc.add_argument("--layer-store", default=default_layer_store(),
+                    help="the layer store, as [nixlayer] layer_store in luigi.cfg (default: %(default)s)")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.set_defaults(func=_gc)
     return parser
 
 

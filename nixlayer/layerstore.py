@@ -7,7 +7,12 @@ Layout under the store's root directory:
 - ``layers/<settings key>/<layer key>.json``: one record per layer, naming its blob: diff_id,
   size, digest, blob_size, media_type and its store paths;
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
-  contents store path, encoded (``nixlayer.customisation.Fragments``).
+  contents store path, encoded (``nixlayer.customisation.Fragments``);
+- ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
+  Luigi tasks), naming what was written.
+
+Everything in it is a cache: deleting any part only makes a later build do that work again.
+:meth:`LayerStore.collect_garbage` removes what no build has used for a while.
 
 A record is written only after its blob is in place, both by atomic rename, so a killed build
 leaves no record without its blob, and two builders writing the same layer at once both end
@@ -38,6 +43,24 @@ from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
 from nixlayer.oci_layout import blob_path, put_blob
 from nixlayer.storepath import hash_part
+
+
+def default_layer_store() -> str:
+    """The layer store used when none is configured: ``$XDG_CACHE_HOME/nixlayer``, else
+    ``~/.cache/nixlayer``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "nixlayer")
+
+
+@dataclass
+class Garbage:
+    """What :meth:`LayerStore.collect_garbage` removed (or would remove): counts and bytes."""
+
+    records: int = 0
+    blobs: int = 0
+    fragments: int = 0
+    stamps: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,3 +213,113 @@ class LayerStore:
     def image_layer(self, record: LayerRecord) -> ImageLayer:
         """The record as an ImageLayer ready to assemble."""
         return ImageLayer(record.blob, self.blob_path(record.blob.digest), record.comment)
+
+    def collect_garbage(self, unused_seconds: float, dry_run: bool = False) -> Garbage:
+        """Remove what no build has used for ``unused_seconds``, and return what was removed.
+
+        Used means read or written. Every build reads the stamp of each of its images
+        (``images/``, ``pushes/``) and the customisation fragments of its contents, and a stamp
+        names the image's layer records, so a build that finds nothing to do still marks its
+        layers as used: the roots are the stamps, by their access time (which Linux's default
+        ``relatime`` mount option refreshes at most daily; under ``noatime`` they age from
+        when they were written, and a build after a collection writes again what it needs).
+        A layer record is kept if a kept stamp names it or it was itself used; a blob goes
+        with the last record naming it, once it is itself older than ``unused_seconds`` (so one
+        a build is writing now stays). Nothing outside the store is touched: OCI layouts hold
+        hard links of their own. With ``dry_run`` nothing is removed. Files that vanish
+        meanwhile are skipped; a build running during a collection may find a layer gone and
+        fail once.
+        """
+        cutoff = time.time() - unused_seconds
+        garbage = Garbage()
+
+        def unused(path: str) -> os.stat_result | None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return st if max(st.st_atime, st.st_mtime) < cutoff else None
+
+        def remove(path: str, st: os.stat_result) -> bool:
+            if not dry_run:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return False
+            garbage.bytes += st.st_size
+            return True
+
+        named: set[str] = set()  # layer records the kept stamps name, relative to the root
+        for kind in ("images", "pushes"):
+            for stamp in _files(os.path.join(self.root, kind), depth=1):
+                st = unused(stamp)
+                if st is not None:
+                    garbage.stamps += remove(stamp, st)
+                    continue
+                layers = _read_json(stamp).get("layers", [])
+                named.update(layers if isinstance(layers, list) else [])
+        for fragment in _files(os.path.join(self.root, "customisation"), depth=2):
+            st = unused(fragment)
+            if st is not None:
+                garbage.fragments += remove(fragment, st)
+        referenced: set[str] = set()  # blob names (hex digests) the kept records name
+        for record in _files(os.path.join(self.root, "layers"), depth=2):
+            st = unused(record)
+            if st is not None and os.path.relpath(record, self.root) not in named:
+                garbage.records += remove(record, st)
+                continue
+            digest = _read_json(record).get("digest")
+            if isinstance(digest, str):
+                referenced.add(digest.split(":", 1)[-1])
+        for blob in _files(os.path.join(self.root, "blobs", "sha256"), depth=1):
+            if os.path.basename(blob) in referenced:
+                continue
+            try:
+                st = os.stat(blob)
+            except OSError:
+                continue
+            if st.st_mtime < cutoff:
+                garbage.blobs += remove(blob, st)
+        if not dry_run:
+            for kind in ("layers", "customisation"):
+                for directory in _dirs(os.path.join(self.root, kind)):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(directory)  # only if empty
+        return garbage
+
+
+def _read_json(path: str) -> dict:
+    """The JSON object in ``path``, read without touching its access time (reading it here is
+    not using it), or ``{}`` if it cannot be read."""
+    try:
+        with os.fdopen(_open_noatime(path), "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _files(directory: str, depth: int) -> list[str]:
+    """Regular files ``depth`` levels below ``directory`` (1: its own files), not temporaries."""
+    if depth == 1:
+        try:
+            return [e.path for e in os.scandir(directory) if e.is_file(follow_symlinks=False)
+                    and not e.name.startswith(".")]
+        except OSError:
+            return []
+    return [f for sub in _dirs(directory) for f in _files(sub, depth - 1)]
+
+
+def _dirs(directory: str) -> list[str]:
+    try:
+        return [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _open_noatime(path: str) -> int:
+    """Open ``path`` for reading without updating its access time where the system allows."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+    except PermissionError:  # O_NOATIME is for the file's owner only
+        return os.open(path, os.O_RDONLY)

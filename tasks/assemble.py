@@ -56,6 +56,7 @@ class AssembleImage(ImageTask):
             with atomic_file(self.stamp()) as f:
                 f.write(json.dumps({
                     "output": self.output, "digest": digest, "signature": self._output_signature(),
+                    "layers": self.layer_records(),
                 }).encode())
 
     def write(self) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import luigi
 import luigi.configuration
+
+from nixlayer.layerstore import default_layer_store
 
 
 # What the repository's luigi.cfg sets, for a run that finds no luigi.cfg (nixlayer installed
@@ -44,11 +45,6 @@ def install_defaults(argv: list[str] | None = None) -> None:
                 config.set(section, option, value)
 
 
-def _default_layer_store() -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "nixlayer")
-
-
 class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
     """Settings shared by every nixlayer task, read from the ``[nixlayer]`` section.
 
@@ -59,7 +55,7 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     once (one hand-out of work instead of one each; see ``tasks.layers.BatchableLayer``).
     """
 
-    layer_store = luigi.Parameter(default=_default_layer_store())
+    layer_store = luigi.Parameter(default=default_layer_store())
     layer_batch_size = luigi.IntParameter(default=50)
 
 
@@ -69,4 +65,4 @@ def layer_store_root() -> str:
     The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
     a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
     """
-    return luigi.configuration.get_config().get("nixlayer", "layer_store", None) or _default_layer_store()
+    return luigi.configuration.get_config().get("nixlayer", "layer_store", None) or default_layer_store()

@@ -47,6 +47,12 @@ class ImageTask(LayerParameters):
         """The image config JSON for ``layers``."""
         return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
 
+    def layer_records(self) -> list[str]:
+        """The image's layer records, relative to the layer store: a stamp names them, so the
+        layer store's garbage collection keeps the layers of an image still in use."""
+        root = self.layer_store().root
+        return [os.path.relpath(task.output().path, root) for task in self.requires()]
+
     def stamp_path(self, kind: str, key: str) -> str:
         """Where this task records, in the layer store, what it wrote (``kind``: images, pushes)."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]

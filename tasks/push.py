@@ -86,5 +86,5 @@ class PushToRegistry(ImageTask):
         with atomic_file(self._stamp()) as f:
             f.write(json.dumps({
                 "target": str(target), "host": target.host, "repository": target.repository,
-                "manifest_digest": result.manifest_digest,
+                "manifest_digest": result.manifest_digest, "layers": self.layer_records(),
             }).encode())

@@ -1,0 +1,80 @@
+"""Layer store garbage collection: `python -m nixlayer gc` removes what no build has used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, run_pipelines
+
+MONTH_AGO = time.time() - 30 * 86400
+
+
+def age(path: Path) -> None:
+    os.utime(path, (MONTH_AGO, MONTH_AGO))
+
+
+def gc(store: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nixlayer", "gc", "--unused-days", "7", "--layer-store", str(store),
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def build(tmp_path: Path, store: Path, app: str) -> None:
+    run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "t", "--contents", json.dumps([app]),
+                         "--output", str(tmp_path / "vec.tar")], store)
+    assert run.returncode == 0, run.stderr
+
+
+def files(store: Path) -> set[Path]:
+    return {p for p in store.rglob("*") if p.is_file()}
+
+
+def test_gc_removes_what_no_build_used_and_a_rebuild_restores_it(tmp_path, vectors, vectors_app):
+    store = tmp_path / "store"
+    build(tmp_path, store, vectors_app)
+    image = (tmp_path / "vec.tar").read_bytes()
+    libc_hash = os.path.basename(vectors["store_paths"]["libc"]).split("-")[0]
+    (record,) = store.glob(f"layers/*/{libc_hash}.json")
+    blob = store / "blobs" / "sha256" / json.loads(record.read_text())["digest"].split(":")[1]
+    (fragment,) = store.glob(f"customisation/*/{os.path.basename(vectors_app)}")
+    (stamp,) = store.glob("images/*.json")
+    other_blob = next(p for p in (store / "blobs" / "sha256").iterdir() if p != blob)
+    for path in (record, blob, fragment, stamp, other_blob):  # other_blob: old, but its record is in use
+        age(path)
+    before = files(store)
+
+    dry = gc(store, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps: " \
+           f"{sum(p.stat().st_size for p in (record, blob, fragment, stamp))} bytes" in dry.stdout
+    assert files(store) == before
+
+    run = gc(store)
+    assert run.returncode == 0 and "removed 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps" in run.stdout
+    assert files(store) == before - {record, blob, fragment, stamp}
+
+    build(tmp_path, store, vectors_app)  # the libc layer and the image again (the customisation
+    assert record.exists() and blob.exists() and stamp.exists()  # layer is there: no fragment needed)
+    assert (tmp_path / "vec.tar").read_bytes() == image
+
+
+def test_a_build_marks_what_it_uses(tmp_path, vectors_app):
+    """Every build reads its image stamps (which name its layer records) and fragments, even
+    one with nothing to do: the access time that leaves (relatime) keeps them, and the layers
+    the stamps name, from the next collection even when they were written long ago."""
+    store = tmp_path / "store"
+    build(tmp_path, store, vectors_app)
+    for path in files(store):
+        age(path)
+    build(tmp_path, store, vectors_app)  # nothing to do, but everything is read
+    run = gc(store)
+    assert "removed 0 layer records, 0 blobs, 0 customisation fragments, 0 image stamps: 0 bytes" in run.stdout
+
+
+def test_gc_of_a_missing_store_is_one_error_line(tmp_path):
+    run = gc(tmp_path / "none")
+    assert run.returncode == 2 and run.stderr == f"nixlayer: error: layer store {tmp_path / 'none'} does not exist\n"
