@@ -50,12 +50,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    if args.unused_days < 0:
-        raise NixlayerError(f"--unused-days must not be negative, not {args.unused_days}")
     store = LayerStore(args.layer_store)
     if not os.path.isdir(store.root):
-        raise NixlayerError(f"layer store {store.root} does not exist")
-    garbage = store.collect_garbage(args.unused_days * 86400, dry_run=args.dry_run)
+        raise NixlayerError(f"layer store {store.root} " + ("is not a directory" if os.path.lexists(store.root)
+                                                            else "does not exist"))
+    garbage = store.collect_garbage(args.unused_days, dry_run=args.dry_run)
     print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {garbage.records} layer "
           f"records, {garbage.blobs} blobs, {garbage.fragments} customisation fragments, {garbage.stamps} image "
           f"stamps: {garbage.bytes} bytes")
@@ -94,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--unused-days", type=float, required=True, metavar="DAYS",
                     help="remove what was last used more than DAYS days ago")
-    gc.add_argument("--layer-store", default=default_layer_store(),
-                    help="the layer store, as [nixlayer] layer_store in luigi.cfg (default: %(default)s)")
+    gc.add_argument("--layer-store", required=True, metavar="DIR",
+                    help="the layer store: [nixlayer] layer_store of luigi.cfg, or by default "
+                         f"{default_layer_store()}")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     gc.set_defaults(func=_gc)
     return parser

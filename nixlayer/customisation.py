@@ -23,6 +23,7 @@ import hashlib
 import heapq
 import json
 import os
+import shutil
 import stat
 import tempfile
 from typing import BinaryIO, Iterable, Iterator
@@ -121,11 +122,13 @@ class Fragments:
     """Fragment files under ``directory``: each content's entries, encoded with ``settings``.
 
     One file per contents store path: the entries' tar headers (:func:`nixlayer.layer.encode_entry`)
-    one after another in layer order; then one JSON line ``{"sha256": <hex of those bytes>,
-    "entries": [[name, kind, target, length], ...]}``; then the offset of that line, 20 digits
-    and a newline. Files are written atomically and never change; one that is missing, does
-    not parse, is out of order or does not match its sha256 is made again. Fragments read in
-    this process are kept (a build reads each twice: the check, then the layer).
+    one after another in layer order; then the index, one JSON line ``[sha256, content,
+    [[name, kind, target, length], ...]]``, where sha256 is the hex digest of the headers
+    followed by the JSON of ``[content, entries]``; then the index's offset, 20 digits and a
+    newline. Files are written atomically and never change; one that is missing, not a regular
+    file, does not parse, is of another content, out of order, or does not match its sha256 is
+    made again. Fragments read in this process are kept (a build reads each twice: the check,
+    then the layer).
     """
 
     def __init__(self, directory: str, settings: LayerSettings) -> None:
@@ -142,11 +145,13 @@ class Fragments:
         contents path must still be there), or when the fragment cannot be written."""
         _content_dir(content, store_root)
         path = self.path(content)
-        fragment = _read(path)
+        fragment = _read(path, content)
         if fragment is None:
             entries = content_entries(content, store_root)
             try:
                 os.makedirs(self.directory, exist_ok=True)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)  # damage: a directory where the file belongs
             except OSError as e:
                 raise NixlayerError(f"cannot write customisation fragment {path}: {e.strerror}") from None
             rows, digest = [], hashlib.sha256()
@@ -157,26 +162,30 @@ class Fragments:
                     digest.update(encoded)
                     f.write(encoded)
                 start = f.tell()
-                f.write(json.dumps({"sha256": digest.hexdigest(), "entries": rows}).encode() + b"\n")
+                digest.update(json.dumps([content, rows]).encode())
+                f.write(json.dumps([digest.hexdigest(), content, rows]).encode() + b"\n")
                 f.write(b"%020d\n" % start)
-            fragment = _read(path)
+            fragment = _read(path, content)
             if fragment is None:
                 raise NixlayerError(f"customisation fragment {path} does not read back as written")
         return fragment
 
 
-def _read(path: str) -> _Fragment | None:
-    """The fragment file at ``path``, or None if it is missing or damaged."""
+def _read(path: str, content: str) -> _Fragment | None:
+    """The fragment of ``content`` in the file at ``path``, or None if it is missing or damaged."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return _parse(path, st.st_ino, st.st_size, st.st_mtime_ns)
+    if not stat.S_ISREG(st.st_mode):
+        return None  # (never opened: a FIFO there would hang the reader)
+    return _parse(path, content, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _parse(path: str, inode: int, size: int, mtime_ns: int) -> _Fragment | None:
-    """The fragment file at ``path`` as it is (inode, size, mtime), or None if it is damaged."""
+def _parse(path: str, content: str, inode: int, size: int, mtime_ns: int) -> _Fragment | None:
+    """The fragment of ``content`` in the file at ``path`` as it is (inode, size, mtime), or
+    None if it is damaged."""
     try:
         with open(path, "rb") as f:
             f.seek(size - _TRAILER)
@@ -184,10 +193,13 @@ def _parse(path: str, inode: int, size: int, mtime_ns: int) -> _Fragment | None:
             if not 0 <= start <= size - _TRAILER:
                 return None
             f.seek(start)
-            header = json.loads(f.read(size - _TRAILER - start))
-            rows, digest = header["entries"], header["sha256"]
+            digest, of, rows = json.loads(f.read(size - _TRAILER - start))
+            if of != content:
+                return None
             f.seek(0)
-            if hashlib.file_digest(_Prefix(f, start), "sha256").hexdigest() != digest:
+            hasher = hashlib.file_digest(_Prefix(f, start), "sha256")
+            hasher.update(json.dumps([content, rows]).encode())
+            if hasher.hexdigest() != digest:
                 return None
         index: FragmentIndex = []
         offset, last = 0, None
@@ -268,7 +280,7 @@ def customisation_entries(
     indexes = []
     for content in contents:
         _content_dir(content, store_root)
-        fragment = None if fragments_dir is None else _read(Fragments(fragments_dir, settings).path(content))
+        fragment = None if fragments_dir is None else _read(Fragments(fragments_dir, settings).path(content), content)
         indexes.append(fragment.index if fragment is not None else
                        [(e, 0, 0) for e in content_entries(content, store_root)])
     return [entry for _, entry, _, _ in _merge(contents, indexes)]

@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -214,8 +216,9 @@ class LayerStore:
         """The record as an ImageLayer ready to assemble."""
         return ImageLayer(record.blob, self.blob_path(record.blob.digest), record.comment)
 
-    def collect_garbage(self, unused_seconds: float, dry_run: bool = False) -> Garbage:
-        """Remove what no build has used for ``unused_seconds``, and return what was removed.
+    def collect_garbage(self, unused_days: float, dry_run: bool = False) -> Garbage:
+        """Remove what no build has used for ``unused_days`` (1 or more), and return what was
+        removed (counts, and bytes of the files).
 
         Used means read or written. Every build reads the stamp of each of its images
         (``images/``, ``pushes/``) and the customisation fragments of its contents, and a stamp
@@ -224,13 +227,18 @@ class LayerStore:
         ``relatime`` mount option refreshes at most daily; under ``noatime`` they age from
         when they were written, and a build after a collection writes again what it needs).
         A layer record is kept if a kept stamp names it or it was itself used; a blob goes
-        with the last record naming it, once it is itself older than ``unused_seconds`` (so one
+        with the last record naming it, once it is itself older than ``unused_days`` (so one
         a build is writing now stays). Nothing outside the store is touched: OCI layouts hold
         hard links of their own. With ``dry_run`` nothing is removed. Files that vanish
         meanwhile are skipped; a build running during a collection may find a layer gone and
         fail once.
         """
-        cutoff = time.time() - unused_seconds
+        if not (math.isfinite(unused_days) and unused_days >= 1):
+            raise NixlayerError(f"--unused-days must be 1 or more (access times are kept to within a day), "
+                                f"not {unused_days:g}")
+        if not os.path.isdir(os.path.join(self.root, "layers")) or os.path.exists(os.path.join(self.root, "oci-layout")):
+            raise NixlayerError(f"{self.root} is not a layer store (no layers/ directory in it)")
+        cutoff = time.time() - unused_days * 86400
         garbage = Garbage()
 
         def unused(path: str) -> os.stat_result | None:
@@ -256,7 +264,7 @@ class LayerStore:
                 if st is not None:
                     garbage.stamps += remove(stamp, st)
                     continue
-                layers = _read_json(stamp).get("layers", [])
+                layers = read_json(stamp, mark_used=False).get("layers", [])
                 named.update(layers if isinstance(layers, list) else [])
         for fragment in _files(os.path.join(self.root, "customisation"), depth=2):
             st = unused(fragment)
@@ -268,7 +276,7 @@ class LayerStore:
             if st is not None and os.path.relpath(record, self.root) not in named:
                 garbage.records += remove(record, st)
                 continue
-            digest = _read_json(record).get("digest")
+            digest = read_json(record, mark_used=False).get("digest")
             if isinstance(digest, str):
                 referenced.add(digest.split(":", 1)[-1])
         for blob in _files(os.path.join(self.root, "blobs", "sha256"), depth=1):
@@ -288,11 +296,24 @@ class LayerStore:
         return garbage
 
 
-def _read_json(path: str) -> dict:
-    """The JSON object in ``path``, read without touching its access time (reading it here is
-    not using it), or ``{}`` if it cannot be read."""
+def read_json(path: str, mark_used: bool = True) -> dict:
+    """The JSON object in the regular file ``path``, or ``{}`` if there is none or it cannot
+    be read. ``mark_used=False`` leaves its access time alone where the system allows (reading
+    a stamp or record to look at it is not using it; see :meth:`LayerStore.collect_garbage`)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK  # NONBLOCK: a FIFO put there does not hang the reader
     try:
-        with os.fdopen(_open_noatime(path), "rb") as f:
+        try:
+            fd = os.open(path, flags | (0 if mark_used else getattr(os, "O_NOATIME", 0)))
+        except PermissionError:
+            if mark_used:
+                raise
+            fd = os.open(path, flags)  # O_NOATIME is for the file's owner only
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}
             data = json.loads(f.read())
     except (OSError, ValueError):
         return {}
@@ -316,10 +337,3 @@ def _dirs(directory: str) -> list[str]:
     except OSError:
         return []
 
-
-def _open_noatime(path: str) -> int:
-    """Open ``path`` for reading without updating its access time where the system allows."""
-    try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-    except PermissionError:  # O_NOATIME is for the file's owner only
-        return os.open(path, os.O_RDONLY)

@@ -9,6 +9,7 @@ import os
 import luigi
 
 from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
+from nixlayer.layerstore import read_json
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
@@ -58,10 +59,8 @@ class ImageTask(LayerParameters):
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return os.path.join(self.layer_store().root, kind, digest + ".json")
 
-    def read_stamp(self, path: str) -> dict:
-        """The stamp at ``path``, or ``{}`` if there is none or it is unreadable."""
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+    def read_stamp(self, path: str, mark_used: bool = True) -> dict:
+        """The stamp at ``path``, or ``{}`` if there is none or it is unreadable. Reading it
+        marks it used (the layer store's garbage collection keeps it) unless ``mark_used`` is
+        false."""
+        return read_json(path, mark_used)

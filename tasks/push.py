@@ -61,7 +61,7 @@ class PushToRegistry(ImageTask):
         """Repositories of the same registry this layer store pushed to before."""
         sources = []
         for path in sorted(glob.glob(os.path.join(self.layer_store().root, "pushes", "*.json"))):
-            stamp = self.read_stamp(path)
+            stamp = self.read_stamp(path, mark_used=False)  # looking at other pushes is not using them
             if stamp.get("host") == target.host and stamp.get("repository") != target.repository:
                 sources.append(stamp["repository"])
         return sorted(set(sources))

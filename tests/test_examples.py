@@ -28,7 +28,7 @@ def test_service_runs_as_root_without_nix_daemon_and_finds_luigi_and_nix():
     assert not any("nix-daemon" in v for key in ("Wants", "After", "Requires") for v in unit.get(key, []))
     command = unit["ExecStart"][0].split()
     assert command[0] == "luigi" and command[1:4] == ["--module", "pipelines", "BuildImages"]
-    assert unit["ExecStartPost"][0].split()[:4] == ["python3", "-m", "nixlayer", "gc"]  # after a rebuild
+    assert unit["ExecStopPost"][0].split()[:4] == ["python3", "-m", "nixlayer", "gc"]  # after each rebuild
     path = next(v.split("=", 1)[1] for v in unit["Environment"] if v.startswith("PATH="))
     assert {"/usr/bin", "/root/.nix-profile/bin"} <= set(path.split(":"))
 
@@ -41,7 +41,7 @@ def test_cron_line_runs_as_root_with_a_path_holding_luigi_and_nix():
     assert job.split()[:6] == ["0", "3", "*", "*", "*", "root"]
     assert "luigi --module pipelines BuildImages" in job
     assert "python3 -m nixlayer gc --unused-days" in gc
-    assert "flock -n rebuild.lock" in job and "flock -n rebuild.lock" in gc  # never at the same time
+    assert "flock -n rebuild.lock" in job and "flock -w 21600 rebuild.lock" in gc  # never at the same time
 
 
 def test_example_batch_outputs_are_ignored_by_git():

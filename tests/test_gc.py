@@ -78,3 +78,38 @@ def test_a_build_marks_what_it_uses(tmp_path, vectors_app):
 def test_gc_of_a_missing_store_is_one_error_line(tmp_path):
     run = gc(tmp_path / "none")
     assert run.returncode == 2 and run.stderr == f"nixlayer: error: layer store {tmp_path / 'none'} does not exist\n"
+
+
+def test_gc_refuses_what_is_not_a_layer_store_and_touches_nothing(tmp_path, vectors_app):
+    layout = tmp_path / "layout"
+    run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "t", "--contents", json.dumps([vectors_app]),
+                         "--format", "oci", "--output", str(layout)], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    for path in files(layout):
+        age(path)
+    before = files(layout)
+    for store, message in [(layout, f"{layout} is not a layer store (no layers/ directory in it)"),
+                           (tmp_path, f"{tmp_path} is not a layer store (no layers/ directory in it)"),
+                           (layout / "index.json", f"layer store {layout / 'index.json'} is not a directory")]:
+        run = gc(store)
+        assert run.returncode == 2 and run.stderr == f"nixlayer: error: {message}\n"
+    assert files(layout) == before
+    for days in ("0", "0.5", "-1", "nan", "inf"):
+        run = subprocess.run([sys.executable, "-m", "nixlayer", "gc", f"--unused-days={days}", "--layer-store",
+                              str(tmp_path / "store")], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and "--unused-days must be 1 or more" in run.stderr, days
+
+
+def test_looking_at_a_stamp_does_not_mark_it_used(tmp_path):
+    from nixlayer.layerstore import read_json
+
+    stamp = tmp_path / "stamp.json"
+    stamp.write_text('{"layers": []}')
+    age(stamp)
+    assert read_json(str(stamp), mark_used=False) == {"layers": []}
+    assert stamp.stat().st_atime == MONTH_AGO  # (another push's stamp, read for blob mounts)
+    assert read_json(str(stamp)) == {"layers": []}
+    assert stamp.stat().st_atime > MONTH_AGO  # (this image's own stamp: it is in use)
+    os.unlink(stamp)
+    os.mkfifo(stamp)
+    assert read_json(str(stamp)) == {}  # a FIFO put there does not hang the reader

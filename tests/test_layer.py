@@ -162,20 +162,29 @@ def test_customisation_layer_links_contents_into_root(tmp_path, vectors, vectors
 
 
 def _fragment_with_index(data: bytes, change) -> bytes:
-    """A fragment file's bytes with its JSON index line replaced by ``change(index)`` (bytes)."""
+    """A fragment file's bytes with its JSON index line ``[sha256, content, entries]`` replaced by
+    ``change(index)`` (bytes)."""
     start = int(data[-21:])
     return data[:start] + change(json.loads(data[start:-21])) + b"\n" + b"%020d\n" % start
 
 
-FRAGMENT_DAMAGE = {
-    "garbage": lambda data: b"garbage",
-    "empty": lambda data: b"",
-    "a flipped header byte": lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:],
-    "a name that is a number": lambda data: _fragment_with_index(
-        data, lambda i: json.dumps({**i, "entries": [[1, *i["entries"][0][1:]], *i["entries"][1:]]}).encode()),
-    "names out of order": lambda data: _fragment_with_index(
-        data, lambda i: json.dumps({**i, "entries": i["entries"][::-1]}).encode()),
-    "a deeply nested index": lambda data: _fragment_with_index(data, lambda i: b"[" * 100_000),
+def _rename_first_entry(index: list) -> bytes:
+    digest, content, entries = index
+    return json.dumps([digest, content, [[entries[0][0] + "x", *entries[0][1:]], *entries[1:]]]).encode()
+
+
+FRAGMENT_DAMAGE = {  # fragment file -> its damage (done in place)
+    "garbage": lambda f, other: f.write_bytes(b"garbage"),
+    "empty": lambda f, other: f.write_bytes(b""),
+    "a flipped header byte": lambda f, other: f.write_bytes((lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])(f.read_bytes())),
+    "an entry renamed in the index": lambda f, other: f.write_bytes(_fragment_with_index(f.read_bytes(), _rename_first_entry)),
+    "a name that is a number": lambda f, other: f.write_bytes(_fragment_with_index(
+        f.read_bytes(), lambda i: json.dumps([i[0], i[1], [[1, *i[2][0][1:]], *i[2][1:]]]).encode())),
+    "a deeply nested index": lambda f, other: f.write_bytes(_fragment_with_index(f.read_bytes(), lambda i: b"[" * 100_000)),
+    "another content's fragment": lambda f, other: f.write_bytes(other.read_bytes()),
+    "a directory": lambda f, other: (f.unlink(), f.mkdir()),
+    "a FIFO": lambda f, other: (f.unlink(), os.mkfifo(f)),
+    "a link to /dev/zero": lambda f, other: (f.unlink(), f.symlink_to("/dev/zero")),
 }
 
 
@@ -188,10 +197,10 @@ def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path
     expected_blob = write_entries(customisation_entries(contents), expected, LayerSettings())
     assert {e.name for e in customisation_entries(contents)} >= {"/bin", "/bin/vec-app", "/lib/libz.so.1"}
     fragments = tmp_path / "fragments"
-    zlib_fragment = fragments / os.path.basename(s["zlib"])
+    zlib_fragment, app_fragment = (fragments / os.path.basename(s[name]) for name in ("zlib", "app"))
     for damage in [None, None, *FRAGMENT_DAMAGE]:
         if damage is not None:
-            zlib_fragment.write_bytes(FRAGMENT_DAMAGE[damage](zlib_fragment.read_bytes()))
+            FRAGMENT_DAMAGE[damage](zlib_fragment, app_fragment)
         out = io.BytesIO()
         assert write_customisation_layer(contents, out, fragments_dir=str(fragments)) == expected_blob, damage
         assert out.getvalue() == expected.getvalue(), damage
