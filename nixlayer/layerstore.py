@@ -264,8 +264,9 @@ class LayerStore:
                 if st is not None:
                     garbage.stamps += remove(stamp, st)
                     continue
-                layers = read_json(stamp, mark_used=False).get("layers", [])
-                named.update(layers if isinstance(layers, list) else [])
+                layers = read_json(stamp, mark_used=False).get("layers")
+                if isinstance(layers, list):
+                    named.update(p for p in layers if isinstance(p, str))
         for fragment in _files(os.path.join(self.root, "customisation"), depth=2):
             st = unused(fragment)
             if st is not None:
