@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -51,9 +50,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     store = LayerStore(args.layer_store)
-    if not os.path.isdir(store.root):
-        raise NixlayerError(f"layer store {store.root} " + ("is not a directory" if os.path.lexists(store.root)
-                                                            else "does not exist"))
     garbage = store.collect_garbage(args.unused_days, dry_run=args.dry_run)
     print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {garbage.records} layer "
           f"records, {garbage.blobs} blobs, {garbage.fragments} customisation fragments, {garbage.stamps} image "

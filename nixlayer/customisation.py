@@ -277,10 +277,11 @@ def customisation_entries(
     contents provide the same non-directory path.
     """
     contents = list(contents)
+    fragments = None if fragments_dir is None else Fragments(fragments_dir, settings)
     indexes = []
     for content in contents:
         _content_dir(content, store_root)
-        fragment = None if fragments_dir is None else _read(Fragments(fragments_dir, settings).path(content), content)
+        fragment = None if fragments is None else _read(fragments.path(content), content)
         indexes.append(fragment.index if fragment is not None else
                        [(e, 0, 0) for e in content_entries(content, store_root)])
     return [entry for _, entry, _, _ in _merge(contents, indexes)]

@@ -100,10 +100,14 @@ def _sweep_blob_temporaries(blobs: str, temp: str) -> None:
         _swept[blobs] = time.monotonic()
 
 
+def _directory_key(*parts) -> str:
+    """A directory name (16 hex digits) for ``parts`` (JSON values)."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def settings_key(settings: LayerSettings, compression: Compression, store_dir: str) -> str:
     """A directory name (16 hex digits) naming every setting that changes a layer's bytes."""
-    text = json.dumps([asdict(settings), compression.key, store_dir])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _directory_key(asdict(settings), compression.key, store_dir)
 
 
 def store_path_layer_key(store_path: str) -> str:
@@ -132,8 +136,7 @@ class LayerStore:
         """Where the customisation fragments of contents in ``store_dir`` encoded with
         ``settings`` are kept (a file per store path name; the store directory is in the key,
         as the symlink targets name it)."""
-        text = json.dumps([asdict(settings), store_dir, FRAGMENT_FORMAT])
-        return os.path.join(self.root, "customisation", hashlib.sha256(text.encode()).hexdigest()[:16])
+        return os.path.join(self.root, "customisation", _directory_key(asdict(settings), store_dir, FRAGMENT_FORMAT))
 
     def blob_path(self, digest: str) -> str:
         """Where the blob ``digest`` lives in this store."""
@@ -236,6 +239,9 @@ class LayerStore:
         if not (math.isfinite(unused_days) and unused_days >= 1):
             raise NixlayerError(f"--unused-days must be 1 or more (access times are kept to within a day), "
                                 f"not {unused_days:g}")
+        if not os.path.isdir(self.root):
+            raise NixlayerError(f"layer store {self.root} "
+                                + ("is not a directory" if os.path.lexists(self.root) else "does not exist"))
         if not os.path.isdir(os.path.join(self.root, "layers")) or os.path.exists(os.path.join(self.root, "oci-layout")):
             raise NixlayerError(f"{self.root} is not a layer store (no layers/ directory in it)")
         cutoff = time.time() - unused_days * 86400
