@@ -20,7 +20,7 @@ from typing import BinaryIO, Sequence
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, sha256_digest
-from nixlayer.layer import COPY_BUFFER
+from nixlayer.layer import COPY_BUFFER, encode_header, tar_end
 
 
 def check_media_type(media_type: str) -> None:
@@ -58,8 +58,7 @@ def write_docker_archive(
         member = _member(name, len(data), mtime) + data + _padding(len(data))
         out.write(member)
         written += len(member)
-    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # end-of-archive blocks, then whole records
-    out.write(end + tarfile.NUL * (-(written + len(end)) % tarfile.RECORDSIZE))
+    out.write(tar_end(written))
     return sha256_digest(config)
 
 
@@ -103,4 +102,4 @@ def _member(name: str, size: int, mtime: int) -> bytes:
     info.size = size
     info.mtime = mtime
     info.mode = 0o644
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return encode_header(info)

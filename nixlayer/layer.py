@@ -201,24 +201,36 @@ def _tarinfo(entry: Entry, settings: LayerSettings) -> tarfile.TarInfo:
     return info
 
 
+def encode_header(info: tarfile.TarInfo) -> bytes:
+    """The tar header block(s) of ``info`` (a pax header first when a field does not fit
+    ustar), exactly as a TarFile in pax format, UTF-8, writes them."""
+    return info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape")
+
+
+def tar_end(size: int) -> bytes:
+    """What a TarFile writes when it closes after ``size`` bytes of members: two zero blocks,
+    then zeros up to a multiple of its record size (10240 bytes)."""
+    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    return end + tarfile.NUL * (-(size + len(end)) % tarfile.RECORDSIZE)
+
+
 def encode_entry(entry: Entry, settings: LayerSettings) -> bytes:
-    """The tar header block(s) of a directory or symlink ``entry`` (a pax header first when a
-    name or link target does not fit ustar), exactly as ``write_entries`` writes them."""
+    """The tar header block(s) of a directory or symlink ``entry``, exactly as
+    ``write_entries`` writes them."""
     if entry.kind == "file":
         raise ValueError("encode_entry takes directories and symlinks; files have contents")
-    return _tarinfo(entry, settings).tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape")
+    return encode_header(_tarinfo(entry, settings))
 
 
 def write_encoded(members: Iterable[bytes], out: BinaryIO, compression: Compression = Compression()) -> LayerBlob:
     """Write a tar of ``members`` (each from :func:`encode_entry`) to ``out``, compressed, and
-    return the layer's digests. The archive ends as Python's tarfile ends one: two zero blocks,
-    then zeros up to a multiple of its record size (10240 bytes), so the bytes equal those
-    ``write_entries`` gives for the same entries. Raises NixlayerError when ``out`` fails."""
+    return the layer's digests. The archive ends as Python's tarfile ends one (:func:`tar_end`),
+    so the bytes equal those ``write_entries`` gives for the same entries. Raises NixlayerError
+    when ``out`` fails."""
     writer = _DigestingWriter(out, compression)
     for member in members:
         writer.write(member)
-    writer.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-    writer.write(tarfile.NUL * (-writer.size % tarfile.RECORDSIZE))
+    writer.write(tar_end(writer.size))
     return writer.finish()
 
 
