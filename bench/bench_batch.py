@@ -20,11 +20,11 @@ blobs: the work measured is the layers'. A docker-archive copies every layer int
 so 50 images of a 512 MiB base write 25 GiB of archives.
 
     python bench/bench_batch.py [--images 50] [--base 30] [--base-mib 512] [--unique 60]
-        [--format oci] [--layer-batch-size 50]
+        [--format oci] [--layer-batches 8]
 
 ``--base-mib 0`` leaves the base as small as the other paths: the batch is then all
 scheduling, Luigi's per-task cost against a few milliseconds of work per image.
-``--layer-batch-size 1`` turns off batching of layer tasks (Luigi's per-task scheduling).
+``--layer-batches 100000`` hands out every layer task alone (Luigi's per-task scheduling).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--unique", type=int, default=60)
     parser.add_argument("--format", default="oci", choices=["oci", "docker-archive"],
                         help="the images' format (layers uncompressed; an OCI layout hard-links them)")
-    parser.add_argument("--layer-batch-size", type=int, default=None, help="default: luigi.cfg's, else 50")
+    parser.add_argument("--layer-batches", type=int, default=None, help="default: luigi.cfg's, else 8")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
@@ -140,8 +140,8 @@ def main() -> None:
     config = luigi.configuration.get_config()
     if not config.has_section("nixlayer"):
         config.add_section("nixlayer")
-    if args.layer_batch_size is not None:
-        config.set("nixlayer", "layer_batch_size", str(args.layer_batch_size))
+    if args.layer_batches is not None:
+        config.set("nixlayer", "layer_batches", str(args.layer_batches))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     suffix = ".tar" if args.format == "docker-archive" else ""
@@ -190,7 +190,7 @@ def main() -> None:
               f"{args.unique + 1} small store paths of each image's own; images: {args.format}, layers uncompressed")
         print(f"batch: {args.images} images, {report['totals']['distinct_layers']} distinct layer tasks "
               f"({report['totals']['layers_built']} built), {run.scheduled} tasks scheduled, {run.ran} ran; "
-              f"layer_batch_size {config.get('nixlayer', 'layer_batch_size', '50')}")
+              f"layer_batches {config.get('nixlayer', 'layer_batches', '8')}")
         print(f"single-image builds: sum {sum(singles):.2f} s, largest {largest:.2f} s, mean {sum(singles) / len(singles):.2f} s")
         print(f"batch total: {total:.2f} s = planning {plan:.2f} s + luigi run {run.wall:.2f} s: layer tasks' run() "
               f"{run.layer_work:.2f} s, image and report tasks' run() {run.other_work:.2f} s, scheduling {overhead:.2f} s")

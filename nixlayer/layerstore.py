@@ -9,7 +9,8 @@ Layout under the store's root directory:
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
-  Luigi tasks), naming what was written.
+  Luigi tasks), naming what was written;
+- ``tmp/``: the temporaries of blobs and records being written, renamed into place when whole.
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
 :meth:`LayerStore.collect_garbage` removes what no build has used for a while.
@@ -19,9 +20,12 @@ leaves no record without its blob, and two builders writing the same layer at on
 with the same complete entry. The settings key covers every setting that changes a layer's
 bytes (owner, mtime, compression, store directory), so a changed setting never reuses a layer.
 
-A writer killed outright leaves its temporary blob ``blobs/sha256/.blob.tmp-*``; writers remove
-those untouched for ``nixlayer.atomic.STALE_TEMP_SECONDS`` (10 minutes), at most once per
-process every 10 minutes, so one scan of the blob directory serves many layers.
+Temporaries are made in ``tmp/`` rather than beside their destinations: creating a file under
+a random name in a directory of thousands (``blobs/sha256``, a settings key's records) costs
+~4x more than in a small one, then renaming it there (measured on ext4 here). A writer killed
+outright leaves its temporaries in ``tmp/``; writers remove those untouched for
+``nixlayer.atomic.STALE_TEMP_SECONDS`` (10 minutes), at most once per process every 10
+minutes, so one scan of ``tmp/`` serves many layers.
 """
 
 from __future__ import annotations
@@ -88,16 +92,17 @@ class LayerRecord:
 
 BLOB_TEMP_PREFIX = ".blob.tmp-"
 
-# Blob directory -> time.monotonic() of this process's last sweep of abandoned blob temporaries.
+# Temporaries directory -> time.monotonic() of this process's last sweep of abandoned ones.
 _swept: dict[str, float] = {}
 
 
-def _sweep_blob_temporaries(blobs: str, temp: str) -> None:
-    """Remove abandoned ``.blob.tmp-*`` files in ``blobs`` unless this process just did."""
-    last = _swept.get(blobs)
+def _sweep_temporaries(temps: str, temp: str) -> None:
+    """Remove abandoned temporaries in ``temps`` (a layer store's ``tmp/``; ``temp`` is the
+    caller's own) unless this process just did."""
+    last = _swept.get(temps)
     if last is None or time.monotonic() - last >= STALE_TEMP_SECONDS:
-        remove_stale_temporaries(blobs, BLOB_TEMP_PREFIX, temp)
-        _swept[blobs] = time.monotonic()
+        remove_stale_temporaries(temps, ".", temp)
+        _swept[temps] = time.monotonic()
 
 
 def _directory_key(*parts) -> str:
@@ -183,16 +188,17 @@ class LayerStore:
         layer store when it cannot be written (not writable, full), and whatever ``write_blob``
         raises.
         """
-        blobs = os.path.join(self.root, "blobs", "sha256")
+        temps = os.path.join(self.root, "tmp")
         try:
-            os.makedirs(blobs, exist_ok=True)
+            os.makedirs(os.path.join(self.root, "blobs", "sha256"), exist_ok=True)
             os.makedirs(os.path.dirname(record_path), exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=BLOB_TEMP_PREFIX, dir=blobs)
+            os.makedirs(temps, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=BLOB_TEMP_PREFIX, dir=temps)
         except OSError as e:
             raise NixlayerError(f"cannot write to layer store {self.root}: {e.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                _sweep_blob_temporaries(blobs, temp)
+                _sweep_temporaries(temps, temp)
                 blob = write_blob(f)
             os.chmod(temp, 0o444)
             os.replace(temp, self.blob_path(blob.digest))
@@ -205,9 +211,7 @@ class LayerStore:
                 os.unlink(temp)
             raise
         record = LayerRecord(blob, tuple(store_paths), comment)
-        # No sweep: a record directory holds thousands of records, listing it for every record
-        # would cost more than the few hundred bytes a killed writer can leave there.
-        with atomic_file(record_path, sweep=False) as f:
+        with atomic_file(record_path, temp_dir=temps) as f:
             f.write(record.to_json())
         return record
 

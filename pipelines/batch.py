@@ -35,7 +35,7 @@ from tasks.assemble import AssembleImage
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks.config import layer_store_root
-from tasks.layers import LayerTask
+from tasks.layers import LayerTask, plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
@@ -255,7 +255,9 @@ class BuildImages(luigi.Task):
     def requires(self) -> list[ImageTask]:
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
         only stands for them, and each task more costs the scheduler a hand-out of work."""
-        return [target for _, task in self.images() for target in task.targets()]
+        targets = [target for _, task in self.images() for target in task.targets()]
+        plan_batches([layer for target in targets for layer in target.requires()])
+        return targets
 
     def run(self) -> None:
         report = self.make_report()

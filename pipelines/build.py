@@ -25,6 +25,7 @@ from nixlayer.layerstore import LayerStore
 from tasks.assemble import AssembleImage
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
+from tasks.layers import plan_batches
 from tasks.push import PushToRegistry
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -215,8 +216,10 @@ class BuildImage(ImageParameters):
 
     def requires(self) -> list:
         """The targets; for standard output, also the layers (this task writes the image)."""
+        targets = self.targets()
         layers = self.assemble_task().requires() if self.output == STDOUT else []
-        return self.targets() + layers
+        plan_batches([layer for task in targets for layer in task.requires()] + layers)
+        return targets + layers
 
     def complete(self) -> bool:
         self.plan  # every parameter is checked, even when nothing is left to do
@@ -248,7 +251,9 @@ class PushImage(ImageParameters):
         self.compression_for(PUSH_COMPRESSION)
 
     def requires(self) -> PushToRegistry:
-        return self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)
+        task = self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)
+        plan_batches(task.requires())
+        return task
 
     def complete(self) -> bool:
         return self.requires().complete()

@@ -51,12 +51,13 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     layer_store: directory of the layer store (default ``$XDG_CACHE_HOME/nixlayer``, else
     ``~/.cache/nixlayer``).
 
-    layer_batch_size: how many pending store path layers a worker takes from the scheduler at
-    once (one hand-out of work instead of one each; see ``tasks.layers.BatchableLayer``).
+    layer_batches: in about how many batches a build's store path layers (and, apart, its
+    customisation layers) are handed out to workers (see ``tasks.layers.BatchableLayer``): at
+    least the number of worker processes that share the build, on every machine.
     """
 
     layer_store = luigi.Parameter(default=default_layer_store())
-    layer_batch_size = luigi.IntParameter(default=50)
+    layer_batches = luigi.NumericalParameter(default=8, var_type=int, min_value=1, max_value=2**31)
 
 
 def layer_store_root() -> str:

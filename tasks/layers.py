@@ -169,9 +169,10 @@ class LayerTask(LayerParameters):
 class BatchableLayer(LayerTask):
     """A layer task the scheduler may hand out in batches.
 
-    Luigi's scheduler walks every task it knows at each hand-out of work, so a worker takes up
-    to ``[nixlayer] layer_batch_size`` pending tasks of one class with equal settings at once
-    (Luigi's ``batch_method``). The batch runs as one task of the class whose batched parameter
+    Luigi's scheduler walks every task it knows at each hand-out of work, so a worker takes
+    several pending tasks of one class with equal settings at once (Luigi's ``batch_method``):
+    the build's layer tasks of the class (see :func:`plan_batches`) in about ``[nixlayer]
+    layer_batches`` batches. The batch runs as one task of the class whose batched parameter
     holds every member's value; it writes each layer as its own task would and reports each
     one's progress and status to the scheduler under that task's id. Every layer stays one
     task in the scheduler, done once.
@@ -180,8 +181,9 @@ class BatchableLayer(LayerTask):
     batch_parameter: str  # the name of the parameter declared with a batch_method
 
     @property
-    def max_batch_size(self) -> int:  # read by Luigi's worker when it registers the family
-        return nixlayer().layer_batch_size
+    def max_batch_size(self) -> int:  # read by Luigi's worker when it first adds a task of the class
+        planned = _PLANNED_TASKS.get(type(self), 0)
+        return max(1, -(-planned // nixlayer().layer_batches))
 
     def batch_values(self) -> list | None:
         """The batched parameter's value of each member, or None for a task of one layer."""
@@ -295,6 +297,25 @@ class CustomisationLayer(BatchableLayer):
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
             self.layer_store().fragments_dir(self.settings(), self.store_dir),
         )
+
+
+# Layer tasks per batchable class of the build being scheduled (see plan_batches).
+_PLANNED_TASKS: dict[type, int] = {}
+
+
+def plan_batches(tasks: list[LayerParameters]) -> None:
+    """Size the batches of the build about to be scheduled from its layer tasks (``tasks``,
+    repeats counted once): each batchable class's tasks are handed out in about ``[nixlayer]
+    layer_batches`` batches. The entry tasks call this from ``requires()``, which Luigi's worker
+    calls before it adds the first layer task and so reads ``max_batch_size``.
+
+    One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
+    images' 3,000 in 8 batches cost the scheduler 8 hand-outs of work instead of 3,000.
+    """
+    distinct = {task.task_id: type(task) for task in tasks if isinstance(task, BatchableLayer)}
+    _PLANNED_TASKS.clear()
+    for cls in distinct.values():
+        _PLANNED_TASKS[cls] = _PLANNED_TASKS.get(cls, 0) + 1
 
 
 def layer_task(paths: list[str], **settings) -> LayerTask:

@@ -62,20 +62,25 @@ def test_stale_directories_are_judged_by_their_newest_file(tmp_path):
     assert busy.exists() and reference.exists()
 
 
-def test_layer_store_write_removes_abandoned_blob_temporaries(tmp_path):
+def test_layer_store_write_makes_temporaries_in_tmp_and_removes_abandoned_ones(tmp_path):
     store = LayerStore(str(tmp_path / "store"))
-    blobs = tmp_path / "store" / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    stale = aged(blobs / ".blob.tmp-killed", OLD, b"x" * 4096)
-    live = aged(blobs / ".blob.tmp-writing", RECENT)
+    temps = tmp_path / "store" / "tmp"
+    temps.mkdir(parents=True)
+    stale = aged(temps / ".blob.tmp-killed", OLD, b"x" * 4096)
+    stale_record = aged(temps / ".key.json.tmp-killed", OLD)
+    live = aged(temps / ".blob.tmp-writing", RECENT)
     data = b"layer bytes"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
 
     def write_blob(f):
+        # this writer's temporary is in tmp/ beside the live one; the abandoned ones are gone
+        assert len([p for p in temps.iterdir() if p.name.startswith(".blob.tmp-")]) == 2
         f.write(data)
         return LayerBlob(digest, len(data), digest, len(data), "application/vnd.oci.image.layer.v1.tar")
 
     record = store.write(store.record_path("settings", "key"), ["/nix/store/x"], "", write_blob)
     assert store.has_blob(record.blob)
-    assert not stale.exists() and live.exists()
-    assert sorted(p.name for p in blobs.iterdir()) == [".blob.tmp-writing", digest.removeprefix("sha256:")]
+    assert not stale.exists() and not stale_record.exists() and live.exists()
+    assert [p.name for p in temps.iterdir()] == [".blob.tmp-writing"]
+    assert [p.name for p in (tmp_path / "store" / "blobs" / "sha256").iterdir()] == [digest.removeprefix("sha256:")]
+    assert [p.name for p in (tmp_path / "store" / "layers" / "settings").iterdir()] == ["key.json"]

@@ -80,20 +80,26 @@ def test_batch_builds_shared_layers_once_reports_and_rebuilds_nothing(tmp_path, 
     assert [i["digest"] for i in data2["images"]] == [i["digest"] for i in data["images"]]
 
 
-def test_shared_base_is_one_task_per_layer(tmp_path, layer_store):
+def test_shared_base_is_one_task_per_layer(tmp_path, layer_store, monkeypatch):
     roots = synthetic_store(tmp_path / "root", images=4, base=10, unique=5)
     batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
         f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    monkeypatch.setitem(luigi.configuration.get_config()["nixlayer"], "layer_batches", "2")
     result = run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
     store_layers = [t for t in result["ran_tasks"] if t.task_family == "StorePathLayer"]
     assert len(store_layers) == 10 + 4 * 6  # the base once, then each image's own paths
     data = json.loads((tmp_path / "r.json").read_text())
     assert [i["layers_built"] for i in data["images"]] == [17] * 4  # 10 base + 6 own + customisation
     assert data["totals"]["distinct_layers"] == 10 + 4 * 6 + 4
-    # The four customisation layers were handed out at once, as one batch.
+    # In layer_batches = 2 batches each: the 34 store path layers in two of 17, the four
+    # customisation layers in two of 2.
     scheduled = result["worker"]._scheduled_tasks.values()
-    (custom_batch,) = [t for t in scheduled if t.task_family == "CustomisationLayer" and len(t.members()) > 1]
-    assert sorted(m.contents for m in custom_batch.members()) == sorted((r,) for r in roots)
+    batches = {family: [t.members() for t in scheduled if t.task_family == family and len(t.members()) > 1]
+               for family in ("StorePathLayer", "CustomisationLayer")}
+    assert [len(m) for m in batches["StorePathLayer"]] == [17, 17]
+    assert sorted(m.store_path for b in batches["StorePathLayer"] for m in b) == sorted(t.store_path for t in store_layers)
+    assert [len(m) for m in batches["CustomisationLayer"]] == [2, 2]
+    assert sorted(m.contents for b in batches["CustomisationLayer"] for m in b) == sorted((r,) for r in roots)
 
 
 def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store, monkeypatch):
@@ -213,7 +219,7 @@ def test_two_local_runs_at_once_share_a_layer_store_safely(tmp_path):
         batch = write_batch(work / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n',
                             images if n == 0 else images[::-1])
         cfg = work / "luigi.cfg"
-        cfg.write_text(f"[core]\nlocal_scheduler = true\n[nixlayer]\nlayer_store = {store}\nlayer_batch_size = 5\n")
+        cfg.write_text(f"[core]\nlocal_scheduler = true\n[nixlayer]\nlayer_store = {store}\nlayer_batches = 30\n")
         env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO), TMPDIR=str(work))
         runs.append(subprocess.Popen(
             ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", "r.json",

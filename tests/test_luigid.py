@@ -73,7 +73,7 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
         images = [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)]
         batch = write_batch(work / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', images)
         cfg = work / "luigi.cfg"  # read from the working directory, as on a machine of its own
-        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batch_size = 2\n"
+        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batches = 100\n"
                        "[retcode]\ntask_failed = 30\nscheduling_error = 35\nunhandled_exception = 40\n")
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(machine / "home"),
                "XDG_CACHE_HOME": str(machine / "cache"), "TMPDIR": str(machine / "tmp"), "LANG": "C.UTF-8"}
