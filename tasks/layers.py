@@ -7,6 +7,7 @@ of the ordered store paths (overflow) or of the contents (customisation).
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -182,8 +183,7 @@ class BatchableLayer(LayerTask):
 
     @property
     def max_batch_size(self) -> int:  # read by Luigi's worker when it first adds a task of the class
-        planned = _PLANNED_TASKS.get(type(self), 0)
-        return max(1, -(-planned // nixlayer().layer_batches))
+        return _BATCH_SIZES.get(type(self), 1)
 
     def batch_values(self) -> list | None:
         """The batched parameter's value of each member, or None for a task of one layer."""
@@ -299,23 +299,28 @@ class CustomisationLayer(BatchableLayer):
         )
 
 
-# Layer tasks per batchable class of the build being scheduled (see plan_batches).
-_PLANNED_TASKS: dict[type, int] = {}
+# max_batch_size of each batchable class in the build being scheduled (see plan_batches).
+_BATCH_SIZES: dict[type, int] = {}
 
 
 def plan_batches(tasks: list[LayerParameters]) -> None:
     """Size the batches of the build about to be scheduled from its layer tasks (``tasks``,
     repeats counted once): each batchable class's tasks are handed out in about ``[nixlayer]
     layer_batches`` batches. The entry tasks call this from ``requires()``, which Luigi's worker
-    calls before it adds the first layer task and so reads ``max_batch_size``.
+    calls before it adds the first layer task and so reads ``max_batch_size``. Raises
+    NixlayerError if luigi.cfg's ``layer_batches`` is not a whole number of at least 1.
 
     One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
     images' 3,000 in 8 batches cost the scheduler 8 hand-outs of work instead of 3,000.
     """
+    try:
+        batches = nixlayer().layer_batches
+    except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
+        raise NixlayerError(f"luigi.cfg [nixlayer] layer_batches: {e.__cause__ or e}") from None
     distinct = {task.task_id: type(task) for task in tasks if isinstance(task, BatchableLayer)}
-    _PLANNED_TASKS.clear()
-    for cls in distinct.values():
-        _PLANNED_TASKS[cls] = _PLANNED_TASKS.get(cls, 0) + 1
+    _BATCH_SIZES.clear()
+    for cls, count in collections.Counter(distinct.values()).items():
+        _BATCH_SIZES[cls] = -(-count // batches)
 
 
 def layer_task(paths: list[str], **settings) -> LayerTask:

@@ -173,6 +173,20 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, arg
     assert not store.exists()  # no layer, record, fragment or stamp
 
 
+def test_bad_layer_batches_setting_one_line_nothing_left(tmp_path, vectors_app):
+    store = tmp_path / "store"
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {store}\nlayer_batches = 0\n")
+    run = subprocess.run(["luigi", "--module", "pipelines", "BuildImage", "--name", "vec", "--contents",
+                          json.dumps([vectors_app]), "--output", str(tmp_path / "out.tar")], cwd=REPO,
+                         env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), capture_output=True, text=True)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert errors == ["nixlayer: error: luigi.cfg [nixlayer] layer_batches: 0 is not in the set of int in [1, 2147483648)"], run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out.tar").exists() and not store.exists()
+
+
 def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path, vectors_app):
     work = tmp_path / "work"
     work.mkdir()
