@@ -24,20 +24,38 @@ DEFAULTS = {
 }
 
 
+# With a central scheduler, several machines share a build: a worker whose image waits on a
+# layer another machine is building must keep asking luigid for work (Luigi's worker otherwise
+# exits as soon as it has nothing to run, its image unbuilt, with "already running"), polling
+# every 1-2 s, and gives up after 10 minutes with nothing to run (a failure elsewhere).
+CENTRAL_DEFAULTS = {
+    "worker": {"keep_alive": "true", "max_keep_alive_idle_duration": "10 minutes", "wait_jitter": "1"},
+}
+
+
 def install_defaults(argv: list[str] | None = None) -> None:
-    """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does.
+    """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does, and
+    of ``CENTRAL_DEFAULTS`` too when the run uses a central scheduler.
 
     A command line that names a central scheduler (``--scheduler-host``, ``--scheduler-url``)
     uses it: ``[core] local_scheduler`` is then false, whatever luigi.cfg says, rather than
-    the flags being silently ignored.
+    the flags being silently ignored; ``--local-scheduler`` makes it true.
     """
     config = luigi.configuration.get_config()
     argv = sys.argv if argv is None else argv
-    if any(arg.split("=")[0] in ("--scheduler-host", "--scheduler-url") for arg in argv):
+    flags = {arg.split("=")[0] for arg in argv}
+    if flags & {"--scheduler-host", "--scheduler-url", "--local-scheduler"}:
         if not config.has_section("core"):
             config.add_section("core")
-        config.set("core", "local_scheduler", "false")
-    for section, options in DEFAULTS.items():
+        config.set("core", "local_scheduler", str("--local-scheduler" in flags).lower())
+    _set_unset(DEFAULTS)
+    if not config.getboolean("core", "local_scheduler"):
+        _set_unset(CENTRAL_DEFAULTS)
+
+
+def _set_unset(defaults: dict[str, dict[str, str]]) -> None:
+    config = luigi.configuration.get_config()
+    for section, options in defaults.items():
         if not config.has_section(section):
             config.add_section(section)
         for option, value in options.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -247,6 +248,23 @@ def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path
     bad = run_pipelines(["BuildImage", "--name", "Bad", "--contents", json.dumps([vectors_app]),
                          "--output", str(tmp_path / "bad.tar")], store, cwd=tmp_path)
     assert bad.returncode != 0 and "nixlayer: error: invalid image name" in bad.stderr
+
+
+@pytest.mark.parametrize("cfg, argv, keep_alive", [
+    ("", [], None),  # the embedded scheduler: a run alone exits when it has nothing left to run
+    ("", ["--scheduler-host", "127.0.0.1"], "true"),  # luigid: wait for layers other machines build
+    ("[core]\nlocal_scheduler = false\n", [], "true"),
+    ("[core]\nlocal_scheduler = false\n", ["--local-scheduler"], None),
+    ("[worker]\nkeep_alive = false\n", ["--scheduler-url=http://127.0.0.1:8082/"], "false"),  # luigi.cfg's own
+])
+def test_central_scheduler_workers_keep_alive(tmp_path, cfg, argv, keep_alive):
+    (tmp_path / "luigi.cfg").write_text(cfg)
+    probe = ("import sys; sys.argv = ['luigi'] + sys.argv[1:]; import tasks, luigi.configuration as c; "
+             "print(c.get_config().get('worker', 'keep_alive', None))")
+    run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, LUIGI_CONFIG_PATH=str(tmp_path / "luigi.cfg"), PYTHONPATH=str(REPO)))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(keep_alive)
 
 
 def test_only_nixlayer_warnings_are_reworded(capsys):

@@ -77,15 +77,18 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
                        "[retcode]\ntask_failed = 30\nscheduling_error = 35\nunhandled_exception = 40\n")
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(machine / "home"),
                "XDG_CACHE_HOME": str(machine / "cache"), "TMPDIR": str(machine / "tmp"), "LANG": "C.UTF-8"}
-        runs.append(subprocess.Popen(
-            ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", "report.json",
-             "--scheduler-host", "127.0.0.1", "--scheduler-port", port],
-            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        # Output to files, not pipes: each run may wait on the other (a layer it is building),
+        # so one whose pipe nobody reads meanwhile would block both.
+        with open(machine / "out.log", "w") as out, open(machine / "err.log", "w") as err:
+            runs.append(subprocess.Popen(
+                ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report",
+                 "report.json", "--scheduler-host", "127.0.0.1", "--scheduler-port", port],
+                cwd=work, env=env, stdout=out, stderr=err))
         machines.append(work)
-    for run in runs:
-        out, err = run.communicate(timeout=600)
-        assert run.returncode == 0, err
-        assert "nixlayer: batch " in out
+    for run, work in zip(runs, machines):
+        run.wait(timeout=300)
+        assert run.returncode == 0, (work.parent / "err.log").read_text()[-5000:]
+        assert "nixlayer: batch " in (work.parent / "out.log").read_text()
 
     # Each layer task ran exactly once across both runs: the layer records each run wrote are
     # disjoint and together are every layer of the batch.
@@ -94,6 +97,10 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
     distinct = reports[0]["totals"]["distinct_layers"]
     assert distinct == 40 + 5 * 41 + 5
     print("layers built per machine:", [len(b) for b in built])  # pytest -s shows the split
+    # Both built layers (in 100 batches, the second machine gets some while the first is busy),
+    # and both finished every image of their own: waiting on a layer the other was building
+    # kept the worker polling luigid (CENTRAL_DEFAULTS) instead of exiting with it unbuilt.
+    assert all(built)
     assert not built[0] & built[1]
     assert len(built[0] | built[1]) == distinct == verify_layer_store(store)
     for i in range(5):
