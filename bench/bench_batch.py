@@ -13,7 +13,9 @@ whole batch (fresh layer store, ``BuildImages``), then the batch again (nothing 
 and prints per task the scheduling overhead: the batch's Luigi run time minus the time spent
 in the tasks' ``run`` (Luigi's PROCESSING_TIME events), over the number of tasks. Layer plans
 (closure graph, popularity order) are timed apart as "planning". The bound is 1.3x the
-slowest single-image build plus the time the batch spent in its layer tasks' ``run``.
+slowest single-image build plus the time the batch spent in its layer tasks' ``run``; also
+printed: what the batch spends beyond its layers' work against that 1.3x, and the bound read
+as 1.3x (slowest single-image build + the layers' work).
 
 The images are OCI layouts with uncompressed layers (``--format``), which hard-link the layer
 blobs: the work measured is the layers'. A docker-archive copies every layer into every image,
@@ -198,6 +200,12 @@ def main() -> None:
               f"{1000 * overhead / run.scheduled:.2f} ms per task (target < 3 ms)")
         print(f"batch vs bound 1.3 x largest image + work of the distinct layers = {bound:.2f} s: "
               f"{total / bound:.2f}x ({'within' if total <= bound else 'OVER'}); batch / sum of singles = {total / sum(singles):.2f}")
+        beyond = total - run.layer_work
+        print(f"  beyond the layers' work: {beyond:.2f} s (scheduling, images, planning) against the bound's "
+              f"1.3 x largest image = {1.3 * largest:.2f} s, {1000 * beyond / run.scheduled:.2f} ms per task")
+        loose = 1.3 * (largest + run.layer_work)
+        print(f"  read as 1.3 x (largest image + work of the distinct layers) = {loose:.2f} s: {total / loose:.2f}x "
+              f"({'within' if total <= loose else 'OVER'})")
         print(f"no-op rebuild: {noop.wall:.2f} s, {noop.scheduled} tasks scheduled, {noop.ran} ran, "
               f"{noop_totals['layers_built']} layers built")
     finally:
