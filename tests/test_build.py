@@ -9,6 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import luigi.configuration
 import pytest
 
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
@@ -79,6 +80,19 @@ def test_layer_tasks_report_progress_to_the_scheduler(tmp_path, layer_store, vec
     assert len(layers) == 5
     assert all(t["progress_percentage"] == 100 for t in layers)
     assert all("diff_id sha256:" in t["status_message"] for t in layers)
+
+
+def test_layer_batches_are_sized_from_the_layers_left_to_write(tmp_path, layer_store, vectors_app, monkeypatch):
+    monkeypatch.setitem(luigi.configuration.get_config()["nixlayer"], "layer_batches", "2")
+    task = BuildImage(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
+    store_layers = [t for t in task.assemble_task().requires() if t.task_family == "StorePathLayer"]
+    assert len(store_layers) == 5
+    task.requires()
+    assert store_layers[0].max_batch_size == 3  # 5 layers to write, in 2 batches
+    build(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
+    os.unlink(store_layers[0].output().path)  # one layer left to write again
+    task.requires()
+    assert store_layers[0].max_batch_size == 1
 
 
 def test_changed_setting_never_reuses_a_layer(tmp_path, layer_store, vectors, vectors_app):
