@@ -23,6 +23,7 @@ from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
 from nixlayer.layerstore import LayerStore
 from tasks.assemble import AssembleImage
+from tasks.base import NixlayerTask
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
 from tasks.layers import plan_batches
@@ -43,7 +44,7 @@ class StorePathsParameter(luigi.ListParameter):
             ) from None
 
 
-class ImageParameters(luigi.Task):
+class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
     The closure of the contents and of the store paths the config mentions is ordered by

@@ -13,7 +13,7 @@ from nixlayer.layerstore import read_json
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
-class ImageTask(LayerParameters):
+class ImageTask(LayerParameters, abstract=True):
     """An image: its layer plan (``store_layers``, lists of store paths), contents and config.
 
     Requires one layer task per store layer plus the customisation layer, all with this task's

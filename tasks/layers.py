@@ -25,6 +25,7 @@ from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
+from tasks.base import NixlayerTask
 from tasks.config import layer_store_root, nixlayer
 from tasks.errors import PREFIX
 
@@ -63,7 +64,7 @@ class LayerStoreTarget(luigi.LocalTarget):
 _CLASS_PARAMS: dict[type, list[tuple[str, luigi.Parameter]]] = {}
 
 
-class LayerParameters(luigi.Task):
+class LayerParameters(NixlayerTask, abstract=True):
     """Parameters every layer shares: owner and mtime of entries, compression, store location."""
 
     mtime = luigi.IntParameter(default=1, description="mtime of every entry, seconds since the epoch")
@@ -110,7 +111,7 @@ class LayerParameters(luigi.Task):
         return super().on_failure(exception)
 
 
-class LayerTask(LayerParameters):
+class LayerTask(LayerParameters, abstract=True):
     """A task that writes one layer into the layer store; its output is the layer's record."""
 
     def layer_key(self) -> str:
@@ -167,7 +168,7 @@ class LayerTask(LayerParameters):
         self._reporting(100 if total == 0 else int(100 * done / total), f"{done} of {total} bytes written")
 
 
-class BatchableLayer(LayerTask):
+class BatchableLayer(LayerTask, abstract=True):
     """A layer task the scheduler may hand out in batches.
 
     Luigi's scheduler walks every task it knows at each hand-out of work, so a worker takes

@@ -281,6 +281,18 @@ def test_central_scheduler_workers_keep_alive(tmp_path, cfg, argv, keep_alive):
     assert run.stdout.strip() == str(keep_alive)
 
 
+def test_abstract_task_classes_are_not_on_the_command_line():
+    from luigi.task_register import Register, TaskClassNotFoundException
+
+    families = {family for family, _, _, _ in Register.get_all_params()}
+    assert {"BuildImage", "BuildImages", "PushImage", "AssembleImage", "PushToRegistry", "StorePathLayer",
+            "OverflowLayer", "CustomisationLayer"} <= families
+    for abstract in ("NixlayerTask", "LayerParameters", "LayerTask", "BatchableLayer", "ImageTask", "ImageParameters"):
+        assert abstract not in families
+        with pytest.raises(TaskClassNotFoundException):
+            Register.get_task_cls(abstract)
+
+
 def test_only_nixlayer_warnings_are_reworded(capsys):
     """The hook prints NixlayerWarning as one nixlayer line and leaves other warnings as they are."""
     import warnings
