@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import time
+import uuid
 from typing import BinaryIO
 
 import luigi
@@ -182,6 +183,15 @@ class BatchableLayer(LayerTask, abstract=True):
 
     batch_parameter: str  # the name of the parameter declared with a batch_method
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.batch_values() is not None:
+            # A batch's id is made unique to this process. luigid keeps a finished task, with the
+            # worker that ran it, for ten minutes (Luigi 3.8 never clears ``worker_running``); a
+            # later run handed the same batch would have its run ignored, and the batch handed
+            # out again, forever. One layer's id stays what every machine computes.
+            self.task_id = f"{self.task_id}_{_PROCESS}"
+
     @property
     def max_batch_size(self) -> int:  # read by Luigi's worker when it first adds a task of the class
         return _BATCH_SIZES.get(type(self), 1)
@@ -299,6 +309,9 @@ class CustomisationLayer(BatchableLayer):
             self.layer_store().fragments_dir(self.settings(), self.store_dir),
         )
 
+
+# This process, in the ids of the batch tasks it runs (see BatchableLayer).
+_PROCESS = uuid.uuid4().hex[:12]
 
 # max_batch_size of each batchable class in the build being scheduled (see plan_batches).
 _BATCH_SIZES: dict[type, int] = {}

@@ -32,7 +32,10 @@ def luigid(tmp_path):
     home.mkdir()
     port = free_port()
     cfg = home / "luigid.cfg"
+    # stable_done_cooldown_secs = 0: luigid takes a task marked done within that many seconds
+    # (default 10) as done whatever a worker says; a test that builds again at once needs none.
     cfg.write_text(f"[scheduler]\nrecord_task_history = true\nstate_path = {home / 'state.pickle'}\n"
+                   "stable_done_cooldown_secs = 0\n"
                    f"[task_history]\ndb_connection = sqlite:///{home / 'history.db'}\n")
     pidfile = home / "luigid.pid"
     subprocess.run(
@@ -146,3 +149,24 @@ def test_an_unreachable_luigid_is_one_error_line(tmp_path):
                       f"'http://127.0.0.1:{port}': is luigid running there? ([core] rpc-retry-attempts and "
                       "rpc-retry-wait set how long luigi keeps trying)"], run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "x.tar").exists()
+
+
+def test_the_same_batch_again_at_once_builds_and_finishes(tmp_path, luigid):
+    """luigid remembers a finished batch of layers, with the worker that ran it, for ten minutes;
+    a run handed the same batch soon after (the layer store emptied, or another store) must not
+    have its work ignored and the batch handed out again, forever."""
+    roots = synthetic_store(tmp_path / "root", images=2, base=10, unique=5)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    for n in range(2):
+        store = tmp_path / f"store{n}"
+        cfg = tmp_path / f"luigi{n}.cfg"
+        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batches = 2\n"
+                       "[worker]\nmax_keep_alive_idle_duration = 20 seconds\n")
+        run = subprocess.run(
+            ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", f"r{n}.json",
+             "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
+            cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)),
+            capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert verify_layer_store(store) == 10 + 2 * 6 + 2
