@@ -6,6 +6,7 @@ import sys
 
 import luigi
 import luigi.configuration
+from luigi.cmdline_parser import CmdlineParser
 
 from nixlayer.layerstore import default_layer_store
 
@@ -79,9 +80,12 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
 
 
 def layer_store_root() -> str:
-    """``[nixlayer] layer_store``, read from the configuration at each call.
+    """The layer store directory: ``--nixlayer-layer-store`` on the command line, else
+    ``[nixlayer] layer_store``, else the default; read at each call.
 
     The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
     a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
     """
-    return luigi.configuration.get_config().get("nixlayer", "layer_store", None) or default_layer_store()
+    parser = CmdlineParser.get_instance()
+    return (getattr(parser.known_args, "nixlayer_layer_store", None) if parser else None) \
+        or luigi.configuration.get_config().get("nixlayer", "layer_store", None) or default_layer_store()

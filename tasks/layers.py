@@ -322,7 +322,7 @@ def plan_batches(tasks: list[LayerParameters]) -> None:
     repeats counted once): each batchable class's tasks still to run are handed out in about
     ``[nixlayer] layer_batches`` batches. The entry tasks call this from ``requires()``, which
     Luigi's worker calls before it adds the first layer task and so reads ``max_batch_size``.
-    Raises NixlayerError if luigi.cfg's ``layer_batches`` is not a whole number of at least 1.
+    Raises NixlayerError if ``layer_batches`` is not a whole number of at least 1.
 
     One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
     images' 3,000 in 8 batches cost the scheduler 8 hand-outs of work instead of 3,000; the
@@ -331,7 +331,7 @@ def plan_batches(tasks: list[LayerParameters]) -> None:
     try:
         batches = nixlayer().layer_batches
     except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
-        raise NixlayerError(f"luigi.cfg [nixlayer] layer_batches: {e.__cause__ or e}") from None
+        raise NixlayerError(f"[nixlayer] layer_batches (--nixlayer-layer-batches): {e.__cause__ or e}") from None
     distinct = {task.task_id: type(task) for task in tasks if isinstance(task, BatchableLayer) and not task.complete()}
     _BATCH_SIZES.clear()
     for cls, count in collections.Counter(distinct.values()).items():

@@ -197,9 +197,17 @@ def test_bad_layer_batches_setting_one_line_nothing_left(tmp_path, vectors_app):
                          env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), capture_output=True, text=True)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
-    assert errors == ["nixlayer: error: luigi.cfg [nixlayer] layer_batches: 0 is not in the set of int in [1, 2147483648)"], run.stderr
+    assert errors == ["nixlayer: error: [nixlayer] layer_batches (--nixlayer-layer-batches): 0 is not in the set of int in [1, 2147483648)"], run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out.tar").exists() and not store.exists()
+
+
+def test_layer_store_on_the_command_line_wins_over_luigi_cfg(tmp_path, vectors_app):
+    store, other = tmp_path / "store", tmp_path / "other"
+    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
+                         "--output", str(tmp_path / "v.tar"), "--nixlayer-layer-store", str(other)], store)
+    assert run.returncode == 0, run.stderr
+    assert not store.exists() and len(list((other / "layers").glob("*/*.json"))) == 6
 
 
 def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path, vectors_app):
