@@ -208,8 +208,10 @@ class BuildImages(luigi.Task):
     they are not already there, so a rebuild where nothing changed does no layer work.
     """
 
-    batch_file = luigi.Parameter(description="the batch file (TOML): defaults, then one [[image]] table per image")
-    report = luigi.Parameter(default="nixlayer-report.json", description="where to write the JSON report of the run")
+    # Absolute paths: with luigid, the same command run from two working directories is two
+    # batches (each machine writes its own report), as their images' outputs are two images.
+    batch_file = luigi.PathParameter(absolute=True, description="the batch file (TOML): defaults, then one [[image]] table per image")
+    report = luigi.PathParameter(absolute=True, default="nixlayer-report.json", description="where to write the JSON report of the run")
 
     def complete(self) -> bool:
         """Never complete. Luigi asks once per run, before anything runs: a run starts here,
@@ -230,7 +232,7 @@ class BuildImages(luigi.Task):
             created: list[str] = []
             try:
                 entries = load_batch(self.batch_file)
-                check_writable(os.path.abspath(self.report))
+                check_writable(str(self.report))
                 _read_graphs([params for _, params in entries])
                 images = []
                 for entry, params in entries:
@@ -261,7 +263,7 @@ class BuildImages(luigi.Task):
 
     def run(self) -> None:
         report = self.make_report()
-        with atomic_file(os.path.abspath(self.report)) as f:
+        with atomic_file(str(self.report)) as f:
             f.write(json.dumps(report, indent=1).encode() + b"\n")
         print(format_summary(report), flush=True)
 
@@ -300,7 +302,7 @@ class BuildImages(luigi.Task):
         distinct_built = built_layers & set(sizes)
         store_root = LayerStore(layer_store_root()).root
         return {
-            "batch": os.path.abspath(self.batch_file),
+            "batch": str(self.batch_file),
             "started": _iso(self._started), "finished": _iso(time.time()),
             "seconds": round(time.time() - self._started, 3),
             "images": report_images,

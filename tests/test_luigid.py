@@ -84,7 +84,8 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
         # so one whose pipe nobody reads meanwhile would block both.
         with open(machine / "out.log", "w") as out, open(machine / "err.log", "w") as err:
             runs.append(subprocess.Popen(
-                ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report",
+                # The same command line on both (relative paths): still a report on each.
+                ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", batch.name, "--report",
                  "report.json", "--scheduler-host", "127.0.0.1", "--scheduler-port", port],
                 cwd=work, env=env, stdout=out, stderr=err))
         machines.append(work)
