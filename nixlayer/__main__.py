@@ -53,7 +53,7 @@ def _gc(args: argparse.Namespace) -> int:
     garbage = store.collect_garbage(args.unused_days, dry_run=args.dry_run)
     print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {garbage.records} layer "
           f"records, {garbage.blobs} blobs, {garbage.fragments} customisation fragments, {garbage.stamps} image "
-          f"stamps: {garbage.bytes} bytes")
+          f"stamps, {garbage.temporaries} abandoned temporaries: {garbage.bytes} bytes")
     return 0
 
 

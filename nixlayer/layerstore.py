@@ -66,6 +66,7 @@ class Garbage:
     blobs: int = 0
     fragments: int = 0
     stamps: int = 0
+    temporaries: int = 0
     bytes: int = 0
 
 
@@ -235,7 +236,8 @@ class LayerStore:
         when they were written, and a build after a collection writes again what it needs).
         A layer record is kept if a kept stamp names it or it was itself used; a blob goes
         with the last record naming it, once it is itself older than ``unused_days`` (so one
-        a build is writing now stays). Nothing outside the store is touched: OCI layouts hold
+        a build is writing now stays), and so do temporaries in ``tmp/`` untouched that long
+        (a killed writer's). Nothing outside the store is touched: OCI layouts hold
         hard links of their own. With ``dry_run`` nothing is removed. Files that vanish
         meanwhile are skipped; a build running during a collection may find a layer gone and
         fail once.
@@ -299,6 +301,14 @@ class LayerStore:
                 continue
             if st.st_mtime < cutoff:
                 garbage.blobs += remove(blob, st)
+        try:  # what killed writers left in tmp/ (a live writer writes to its file all the time)
+            temps = [e.path for e in os.scandir(os.path.join(self.root, "tmp")) if e.is_file(follow_symlinks=False)]
+        except OSError:
+            temps = []
+        for temp in temps:
+            st = unused(temp)
+            if st is not None:
+                garbage.temporaries += remove(temp, st)
         if not dry_run:
             for kind in ("layers", "customisation"):
                 for directory in _dirs(os.path.join(self.root, kind)):

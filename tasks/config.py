@@ -28,9 +28,13 @@ DEFAULTS = {
 # With a central scheduler, several machines share a build: a worker whose image waits on a
 # layer another machine is building must keep asking luigid for work (Luigi's worker otherwise
 # exits as soon as it has nothing to run, its image unbuilt, with "already running"), polling
-# every 1-2 s, and gives up after 10 minutes with nothing to run (a failure elsewhere).
+# every 1-2 s, and gives up after 10 minutes with nothing to run (a failure elsewhere). A task
+# it saw another machine run is "run by another worker" in Luigi's summary, whose exit status
+# is ``already_running``: normal here, so 0 (with the embedded scheduler it means Luigi's
+# process lock, an identical command running on this machine: 10).
 CENTRAL_DEFAULTS = {
     "worker": {"keep_alive": "true", "max_keep_alive_idle_duration": "10 minutes", "wait_jitter": "1"},
+    "retcode": {"already_running": "0"},
 }
 
 
@@ -49,9 +53,9 @@ def install_defaults(argv: list[str] | None = None) -> None:
         if not config.has_section("core"):
             config.add_section("core")
         config.set("core", "local_scheduler", str("--local-scheduler" in flags).lower())
+    if not config.getboolean("core", "local_scheduler", True):
+        _set_unset(CENTRAL_DEFAULTS)  # first: where both set an option, the central one holds
     _set_unset(DEFAULTS)
-    if not config.getboolean("core", "local_scheduler"):
-        _set_unset(CENTRAL_DEFAULTS)
 
 
 def _set_unset(defaults: dict[str, dict[str, str]]) -> None:

@@ -43,19 +43,24 @@ def test_gc_removes_what_no_build_used_and_a_rebuild_restores_it(tmp_path, vecto
     (fragment,) = store.glob(f"customisation/*/{os.path.basename(vectors_app)}")
     (stamp,) = store.glob("images/*.json")
     other_blob = next(p for p in (store / "blobs" / "sha256").iterdir() if p != blob)
-    for path in (record, blob, fragment, stamp, other_blob):  # other_blob: old, but its record is in use
+    killed = store / "tmp" / ".blob.tmp-killed"  # a killed writer's temporary, and a live one's
+    killed.write_bytes(b"x" * 100)
+    live = store / "tmp" / ".blob.tmp-writing"
+    live.write_bytes(b"x")
+    for path in (record, blob, fragment, stamp, other_blob, killed):  # other_blob: old, but its record is in use
         age(path)
     before = files(store)
 
     dry = gc(store, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps: " \
-           f"{sum(p.stat().st_size for p in (record, blob, fragment, stamp))} bytes" in dry.stdout
+    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, 1 abandoned " \
+           f"temporaries: {sum(p.stat().st_size for p in (record, blob, fragment, stamp, killed))} bytes" in dry.stdout
     assert files(store) == before
 
     run = gc(store)
-    assert run.returncode == 0 and "removed 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps" in run.stdout
-    assert files(store) == before - {record, blob, fragment, stamp}
+    assert run.returncode == 0 and "removed 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, " \
+        "1 abandoned temporaries" in run.stdout
+    assert files(store) == before - {record, blob, fragment, stamp, killed}
 
     build(tmp_path, store, vectors_app)  # the libc layer and the image again (the customisation
     assert record.exists() and blob.exists() and stamp.exists()  # layer is there: no fragment needed)
@@ -72,7 +77,7 @@ def test_a_build_marks_what_it_uses(tmp_path, vectors_app):
         age(path)
     build(tmp_path, store, vectors_app)  # nothing to do, but everything is read
     run = gc(store)
-    assert "removed 0 layer records, 0 blobs, 0 customisation fragments, 0 image stamps: 0 bytes" in run.stdout
+    assert "removed 0 layer records, 0 blobs, 0 customisation fragments, 0 image stamps, 0 abandoned temporaries: 0 bytes" in run.stdout
 
 
 def test_gc_of_a_missing_store_is_one_error_line(tmp_path):
