@@ -246,7 +246,7 @@ def write_entries(
     The entries are listed first (so errors such as a FIFO surface before any byte is written
     and the progress total is known), then written in one pass. File contents are streamed in
     1 MiB pieces; memory does not grow with file size. Files of 8 GiB and more get a pax size
-    record. ``progress(done, total)`` is called after each file with content bytes.
+    record. ``progress(done, total)`` is called with content bytes after each piece read.
 
     Raises NixlayerError naming the file if one cannot be read or is shorter than when it was
     listed (a file that grew is written at its listed size), or "cannot write layer blob" when
@@ -268,13 +268,25 @@ def write_entries(
             assert entry.source is not None
             try:
                 with open(entry.source, "rb") as f:
-                    tar.addfile(info, f)
+                    tar.addfile(info, f if progress is None else _ProgressReader(f, done, total, progress))
             except OSError as e:
                 raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
             done += entry.size
-            if progress is not None:
-                progress(done, total)
     return writer.finish()
+
+
+class _ProgressReader:
+    """A file as ``tarfile`` reads it, in pieces, telling ``progress(done, total)`` the content
+    bytes of the layer read so far (``done``: before this file) after each piece."""
+
+    def __init__(self, f: BinaryIO, done: int, total: int, progress: Progress) -> None:
+        self._f, self._done, self._total, self._progress = f, done, total, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._done += len(data)
+        self._progress(self._done, self._total)
+        return data
 
 
 def write_store_layer(

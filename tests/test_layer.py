@@ -126,6 +126,18 @@ def test_progress_reports_content_bytes(vectors, vectors_app):
     assert seen and seen[-1][0] == seen[-1][1] > 0
 
 
+def test_progress_within_a_large_file(tmp_path):
+    """A 3 MiB file reports progress per 1 MiB piece, not only once it is whole."""
+    path = tmp_path / "nix" / "store" / ("c" * 32 + "-one-big-file")
+    path.mkdir(parents=True)
+    (path / "data").write_bytes(b"x" * (3 * 2**20 + 1))
+    seen = []
+    write_store_layer([f"/nix/store/{path.name}"], io.BytesIO(), store_root=str(tmp_path),
+                      progress=lambda d, t: seen.append((d, t)))
+    total = 3 * 2**20 + 1
+    assert [d for d, _ in seen] == [2**20, 2 * 2**20, 3 * 2**20, total] and {t for _, t in seen} == {total}
+
+
 def test_files_of_8_gib_and_more_get_their_true_size(tmp_path):
     """A sparse 8 GiB + 1 byte file: the pax header carries its size (ustar cannot)."""
     path = tmp_path / "nix" / "store" / ("b" * 32 + "-big")
