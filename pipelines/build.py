@@ -113,9 +113,9 @@ class ImageParameters(NixlayerTask, abstract=True):
             plan = plan_image(graph, contents, config_paths, self.max_layers)
         else:  # only the customisation layer; the layer budget is still checked
             plan = plan_layers([], self.max_layers)
+        layer_store = LayerStore(layer_store_root())
         # Two contents with one file: fail now.
-        customisation_entries(contents, self.store_root, settings,
-                              LayerStore(layer_store_root()).fragments_dir(settings, store_dir))
+        customisation_entries(contents, self.store_root, settings, layer_store.fragments_dir(settings, store_dir))
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),
@@ -127,6 +127,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         return {
             **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
+            "layer_store_dir": layer_store.root,
         }
 
     def graph_source(self) -> tuple:

@@ -31,8 +31,11 @@ DEFAULTS = {
 # every 1-2 s, and gives up after 10 minutes with nothing to run (a failure elsewhere). A task
 # it saw another machine run is "run by another worker" in Luigi's summary, whose exit status
 # is ``already_running``: normal here, so 0 (with the embedded scheduler it means Luigi's
-# process lock, an identical command running on this machine: 10).
+# process lock, an identical command running on this machine: 10). luigid coordinates runs, so
+# Luigi's process lock is off: it compares command lines, and takes the same relative command
+# in another directory (another batch) for a run already going.
 CENTRAL_DEFAULTS = {
+    "core": {"no_lock": "true"},
     "worker": {"keep_alive": "true", "max_keep_alive_idle_duration": "10 minutes", "wait_jitter": "1"},
     "retcode": {"already_running": "0"},
 }

@@ -27,7 +27,7 @@ from nixlayer.layerstore import (
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import NixlayerTask
-from tasks.config import layer_store_root, nixlayer
+from tasks.config import nixlayer
 from tasks.errors import PREFIX
 
 
@@ -77,6 +77,9 @@ class LayerParameters(NixlayerTask, abstract=True):
     compression_level = luigi.OptionalIntParameter(default=None)
     store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR)
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk")
+    # Part of every task's id: one luigid can serve builds into different layer stores (a layer
+    # written into one is not done for another), and machines sharing one mount it at one path.
+    layer_store_dir = luigi.Parameter(description="the layer store directory, absolute")
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
@@ -99,7 +102,7 @@ class LayerParameters(NixlayerTask, abstract=True):
         return Compression(self.compression, self.compression_level)
 
     def layer_store(self) -> LayerStore:
-        return LayerStore(layer_store_root())
+        return LayerStore(self.layer_store_dir)
 
     def layer_parameters(self) -> dict:
         """This task's layer parameters, to hand on to the layer tasks it requires."""
@@ -122,14 +125,12 @@ class LayerTask(LayerParameters, abstract=True):
         raise NotImplementedError
 
     def output(self) -> LayerStoreTarget:
-        root = layer_store_root()
-        cached = self.__dict__.get("_output")  # Luigi asks often (complete, deps checks, images)
-        if cached is None or cached[0] != root:
-            store = LayerStore(root)
+        target = self.__dict__.get("_output")  # Luigi asks often (complete, deps checks, images)
+        if target is None:
+            store = self.layer_store()
             key = settings_key(self.settings(), self.compressor(), self.store_dir)
-            cached = (root, LayerStoreTarget(store, store.record_path(key, self.layer_key())))
-            self._output = cached
-        return cached[1]
+            target = self._output = LayerStoreTarget(store, store.record_path(key, self.layer_key()))
+        return target
 
     def write_blob(self, out: BinaryIO) -> LayerBlob:
         return write_store_layer(

@@ -273,17 +273,18 @@ def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path
 
 
 @pytest.mark.parametrize("cfg, argv, keep_alive", [
-    ("", [], "None 10"),  # the embedded scheduler: a run alone exits when it has nothing left to run
-    ("", ["--scheduler-host", "127.0.0.1"], "true 0"),  # luigid: wait for layers other machines build
-    ("[core]\nlocal_scheduler = false\n", [], "true 0"),
-    ("[core]\nlocal_scheduler = false\n", ["--local-scheduler"], "None 10"),
+    ("", [], "None 10 None"),  # the embedded scheduler: a run alone exits when it has nothing left to run
+    ("", ["--scheduler-host", "127.0.0.1"], "true 0 true"),  # luigid: wait for layers other machines build
+    ("[core]\nlocal_scheduler = false\n", [], "true 0 true"),
+    ("[core]\nlocal_scheduler = false\n", ["--local-scheduler"], "None 10 None"),
     ("[worker]\nkeep_alive = false\n[retcode]\nalready_running = 5\n", ["--scheduler-url=http://127.0.0.1:8082/"],
-     "false 5"),  # luigi.cfg's own
+     "false 5 true"),  # luigi.cfg's own
 ])
 def test_central_scheduler_workers_keep_alive(tmp_path, cfg, argv, keep_alive):
     (tmp_path / "luigi.cfg").write_text(cfg)
     probe = ("import sys; sys.argv = ['luigi'] + sys.argv[1:]; import tasks, luigi.configuration as c; "
-             "print(c.get_config().get('worker', 'keep_alive', None), c.get_config().get('retcode', 'already_running'))")
+             "print(c.get_config().get('worker', 'keep_alive', None), c.get_config().get('retcode', 'already_running'), "
+             "c.get_config().get('core', 'no_lock', None))")
     run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(os.environ, LUIGI_CONFIG_PATH=str(tmp_path / "luigi.cfg"), PYTHONPATH=str(REPO)))
     assert run.returncode == 0, run.stderr

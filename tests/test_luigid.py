@@ -171,3 +171,26 @@ def test_the_same_batch_again_at_once_builds_and_finishes(tmp_path, luigid):
             capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-3000:]
         assert verify_layer_store(store) == 10 + 2 * 6 + 2
+
+
+def test_two_layer_stores_on_one_luigid(tmp_path, luigid):
+    """The layer store is part of every task's id: builds into two stores at once through one
+    luigid each write all their layers (a layer done in one store is not done in the other)."""
+    roots = synthetic_store(tmp_path / "root", images=2, base=10, unique=5)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    runs = []
+    for n in range(2):
+        cfg = tmp_path / f"luigi{n}.cfg"
+        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {tmp_path / f'store{n}'}\n"
+                       "layer_batches = 20\n[worker]\nmax_keep_alive_idle_duration = 20 seconds\n")
+        with open(tmp_path / f"err{n}.log", "w") as err:
+            runs.append(subprocess.Popen(
+                ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report",
+                 f"r{n}.json", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
+                cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)),
+                stdout=subprocess.DEVNULL, stderr=err))
+    for n, run in enumerate(runs):
+        run.wait(timeout=120)
+        assert run.returncode == 0, (tmp_path / f"err{n}.log").read_text()[-3000:]
+        assert verify_layer_store(tmp_path / f"store{n}") == 10 + 2 * 6 + 2
