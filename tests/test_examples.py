@@ -28,6 +28,8 @@ def test_service_runs_as_root_without_nix_daemon_and_finds_luigi_and_nix():
     assert not any("nix-daemon" in v for key in ("Wants", "After", "Requires") for v in unit.get(key, []))
     command = unit["ExecStart"][0].split()
     assert command[0] == "luigi" and command[1:4] == ["--module", "pipelines", "BuildImages"]
+    report = command[command.index("--report") + 1]  # each run writes it, or the unit fails
+    assert unit["ExecStartPre"] == [f"rm -f {report}"] and unit["ExecStartPost"] == [f"test -s {report}"]
     assert unit["ExecStopPost"][0].split()[:4] == ["python3", "-m", "nixlayer", "gc"]  # after each rebuild
     path = next(v.split("=", 1)[1] for v in unit["Environment"] if v.startswith("PATH="))
     assert {"/usr/bin", "/root/.nix-profile/bin"} <= set(path.split(":"))
@@ -40,6 +42,7 @@ def test_cron_line_runs_as_root_with_a_path_holding_luigi_and_nix():
     job, gc = [l for l in lines if not l.startswith("PATH=")]
     assert job.split()[:6] == ["0", "3", "*", "*", "*", "root"]
     assert "luigi --module pipelines BuildImages" in job
+    assert "rm -f report.json; luigi " in job and "--report report.json && test -s report.json ||" in job
     assert "python3 -m nixlayer gc --unused-days" in gc
     assert "flock -n rebuild.lock" in job and "flock -w 21600 rebuild.lock" in gc  # never at the same time
 
