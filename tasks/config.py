@@ -6,7 +6,6 @@ import sys
 
 import luigi
 import luigi.configuration
-from luigi.cmdline_parser import CmdlineParser
 
 from nixlayer.layerstore import default_layer_store
 
@@ -87,12 +86,8 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
 
 
 def layer_store_root() -> str:
-    """The layer store directory: ``--nixlayer-layer-store`` on the command line, else
-    ``[nixlayer] layer_store``, else the default; read at each call.
-
-    The same as ``nixlayer().layer_store`` without instantiating the Config task, which costs
-    a parameter lookup per parameter; layer tasks ask for it thousands of times in a batch.
-    """
-    parser = CmdlineParser.get_instance()
-    return (getattr(parser.known_args, "nixlayer_layer_store", None) if parser else None) \
-        or luigi.configuration.get_config().get("nixlayer", "layer_store", None) or default_layer_store()
+    """The layer store directory, as Luigi resolves ``[nixlayer] layer_store``:
+    ``--nixlayer-layer-store`` on the command line, else luigi.cfg, else the default. (That
+    parameter alone: ``nixlayer()`` would also parse ``layer_batches``, whose bad value gets
+    its own one-line error in ``tasks.layers.plan_batches``.)"""
+    return nixlayer.layer_store.task_value("nixlayer", "layer_store") or default_layer_store()

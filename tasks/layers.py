@@ -16,7 +16,6 @@ import uuid
 from typing import BinaryIO
 
 import luigi
-import luigi.configuration
 
 from nixlayer.compression import NAMES, Compression
 from nixlayer.customisation import write_customisation_layer
