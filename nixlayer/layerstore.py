@@ -301,11 +301,8 @@ class LayerStore:
                 continue
             if st.st_mtime < cutoff:
                 garbage.blobs += remove(blob, st)
-        try:  # what killed writers left in tmp/ (a live writer writes to its file all the time)
-            temps = [e.path for e in os.scandir(os.path.join(self.root, "tmp")) if e.is_file(follow_symlinks=False)]
-        except OSError:
-            temps = []
-        for temp in temps:
+        # What killed writers left in tmp/ (a live writer writes to its file all the time).
+        for temp in _files(os.path.join(self.root, "tmp"), depth=1, temporaries=True):
             st = unused(temp)
             if st is not None:
                 garbage.temporaries += remove(temp, st)
@@ -341,15 +338,16 @@ def read_json(path: str, mark_used: bool = True) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _files(directory: str, depth: int) -> list[str]:
-    """Regular files ``depth`` levels below ``directory`` (1: its own files), not temporaries."""
+def _files(directory: str, depth: int, temporaries: bool = False) -> list[str]:
+    """Regular files ``depth`` levels below ``directory`` (1: its own files); temporaries
+    (``.NAME`` files) only with ``temporaries``."""
     if depth == 1:
         try:
             return [e.path for e in os.scandir(directory) if e.is_file(follow_symlinks=False)
-                    and not e.name.startswith(".")]
+                    and (temporaries or not e.name.startswith("."))]
         except OSError:
             return []
-    return [f for sub in _dirs(directory) for f in _files(sub, depth - 1)]
+    return [f for sub in _dirs(directory) for f in _files(sub, depth - 1, temporaries)]
 
 
 def _dirs(directory: str) -> list[str]:
