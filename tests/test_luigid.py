@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -152,44 +154,48 @@ def test_an_unreachable_luigid_is_one_error_line(tmp_path):
     assert "Traceback" not in run.stderr and not (tmp_path / "x.tar").exists()
 
 
+def two_image_batch(tmp_path) -> Path:
+    """A batch of two images of 10 shared and 6 own store paths (24 layers with their
+    customisation layers), written to ``tmp_path/batch.toml``."""
+    roots = synthetic_store(tmp_path / "root", images=2, base=10, unique=5)
+    return write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+
+
+def build_images(tmp_path, luigid, batch: Path, store: Path, n: int, **popen) -> subprocess.Popen:
+    """``luigi --module pipelines BuildImages`` of ``batch`` into ``store`` through ``luigid``,
+    started (run ``n``: its own luigi.cfg and report), waiting 20 s at most for others' work."""
+    cfg = tmp_path / f"luigi{n}.cfg"
+    cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batches = 20\n"
+                   "[worker]\nmax_keep_alive_idle_duration = 20 seconds\n")
+    return subprocess.Popen(
+        ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", f"r{n}.json",
+         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
+        cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)), **popen)
+
+
 def test_the_same_batch_again_at_once_builds_and_finishes(tmp_path, luigid):
     """luigid remembers a finished batch of layers, with the worker that ran it, for ten minutes;
-    a run handed the same batch soon after (the layer store emptied, or another store) must not
-    have its work ignored and the batch handed out again, forever."""
-    roots = synthetic_store(tmp_path / "root", images=2, base=10, unique=5)
-    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
-        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    a run handed the same batch soon after (here: the layer store emptied) must not have its work
+    ignored and the batch handed out again, forever."""
+    batch, store = two_image_batch(tmp_path), tmp_path / "store"
     for n in range(2):
-        store = tmp_path / f"store{n}"
-        cfg = tmp_path / f"luigi{n}.cfg"
-        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {store}\nlayer_batches = 2\n"
-                       "[worker]\nmax_keep_alive_idle_duration = 20 seconds\n")
-        run = subprocess.run(
-            ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report", f"r{n}.json",
-             "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
-            cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)),
-            capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-3000:]
+        shutil.rmtree(store, ignore_errors=True)
+        run = build_images(tmp_path, luigid, batch, store, n, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err[-3000:]
         assert verify_layer_store(store) == 10 + 2 * 6 + 2
 
 
 def test_two_layer_stores_on_one_luigid(tmp_path, luigid):
     """The layer store is part of every task's id: builds into two stores at once through one
     luigid each write all their layers (a layer done in one store is not done in the other)."""
-    roots = synthetic_store(tmp_path / "root", images=2, base=10, unique=5)
-    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
-        f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    batch = two_image_batch(tmp_path)
     runs = []
     for n in range(2):
-        cfg = tmp_path / f"luigi{n}.cfg"
-        cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {tmp_path / f'store{n}'}\n"
-                       "layer_batches = 20\n[worker]\nmax_keep_alive_idle_duration = 20 seconds\n")
-        with open(tmp_path / f"err{n}.log", "w") as err:
-            runs.append(subprocess.Popen(
-                ["luigi", "--module", "pipelines", "BuildImages", "--batch-file", str(batch), "--report",
-                 f"r{n}.json", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
-                cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)),
-                stdout=subprocess.DEVNULL, stderr=err))
+        with open(tmp_path / f"err{n}.log", "w") as err:  # a file: a waiting run must not block on a pipe
+            runs.append(build_images(tmp_path, luigid, batch, tmp_path / f"store{n}", n,
+                                     stdout=subprocess.DEVNULL, stderr=err))
     for n, run in enumerate(runs):
         run.wait(timeout=120)
         assert run.returncode == 0, (tmp_path / f"err{n}.log").read_text()[-3000:]
