@@ -20,8 +20,8 @@ import collections
 import contextlib
 import functools
 import hashlib
-import heapq
 import json
+import operator
 import os
 import shutil
 import stat
@@ -34,11 +34,14 @@ from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
 from nixlayer.storepath import on_disk
 
-FRAGMENT_FORMAT = 1  # part of the fragments' directory key: a new format never reads an old file
-FragmentIndex = list[tuple[Entry, int, int]]
-"""A content's entries in layer order, each with the offset and length (bytes) of its encoded
-tar header(s) in the content's fragment file."""
+FRAGMENT_FORMAT = 2  # part of the fragments' directory key: a new format never reads an old file
+FragmentRows = list[list]
+"""A content's entries in layer order, each as [name, kind, length]: ``kind`` "dir" or
+"symlink", ``length`` the bytes of its encoded tar header(s) in the content's fragment file,
+where they follow one another from offset 0 (0 for entries walked, not read from a fragment)."""
+_DIGEST_LINE = 64 + 1  # sha256 hex and a newline
 _TRAILER = len(b"%020d\n" % 0)
+_READ_RUN = 1 << 20  # bytes of consecutive headers read from a fragment at once
 
 
 def _content_dir(content: str, store_root: str) -> str:
@@ -82,10 +85,10 @@ def _walk(content: str, disk: str, rel: str, entries: list[Entry]) -> None:
 
 
 class _Fragment:
-    """A fragment file checked and read: its path and index."""
+    """A fragment file checked and read: its path and rows."""
 
-    def __init__(self, path: str, index: FragmentIndex) -> None:
-        self.path, self.index = path, index
+    def __init__(self, path: str, rows: FragmentRows) -> None:
+        self.path, self.rows = path, rows
 
 
 class _Readers:
@@ -122,11 +125,10 @@ class Fragments:
     """Fragment files under ``directory``: each content's entries, encoded with ``settings``.
 
     One file per contents store path: the entries' tar headers (:func:`nixlayer.layer.encode_entry`)
-    one after another in layer order; then the index, one JSON line ``[sha256, content,
-    [[name, kind, target, length], ...]]``, where sha256 is the hex digest of the headers
-    followed by the JSON of ``[content, entries]``; then the index's offset, 20 digits and a
-    newline. Files are written atomically and never change; one that is missing, not a regular
-    file, does not parse, is of another content, out of order, or does not match its sha256 is
+    one after another in layer order; then the index, one JSON line ``[content, [[name, kind,
+    length], ...]]``; then the sha256 (hex) of everything before it, a line; then the index's
+    offset, 20 digits and a newline. Files are written atomically and never change; one that
+    is missing, not a regular file, does not match its sha256, or is of another content is
     made again. Fragments read in this process are kept (a build reads each twice: the check,
     then the layer).
     """
@@ -158,13 +160,13 @@ class Fragments:
             with atomic_file(path) as f:
                 for entry in entries:
                     encoded = encode_entry(entry, self.settings)
-                    rows.append([entry.name, entry.kind, entry.target, len(encoded)])
+                    rows.append([entry.name, entry.kind, len(encoded)])
                     digest.update(encoded)
                     f.write(encoded)
                 start = f.tell()
-                digest.update(json.dumps([content, rows]).encode())
-                f.write(json.dumps([digest.hexdigest(), content, rows]).encode() + b"\n")
-                f.write(b"%020d\n" % start)
+                index = json.dumps([content, rows]).encode() + b"\n"
+                digest.update(index)
+                f.write(index + digest.hexdigest().encode() + b"\n" + b"%020d\n" % start)
             fragment = _read(path, content)
             if fragment is None:
                 raise NixlayerError(f"customisation fragment {path} does not read back as written")
@@ -185,36 +187,29 @@ def _read(path: str, content: str) -> _Fragment | None:
 @functools.lru_cache(maxsize=64)
 def _parse(path: str, content: str, inode: int, size: int, mtime_ns: int) -> _Fragment | None:
     """The fragment of ``content`` in the file at ``path`` as it is (inode, size, mtime), or
-    None if it is damaged."""
+    None if it is damaged.
+
+    Its sha256 covers the headers and the index as stored, so once it matches, the rows are
+    the ones written (in layer order, each name once) and only their sum is checked."""
     try:
         with open(path, "rb") as f:
             f.seek(size - _TRAILER)
             start = int(f.read(_TRAILER))
-            if not 0 <= start <= size - _TRAILER:
+            end = size - _TRAILER - _DIGEST_LINE
+            if not 0 <= start < end:
                 return None
             f.seek(start)
-            digest, of, rows = json.loads(f.read(size - _TRAILER - start))
-            if of != content:
-                return None
+            tail = f.read(size - start)
+            index, digest = tail[:end - start], tail[end - start:end - start + 64].decode()
             f.seek(0)
-            hasher = hashlib.file_digest(_Prefix(f, start), "sha256")
-            hasher.update(json.dumps([content, rows]).encode())
-            if hasher.hexdigest() != digest:
+            if hashlib.file_digest(_Prefix(f, end), "sha256").hexdigest() != digest:
                 return None
-        index: FragmentIndex = []
-        offset, last = 0, None
-        for name, kind, target, length in rows:
-            if not (isinstance(name, str) and name.startswith("/") and isinstance(target, str)
-                    and kind in ("dir", "symlink") and isinstance(length, int) and length > 0):
-                return None
-            key = name.split("/")
-            if last is not None and key <= last:  # layer order, each name once
-                return None
-            index.append((Entry(name, kind, 0o755 if kind == "dir" else 0o777, target=target), offset, length))
-            offset, last = offset + length, key
-    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        of, rows = json.loads(index)
+        if of != content or sum(length for _, _, length in rows) != start:
+            return None
+    except (OSError, ValueError, TypeError, RecursionError):
         return None
-    return _Fragment(path, index) if offset == start else None
+    return _Fragment(path, rows)
 
 
 class _Prefix:
@@ -233,24 +228,26 @@ class _Prefix:
         return count
 
 
-def _merge(contents: list[str], indexes: list[FragmentIndex]) -> Iterator[tuple[int, Entry, int, int]]:
-    """The layer's entries, from the contents' fragment indexes: (content number, entry,
-    offset, length), in layer order; a directory several contents hold comes once. Raises
+def _merge(contents: list[str], rows: list[FragmentRows]) -> list[tuple[int, str, str, int, int]]:
+    """The layer's entries, from the contents' rows: (content number, name, kind, offset,
+    length), in layer order; a directory several contents hold comes once. Raises
     NixlayerError when two contents provide the same path and it is not a directory in both."""
-    def stream(number: int, index: FragmentIndex) -> Iterator[tuple]:
-        for entry, offset, length in index:
-            yield entry.name.split("/"), number, entry, offset, length
-
-    streams = [stream(number, index) for number, index in enumerate(indexes)]
-    previous: tuple[int, Entry] | None = None
-    for _, number, entry, offset, length in heapq.merge(*streams):
-        if previous is not None and previous[1].name == entry.name:
-            if (previous[1].kind, entry.kind) != ("dir", "dir"):
-                raise NixlayerError(f"contents {contents[previous[0]]} and {contents[number]} both provide "
-                                    f"{entry.name}; remove one from contents")
+    keyed = []
+    for number, content_rows in enumerate(rows):
+        offset = 0
+        for name, kind, length in content_rows:
+            keyed.append((name.split("/"), number, name, kind, offset, length))
+            offset += length
+    keyed.sort(key=operator.itemgetter(0))  # stable: a name several contents hold, in contents order
+    merged: list[tuple[int, str, str, int, int]] = []
+    for _, number, name, kind, offset, length in keyed:
+        if merged and merged[-1][1] == name:
+            if (merged[-1][2], kind) != ("dir", "dir"):
+                raise NixlayerError(f"contents {contents[merged[-1][0]]} and {contents[number]} both provide "
+                                    f"{name}; remove one from contents")
             continue
-        previous = (number, entry)
-        yield number, entry, offset, length
+        merged.append((number, name, kind, offset, length))
+    return merged
 
 
 @contextlib.contextmanager
@@ -263,6 +260,19 @@ def _fragments(settings: LayerSettings, directory: str | None) -> Iterator[Fragm
         yield Fragments(temporary, settings)
 
 
+def _rows(contents: list[str], store_root: str, settings: LayerSettings, fragments_dir: str | None) -> list[FragmentRows]:
+    """Each content's rows: from its fragment in ``fragments_dir`` if it has a sound one there,
+    else walked (lengths 0); nothing is written. Raises NixlayerError as :func:`content_entries`."""
+    fragments = None if fragments_dir is None else Fragments(fragments_dir, settings)
+    rows = []
+    for content in contents:
+        _content_dir(content, store_root)
+        fragment = None if fragments is None else _read(fragments.path(content), content)
+        rows.append(fragment.rows if fragment is not None else
+                    [[e.name, e.kind, 0] for e in content_entries(content, store_root)])
+    return rows
+
+
 def customisation_entries(
     contents: Iterable[str],
     store_root: str = "/",
@@ -273,18 +283,26 @@ def customisation_entries(
 
     Directories get mode 0755, symlinks mode 0777. A content's entries are read from its
     fragment in ``fragments_dir`` if it has a sound one there, else walked; nothing is written.
-    Raises NixlayerError when a contents path is missing or not a directory, or when two
-    contents provide the same non-directory path.
+    Raises NixlayerError as :func:`check_contents`.
     """
     contents = list(contents)
-    fragments = None if fragments_dir is None else Fragments(fragments_dir, settings)
-    indexes = []
-    for content in contents:
-        _content_dir(content, store_root)
-        fragment = None if fragments is None else _read(fragments.path(content), content)
-        indexes.append(fragment.index if fragment is not None else
-                       [(e, 0, 0) for e in content_entries(content, store_root)])
-    return [entry for _, entry, _, _ in _merge(contents, indexes)]
+    return [Entry(name, kind, 0o755) if kind == "dir" else Entry(name, kind, 0o777, target=contents[number] + name)
+            for number, name, kind, _, _ in _merge(contents, _rows(contents, store_root, settings, fragments_dir))]
+
+
+def check_contents(
+    contents: Iterable[str],
+    store_root: str = "/",
+    settings: LayerSettings = LayerSettings(),
+    fragments_dir: str | None = None,
+) -> None:
+    """Check that ``contents`` (store paths) make a customisation layer, as
+    :func:`customisation_entries` reads them, without listing its entries (a build checks
+    before it writes any layer). Raises NixlayerError when a contents path is missing or not a
+    directory, or when two contents provide the same non-directory path.
+    """
+    contents = list(contents)
+    _merge(contents, _rows(contents, store_root, settings, fragments_dir))
 
 
 def write_customisation_layer(
@@ -298,17 +316,28 @@ def write_customisation_layer(
     """Write the customisation layer of ``contents`` to ``out``; return its digests.
 
     The layer is merged from the contents' fragments in ``fragments_dir`` (made there for the
-    contents that have none; a temporary directory if None), one entry at a time. Raises
-    NixlayerError as ``customisation_entries`` does (a conflict may be found after bytes were
-    written: the caller discards them, as for any failed layer).
+    contents that have none; a temporary directory if None): the entries are ordered first,
+    then their headers are copied from the fragments in runs of up to 1 MiB. Raises
+    NixlayerError as :func:`check_contents`, before writing a byte.
     """
     contents = list(contents)
     readers = _Readers()
     with _fragments(settings, fragments_dir) as fragments, contextlib.closing(readers):
         read = [fragments.read(content, store_root) for content in contents]
 
+        merged = _merge(contents, [fragment.rows for fragment in read])  # conflicts raise here
+
         def members() -> Iterator[bytes]:
-            for number, _, offset, length in _merge(contents, [fragment.index for fragment in read]):
-                yield readers.read(read[number].path, offset, length)
+            """The headers in layer order, read in runs of consecutive ones of one fragment."""
+            run: list[int] | None = None  # [content number, offset, length]
+            for number, _, _, offset, length in merged:
+                if run is not None and run[0] == number and run[1] + run[2] == offset and run[2] < _READ_RUN:
+                    run[2] += length
+                    continue
+                if run is not None:
+                    yield readers.read(read[run[0]].path, run[1], run[2])
+                run = [number, offset, length]
+            if run is not None:
+                yield readers.read(read[run[0]].path, run[1], run[2])
 
         return write_encoded(members(), out, compression)

@@ -14,7 +14,7 @@ from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
-from nixlayer.customisation import customisation_entries
+from nixlayer.customisation import check_contents
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_image, plan_layers
@@ -115,7 +115,7 @@ class ImageParameters(NixlayerTask, abstract=True):
             plan = plan_layers([], self.max_layers)
         layer_store = LayerStore(layer_store_root())
         # Two contents with one file: fail now.
-        customisation_entries(contents, self.store_root, settings, layer_store.fragments_dir(settings, store_dir))
+        check_contents(contents, self.store_root, settings, layer_store.fragments_dir(settings, store_dir))
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(config, sort_keys=True),

@@ -174,24 +174,25 @@ def test_customisation_layer_links_contents_into_root(tmp_path, vectors, vectors
 
 
 def _fragment_with_index(data: bytes, change) -> bytes:
-    """A fragment file's bytes with its JSON index line ``[sha256, content, entries]`` replaced by
-    ``change(index)`` (bytes)."""
-    start = int(data[-21:])
-    return data[:start] + change(json.loads(data[start:-21])) + b"\n" + b"%020d\n" % start
+    """A fragment file's bytes with its JSON index line ``[content, entries]`` replaced by
+    ``change(index)`` (bytes); its sha256 line is left as it was."""
+    start, end = int(data[-21:]), len(data) - 21 - 65
+    return data[:start] + change(json.loads(data[start:end])) + b"\n" + data[end:]
 
 
 def _rename_first_entry(index: list) -> bytes:
-    digest, content, entries = index
-    return json.dumps([digest, content, [[entries[0][0] + "x", *entries[0][1:]], *entries[1:]]]).encode()
+    content, entries = index
+    return json.dumps([content, [[entries[0][0] + "x", *entries[0][1:]], *entries[1:]]]).encode()
 
 
 FRAGMENT_DAMAGE = {  # fragment file -> its damage (done in place)
     "garbage": lambda f, other: f.write_bytes(b"garbage"),
     "empty": lambda f, other: f.write_bytes(b""),
     "a flipped header byte": lambda f, other: f.write_bytes((lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])(f.read_bytes())),
+    "a changed sha256": lambda f, other: f.write_bytes((lambda d: d[:-30] + (b"0" if d[-30:-29] != b"0" else b"1") + d[-29:])(f.read_bytes())),
     "an entry renamed in the index": lambda f, other: f.write_bytes(_fragment_with_index(f.read_bytes(), _rename_first_entry)),
     "a name that is a number": lambda f, other: f.write_bytes(_fragment_with_index(
-        f.read_bytes(), lambda i: json.dumps([i[0], i[1], [[1, *i[2][0][1:]], *i[2][1:]]]).encode())),
+        f.read_bytes(), lambda i: json.dumps([i[0], [[1, *i[1][0][1:]], *i[1][1:]]]).encode())),
     "a deeply nested index": lambda f, other: f.write_bytes(_fragment_with_index(f.read_bytes(), lambda i: b"[" * 100_000)),
     "another content's fragment": lambda f, other: f.write_bytes(other.read_bytes()),
     "a directory": lambda f, other: (f.unlink(), f.mkdir()),
