@@ -10,10 +10,15 @@ are the packages nothing else depends on. One of them, ``--leaf``, has a second 
 differs in one file; being a leaf, nothing else's hash changes with it. The generated .nix file
 lives in a temporary directory; the derivations are input-addressed, so a rerun builds nothing.
 
-Two scenarios, each on its own closure. Every build is a subprocess `python3 -m luigi --module
+Two scenarios, each on its own closure. Every build is a subprocess `python -m luigi --module
 pipelines BuildImage ...` (the luigi command without a version manager's shim in front) with a
 temporary luigi.cfg (LUIGI_CONFIG_PATH) naming its layer store; the floor is
-``tar -c <the closure's store paths> | sha256sum``.
+``tar -c <the closure's store paths> | sha256sum``. The python is, by default (``--python
+venv``), that of a virtual environment made for the run with ``pip install`` of this checkout:
+nixlayer and its dependencies, as a user installs it. A machine's own interpreter may carry
+packages that slow every run down (Luigi imports jsonschema when it is there: 35 ms here), so
+the incremental scenario also times its no-op rebuild with ``--python current``'s interpreter
+(the one running this script), and ``--python current`` runs every build with it.
 
 1. Default (``--roots``, 142 store paths, 547 MiB): nixpkgs' default ``--max-layers 100`` and
    docker-archive output. Cold build (empty layer store) with ``--workers 1`` and ``--workers
@@ -51,7 +56,7 @@ generated store paths (~2.4 GB) are kept for the next run unless ``--delete-stor
 
     python3 bench/bench_build.py [--scenarios default,incremental] [--roots ...] [--leaf curl]
         [--incremental-roots ...] [--incremental-leaf curl] [--oci-compression none]
-        [--repeat 3] [--keep] [--delete-store-paths]
+        [--repeat 3] [--python venv|current] [--keep] [--delete-store-paths]
 """
 
 from __future__ import annotations
@@ -247,15 +252,40 @@ class Build:
         self.seconds, self.max_rss_kib, self.stderr = seconds, max_rss_kib, stderr
 
 
+# The python of the builds (see --python): set once by main().
+PYTHON = sys.executable
+
+
+def make_venv(work: Path) -> str:
+    """A virtual environment in ``work`` with this checkout installed by pip; its python.
+    Exits 2 if pip fails (an index it cannot reach: ``--python current`` does without)."""
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+    python = str(work / "venv" / "bin" / "python")
+    pip = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+                         capture_output=True, text=True)
+    if pip.returncode != 0:
+        print(f"bench_build: pip install into a virtual environment failed (--python current uses this "
+              f"interpreter instead):\n{pip.stderr[-2000:]}", file=sys.stderr)
+        raise SystemExit(2)
+    return python
+
+
+def site_packages(python: str) -> int:
+    """How many distributions ``python`` has installed."""
+    return int(subprocess.run([python, "-c", "import importlib.metadata as m; print(len(list(m.distributions())))"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
 def run_build(work: Path, store: Path, contents: list[str], output: Path, workers: int,
-              extra: tuple[str, ...] = ()) -> Build:
-    """One build; ``extra``: more BuildImage arguments (``--max-layers``, ``--format``, ...)."""
+              extra: tuple[str, ...] = (), python: str | None = None) -> Build:
+    """One build; ``extra``: more BuildImage arguments (``--max-layers``, ``--format``, ...);
+    ``python``: the interpreter, default ``PYTHON``."""
     cfg = work / f"luigi-{store.name}.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
     env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg))
     # python -m luigi: what the luigi script runs, without a version manager's shim (pyenv's
     # adds a shell start, 0.05 s here) in front of it.
-    argv = [sys.executable, "-m", "luigi", "--module", "pipelines", "BuildImage", "--name", "bench",
+    argv = [python or PYTHON, "-m", "luigi", "--module", "pipelines", "BuildImage", "--name", "bench",
             "--contents", json.dumps(contents), "--output", str(output), "--workers", str(workers), *extra]
     os.sync()  # the previous step's writeback is not this build's time
     with tempfile.TemporaryFile() as err:
@@ -439,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="incremental scenario: --compression of the oci builds (default: none, as docker-archive)")
     parser.add_argument("--scenarios", default="default,incremental", help="which scenarios to run")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each build; the fastest counts")
+    parser.add_argument("--python", default="venv", choices=["venv", "current"],
+                        help="the builds' python: a virtual environment with nixlayer installed (default), or this one")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--delete-store-paths", action="store_true",
                         help="delete the generated store paths at the end (a rerun then builds them again)")
@@ -451,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     missed = 0
     made: list[str] = []  # the generated store paths, for --delete-store-paths
+    global PYTHON
     try:
+        if args.python == "venv":
+            PYTHON = make_venv(work)
+        print(f"builds run by {PYTHON} ({site_packages(PYTHON)} installed distributions); this script's "
+              f"{sys.executable} has {site_packages(sys.executable)}")
         if "default" in scenarios:
             missed += bench_default(work / "default", [r for r in args.roots.split(",") if r], args.leaf,
                                     args.repeat, args.keep, made)
@@ -582,9 +619,9 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             runs.append(run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt]))
         return best(runs)
 
-    def noop(fmt: str, workers: int) -> Build:
-        return best([run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt])
-                     for _ in range(repeat)])
+    def noop(fmt: str, workers: int, python: str | None = None) -> Build:
+        return best([run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt],
+                               python) for _ in range(repeat)])
 
     def after_leaf_change(fmt: str, workers: int) -> Build:
         """Each from hard-linked copies of the cold build's layer store and (oci) layout; the
@@ -611,6 +648,8 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             builds["cold", fmt, workers] = cold(fmt, workers)
             builds["noop", fmt, workers] = noop(fmt, workers)
             builds["leaf", fmt, workers] = after_leaf_change(fmt, workers)
+            if (fmt, workers) == ("oci", 1) and PYTHON != sys.executable:
+                builds["noop-current", fmt, workers] = noop(fmt, workers, sys.executable)
     image_bytes = (work / "image.tar").stat().st_size
     oci_blobs = list((work / outputs["oci"] / "blobs" / "sha256").iterdir())
     linked = sum(p.stat().st_nlink > 1 for p in oci_blobs)
@@ -642,6 +681,10 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
                        f"{100 * noop_b.seconds / cold_b.seconds:.1f} % of cold; ran: {ran_tasks(noop_b)}"))
             print(line(f"one-leaf minus no-op, {label}", leaf_b.seconds - noop_b.seconds, floor,
                        "beyond a run's fixed cost: the leaf's layer, the customisation layer, the image"))
+            if ("noop-current", fmt, workers) in builds:
+                current = builds["noop-current", fmt, workers].seconds
+                print(line(f"no-op rebuild, {label}, --python current", current, floor,
+                           f"{sys.executable}: {current - noop_b.seconds:+.3f} s a run"))
     assembly = builds["cold", "docker-archive", 2].seconds - builds["cold", "oci", 2].seconds
     print(line("cold docker-archive minus cold oci, --workers 2", assembly, floor,
                f"writing the {image_bytes}-byte archive after the layers"))
