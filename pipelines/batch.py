@@ -35,7 +35,8 @@ from tasks.assemble import AssembleImage
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks.config import layer_store_root
-from tasks.layers import LayerTask, plan_batches
+from tasks.base import plan_batches
+from tasks.layers import LayerTask
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
@@ -81,7 +82,8 @@ def _layer_written(task: LayerTask) -> None:
 
 @AssembleImage.event_handler(luigi.Event.SUCCESS)
 def _image_written(task: AssembleImage) -> None:
-    _log_run({"image": task.output})
+    for output in task.written():  # not a batch member another process wrote meanwhile
+        _log_run({"image": output})
 
 
 def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
@@ -258,7 +260,7 @@ class BuildImages(luigi.Task):
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
         only stands for them, and each task more costs the scheduler a hand-out of work."""
         targets = [target for _, task in self.images() for target in task.targets()]
-        plan_batches([layer for target in targets for layer in target.requires()])
+        plan_batches(targets + [layer for target in targets for layer in target.requires()])
         return targets
 
     def run(self) -> None:

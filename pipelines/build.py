@@ -27,7 +27,7 @@ from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
-from tasks.layers import plan_batches
+from tasks.base import plan_batches
 from tasks.push import PushToRegistry
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -225,7 +225,7 @@ class BuildImage(ImageParameters):
         """The targets; for standard output, also the layers (this task writes the image)."""
         targets = self.targets()
         layers = self.assemble_task().requires() if self.output == STDOUT else []
-        plan_batches([layer for task in targets for layer in task.requires()] + layers)
+        plan_batches(targets + [layer for task in targets for layer in task.requires()] + layers)
         return targets + layers
 
     def complete(self) -> bool:

@@ -11,10 +11,11 @@ import luigi
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, write_image
 from nixlayer.oci_layout import layout_digest
-from tasks.image import ImageTask
+from tasks.base import BatchableTask, Report
+from tasks.image import ImageTask, join_nul
 
 
-class AssembleImage(ImageTask):
+class AssembleImage(BatchableTask, ImageTask):
     """Writes the image of ``store_layers`` plus the customisation layer to ``output``.
 
     ``store_layers`` is the layer plan: a list of layers, each a list of store paths. The output
@@ -23,10 +24,21 @@ class AssembleImage(ImageTask):
     Complete when ``output`` holds what this very task wrote (a stamp in the layer store records
     it: the archive file as it was written, or the layout's entry for the tag), so a changed
     image is never mistaken for the one already there.
+
+    The images of a build that share their layer settings and format are handed out in batches
+    (see BatchableTask): 50 images cost the scheduler 8 hand-outs of work, not 50.
     """
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
-    output = luigi.Parameter()
+    output = luigi.Parameter(batch_method=join_nul)
+
+    def batch_members(self) -> list[dict] | None:
+        return self.batch_values("name", "tag", "config", "created", "architecture", "store_layers",
+                                 "contents", "output")
+
+    def requires(self) -> list:
+        members = self.members()
+        return super().requires() if members == [self] else [task for m in members for task in m.requires()]
 
     def stamp(self) -> str:
         """Where this task records, in the layer store, the output it wrote."""
@@ -45,18 +57,31 @@ class AssembleImage(ImageTask):
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def complete(self) -> bool:
+        members = self.members()
+        if members != [self]:
+            return all(member.complete() for member in members)
         signature = self.read_stamp(self.stamp()).get("signature")
         return signature is not None and signature == self._output_signature()
 
+    def written(self) -> list[str]:
+        """The outputs this task's run wrote (none before it ran)."""
+        return self.__dict__.get("_written", [])
+
     def run(self) -> None:
-        digest = self.write()
-        self.set_status_message(f"wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}")
-        if self.output != STDOUT:
-            os.makedirs(os.path.dirname(self.stamp()), exist_ok=True)
-            with atomic_file(self.stamp()) as f:
+        self._written = []
+        super().run()
+
+    def run_member(self, member: "AssembleImage", report: Report) -> None:
+        report(0, f"writing {member.format} {member.output}: {member.name}:{member.tag}")
+        digest = member.write()
+        report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
+        self._written.append(member.output)
+        if member.output != STDOUT:
+            os.makedirs(os.path.dirname(member.stamp()), exist_ok=True)
+            with atomic_file(member.stamp()) as f:
                 f.write(json.dumps({
-                    "output": self.output, "digest": digest, "signature": self._output_signature(),
-                    "layers": self.layer_records(),
+                    "output": member.output, "digest": digest, "signature": member._output_signature(),
+                    "layers": member.layer_records(),
                 }).encode())
 
     def write(self) -> str:

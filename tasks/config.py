@@ -77,8 +77,9 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     ``~/.cache/nixlayer``).
 
     layer_batches: in about how many batches a build's store path layers (and, apart, its
-    customisation layers) are handed out to workers (see ``tasks.layers.BatchableLayer``): at
-    least the number of worker processes that share the build, on every machine.
+    customisation layers, and its images) are handed out to workers (see
+    ``tasks.base.BatchableTask``): at least the number of worker processes that share the
+    build, on every machine.
     """
 
     layer_store = luigi.Parameter(default=default_layer_store())
@@ -89,5 +90,5 @@ def layer_store_root() -> str:
     """The layer store directory, as Luigi resolves ``[nixlayer] layer_store``:
     ``--nixlayer-layer-store`` on the command line, else luigi.cfg, else the default. (That
     parameter alone: ``nixlayer()`` would also parse ``layer_batches``, whose bad value gets
-    its own one-line error in ``tasks.layers.plan_batches``.)"""
+    its own one-line error in ``tasks.base.plan_batches``.)"""
     return nixlayer.layer_store.task_value("nixlayer", "layer_store") or default_layer_store()

@@ -13,20 +13,39 @@ from nixlayer.layerstore import read_json
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
+def join_nul(values) -> str:
+    return "\0".join(values)
+
+
 class ImageTask(LayerParameters, abstract=True):
     """An image: its layer plan (``store_layers``, lists of store paths), contents and config.
 
     Requires one layer task per store layer plus the customisation layer, all with this task's
     layer parameters, so tasks of several images that share a layer share its task.
+
+    The image's own parameters gather when a subclass that is a ``tasks.base.BatchableTask``
+    (AssembleImage) is handed out in batches: strings joined by NUL (which no name, tag, time,
+    JSON text or path holds), lists into a tuple (see ``batch_values``). Other subclasses go one
+    image at a time (``max_batch_size`` 1).
     """
 
-    name = luigi.Parameter()
-    tag = luigi.Parameter()
-    config = luigi.Parameter(default="{}", description="the image config object, as JSON")
-    created = luigi.Parameter(default=DEFAULT_CREATED)
-    architecture = luigi.Parameter()
-    store_layers = luigi.ListParameter()
-    contents = luigi.ListParameter(default=[])
+    name = luigi.Parameter(batch_method=join_nul)
+    tag = luigi.Parameter(batch_method=join_nul)
+    config = luigi.Parameter(default="{}", description="the image config object, as JSON", batch_method=join_nul)
+    created = luigi.Parameter(default=DEFAULT_CREATED, batch_method=join_nul)
+    architecture = luigi.Parameter(batch_method=join_nul)
+    store_layers = luigi.ListParameter(batch_method=tuple)
+    contents = luigi.ListParameter(default=[], batch_method=tuple)
+    max_batch_size = 1
+
+    def batch_values(self, *names: str) -> list[dict] | None:
+        """Each batch member's values of the parameters ``names`` (batched as above), or None
+        if this task is one image."""
+        if "\0" not in self.name:
+            return None
+        columns = [getattr(self, name) for name in names]
+        columns = [column.split("\0") if isinstance(column, str) else column for column in columns]
+        return [dict(zip(names, values)) for values in zip(*columns)]
 
     def requires(self) -> list[LayerParameters]:
         # Computed once per task: Luigi asks several times (scheduling, deps check, image,

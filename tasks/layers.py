@@ -7,12 +7,9 @@ of the ordered store paths (overflow) or of the contents (customisation).
 
 from __future__ import annotations
 
-import collections
-import functools
 import json
 import os
 import time
-import uuid
 from typing import BinaryIO
 
 import luigi
@@ -25,8 +22,7 @@ from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
-from tasks.base import NixlayerTask
-from tasks.config import nixlayer
+from tasks.base import BatchableTask, NixlayerTask
 from tasks.errors import PREFIX
 
 
@@ -115,7 +111,14 @@ class LayerParameters(NixlayerTask, abstract=True):
 
 
 class LayerTask(LayerParameters, abstract=True):
-    """A task that writes one layer into the layer store; its output is the layer's record."""
+    """A task that writes one layer into the layer store; its output is the layer's record.
+
+    Layers come before images (priority 1, images 0): an image's task becomes ready when its
+    last layer is written, and images that wait until every layer is written are handed out
+    together, in batches, rather than one at a time between the layer batches.
+    """
+
+    priority = 1  # read by Luigi's worker when it adds the task
 
     def layer_key(self) -> str:
         raise NotImplementedError
@@ -157,10 +160,6 @@ class LayerTask(LayerParameters, abstract=True):
         report(100, f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
         return record
 
-    def _report_self(self, percentage: int, message: str) -> None:
-        self.set_progress_percentage(percentage)
-        self.set_status_message(message)
-
     def _progress(self, done: int, total: int) -> None:
         now = time.monotonic()
         if done < total and now - self._last_report < 0.5:
@@ -169,72 +168,22 @@ class LayerTask(LayerParameters, abstract=True):
         self._reporting(100 if total == 0 else int(100 * done / total), f"{done} of {total} bytes written")
 
 
-class BatchableLayer(LayerTask, abstract=True):
-    """A layer task the scheduler may hand out in batches.
-
-    Luigi's scheduler walks every task it knows at each hand-out of work, so a worker takes
-    several pending tasks of one class with equal settings at once (Luigi's ``batch_method``):
-    the build's layer tasks of the class (see :func:`plan_batches`) in about ``[nixlayer]
-    layer_batches`` batches. The batch runs as one task of the class whose batched parameter
-    holds every member's value; it writes each layer as its own task would and reports each
-    one's progress and status to the scheduler under that task's id. Every layer stays one
-    task in the scheduler, done once.
-    """
-
-    batch_parameter: str  # the name of the parameter declared with a batch_method
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.batch_values() is not None:
-            # A batch's id is made unique to this process. luigid keeps a finished task, with the
-            # worker that ran it, for ten minutes (Luigi 3.8 never clears ``worker_running``); a
-            # later run handed the same batch would have its run ignored, and the batch handed
-            # out again, forever. One layer's id stays what every machine computes.
-            self.task_id = f"{self.task_id}_{_PROCESS}"
-
-    @property
-    def max_batch_size(self) -> int:  # read by Luigi's worker when it first adds a task of the class
-        return _BATCH_SIZES.get(type(self), 1)
-
-    def batch_values(self) -> list | None:
-        """The batched parameter's value of each member, or None for a task of one layer."""
-        raise NotImplementedError
-
-    def members(self) -> list["BatchableLayer"]:
-        """The one-layer tasks this task stands for: itself, or each task of its batch."""
-        members = self.__dict__.get("_members")
-        if members is None:
-            values = self.batch_values()
-            params = self.layer_parameters()
-            members = [self] if values is None else [
-                type(self)(**{self.batch_parameter: value}, **params) for value in values]
-            self._members = members
-        return members
+class BatchableLayer(BatchableTask, LayerTask, abstract=True):
+    """A layer task the scheduler may hand out in batches (see BatchableTask): one batched
+    parameter holds the members' layers. A batch's output is its members' layer records."""
 
     def output(self):
         members = self.members()
         return super().output() if members == [self] else [m.output() for m in members]
 
     def run(self) -> None:
-        members = self.members()
-        if members == [self]:
-            self._write_layer()
-            return
-        scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
         self._written = []
-        for member in members:
-            if member.complete():  # written meanwhile by another worker sharing the layer store
-                continue
-            if scheduler is None:
-                member._write_layer(self._report_self)
-            else:  # each layer's own progress and status, under its own task id
-                member._write_layer(functools.partial(_report_task, scheduler, member.task_id))
+        super().run()
+
+    def run_member(self, member: "BatchableLayer", report) -> None:
+        member._write_layer(report)
+        if member is not self:
             self._written.extend(member.written())
-
-
-def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None:
-    scheduler.set_task_progress_percentage(task_id, percentage)
-    scheduler.set_task_status_message(task_id, message)
 
 
 def _join_lines(values) -> str:
@@ -248,11 +197,10 @@ class StorePathLayer(BatchableLayer):
     """
 
     store_path = luigi.Parameter(batch_method=_join_lines)
-    batch_parameter = "store_path"
 
-    def batch_values(self) -> list[str] | None:
+    def batch_members(self) -> list[dict] | None:
         paths = self.store_path.split("\n")
-        return paths if len(paths) > 1 else None
+        return [{"store_path": path} for path in paths] if len(paths) > 1 else None
 
     def layer_key(self) -> str:
         return store_path_layer_key(self.store_path)
@@ -290,12 +238,11 @@ class CustomisationLayer(BatchableLayer):
     """
 
     contents = luigi.ListParameter(batch_method=tuple)
-    batch_parameter = "contents"
 
-    def batch_values(self) -> list[tuple[str, ...]] | None:
+    def batch_members(self) -> list[dict] | None:
         # One layer's contents are store paths (strings); a batch's are lists of them.
         batched = bool(self.contents) and not isinstance(self.contents[0], str)
-        return list(self.contents) if batched else None
+        return [{"contents": contents} for contents in self.contents] if batched else None
 
     def layer_key(self) -> str:
         return paths_layer_key("customisation", self.store_paths())
@@ -308,34 +255,6 @@ class CustomisationLayer(BatchableLayer):
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
             self.layer_store().fragments_dir(self.settings(), self.store_dir),
         )
-
-
-# This process, in the ids of the batch tasks it runs (see BatchableLayer).
-_PROCESS = uuid.uuid4().hex[:12]
-
-# max_batch_size of each batchable class in the build being scheduled (see plan_batches).
-_BATCH_SIZES: dict[type, int] = {}
-
-
-def plan_batches(tasks: list[LayerParameters]) -> None:
-    """Size the batches of the build about to be scheduled from its layer tasks (``tasks``,
-    repeats counted once): each batchable class's tasks still to run are handed out in about
-    ``[nixlayer] layer_batches`` batches. The entry tasks call this from ``requires()``, which
-    Luigi's worker calls before it adds the first layer task and so reads ``max_batch_size``.
-    Raises NixlayerError if ``layer_batches`` is not a whole number of at least 1.
-
-    One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
-    images' 3,000 in 8 batches cost the scheduler 8 hand-outs of work instead of 3,000; the
-    ten layers a rebuild has left to write go in batches of 2, not one of 400.
-    """
-    try:
-        batches = nixlayer().layer_batches
-    except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
-        raise NixlayerError(f"[nixlayer] layer_batches (--nixlayer-layer-batches): {e.__cause__ or e}") from None
-    distinct = {task.task_id: type(task) for task in tasks if isinstance(task, BatchableLayer) and not task.complete()}
-    _BATCH_SIZES.clear()
-    for cls, count in collections.Counter(distinct.values()).items():
-        _BATCH_SIZES[cls] = -(-count // batches)
 
 
 def layer_task(paths: list[str], **settings) -> LayerTask:

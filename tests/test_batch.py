@@ -8,6 +8,7 @@ import json
 import os
 import random
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -91,15 +92,23 @@ def test_shared_base_is_one_task_per_layer(tmp_path, layer_store, monkeypatch):
     data = json.loads((tmp_path / "r.json").read_text())
     assert [i["layers_built"] for i in data["images"]] == [17] * 4  # 10 base + 6 own + customisation
     assert data["totals"]["distinct_layers"] == 10 + 4 * 6 + 4
+    assert data["totals"]["images_written"] == 4 and all(i["image_written"] for i in data["images"])
     # In layer_batches = 2 batches each: the 34 store path layers in two of 17, the four
-    # customisation layers in two of 2.
+    # customisation layers in two of 2, the four images in two of 2.
     scheduled = result["worker"]._scheduled_tasks.values()
     batches = {family: [t.members() for t in scheduled if t.task_family == family and len(t.members()) > 1]
-               for family in ("StorePathLayer", "CustomisationLayer")}
+               for family in ("StorePathLayer", "CustomisationLayer", "AssembleImage")}
     assert [len(m) for m in batches["StorePathLayer"]] == [17, 17]
     assert sorted(m.store_path for b in batches["StorePathLayer"] for m in b) == sorted(t.store_path for t in store_layers)
     assert [len(m) for m in batches["CustomisationLayer"]] == [2, 2]
     assert sorted(m.contents for b in batches["CustomisationLayer"] for m in b) == sorted((r,) for r in roots)
+    assert [len(m) for m in batches["AssembleImage"]] == [2, 2]
+    assert sorted(m.output for b in batches["AssembleImage"] for m in b) == \
+        sorted(str(batch.parent / "out" / f"img{i}.tar") for i in range(4))
+    for i in range(4):  # each image whole, as its own task would write it
+        with tarfile.open(batch.parent / "out" / f"img{i}.tar") as tar:
+            (manifest,) = json.load(tar.extractfile("manifest.json"))
+            assert manifest["RepoTags"] == [f"img{i}:t"] and len(manifest["Layers"]) == 17
 
 
 def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store, monkeypatch):
