@@ -31,6 +31,7 @@ minutes, so one scan of ``tmp/`` serves many layers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -111,6 +112,7 @@ def _directory_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=64)  # asked for each of a build's thousands of layer tasks
 def settings_key(settings: LayerSettings, compression: Compression, store_dir: str) -> str:
     """A directory name (16 hex digits) naming every setting that changes a layer's bytes."""
     return _directory_key(asdict(settings), compression.key, store_dir)
@@ -127,6 +129,14 @@ def paths_layer_key(kind: str, store_paths: Sequence[str]) -> str:
     ``kind`` plus the sha256 of the ordered store paths: a different order is another layer.
     """
     return f"{kind}-" + hashlib.sha256("\n".join(store_paths).encode()).hexdigest()[:32]
+
+
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)  # what _load_record raises
+
+
+def _load_record(record_path: str) -> LayerRecord:
+    with open(record_path, "rb") as f:
+        return LayerRecord.from_json(f.read())
 
 
 class LayerStore:
@@ -151,13 +161,21 @@ class LayerStore:
     def read(self, record_path: str) -> LayerRecord:
         """Read a record. Raises NixlayerError if it is unreadable or its blob is missing."""
         try:
-            with open(record_path, "rb") as f:
-                record = LayerRecord.from_json(f.read())
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            record = _load_record(record_path)
+        except _UNREADABLE as e:
             raise NixlayerError(f"layer store record {record_path} is unreadable: {e}") from None
         if not self.has_blob(record.blob):
             raise NixlayerError(f"layer store record {record_path} names a missing blob {record.blob.digest}")
         return record
+
+    def find(self, record_path: str) -> LayerRecord | None:
+        """The record if it reads and its blob is present, else None (what :meth:`read` would
+        raise for, without the message: a build asks this of every layer it may write)."""
+        try:
+            record = _load_record(record_path)
+        except _UNREADABLE:
+            return None
+        return record if self.has_blob(record.blob) else None
 
     def has_blob(self, blob: LayerBlob) -> bool:
         """True if the blob is present with its recorded size."""
@@ -168,11 +186,7 @@ class LayerStore:
 
     def is_complete(self, record_path: str) -> bool:
         """True if the record exists, reads, and its blob is present with the right size."""
-        try:
-            self.read(record_path)
-        except NixlayerError:
-            return False
-        return True
+        return self.find(record_path) is not None
 
     def write(
         self,

@@ -41,12 +41,8 @@ class LayerStoreTarget(luigi.LocalTarget):
     def exists(self) -> bool:
         if self._record is not None and os.path.exists(self.path) and self.store.has_blob(self._record.blob):
             return True
-        try:
-            self._record = self.store.read(self.path)
-        except NixlayerError:
-            self._record = None
-            return False
-        return True
+        self._record = self.store.find(self.path)
+        return self._record is not None
 
     def record(self) -> LayerRecord:
         """The layer's record. Raises NixlayerError if it is missing or its blob is."""
@@ -54,10 +50,6 @@ class LayerStoreTarget(luigi.LocalTarget):
             return self.store.read(self.path)  # raises, naming what is wrong
         assert self._record is not None
         return self._record
-
-
-# Task class -> its Luigi parameters (LayerParameters.get_params).
-_CLASS_PARAMS: dict[type, list[tuple[str, luigi.Parameter]]] = {}
 
 
 class LayerParameters(NixlayerTask, abstract=True):
@@ -75,20 +67,6 @@ class LayerParameters(NixlayerTask, abstract=True):
     # Part of every task's id: one luigid can serve builds into different layer stores (a layer
     # written into one is not done for another), and machines sharing one mount it at one path.
     layer_store_dir = luigi.Parameter(description="the layer store directory, absolute")
-
-    @classmethod
-    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
-        """Luigi's (name, Parameter) list of the class, in declaration order.
-
-        Luigi computes it from ``dir(cls)`` at every call and calls it about ten times per task
-        (instantiation, ids, the scheduler's copy, the summary): a third of the scheduling cost
-        of a batch of thousands of layer tasks. Task classes do not change once defined, so it
-        is computed once per class.
-        """
-        params = _CLASS_PARAMS.get(cls)
-        if params is None:
-            params = _CLASS_PARAMS[cls] = super().get_params()
-        return list(params)
 
     def settings(self) -> LayerSettings:
         return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
