@@ -45,7 +45,10 @@ class LayerStoreTarget(luigi.LocalTarget):
         return self._record is not None
 
     def record(self) -> LayerRecord:
-        """The layer's record. Raises NixlayerError if it is missing or its blob is."""
+        """The layer's record, once its blob is checked (present, at its size): what an image
+        is made of. Raises NixlayerError if the record or its blob is missing."""
+        if self._record is not None and self.store.has_blob(self._record.blob):
+            return self._record
         if not self.exists():
             return self.store.read(self.path)  # raises, naming what is wrong
         assert self._record is not None
