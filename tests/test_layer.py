@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from nixlayer.compression import Compression
-from nixlayer.customisation import customisation_entries, write_customisation_layer
+from nixlayer.customisation import check_contents, customisation_entries, write_customisation_layer
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerSettings, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
@@ -222,6 +222,27 @@ def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path
     # Entries only (the check before a build) read fragments but never write them.
     assert customisation_entries(contents, fragments_dir=str(tmp_path / "none")) == customisation_entries(contents)
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("second", ["share/doc/x", "share/doc"])  # a file in both; a file and a directory
+def test_two_contents_with_one_path_fail_before_a_byte_is_written(tmp_path, second):
+    root = tmp_path / "root"
+    contents = []
+    for name, file in (("a" * 32 + "-one", "share/doc/x"), ("b" * 32 + "-two", second)):
+        (root / "nix" / "store" / name / "bin").mkdir(parents=True)  # a directory both have: merged
+        (root / "nix" / "store" / name / file).parent.mkdir(parents=True, exist_ok=True)
+        (root / "nix" / "store" / name / file).write_text(name)
+        contents.append(f"/nix/store/{name}")
+    message = f"contents {contents[0]} and {contents[1]} both provide /{second}; remove one"
+    for _ in range(2):  # fragments made, then kept
+        with pytest.raises(NixlayerError, match=message):
+            check_contents(contents, str(root), fragments_dir=str(tmp_path / "f"))
+        out = io.BytesIO()
+        with pytest.raises(NixlayerError, match=message):
+            write_customisation_layer(contents, out, store_root=str(root), fragments_dir=str(tmp_path / "f"))
+        assert out.getvalue() == b""
+    for content in contents:  # each alone is fine
+        check_contents([content], str(root), fragments_dir=str(tmp_path / "f"))
 
 
 def test_a_contents_path_gone_is_an_error_even_with_its_fragment_kept(tmp_path):
