@@ -12,7 +12,7 @@ from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, write_image
 from nixlayer.oci_layout import layout_digest
 from tasks.base import BatchableTask, Report
-from tasks.image import ImageTask, join_nul
+from tasks.image import ImageTask, json_list
 
 
 class AssembleImage(BatchableTask, ImageTask):
@@ -30,7 +30,7 @@ class AssembleImage(BatchableTask, ImageTask):
     """
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
-    output = luigi.Parameter(batch_method=join_nul)
+    output = luigi.Parameter(batch_method=json_list)
 
     def batch_members(self) -> list[dict] | None:
         return self.batch_values("name", "tag", "config", "created", "architecture", "store_layers",

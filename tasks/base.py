@@ -65,7 +65,9 @@ class BatchableTask(NixlayerTask, abstract=True):
     whose batched parameters hold every member's values (:meth:`batch_members` says how to
     split them); it does each member's work as that member would, skipping members done
     meanwhile, and reports each one's progress and status to the scheduler under that member's
-    task id. Every member stays one task in the scheduler, done once.
+    task id. Every member stays one task in the scheduler, done once. A member that fails does
+    not stop the others; the batch then fails (Luigi marks all its members failed; those
+    written are complete for the next run, and their status says so).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -109,13 +111,28 @@ class BatchableTask(NixlayerTask, abstract=True):
             self.run_member(self, self._report_self)
             return
         scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
+        failures: list[Exception] = []
         for member in members:
             if member.complete():  # done meanwhile by another worker
                 continue
-            if scheduler is None:
-                self.run_member(member, self._report_self)
-            else:  # each member's own progress and status, under its own task id
-                self.run_member(member, functools.partial(_report_task, scheduler, member.task_id))
+            # Each member's own progress and status, under its own task id.
+            report = self._report_self if scheduler is None else functools.partial(_report_task, scheduler, member.task_id)
+            try:
+                self.run_member(member, report)
+            except Exception as error:  # the other members are still done
+                failures.append(error)
+                report(0, f"failed: {error}")
+        if failures:
+            raise _batch_failure(failures)
+
+
+def _batch_failure(failures: list[Exception]) -> Exception:
+    """What a batch whose members failed with ``failures`` raises: the one failure; a bug's
+    (not a NixlayerError: its traceback is kept); else one NixlayerError naming them all."""
+    bugs = [error for error in failures if not isinstance(error, NixlayerError)]
+    if len(failures) == 1 or bugs:
+        return (bugs or failures)[0]
+    return NixlayerError(f"{len(failures)} failed: " + "; ".join(str(error) for error in failures))
 
 
 def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None:

@@ -13,8 +13,8 @@ from nixlayer.layerstore import read_json
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
-def join_nul(values) -> str:
-    return "\0".join(values)
+def json_list(values) -> str:
+    return json.dumps(list(values))
 
 
 class ImageTask(LayerParameters, abstract=True):
@@ -24,16 +24,16 @@ class ImageTask(LayerParameters, abstract=True):
     layer parameters, so tasks of several images that share a layer share its task.
 
     The image's own parameters gather when a subclass that is a ``tasks.base.BatchableTask``
-    (AssembleImage) is handed out in batches: strings joined by NUL (which no name, tag, time,
-    JSON text or path holds), lists into a tuple (see ``batch_values``). Other subclasses go one
-    image at a time (``max_batch_size`` 1).
+    (AssembleImage) is handed out in batches: strings into a JSON list (no image name starts
+    with ``[``), lists into a tuple (see ``batch_values``). Other subclasses go one image at a
+    time (``max_batch_size`` 1).
     """
 
-    name = luigi.Parameter(batch_method=join_nul)
-    tag = luigi.Parameter(batch_method=join_nul)
-    config = luigi.Parameter(default="{}", description="the image config object, as JSON", batch_method=join_nul)
-    created = luigi.Parameter(default=DEFAULT_CREATED, batch_method=join_nul)
-    architecture = luigi.Parameter(batch_method=join_nul)
+    name = luigi.Parameter(batch_method=json_list)
+    tag = luigi.Parameter(batch_method=json_list)
+    config = luigi.Parameter(default="{}", description="the image config object, as JSON", batch_method=json_list)
+    created = luigi.Parameter(default=DEFAULT_CREATED, batch_method=json_list)
+    architecture = luigi.Parameter(batch_method=json_list)
     store_layers = luigi.ListParameter(batch_method=tuple)
     contents = luigi.ListParameter(default=[], batch_method=tuple)
     max_batch_size = 1
@@ -41,10 +41,10 @@ class ImageTask(LayerParameters, abstract=True):
     def batch_values(self, *names: str) -> list[dict] | None:
         """Each batch member's values of the parameters ``names`` (batched as above), or None
         if this task is one image."""
-        if "\0" not in self.name:
+        if not self.name.startswith("["):
             return None
         columns = [getattr(self, name) for name in names]
-        columns = [column.split("\0") if isinstance(column, str) else column for column in columns]
+        columns = [json.loads(column) if isinstance(column, str) else column for column in columns]
         return [dict(zip(names, values)) for values in zip(*columns)]
 
     def requires(self) -> list[LayerParameters]:

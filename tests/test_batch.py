@@ -269,3 +269,35 @@ def test_unwritable_report_fails_before_any_work(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1 and f"cannot write {tmp_path / 'missing' / 'r.json'}" in errors[0], run.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_failing_image_does_not_stop_the_rest_of_its_batch(tmp_path):
+    """Three images in one batch, the middle one into an OCI layout with a damaged index: the
+    other two are written, the run fails naming the damage, and a rerun once it is mended
+    writes that image only."""
+    roots = synthetic_store(tmp_path / "root", images=3, base=4, unique=2)
+    layout = tmp_path / "out" / "img1"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text("not json")
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\nformat = "oci"\n',
+                        [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}"' for i, r in enumerate(roots)])
+    store = tmp_path / "store"
+    run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"), "--nixlayer-layer-batches", "1")
+    assert run.returncode == 30, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert errors and all("index.json is not a valid OCI image index" in e for e in errors), run.stderr
+    batches = {tuple(sorted(json.loads(line.split(", name=")[1].split("]")[0] + "]"))) for line in run.stderr.splitlines()
+               if "AssembleImage(" in line and ", name=[" in line}
+    assert batches == {("img0", "img1", "img2")}, batches  # one batch of three
+    index = {i: (tmp_path / "out" / f"img{i}" / "index.json").read_bytes() for i in (0, 2)}
+    assert all(b'"t"' in data for data in index.values())
+    assert not (tmp_path / "r.json").exists()
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"), "--nixlayer-layer-batches", "1")
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [i["image_written"] for i in report["images"]] == [False, True, False]
+    assert report["totals"]["layers_built"] == 0
+    assert {i: (tmp_path / "out" / f"img{i}" / "index.json").read_bytes() for i in (0, 2)} == index
+    assert b'"t"' in (layout / "index.json").read_bytes()
