@@ -22,7 +22,7 @@ import shutil
 import tarfile
 from typing import BinaryIO, Iterator, Sequence
 
-from nixlayer.atomic import atomic_file
+from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest, sha256_digest
 from nixlayer.layer import COPY_BUFFER
@@ -52,6 +52,15 @@ def check_layout_output(directory: str) -> None:
             f"output {directory} is a directory of other files, not an OCI image layout"
             f" (no {LAYOUT_FILE} file); refusing to write into it"
         )
+
+
+def check_layout_writable(directory: str) -> None:
+    """Raise NixlayerError unless an existing layout ``directory`` takes new files where an
+    image adds them (``index.json`` beside the others, blobs in ``blobs/sha256``): a probe
+    file is made and removed in each. Run before any work; nothing to check where it is absent."""
+    for place in (directory, os.path.join(directory, "blobs", "sha256")):
+        if os.path.isdir(place):
+            check_writable(os.path.join(place, "index.json"))
 
 
 def blob_path(root: str, digest: str) -> str:

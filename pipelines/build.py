@@ -16,6 +16,7 @@ from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
+from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_image, plan_layers
@@ -24,10 +25,9 @@ from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
 from nixlayer.layerstore import LayerStore
 from tasks.assemble import AssembleImage
-from tasks.base import NixlayerTask
+from tasks.base import NixlayerTask, plan_batches
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
-from tasks.base import plan_batches
 from tasks.push import PushToRegistry
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -244,6 +244,8 @@ class BuildImage(ImageParameters):
         if self.format != "oci" and os.path.isdir(output):
             raise NixlayerError(f"cannot write output {self.output}: it is a directory")
         check_writable(output)
+        if self.format == "oci":
+            check_layout_writable(output)
 
 
 class PushImage(ImageParameters):

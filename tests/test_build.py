@@ -223,6 +223,27 @@ def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(t
     assert not (store / "blobs").exists()
 
 
+@pytest.mark.parametrize("place", [".", "blobs/sha256"])
+def test_an_existing_oci_layout_that_takes_no_new_files_is_refused_before_any_work(tmp_path, vectors_app, place):
+    layout = tmp_path / "layout"
+    first = run_pipelines(["BuildImage", "--name", "vec", "--tag", "one", "--contents", json.dumps([vectors_app]),
+                           "--format", "oci", "--output", str(layout)], tmp_path / "first-store")
+    assert first.returncode == 0, first.stderr
+    before = sorted(str(p.relative_to(layout)) for p in layout.rglob("*"))
+    store = tmp_path / "store"
+    subprocess.run(["chattr", "+i", str(layout / place)], check=True)  # unwritable even for root
+    try:
+        run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "two", "--contents", json.dumps([vectors_app]),
+                             "--format", "oci", "--output", str(layout)], store)
+    finally:
+        subprocess.run(["chattr", "-i", str(layout / place)], check=True)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert run.returncode == 35 and errors == [f"nixlayer: error: cannot write {layout / place / 'index.json'}: "
+                                               "Operation not permitted"], run.stderr
+    assert sorted(str(p.relative_to(layout)) for p in layout.rglob("*")) == before
+    assert not store.exists()
+
+
 def test_two_contents_with_the_same_file_fail_before_any_layer_is_written(tmp_path):
     store = tmp_path / "root" / "nix" / "store"
     paths = []
@@ -297,7 +318,8 @@ def test_abstract_task_classes_are_not_on_the_command_line():
     families = {family for family, _, _, _ in Register.get_all_params()}
     assert {"BuildImage", "BuildImages", "PushImage", "AssembleImage", "PushToRegistry", "StorePathLayer",
             "OverflowLayer", "CustomisationLayer"} <= families
-    for abstract in ("NixlayerTask", "LayerParameters", "LayerTask", "BatchableLayer", "ImageTask", "ImageParameters"):
+    for abstract in ("NixlayerTask", "BatchableTask", "LayerParameters", "LayerTask", "BatchableLayer", "ImageTask",
+                     "ImageParameters"):
         assert abstract not in families
         with pytest.raises(TaskClassNotFoundException):
             Register.get_task_cls(abstract)
