@@ -252,22 +252,23 @@ class Build:
         self.seconds, self.max_rss_kib, self.stderr = seconds, max_rss_kib, stderr
 
 
-# The python of the builds (see --python): set once by main().
-PYTHON = sys.executable
+# The python of the builds (see --python), with its options: set once by main().
+PYTHON = [sys.executable]
 
 
-def make_venv(work: Path) -> str:
-    """A virtual environment in ``work`` with this checkout installed by pip; its python.
-    Exits 2 if pip fails (an index it cannot reach: ``--python current`` does without)."""
-    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+def make_venv(work: Path) -> list[str]:
+    """A virtual environment in ``work`` with this checkout installed by pip: its python, with
+    ``-P`` (the builds run in the checkout, whose packages would otherwise come first on
+    sys.path). Exits 2 if venv or pip fails (``--python current`` does without)."""
     python = str(work / "venv" / "bin" / "python")
-    pip = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
-                         capture_output=True, text=True)
-    if pip.returncode != 0:
-        print(f"bench_build: pip install into a virtual environment failed (--python current uses this "
-              f"interpreter instead):\n{pip.stderr[-2000:]}", file=sys.stderr)
-        raise SystemExit(2)
-    return python
+    for argv in ([sys.executable, "-m", "venv", str(work / "venv")],
+                 [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)]):
+        made = subprocess.run(argv, capture_output=True, text=True)
+        if made.returncode != 0:
+            print(f"bench_build: {' '.join(argv[1:4])} failed (--python current uses this interpreter "
+                  f"instead):\n{made.stderr[-2000:]}", file=sys.stderr)
+            raise SystemExit(2)
+    return [python, "-P"]
 
 
 def site_packages(python: str) -> int:
@@ -277,15 +278,15 @@ def site_packages(python: str) -> int:
 
 
 def run_build(work: Path, store: Path, contents: list[str], output: Path, workers: int,
-              extra: tuple[str, ...] = (), python: str | None = None) -> Build:
+              extra: tuple[str, ...] = (), python: list[str] | None = None) -> Build:
     """One build; ``extra``: more BuildImage arguments (``--max-layers``, ``--format``, ...);
-    ``python``: the interpreter, default ``PYTHON``."""
+    ``python``: the interpreter and its options, default ``PYTHON``."""
     cfg = work / f"luigi-{store.name}.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
     env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg))
     # python -m luigi: what the luigi script runs, without a version manager's shim (pyenv's
     # adds a shell start, 0.05 s here) in front of it.
-    argv = [python or PYTHON, "-m", "luigi", "--module", "pipelines", "BuildImage", "--name", "bench",
+    argv = [*(python or PYTHON), "-m", "luigi", "--module", "pipelines", "BuildImage", "--name", "bench",
             "--contents", json.dumps(contents), "--output", str(output), "--workers", str(workers), *extra]
     os.sync()  # the previous step's writeback is not this build's time
     with tempfile.TemporaryFile() as err:
@@ -487,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.python == "venv":
             PYTHON = make_venv(work)
-        print(f"builds run by {PYTHON} ({site_packages(PYTHON)} installed distributions); this script's "
-              f"{sys.executable} has {site_packages(sys.executable)}")
+        print(f"builds run by {' '.join(PYTHON)} ({site_packages(PYTHON[0])} installed distributions); this "
+              f"script's {sys.executable} has {site_packages(sys.executable)}")
         if "default" in scenarios:
             missed += bench_default(work / "default", [r for r in args.roots.split(",") if r], args.leaf,
                                     args.repeat, args.keep, made)
@@ -619,7 +620,7 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             runs.append(run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt]))
         return best(runs)
 
-    def noop(fmt: str, workers: int, python: str | None = None) -> Build:
+    def noop(fmt: str, workers: int, python: list[str] | None = None) -> Build:
         return best([run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt],
                                python) for _ in range(repeat)])
 
@@ -648,8 +649,8 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             builds["cold", fmt, workers] = cold(fmt, workers)
             builds["noop", fmt, workers] = noop(fmt, workers)
             builds["leaf", fmt, workers] = after_leaf_change(fmt, workers)
-            if (fmt, workers) == ("oci", 1) and PYTHON != sys.executable:
-                builds["noop-current", fmt, workers] = noop(fmt, workers, sys.executable)
+            if (fmt, workers) == ("oci", 1) and PYTHON != [sys.executable]:
+                builds["noop-current", fmt, workers] = noop(fmt, workers, [sys.executable])
     image_bytes = (work / "image.tar").stat().st_size
     oci_blobs = list((work / outputs["oci"] / "blobs" / "sha256").iterdir())
     linked = sum(p.stat().st_nlink > 1 for p in oci_blobs)

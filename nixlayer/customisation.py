@@ -41,7 +41,7 @@ FragmentRows = list[list]
 where they follow one another from offset 0 (0 for entries walked, not read from a fragment)."""
 _DIGEST_LINE = 64 + 1  # sha256 hex and a newline
 _TRAILER = len(b"%020d\n" % 0)
-_READ_RUN = 1 << 20  # bytes of consecutive headers read from a fragment at once
+_READ_RUN = 1 << 20  # bytes of consecutive headers read from a fragment at once (one header more at most)
 
 
 def _content_dir(content: str, store_root: str) -> str:
@@ -317,7 +317,7 @@ def write_customisation_layer(
 
     The layer is merged from the contents' fragments in ``fragments_dir`` (made there for the
     contents that have none; a temporary directory if None): the entries are ordered first,
-    then their headers are copied from the fragments in runs of up to 1 MiB. Raises
+    then their headers are copied from the fragments in runs of about 1 MiB. Raises
     NixlayerError as :func:`check_contents`, before writing a byte.
     """
     contents = list(contents)

@@ -33,8 +33,7 @@ class AssembleImage(BatchableTask, ImageTask):
     output = luigi.Parameter(batch_method=json_list)
 
     def batch_members(self) -> list[dict] | None:
-        return self.batch_values("name", "tag", "config", "created", "architecture", "store_layers",
-                                 "contents", "output")
+        return self.batch_values(*self.batch_param_names())
 
     def requires(self) -> list:
         members = self.members()

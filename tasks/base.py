@@ -156,9 +156,9 @@ def plan_batches(tasks: list[luigi.Task]) -> None:
     least 1.
 
     One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
-    images' 3,000 layers and 50 images in 8 batches each cost the scheduler 16 hand-outs of
-    work instead of 3,050; the ten layers a rebuild has left to write go in batches of 2, not
-    one of 400.
+    50 images' 3,000 layers, 50 customisation layers and 50 images in 8 batches each cost the
+    scheduler 24 hand-outs of work instead of 3,100; the ten layers a rebuild has left to
+    write go in batches of 2, not one of 400.
     """
     try:
         batches = nixlayer().layer_batches

@@ -30,7 +30,8 @@ class LayerStoreTarget(luigi.LocalTarget):
     """A layer record in the layer store; it exists only if its blob is present and whole.
 
     The record is parsed once and kept (records never change once written); later checks
-    only stat the record and its blob, as Luigi and the image tasks ask several times a build.
+    stat the record and its blob, as Luigi asks several times a build, and an image taking
+    the record (:meth:`record`) checks its blob only.
     """
 
     def __init__(self, store: LayerStore, path: str) -> None:
@@ -46,7 +47,8 @@ class LayerStoreTarget(luigi.LocalTarget):
 
     def record(self) -> LayerRecord:
         """The layer's record, once its blob is checked (present, at its size): what an image
-        is made of. Raises NixlayerError if the record or its blob is missing."""
+        is made of. Raises NixlayerError if the blob is missing, or if the record is and was
+        not read before."""
         if self._record is not None and self.store.has_blob(self._record.blob):
             return self._record
         if not self.exists():
