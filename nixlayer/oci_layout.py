@@ -161,6 +161,26 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     return entry["digest"]
 
 
+def image_bytes(directory: str, manifest_digest: str, blobs_from: str) -> int:
+    """Bytes the image ``manifest_digest`` puts into the layout ``directory``: its manifest
+    and config blobs, ``index.json``, and each layer blob that is not a hard link of the one in
+    ``blobs_from`` (a layer store: there, a linked blob costs no bytes; a copied one, on another
+    file system, counts in full). Raises OSError or ValueError if the image is not there."""
+    manifest_path = blob_path(directory, manifest_digest)
+    with open(manifest_path, "rb") as f:
+        manifest = json.load(f)
+    total = os.stat(manifest_path).st_size + os.stat(os.path.join(directory, "index.json")).st_size
+    total += os.stat(blob_path(directory, manifest["config"]["digest"])).st_size
+    for layer in manifest["layers"]:
+        st = os.stat(blob_path(directory, layer["digest"]))
+        try:
+            linked = os.path.samestat(st, os.stat(blob_path(blobs_from, layer["digest"])))
+        except OSError:
+            linked = False
+        total += 0 if linked else st.st_size
+    return total
+
+
 def remove_unfinished_layout(directory: str) -> None:
     """Remove ``directory``, a layout this writer created, unless an image was finished in it
     meanwhile (by a concurrent writer): a failed first write leaves nothing behind."""

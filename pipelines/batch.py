@@ -149,6 +149,12 @@ def _image_params(settings: dict, directory: str) -> dict:
     return out
 
 
+def _share_layout(one: dict, other: dict) -> bool:
+    """Whether two images may have one output: an OCI layout, under different tags (a tag left
+    out is a hash of the image, so two different images get two)."""
+    return one.get("format") == other.get("format") == "oci" and (not one.get("tag") or one.get("tag") != other.get("tag"))
+
+
 def load_batch(path: str) -> list[dict]:
     """The BuildImage parameters of each image in the batch file at ``path``.
 
@@ -177,10 +183,12 @@ def load_batch(path: str) -> list[dict]:
         except NixlayerError as e:
             raise NixlayerError(f"{path}: {entry}: {e}") from None
         output = params.get("output")
-        if output and output in outputs:
-            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output]}")
+        if output in outputs and not _share_layout(params, outputs[output][1]):
+            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output][0]}"
+                                + (" (one OCI layout takes several images under different tags)"
+                                   if params.get("format") == "oci" else ""))
         if output:
-            outputs[output] = entry
+            outputs[output] = (entry, params)
         result.append((entry, params))
     return result
 
@@ -290,9 +298,9 @@ class BuildImages(luigi.Task):
                     sizes[target.path] = target.record().blob.blob_size
             built = [t.path for t in layers if t.path in built_layers]
             written = assemble is not None and assemble.output in built_images
-            image_bytes = _size(assemble.output) if written else 0
-            image_bytes_written += image_bytes
             stamp = assemble.read_stamp(assemble.stamp()) if assemble else {}
+            image_bytes = stamp.get("bytes", 0) if written else 0
+            image_bytes_written += image_bytes
             report_images.append({
                 "name": image.name, "tag": task.tag, "output": image.output or None,
                 "push": image.push or None, "format": image.format if image.output else None,
@@ -336,20 +344,6 @@ def _make_directories(directory: str, created: list[str]) -> None:
             os.makedirs(missing[0], exist_ok=True)
         except OSError as e:
             raise NixlayerError(f"cannot make output directory {missing[0]}: {e.strerror}") from None
-
-
-def _size(path: str) -> int:
-    """Bytes of a file, or of the files under a directory (an OCI layout; hard links once)."""
-    if not os.path.isdir(path):
-        return os.stat(path).st_size
-    seen, total = set(), 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            st = os.stat(os.path.join(directory, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 def _iso(seconds: float) -> str:

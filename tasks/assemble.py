@@ -10,7 +10,7 @@ import luigi
 
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, write_image
-from nixlayer.oci_layout import layout_digest
+from nixlayer.oci_layout import image_bytes, layout_digest
 from tasks.base import BatchableTask, Report
 from tasks.image import ImageTask, json_list
 
@@ -80,8 +80,15 @@ class AssembleImage(BatchableTask, ImageTask):
             with atomic_file(member.stamp()) as f:
                 f.write(json.dumps({
                     "output": member.output, "digest": digest, "signature": member._output_signature(),
-                    "layers": member.layer_records(),
+                    "bytes": member._bytes_written(digest), "layers": member.layer_records(),
                 }).encode())
+
+    def _bytes_written(self, digest: str) -> int:
+        """Bytes the image's write put into ``output``: an archive whole; in an OCI layout, what
+        is not hard-linked from the layer store (``oci_layout.image_bytes``)."""
+        if self.format == "oci":
+            return image_bytes(self.output, digest, self.layer_store().root)
+        return os.stat(self.output).st_size
 
     def write(self) -> str:
         """Write the image to ``output`` (its layers must be complete); return its digest.

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -142,6 +143,8 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
     ('[[image]]\nname = "a"\n', "image 1 (a): no output"),
     ('[[image]]\nname = "a"\noutput = "-"\n', "standard output"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\n[[image]]\nname = "b"\noutput = "a.tar"\n', "image 2 (b): output"),
+    ('format = "oci"\ntag = "t"\n[[image]]\nname = "a"\noutput = "l"\n[[image]]\nname = "b"\noutput = "l"\n',
+     "image 2 (b): output"),
     ('[[image]]\nname = "Bad"\noutput = "a.tar"\n', "image 1 (Bad): invalid image name"),
     ('format = "ocii"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "image 1 (a): ocii is not a valid choice"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\ncontents = ["/nix/store/00000000000000000000000000000000-missing"]\n',
@@ -301,3 +304,44 @@ def test_a_failing_image_does_not_stop_the_rest_of_its_batch(tmp_path):
     assert report["totals"]["layers_built"] == 0
     assert {i: (tmp_path / "out" / f"img{i}" / "index.json").read_bytes() for i in (0, 2)} == index
     assert b'"t"' in (layout / "index.json").read_bytes()
+
+
+def test_report_counts_the_bytes_each_image_wrote(tmp_path, layer_store):
+    """A docker-archive counts whole; an OCI layout its manifest, config and index.json only,
+    its layer blobs being hard links of the layer store's."""
+    roots = synthetic_store(tmp_path / "root", images=2, base=3, unique=1)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+        f'name = "oci"\ncontents = ["{roots[0]}"]\noutput = "out/oci"\nformat = "oci"\ncompression = "none"',
+        f'name = "arch"\ncontents = ["{roots[1]}"]\noutput = "out/arch.tar"'])
+    layout, archive = tmp_path / "out" / "oci", tmp_path / "out" / "arch.tar"
+
+    def small_files() -> int:
+        (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+        manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+        config = json.loads(manifest.read_text())["config"]["digest"].split(":")[1]
+        return sum(p.stat().st_size for p in (manifest, layout / "blobs" / "sha256" / config, layout / "index.json"))
+
+    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+    totals = json.loads((tmp_path / "r.json").read_text())["totals"]
+    assert totals["image_bytes_written"] == archive.stat().st_size + small_files()
+    assert 0 < small_files() < 4096
+    shutil.rmtree(layout)  # written again from the layer store: no layer, a few small files
+    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(i["layers_built"], i["bytes_written"]) for i in report["images"]] == [(0, small_files()), (0, 0)]
+
+
+def test_images_of_a_batch_share_one_oci_layout_under_their_tags(tmp_path, layer_store):
+    roots = synthetic_store(tmp_path / "root", images=3, base=3, unique=1)
+    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\nformat = "oci"\noutput = "out/all"\n', [
+        f'name = "img{i}"\ncontents = ["{r}"]\ntag = "t{i}"' for i, r in enumerate(roots)] + [
+        f'name = "untagged"\ncontents = ["{roots[0]}", "{roots[1]}"]'])
+    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+    report = json.loads((tmp_path / "r.json").read_text())
+    index = json.loads((tmp_path / "out" / "all" / "index.json").read_text())
+    tags = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    assert tags == {i["tag"]: i["digest"] for i in report["images"]} and len(tags) == 4
+    assert report["totals"]["images_written"] == 4
+    for tag in tags:
+        inspect = subprocess.run(["skopeo", "inspect", f"oci:{tmp_path / 'out' / 'all'}:{tag}"], capture_output=True, text=True)
+        assert inspect.returncode == 0, inspect.stderr
