@@ -17,8 +17,9 @@ temporary luigi.cfg (LUIGI_CONFIG_PATH) naming its layer store; the floor is
 venv``), that of a virtual environment made for the run with ``pip install`` of this checkout:
 nixlayer and its dependencies, as a user installs it. A machine's own interpreter may carry
 packages that slow every run down (Luigi imports jsonschema when it is there: 35 ms here), so
-the incremental scenario also times its no-op rebuild with ``--python current``'s interpreter
-(the one running this script), and ``--python current`` runs every build with it.
+the incremental scenario also times its no-op and one-leaf rebuilds (oci, ``--workers 1``) with
+``--python current``'s interpreter (the one running this script), and ``--python current`` runs
+every build with it.
 
 1. Default (``--roots``, 142 store paths, 547 MiB): nixpkgs' default ``--max-layers 100`` and
    docker-archive output. Cold build (empty layer store) with ``--workers 1`` and ``--workers
@@ -624,7 +625,7 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
         return best([run_build(work, work / f"store-{fmt}", c.contents, work / outputs[fmt], workers, formats[fmt],
                                python) for _ in range(repeat)])
 
-    def after_leaf_change(fmt: str, workers: int) -> Build:
+    def after_leaf_change(fmt: str, workers: int, python: list[str] | None = None) -> Build:
         """Each from hard-linked copies of the cold build's layer store and (oci) layout; the
         rebuild writes to where the cold build wrote, as a periodic rebuild would."""
         runs = []
@@ -632,7 +633,7 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             store, output = work / f"store-{fmt}-leaf{i}", work / f"leaf{i}-{outputs[fmt]}"
             subprocess.run(["cp", "-al", str(work / f"store-{fmt}"), str(store)], check=True)
             subprocess.run(["cp", "-al", str(work / outputs[fmt]), str(output)], check=True)
-            runs.append(run_build(work, store, c.contents2, output, workers, formats[fmt]))
+            runs.append(run_build(work, store, c.contents2, output, workers, formats[fmt], python))
             shutil.rmtree(store)
             if output.is_dir():
                 shutil.rmtree(output)
@@ -651,6 +652,7 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
             builds["leaf", fmt, workers] = after_leaf_change(fmt, workers)
             if (fmt, workers) == ("oci", 1) and PYTHON != [sys.executable]:
                 builds["noop-current", fmt, workers] = noop(fmt, workers, [sys.executable])
+                builds["leaf-current", fmt, workers] = after_leaf_change(fmt, workers, [sys.executable])
     image_bytes = (work / "image.tar").stat().st_size
     oci_blobs = list((work / outputs["oci"] / "blobs" / "sha256").iterdir())
     linked = sum(p.stat().st_nlink > 1 for p in oci_blobs)
@@ -686,6 +688,9 @@ def bench_incremental(work: Path, roots: list[str], leaf: str, oci_compression: 
                 current = builds["noop-current", fmt, workers].seconds
                 print(line(f"no-op rebuild, {label}, --python current", current, floor,
                            f"{sys.executable}: {current - noop_b.seconds:+.3f} s a run"))
+                current = builds["leaf-current", fmt, workers].seconds
+                print(line(f"one-leaf rebuild, {label}, --python current", current, floor,
+                           f"{100 * current / cold_b.seconds:.1f} % of the cold build above"))
     assembly = builds["cold", "docker-archive", 2].seconds - builds["cold", "oci", 2].seconds
     print(line("cold docker-archive minus cold oci, --workers 2", assembly, floor,
                f"writing the {image_bytes}-byte archive after the layers"))
