@@ -149,12 +149,6 @@ def _image_params(settings: dict, directory: str) -> dict:
     return out
 
 
-def _share_layout(one: dict, other: dict) -> bool:
-    """Whether two images may have one output: an OCI layout, under different tags (a tag left
-    out is a hash of the image, so two different images get two)."""
-    return one.get("format") == other.get("format") == "oci" and (not one.get("tag") or one.get("tag") != other.get("tag"))
-
-
 def load_batch(path: str) -> list[dict]:
     """The BuildImage parameters of each image in the batch file at ``path``.
 
@@ -183,12 +177,10 @@ def load_batch(path: str) -> list[dict]:
         except NixlayerError as e:
             raise NixlayerError(f"{path}: {entry}: {e}") from None
         output = params.get("output")
-        if output in outputs and not _share_layout(params, outputs[output][1]):
-            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output][0]}"
-                                + (" (one OCI layout takes several images under different tags)"
-                                   if params.get("format") == "oci" else ""))
+        if output and output in outputs:
+            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output]}")
         if output:
-            outputs[output] = (entry, params)
+            outputs[output] = entry
         result.append((entry, params))
     return result
 
