@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, NamedTuple, Sequence
 
 from nixlayer.atomic import atomic_file, remove_stale_temporaries
 from nixlayer.docker_archive import check_media_type, write_docker_archive
@@ -23,6 +23,15 @@ from nixlayer.oci_layout import (
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 STDOUT = "-"
+
+
+class Written(NamedTuple):
+    """What writing an image gave: its digest, and the bytes written to the output (an archive
+    whole; for an OCI layout the files added, layer blobs hard-linked from the layer store
+    costing none; None for standard output)."""
+
+    digest: str
+    bytes: int | None
 
 
 def check_format(format: str, media_type: str, output: str) -> None:
@@ -49,7 +58,7 @@ def write_image(
     tag: str,
     mtime: int,
     scratch: str,
-) -> str:
+) -> Written:
     """Write the image of ``layers`` and ``config`` (image config JSON) to ``output``.
 
     ``name`` and ``tag`` name the image: docker-archive ``RepoTags`` and the oci-archive's
@@ -59,8 +68,8 @@ def write_image(
     the archive members' mtime. ``scratch`` is a directory on the layer blobs' file system,
     for the temporary OCI layout of an oci-archive (blobs are hard-linked, not copied).
 
-    Returns the image's digest: the config digest (image ID) for docker-archive, the manifest
-    digest for OCI. Raises NixlayerError for a format that cannot hold the layers, or naming
+    Returns the image's digest (the config digest, i.e. the image ID, for docker-archive; the
+    manifest digest for OCI) and the bytes written (see :class:`Written`). Raises NixlayerError for a format that cannot hold the layers, or naming
     the file when a layer blob cannot be read or the output cannot be written.
     """
     check_format(format, layers[0].blob.media_type if layers else "", output)
@@ -74,7 +83,7 @@ def write_image(
 def _write(
     format: str, output: str, layers: Sequence[ImageLayer], config: bytes,
     name: str, tag: str, mtime: int, scratch: str,
-) -> str:
+) -> Written:
     if format == "oci":
         try:  # only the writer that made the directory removes it if its first image fails
             os.mkdir(output)
@@ -82,7 +91,7 @@ def _write(
         except FileExistsError:
             created = False
         try:
-            return write_oci_layout(output, layers, config, tag)
+            return Written(*write_oci_layout(output, layers, config, tag))
         except BaseException:
             if created:
                 remove_unfinished_layout(output)
@@ -90,9 +99,9 @@ def _write(
     if output == STDOUT:
         digest = _write_archive(sys.stdout.buffer, format, layers, config, name, tag, mtime, scratch)
         sys.stdout.buffer.flush()
-        return digest
+        return Written(digest, None)
     with atomic_file(output) as f:
-        return _write_archive(f, format, layers, config, name, tag, mtime, scratch)
+        return Written(_write_archive(f, format, layers, config, name, tag, mtime, scratch), f.tell())
 
 
 def _write_archive(
@@ -103,6 +112,6 @@ def _write_archive(
         return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
     with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=scratch) as layout:
         remove_stale_temporaries(scratch, ".oci-archive-", layout)  # left by killed writers
-        digest = write_oci_layout(layout, layers, config, f"{name}:{tag}")
+        digest, _ = write_oci_layout(layout, layers, config, f"{name}:{tag}")
         write_oci_archive(out, layout, mtime)
     return digest

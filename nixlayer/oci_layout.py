@@ -20,9 +20,10 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from typing import BinaryIO, Iterator, Sequence
 
-from nixlayer.atomic import atomic_file, check_writable
+from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest, sha256_digest
 from nixlayer.layer import COPY_BUFFER
@@ -60,7 +61,12 @@ def check_layout_writable(directory: str) -> None:
     file is made and removed in each. Run before any work; nothing to check where it is absent."""
     for place in (directory, os.path.join(directory, "blobs", "sha256")):
         if os.path.isdir(place):
-            check_writable(os.path.join(place, "index.json"))
+            try:  # named as the layout's own temporaries, which a concurrent check accepts
+                fd, probe = tempfile.mkstemp(prefix=".index.json.tmp-", dir=place)
+            except OSError as e:
+                raise NixlayerError(f"cannot write into {place}: {e.strerror}") from None
+            os.close(fd)
+            os.unlink(probe)
 
 
 def blob_path(root: str, digest: str) -> str:
@@ -75,25 +81,35 @@ def put_blob(root: str, data: bytes) -> str:
 
     Written atomically, so concurrent writers of the same blob are harmless. Abandoned
     temporaries are not swept here: a blob directory can be large (see ``atomic``)."""
+    return _put_data(root, data)[0]
+
+
+def _put_data(root: str, data: bytes) -> tuple[str, int]:
+    """``put_blob``; also the bytes written (0 if the blob was there)."""
     path = blob_path(root, sha256_digest(data))
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with atomic_file(path, sweep=False) as f:
-            f.write(data)
-    return path
+    if os.path.exists(path):
+        return path, 0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_file(path, sweep=False) as f:
+        f.write(data)
+    return path, len(data)
 
 
-def _put_file(root: str, digest: str, source: str) -> None:
+def _put_file(root: str, digest: str, source: str) -> int:
+    """Put the file ``source`` under ``root`` as the blob ``digest``, hard-linked where it can
+    be, unless it is there; return the bytes copied (0 if linked or there)."""
     path = blob_path(root, digest)
     if os.path.exists(path):
-        return
+        return 0
     try:
         os.link(source, path)
     except FileExistsError:
         pass  # another writer put the same blob there meanwhile
-    except OSError:
+    except OSError:  # another file system: a copy
         with atomic_file(path) as out, open(source, "rb") as f:
             shutil.copyfileobj(f, out, COPY_BUFFER)
+            return out.tell()
+    return 0
 
 
 @contextlib.contextmanager
@@ -133,52 +149,33 @@ def layout_digest(directory: str, ref_name: str) -> str | None:
     return None
 
 
-def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, ref_name: str) -> str:
+def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, ref_name: str) -> tuple[str, int]:
     """Add the image of ``layers`` and ``config`` to the OCI layout ``directory`` as ``ref_name``.
 
     ``directory`` is created if absent; an existing layout keeps its other images, and an
     entry already named ``ref_name`` is replaced. Returns the manifest digest
-    (``sha256:<hex>``). Raises NixlayerError if ``directory`` holds other files
-    (``check_layout_output``) or an unreadable ``index.json``.
+    (``sha256:<hex>``) and the bytes written: the blobs it added (a layer blob hard-linked from
+    its file costs none), ``index.json`` and ``oci-layout``. Raises NixlayerError if
+    ``directory`` holds other files (``check_layout_output``) or an unreadable ``index.json``.
     """
     check_layout_output(directory)
     os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
     manifest = oci_manifest(config, layers)
-    for layer in layers:
-        _put_file(directory, layer.blob.digest, layer.file)
-    put_blob(directory, config)
-    put_blob(directory, manifest)
+    written = sum(_put_file(directory, layer.blob.digest, layer.file) for layer in layers)
+    written += _put_data(directory, config)[1] + _put_data(directory, manifest)[1]
     entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
     entry["annotations"] = {REF_NAME: ref_name}
     with _locked(directory):
         if not os.path.exists(os.path.join(directory, LAYOUT_FILE)):
             with atomic_file(os.path.join(directory, LAYOUT_FILE)) as f:
                 f.write(LAYOUT)
+            written += len(LAYOUT)
         others = [m for m in _read_index(directory) if m.get("annotations", {}).get(REF_NAME) != ref_name]
-        index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [*others, entry]}
+        index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [*others, entry]})
         with atomic_file(os.path.join(directory, "index.json")) as f:
-            f.write(canonical_json(index))
-    return entry["digest"]
-
-
-def image_bytes(directory: str, manifest_digest: str, blobs_from: str) -> int:
-    """Bytes the image ``manifest_digest`` puts into the layout ``directory``: its manifest
-    and config blobs, ``index.json``, and each layer blob that is not a hard link of the one in
-    ``blobs_from`` (a layer store: there, a linked blob costs no bytes; a copied one, on another
-    file system, counts in full). Raises OSError or ValueError if the image is not there."""
-    manifest_path = blob_path(directory, manifest_digest)
-    with open(manifest_path, "rb") as f:
-        manifest = json.load(f)
-    total = os.stat(manifest_path).st_size + os.stat(os.path.join(directory, "index.json")).st_size
-    total += os.stat(blob_path(directory, manifest["config"]["digest"])).st_size
-    for layer in manifest["layers"]:
-        st = os.stat(blob_path(directory, layer["digest"]))
-        try:
-            linked = os.path.samestat(st, os.stat(blob_path(blobs_from, layer["digest"])))
-        except OSError:
-            linked = False
-        total += 0 if linked else st.st_size
-    return total
+            f.write(index)
+        written += len(index)
+    return entry["digest"], written
 
 
 def remove_unfinished_layout(directory: str) -> None:

@@ -9,10 +9,10 @@ import sys
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.formats import FORMATS, STDOUT, write_image
-from nixlayer.oci_layout import image_bytes, layout_digest
-from tasks.base import BatchableTask, Report
-from tasks.image import ImageTask, json_list
+from nixlayer.formats import FORMATS, STDOUT, Written, write_image
+from nixlayer.oci_layout import layout_digest
+from tasks.base import BatchableTask, Report, json_list
+from tasks.image import ImageTask
 
 
 class AssembleImage(BatchableTask, ImageTask):
@@ -72,7 +72,7 @@ class AssembleImage(BatchableTask, ImageTask):
 
     def run_member(self, member: "AssembleImage", report: Report) -> None:
         report(0, f"writing {member.format} {member.output}: {member.name}:{member.tag}")
-        digest = member.write()
+        digest, written = member.write()
         report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
         self._written.append(member.output)
         if member.output != STDOUT:
@@ -80,26 +80,20 @@ class AssembleImage(BatchableTask, ImageTask):
             with atomic_file(member.stamp()) as f:
                 f.write(json.dumps({
                     "output": member.output, "digest": digest, "signature": member._output_signature(),
-                    "bytes": member._bytes_written(digest), "layers": member.layer_records(),
+                    "bytes": written, "layers": member.layer_records(),
                 }).encode())
 
-    def _bytes_written(self, digest: str) -> int:
-        """Bytes the image's write put into ``output``: an archive whole; in an OCI layout, what
-        is not hard-linked from the layer store (``oci_layout.image_bytes``)."""
-        if self.format == "oci":
-            return image_bytes(self.output, digest, self.layer_store().root)
-        return os.stat(self.output).st_size
-
-    def write(self) -> str:
-        """Write the image to ``output`` (its layers must be complete); return its digest.
+    def write(self) -> Written:
+        """Write the image to ``output`` (its layers must be complete); return its digest and
+        the bytes written.
 
         Standard output cannot be a Luigi target, so ``BuildImage --output -`` calls this from
         its own ``run`` instead of scheduling this task.
         """
         layers = self.image_layers()
-        digest = write_image(
+        written = write_image(
             self.format, self.output, layers, self.image_config(layers), self.name, self.tag,
             self.mtime, self.layer_store().root,
         )
-        print(f"nixlayer: wrote {self.format} {self.output}: {self.name}:{self.tag} {digest}", file=sys.stderr)
-        return digest
+        print(f"nixlayer: wrote {self.format} {self.output}: {self.name}:{self.tag} {written.digest}", file=sys.stderr)
+        return written

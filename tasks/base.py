@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
+import logging
 import uuid
 from typing import Callable
 
@@ -12,6 +14,7 @@ import luigi
 
 from nixlayer.errors import NixlayerError
 from tasks.config import nixlayer
+from tasks import errors
 
 Report = Callable[[int, str], None]
 """Called as ``report(percentage, message)``: how a task's work goes, for the scheduler."""
@@ -126,13 +129,28 @@ class BatchableTask(NixlayerTask, abstract=True):
             raise _batch_failure(failures)
 
 
+def json_list(values) -> str:
+    """A batch_method: the members' values of a string parameter as one JSON list (printable
+    in Luigi's log, and told apart from one value by its ``[``)."""
+    return json.dumps(list(values))
+
+
 def _batch_failure(failures: list[Exception]) -> Exception:
-    """What a batch whose members failed with ``failures`` raises: the one failure; a bug's
-    (not a NixlayerError: its traceback is kept); else one NixlayerError naming them all."""
+    """What a batch whose members failed with ``failures`` raises: the one failure; one
+    NixlayerError naming them all; or, if a bug is among them (not a NixlayerError), the first
+    bug, its traceback kept, after the others are logged here (one line each, or a traceback)."""
     bugs = [error for error in failures if not isinstance(error, NixlayerError)]
-    if len(failures) == 1 or bugs:
-        return (bugs or failures)[0]
-    return NixlayerError(f"{len(failures)} failed: " + "; ".join(str(error) for error in failures))
+    if len(failures) == 1:
+        return failures[0]
+    if not bugs:
+        messages = list(dict.fromkeys(str(error) for error in failures))  # each once, in order
+        return NixlayerError(f"{len(failures)} failed: " + "; ".join(messages))
+    for error in failures:
+        if isinstance(error, NixlayerError):
+            errors.report(error)
+        elif error is not bugs[0]:
+            logging.getLogger("luigi-interface").error("A batch member failed", exc_info=error)
+    return bugs[0]
 
 
 def _report_task(scheduler, task_id: str, percentage: int, message: str) -> None:

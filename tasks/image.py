@@ -10,11 +10,8 @@ import luigi
 
 from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
 from nixlayer.layerstore import read_json
+from tasks.base import json_list
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
-
-
-def json_list(values) -> str:
-    return json.dumps(list(values))
 
 
 class ImageTask(LayerParameters, abstract=True):

@@ -22,7 +22,7 @@ from nixlayer.layerstore import (
     LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
-from tasks.base import BatchableTask, NixlayerTask
+from tasks.base import BatchableTask, NixlayerTask, json_list
 from tasks.errors import PREFIX
 
 
@@ -169,21 +169,18 @@ class BatchableLayer(BatchableTask, LayerTask, abstract=True):
             self._written.extend(member.written())
 
 
-def _join_lines(values) -> str:
-    return "\n".join(values)
-
-
 class StorePathLayer(BatchableLayer):
     """The layer of one store path (most popular paths get one each); keyed by its hash part.
 
-    A batch (see BatchableLayer) has the store paths of its members in ``store_path``, one a line.
+    A batch (see BatchableLayer) has the store paths of its members in ``store_path``, a JSON list.
     """
 
-    store_path = luigi.Parameter(batch_method=_join_lines)
+    store_path = luigi.Parameter(batch_method=json_list)
 
     def batch_members(self) -> list[dict] | None:
-        paths = self.store_path.split("\n")
-        return [{"store_path": path} for path in paths] if len(paths) > 1 else None
+        if not self.store_path.startswith("["):
+            return None
+        return [{"store_path": path} for path in json.loads(self.store_path)]
 
     def layer_key(self) -> str:
         return store_path_layer_key(self.store_path)

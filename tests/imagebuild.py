@@ -71,4 +71,4 @@ def write(
     built: Built, format: str, output: str | Path, name: str = "vectors", tag: str = "1", mtime: int = 1
 ) -> str:
     """Write ``built`` as ``format`` to ``output``; returns write_image's digest."""
-    return write_image(format, str(output), built.layers, built.config, name, tag, mtime, built.store.root)
+    return write_image(format, str(output), built.layers, built.config, name, tag, mtime, built.store.root).digest

@@ -307,25 +307,47 @@ def test_a_failing_image_does_not_stop_the_rest_of_its_batch(tmp_path):
 
 
 def test_report_counts_the_bytes_each_image_wrote(tmp_path, layer_store):
-    """A docker-archive counts whole; an OCI layout its manifest, config and index.json only,
-    its layer blobs being hard links of the layer store's."""
-    roots = synthetic_store(tmp_path / "root", images=2, base=3, unique=1)
-    batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
-        f'name = "oci"\ncontents = ["{roots[0]}"]\noutput = "out/oci"\nformat = "oci"\ncompression = "none"',
-        f'name = "arch"\ncontents = ["{roots[1]}"]\noutput = "out/arch.tar"'])
-    layout, archive = tmp_path / "out" / "oci", tmp_path / "out" / "arch.tar"
+    """A docker-archive counts whole; an OCI layout the files its write added: its manifest,
+    config, index.json and oci-layout, its layer blobs being hard links of the layer store's;
+    on another file system the layer blobs are copies, and count when they are copied."""
+    roots = synthetic_store(tmp_path / "root", images=3, base=3, unique=1)
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: not the layer store's file system
+    try:
+        batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
+            f'name = "oci"\ncontents = ["{roots[0]}"]\noutput = "out/oci"\nformat = "oci"\ncompression = "none"',
+            f'name = "arch"\ncontents = ["{roots[1]}"]\noutput = "out/arch.tar"',
+            f'name = "far"\ncontents = ["{roots[2]}"]\noutput = "{elsewhere / "far"}"\nformat = "oci"\ncompression = "none"'])
+        layout, archive, far = tmp_path / "out" / "oci", tmp_path / "out" / "arch.tar", elsewhere / "far"
 
-    def small_files() -> int:
-        (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
-        manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
-        config = json.loads(manifest.read_text())["config"]["digest"].split(":")[1]
-        return sum(p.stat().st_size for p in (manifest, layout / "blobs" / "sha256" / config, layout / "index.json"))
+        def image_files(layout: Path, layers: bool = False) -> int:
+            (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+            manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+            blobs = [json.loads(manifest.read_text())["config"], *(json.loads(manifest.read_text())["layers"] if layers else [])]
+            return sum(p.stat().st_size for p in (manifest, layout / "index.json", layout / "oci-layout",
+                                                  *(layout / "blobs" / "sha256" / b["digest"].split(":")[1] for b in blobs)))
 
-    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
-    totals = json.loads((tmp_path / "r.json").read_text())["totals"]
-    assert totals["image_bytes_written"] == archive.stat().st_size + small_files()
-    assert 0 < small_files() < 4096
-    shutil.rmtree(layout)  # written again from the layer store: no layer, a few small files
-    run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert [(i["layers_built"], i["bytes_written"]) for i in report["images"]] == [(0, small_files()), (0, 0)]
+        run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+        totals = json.loads((tmp_path / "r.json").read_text())["totals"]
+        assert totals["image_bytes_written"] == image_files(layout) + archive.stat().st_size + image_files(far, layers=True)
+        assert 0 < image_files(layout) < 4096 and image_files(far, layers=True) > 50_000
+        shutil.rmtree(layout)  # written again from the layer store: no layer, a few small files
+        (far / "oci-layout").unlink()  # and far's index again, its blobs kept: those are not written
+        (far / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+        run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert [(i["layers_built"], i["bytes_written"]) for i in report["images"]] == \
+            [(0, image_files(layout)), (0, 0), (0, sum((far / f).stat().st_size for f in ("index.json", "oci-layout")))]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
+def test_a_batch_with_several_failures_shows_each(capsys, caplog):
+    from nixlayer.errors import NixlayerError
+    from tasks.base import _batch_failure
+
+    one, two, bug, other_bug = NixlayerError("one"), NixlayerError("two"), ValueError("bug"), KeyError("other")
+    assert _batch_failure([one]) is one
+    assert str(_batch_failure([one, two, NixlayerError("one")])) == "3 failed: one; two"
+    assert _batch_failure([one, bug, other_bug]) is bug  # raised, its traceback kept; the others shown now:
+    assert capsys.readouterr().err == "nixlayer: error: one\n"
+    assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [other_bug]

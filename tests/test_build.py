@@ -238,7 +238,7 @@ def test_an_existing_oci_layout_that_takes_no_new_files_is_refused_before_any_wo
     finally:
         subprocess.run(["chattr", "-i", str(layout / place)], check=True)
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
-    assert run.returncode == 35 and errors == [f"nixlayer: error: cannot write {layout / place / 'index.json'}: "
+    assert run.returncode == 35 and errors == [f"nixlayer: error: cannot write into {layout / place}: "
                                                "Operation not permitted"], run.stderr
     assert sorted(str(p.relative_to(layout)) for p in layout.rglob("*")) == before
     assert not store.exists()

@@ -116,9 +116,9 @@ def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
     # The scheduler saw every layer task, done, with its progress and status message.
     done = api(luigid["port"], "task_list", status="DONE", upstream_status="", search="")
     # A batch of layers runs as one more task of the class, its batched parameter holding all
-    # the members' values (store paths one a line, a list of contents lists).
+    # the members' values (a JSON list of store paths, a list of contents lists).
     layers = {tid: t for tid, t in done.items() if t["name"] in ("StorePathLayer", "CustomisationLayer")
-              and "\n" not in t["params"].get("store_path", "") and not t["params"].get("contents", "").startswith("[[")}
+              and not t["params"].get("store_path", "").startswith("[") and not t["params"].get("contents", "").startswith("[[")}
     assert len(layers) == distinct
     assert all(t["progress_percentage"] == 100 for t in layers.values())
     assert all("diff_id sha256:" in t["status_message"] for t in layers.values())
