@@ -114,7 +114,9 @@ def _put_file(root: str, digest: str, source: str) -> int:
 
 @contextlib.contextmanager
 def _locked(directory: str) -> Iterator[None]:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Hold the lock of the layout ``directory``: an exclusive flock on its parent directory,
+    which outlives the layout (a failed first writer removes the layout under this lock)."""
+    fd = os.open(os.path.dirname(os.path.abspath(directory)), os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -159,13 +161,20 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     ``directory`` holds other files (``check_layout_output``) or an unreadable ``index.json``.
     """
     check_layout_output(directory)
-    os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
     manifest = oci_manifest(config, layers)
-    written = sum(_put_file(directory, layer.blob.digest, layer.file) for layer in layers)
-    written += _put_data(directory, config)[1] + _put_data(directory, manifest)[1]
+
+    def put_blobs() -> int:
+        os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
+        written = sum(_put_file(directory, layer.blob.digest, layer.file) for layer in layers)
+        return written + _put_data(directory, config)[1] + _put_data(directory, manifest)[1]
+
+    written = put_blobs()  # unlocked: blobs are content-addressed, and a copy can take long
     entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
     entry["annotations"] = {REF_NAME: ref_name}
     with _locked(directory):
+        # A first writer that failed meanwhile removed the layout, blobs and all, under this
+        # lock (it had no index.json yet): whatever is missing is put again before the index.
+        written += put_blobs()
         if not os.path.exists(os.path.join(directory, LAYOUT_FILE)):
             with atomic_file(os.path.join(directory, LAYOUT_FILE)) as f:
                 f.write(LAYOUT)

@@ -607,3 +607,29 @@ def test_concurrent_writers_of_one_new_layout_keep_every_tag(tmp_path, built):
     assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == ["t0", "t1", "t2", "t3"]
     for i in range(4):
         tool("skopeo", "inspect", f"oci:{layout}:t{i}")
+
+
+def test_a_layout_removed_by_a_failed_first_writer_meanwhile_is_made_whole(tmp_path, built, monkeypatch):
+    """Writer A made the layout and failed; it removes the layout (no index.json yet) while
+    writer B, which found the directory there, has linked its layer blobs but not yet written
+    its index: B puts every blob again under the lock, so its image is whole."""
+    from nixlayer import oci_layout
+
+    layout = tmp_path / "layout"
+    layout.mkdir()  # as A made it
+    put_data, removed = oci_layout._put_data, []
+
+    def put_data_after_a_failed(root, data):
+        if not removed:  # B is past its layer blobs: A fails now and removes its layout
+            removed.append(True)
+            oci_layout.remove_unfinished_layout(str(layout))
+        return put_data(root, data)
+
+    monkeypatch.setattr(oci_layout, "_put_data", put_data_after_a_failed)
+    digest = write(built["none"], "oci", layout, tag="1")
+    assert removed
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+    for blob in [manifest["config"], *manifest["layers"]]:
+        assert (layout / "blobs" / "sha256" / blob["digest"].split(":")[1]).stat().st_size == blob["size"]
+    inspect = subprocess.run(["skopeo", "inspect", f"oci:{layout}:1"], capture_output=True, text=True)
+    assert inspect.returncode == 0, inspect.stderr
