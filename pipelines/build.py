@@ -127,7 +127,10 @@ class ImageParameters(NixlayerTask, abstract=True):
             "created": created.isoformat(),
             "architecture": check_architecture(self.architecture) if self.architecture else host_architecture(),
         }
-        identity = {**image, "settings": settings.key, "store_dir": store_dir}
+        # The default tag: a hash of everything that determines the image, as nixpkgs' output
+        # hash (the name and the layer compression too: an OCI layout names images by tag alone).
+        identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
+                    "compression": [self.compression, self.compression_level]}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
         return {
             **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,

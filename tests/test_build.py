@@ -268,6 +268,20 @@ def test_config_over_4_mib_is_refused_before_any_work(tmp_path, layer_store):
     assert not layer_store.exists()
 
 
+def test_the_default_tag_is_a_hash_of_what_determines_the_image(tmp_path, layer_store, vectors_app):
+    def tag(**changed) -> str:
+        params = {"name": "vec", "contents": [vectors_app], "format": "oci", "output": str(tmp_path / "layout"), **changed}
+        return BuildImage(**params).plan["tag"]
+
+    base = tag()
+    assert len(base) == 32 and tag() == base
+    changes = [{"name": "other"}, {"compression": "zstd"}, {"compression": "gzip", "compression_level": 9},
+               {"uid": 1000}, {"config": '{"Cmd": ["x"]}'}, {"max_layers": 3}, {"created": "2020-01-01T00:00:00Z"}]
+    tags = [tag(**change) for change in changes]
+    assert base not in tags and len(set(tags)) == len(tags)
+    assert tag(format="oci-archive", output=str(tmp_path / "x.tar")) == base  # the same image, another file
+
+
 def test_two_tags_in_one_oci_layout_rebuild_nothing(tmp_path, layer_store, vectors_app):
     layout = str(tmp_path / "layout")
     for tag in ("a", "b"):
