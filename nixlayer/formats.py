@@ -18,7 +18,7 @@ from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
 from nixlayer.oci_layout import (
-    check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_layout,
+    OCI_ARCHIVE_STAGING, check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_layout,
 )
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
@@ -110,8 +110,8 @@ def _write_archive(
 ) -> str:
     if format == "docker-archive":
         return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
-    with tempfile.TemporaryDirectory(prefix=".oci-archive-", dir=scratch) as layout:
-        remove_stale_temporaries(scratch, ".oci-archive-", layout)  # left by killed writers
+    with tempfile.TemporaryDirectory(prefix=OCI_ARCHIVE_STAGING, dir=scratch) as layout:
+        remove_stale_temporaries(scratch, OCI_ARCHIVE_STAGING, layout)  # left by killed writers
         digest, _ = write_oci_layout(layout, layers, config, f"{name}:{tag}")
         write_oci_archive(out, layout, mtime)
     return digest

@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -48,7 +49,7 @@ from nixlayer.customisation import FRAGMENT_FORMAT
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
-from nixlayer.oci_layout import blob_path, put_blob
+from nixlayer.oci_layout import OCI_ARCHIVE_STAGING, blob_path, put_blob
 from nixlayer.storepath import hash_part
 
 
@@ -250,8 +251,8 @@ class LayerStore:
         when they were written, and a build after a collection writes again what it needs).
         A layer record is kept if a kept stamp names it or it was itself used; a blob goes
         with the last record naming it, once it is itself older than ``unused_days`` (so one
-        a build is writing now stays), and so do temporaries in ``tmp/`` untouched that long
-        (a killed writer's). Nothing outside the store is touched: OCI layouts hold
+        a build is writing now stays), and so do what killed writers left, untouched that long:
+        temporaries in ``tmp/`` and beside fragments, and ``.oci-archive-*`` staging directories. Nothing outside the store is touched: OCI layouts hold
         hard links of their own. With ``dry_run`` nothing is removed. Files that vanish
         meanwhile are skipped; a build running during a collection may find a layer gone and
         fail once.
@@ -315,11 +316,27 @@ class LayerStore:
                 continue
             if st.st_mtime < cutoff:
                 garbage.blobs += remove(blob, st)
-        # What killed writers left in tmp/ (a live writer writes to its file all the time).
-        for temp in _files(os.path.join(self.root, "tmp"), depth=1, temporaries=True):
+        # What killed writers left (a live writer writes to its file all the time): files in tmp/
+        # and beside fragments, and the directories oci-archives are staged in.
+        temporaries = _files(os.path.join(self.root, "tmp"), depth=1, temporaries=True) + [
+            f for f in _files(os.path.join(self.root, "customisation"), depth=2, temporaries=True)
+            if os.path.basename(f).startswith(".")]
+        for temp in temporaries:
             st = unused(temp)
             if st is not None:
                 garbage.temporaries += remove(temp, st)
+        for staging in _dirs(self.root):
+            if os.path.basename(staging).startswith(OCI_ARCHIVE_STAGING):
+                try:
+                    stats = [os.lstat(os.path.join(d, f)) for d, _, names in os.walk(staging) for f in names]
+                    stats.append(os.lstat(staging))
+                except OSError:
+                    continue  # being removed by its writer
+                if all(st.st_mtime < cutoff for st in stats):  # (listing a directory is no use of it)
+                    garbage.temporaries += 1
+                    garbage.bytes += sum(st.st_size for st in stats if st.st_nlink == 1)  # not the blobs' links
+                    if not dry_run:
+                        shutil.rmtree(staging, ignore_errors=True)
         if not dry_run:
             for kind in ("layers", "customisation"):
                 for directory in _dirs(os.path.join(self.root, kind)):

@@ -33,6 +33,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
 LAYOUT_ENTRIES = {LAYOUT_FILE, "index.json", "blobs"}
 LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+OCI_ARCHIVE_STAGING = ".oci-archive-"  # name prefix of the temporary layouts oci-archives are made from
 _LAYOUT_TEMPORARIES = tuple(f".{name}.tmp-" for name in (LAYOUT_FILE, "index.json"))
 
 

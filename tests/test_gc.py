@@ -47,20 +47,33 @@ def test_gc_removes_what_no_build_used_and_a_rebuild_restores_it(tmp_path, vecto
     killed.write_bytes(b"x" * 100)
     live = store / "tmp" / ".blob.tmp-writing"
     live.write_bytes(b"x")
-    for path in (record, blob, fragment, stamp, other_blob, killed):  # other_blob: old, but its record is in use
+    killed_fragment = fragment.parent / f".{fragment.name}.tmp-killed"  # a killed fragment writer's
+    killed_fragment.write_bytes(b"y" * 10)
+    staging = store / ".oci-archive-killed"  # a killed oci-archive writer's staging layout,
+    (staging / "blobs" / "sha256").mkdir(parents=True)  # its layer blob a hard link of the store's
+    os.link(other_blob, staging / "blobs" / "sha256" / other_blob.name)
+    (staging / "index.json").write_bytes(b"z" * 20)
+    live_staging = store / ".oci-archive-writing"
+    live_staging.mkdir()
+    (live_staging / "index.json").write_bytes(b"z")
+    staged = [staging / "blobs" / "sha256" / other_blob.name, staging / "index.json"]
+    for path in (record, blob, fragment, stamp, other_blob, killed, killed_fragment, *staged,
+                 staging / "blobs" / "sha256", staging / "blobs", staging):  # other_blob: old, but its record is in use
         age(path)
     before = files(store)
 
     dry = gc(store, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, 1 abandoned " \
-           f"temporaries: {sum(p.stat().st_size for p in (record, blob, fragment, stamp, killed))} bytes" in dry.stdout
+    removed = (record, blob, fragment, stamp, killed, killed_fragment, staging / "index.json")  # the blob's link: no bytes
+    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, 3 abandoned " \
+           f"temporaries: {sum(p.stat().st_size for p in removed)} bytes" in dry.stdout
     assert files(store) == before
 
     run = gc(store)
     assert run.returncode == 0 and "removed 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, " \
-        "1 abandoned temporaries" in run.stdout
-    assert files(store) == before - {record, blob, fragment, stamp, killed}
+        "3 abandoned temporaries" in run.stdout
+    assert files(store) == before - {record, blob, fragment, stamp, killed, killed_fragment, *staged}
+    assert not staging.exists() and live_staging.exists() and other_blob.exists()
 
     build(tmp_path, store, vectors_app)  # the libc layer and the image again (the customisation
     assert record.exists() and blob.exists() and stamp.exists()  # layer is there: no fragment needed)
