@@ -185,10 +185,6 @@ class LayerStore:
         except OSError:
             return False
 
-    def is_complete(self, record_path: str) -> bool:
-        """True if the record exists, reads, and its blob is present with the right size."""
-        return self.find(record_path) is not None
-
     def write(
         self,
         record_path: str,
