@@ -260,7 +260,7 @@ class BuildImages(luigi.Task):
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
         only stands for them, and each task more costs the scheduler a hand-out of work."""
         targets = [target for _, task in self.images() for target in task.targets()]
-        plan_batches(targets + [layer for target in targets for layer in target.requires()])
+        plan_batches(targets)
         return targets
 
     def run(self) -> None:

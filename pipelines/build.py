@@ -228,7 +228,7 @@ class BuildImage(ImageParameters):
         """The targets; for standard output, also the layers (this task writes the image)."""
         targets = self.targets()
         layers = self.assemble_task().requires() if self.output == STDOUT else []
-        plan_batches(targets + [layer for task in targets for layer in task.requires()] + layers)
+        plan_batches(targets + layers)
         return targets + layers
 
     def complete(self) -> bool:
@@ -264,7 +264,7 @@ class PushImage(ImageParameters):
 
     def requires(self) -> PushToRegistry:
         task = self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)
-        plan_batches(task.requires())
+        plan_batches([task])
         return task
 
     def complete(self) -> bool:

@@ -166,8 +166,9 @@ _BATCH_SIZES: dict[type, int] = {}
 
 
 def plan_batches(tasks: list[luigi.Task]) -> None:
-    """Size the batches of the build about to be scheduled from its tasks (``tasks``, repeats
-    counted once): each BatchableTask class's tasks still to run are handed out in about
+    """Size the batches of the build about to be scheduled from its tasks: ``tasks`` (an entry
+    task's targets) and what each requires, repeats counted once. Each BatchableTask class's
+    tasks still to run are handed out in about
     ``[nixlayer] layer_batches`` batches. The entry tasks call this from ``requires()``, which
     Luigi's worker calls before it adds the first task of each class and so reads
     ``max_batch_size``. Raises NixlayerError if ``layer_batches`` is not a whole number of at
@@ -182,7 +183,8 @@ def plan_batches(tasks: list[luigi.Task]) -> None:
         batches = nixlayer().layer_batches
     except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
         raise NixlayerError(f"[nixlayer] layer_batches (--nixlayer-layer-batches): {e.__cause__ or e}") from None
-    distinct = {task.task_id: type(task) for task in tasks if isinstance(task, BatchableTask) and not task.complete()}
+    build = [t for task in tasks for t in (task, *luigi.task.flatten(task.requires()))]
+    distinct = {task.task_id: type(task) for task in build if isinstance(task, BatchableTask) and not task.complete()}
     _BATCH_SIZES.clear()
     for cls, count in collections.Counter(distinct.values()).items():
         _BATCH_SIZES[cls] = -(-count // batches)
