@@ -69,8 +69,9 @@ def write_image(
     for the temporary OCI layout of an oci-archive (blobs are hard-linked, not copied).
 
     Returns the image's digest (the config digest, i.e. the image ID, for docker-archive; the
-    manifest digest for OCI) and the bytes written (see :class:`Written`). Raises NixlayerError for a format that cannot hold the layers, or naming
-    the file when a layer blob cannot be read or the output cannot be written.
+    manifest digest for OCI) and the bytes written (see :class:`Written`). Raises NixlayerError
+    for a format that cannot hold the layers, or naming the file when a layer blob cannot be
+    read or the output cannot be written.
     """
     check_format(format, layers[0].blob.media_type if layers else "", output)
     try:

@@ -248,8 +248,9 @@ class LayerStore:
         A layer record is kept if a kept stamp names it or it was itself used; a blob goes
         with the last record naming it, once it is itself older than ``unused_days`` (so one
         a build is writing now stays), and so do what killed writers left, untouched that long:
-        temporaries in ``tmp/`` and beside fragments, and ``.oci-archive-*`` staging directories. Nothing outside the store is touched: OCI layouts hold
-        hard links of their own. With ``dry_run`` nothing is removed. Files that vanish
+        temporaries in ``tmp/`` and beside fragments, and ``.oci-archive-*`` staging
+        directories. Nothing outside the store is touched: OCI layouts hold hard links of their
+        own. With ``dry_run`` nothing is removed. Files that vanish
         meanwhile are skipped; a build running during a collection may find a layer gone and
         fail once.
         """
