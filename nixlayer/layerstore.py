@@ -135,6 +135,11 @@ def paths_layer_key(kind: str, store_paths: Sequence[str]) -> str:
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError)  # what _load_record raises
 
 
+def record_name(settings_dir: str, layer_key: str) -> str:
+    """A layer record's path relative to the layer store's root (as image stamps name it)."""
+    return os.path.join("layers", settings_dir, layer_key + ".json")
+
+
 def _load_record(record_path: str) -> LayerRecord:
     with open(record_path, "rb") as f:
         return LayerRecord.from_json(f.read())
@@ -147,7 +152,7 @@ class LayerStore:
         self.root = os.path.abspath(os.path.expanduser(root))
 
     def record_path(self, settings_dir: str, layer_key: str) -> str:
-        return os.path.join(self.root, "layers", settings_dir, layer_key + ".json")
+        return os.path.join(self.root, record_name(settings_dir, layer_key))
 
     def fragments_dir(self, settings: LayerSettings, store_dir: str) -> str:
         """Where the customisation fragments of contents in ``store_dir`` encoded with

@@ -67,8 +67,7 @@ class ImageTask(LayerParameters, abstract=True):
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the
         layer store's garbage collection keeps the layers of an image still in use."""
-        root = self.layer_store().root
-        return [os.path.relpath(task.output().path, root) for task in self.requires()]
+        return [task.output().name for task in self.requires()]
 
     def stamp_path(self, kind: str, key: str) -> str:
         """Where this task records, in the layer store, what it wrote (``kind``: images, pushes)."""

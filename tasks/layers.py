@@ -19,7 +19,7 @@ from nixlayer.customisation import write_customisation_layer
 from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
 from nixlayer.storepath import DEFAULT_STORE_DIR
 from nixlayer.layerstore import (
-    LayerRecord, LayerStore, paths_layer_key, settings_key, store_path_layer_key,
+    LayerRecord, LayerStore, paths_layer_key, record_name, settings_key, store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import BatchableTask, NixlayerTask, json_list
@@ -29,15 +29,22 @@ from tasks.errors import PREFIX
 class LayerStoreTarget(luigi.LocalTarget):
     """A layer record in the layer store; it exists only if its blob is present and whole.
 
-    The record is parsed once and kept (records never change once written); later checks
-    stat the record and its blob, as Luigi asks several times a build, and an image taking
-    the record (:meth:`record`) checks its blob only.
+    The record is parsed once, or kept from :meth:`write` (records never change once
+    written); later checks stat the record and its blob, as Luigi asks several times a build,
+    and an image taking the record (:meth:`record`) checks its blob only. ``name`` is the
+    record's path relative to the layer store's root.
     """
 
-    def __init__(self, store: LayerStore, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, store: LayerStore, name: str) -> None:
+        super().__init__(os.path.join(store.root, name))
         self.store = store
+        self.name = name
         self._record: LayerRecord | None = None
+
+    def write(self, store_paths: list[str], comment: str, write_blob) -> LayerRecord:
+        """Write the layer (see ``LayerStore.write``) and return its record."""
+        self._record = self.store.write(self.path, store_paths, comment, write_blob)
+        return self._record
 
     def exists(self) -> bool:
         if self._record is not None and os.path.exists(self.path) and self.store.has_blob(self._record.blob):
@@ -114,7 +121,7 @@ class LayerTask(LayerParameters, abstract=True):
         if target is None:
             store = self.layer_store()
             key = settings_key(self.settings(), self.compressor(), self.store_dir)
-            target = self._output = LayerStoreTarget(store, store.record_path(key, self.layer_key()))
+            target = self._output = LayerStoreTarget(store, record_name(key, self.layer_key()))
         return target
 
     def write_blob(self, out: BinaryIO) -> LayerBlob:
@@ -138,7 +145,7 @@ class LayerTask(LayerParameters, abstract=True):
         report(0, "writing layer of " + ", ".join(self.store_paths()))
         target = self.output()
         comment = "store paths: " + json.dumps(self.store_paths())
-        record = target.store.write(target.path, self.store_paths(), comment, self.write_blob)
+        record = target.write(self.store_paths(), comment, self.write_blob)
         self._written = [target]
         report(100, f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
         return record
