@@ -13,7 +13,7 @@ from typing import Callable
 import luigi
 
 from nixlayer.errors import NixlayerError
-from tasks.config import nixlayer
+from tasks.config import batches, nixlayer
 from tasks import errors
 
 Report = Callable[[int, str], None]
@@ -168,23 +168,23 @@ _BATCH_SIZES: dict[type, int] = {}
 def plan_batches(tasks: list[luigi.Task]) -> None:
     """Size the batches of the build about to be scheduled from its tasks: ``tasks`` (an entry
     task's targets) and what each requires, repeats counted once. Each BatchableTask class's
-    tasks still to run are handed out in about
-    ``[nixlayer] layer_batches`` batches. The entry tasks call this from ``requires()``, which
-    Luigi's worker calls before it adds the first task of each class and so reads
-    ``max_batch_size``. Raises NixlayerError if ``layer_batches`` is not a whole number of at
-    least 1.
+    tasks still to run are handed out in about ``[nixlayer] layer_batches`` batches (unset:
+    one with the embedded scheduler and one worker, else 8; see ``tasks.config.batches``).
+    The entry tasks call this from ``requires()``, which Luigi's worker calls before it adds
+    the first task of each class and so reads ``max_batch_size``. Raises NixlayerError if
+    ``layer_batches`` is not a whole number of at least 1.
 
     One image's hundred layers in 8 batches keep ``--workers 2`` busy to the end; a batch of
     50 images' 3,000 layers, 50 customisation layers and 50 images in 8 batches each cost the
-    scheduler 24 hand-outs of work instead of 3,100; the ten layers a rebuild has left to
-    write go in batches of 2, not one of 400.
+    scheduler 24 hand-outs of work instead of 3,100, and in one batch each (one worker) 3;
+    the ten layers a rebuild has left to write go in batches of 2, not one of 400.
     """
     try:
-        batches = nixlayer().layer_batches
+        count = batches(nixlayer().layer_batches)
     except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
         raise NixlayerError(f"[nixlayer] layer_batches (--nixlayer-layer-batches): {e.__cause__ or e}") from None
     build = [t for task in tasks for t in (task, *luigi.task.flatten(task.requires()))]
     distinct = {task.task_id: type(task) for task in build if isinstance(task, BatchableTask) and not task.complete()}
     _BATCH_SIZES.clear()
-    for cls, count in collections.Counter(distinct.values()).items():
-        _BATCH_SIZES[cls] = -(-count // batches)
+    for cls, tasks_left in collections.Counter(distinct.values()).items():
+        _BATCH_SIZES[cls] = -(-tasks_left // count)

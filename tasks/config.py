@@ -6,6 +6,7 @@ import sys
 
 import luigi
 import luigi.configuration
+import luigi.interface
 
 from nixlayer.layerstore import default_layer_store
 
@@ -79,11 +80,27 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     layer_batches: in about how many batches a build's store path layers (and, apart, its
     customisation layers, and its images) are handed out to workers (see
     ``tasks.base.BatchableTask``): at least the number of worker processes that share the
-    build, on every machine.
+    build, on every machine. Unset: 1 with the embedded scheduler and one worker process
+    (``[core] local_scheduler``, ``[core] workers`` or ``--workers``: nothing else takes
+    work), else 8 (see :func:`batches`).
     """
 
     layer_store = luigi.Parameter(default=default_layer_store())
-    layer_batches = luigi.NumericalParameter(default=8, var_type=int, min_value=1, max_value=2**31)
+    layer_batches = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1, max_value=2**31)
+
+
+def batches(layer_batches: int | None) -> int:
+    """The number of batches for ``[nixlayer] layer_batches`` (None: unset).
+
+    Unset, it is 1 when the run uses the embedded scheduler with one worker process, as
+    Luigi's configuration and command line say (``luigi.build(..., workers=N)`` passes its
+    arguments past them: such a caller sets ``layer_batches``); else 8, so that the workers of
+    several processes or machines each get some.
+    """
+    if layer_batches is not None:
+        return layer_batches
+    core = luigi.interface.core()
+    return 1 if core.local_scheduler and core.workers == 1 else 8
 
 
 def layer_store_root() -> str:

@@ -75,8 +75,11 @@ def test_rebuild_runs_only_what_changed(tmp_path, layer_store):
 def test_layer_tasks_report_progress_to_the_scheduler(tmp_path, layer_store, vectors_app):
     result = build(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
     tasks = result["worker"]._scheduler.task_list("DONE", "")
-    # A batch of store path layers runs as one more StorePathLayer whose store_path lists them.
-    layers = [t for t in tasks.values() if t["name"] == "StorePathLayer" and "\n" not in t["params"]["store_path"]]
+    # A batch of store path layers runs as one more StorePathLayer whose store_path lists them
+    # (a JSON list); each member reports its own progress.
+    layers = [t for t in tasks.values() if t["name"] == "StorePathLayer" and not t["params"]["store_path"].startswith("[")]
+    (batch,) = [t for t in tasks.values() if t["name"] == "StorePathLayer" and t["params"]["store_path"].startswith("[")]
+    assert len(json.loads(batch["params"]["store_path"])) == 5  # one worker: one batch
     assert len(layers) == 5
     assert all(t["progress_percentage"] == 100 for t in layers)
     assert all("diff_id sha256:" in t["status_message"] for t in layers)
