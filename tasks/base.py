@@ -51,6 +51,26 @@ class NixlayerTask(luigi.Task):
             params = _CLASS_PARAMS[cls] = super().get_params()
         return list(params)
 
+    @classmethod
+    def get_param_values(cls, params, args, kwargs) -> list[tuple[str, object]]:
+        """Luigi's (name, value) list for a task made with ``args`` and ``kwargs``.
+
+        Luigi's own resolves each parameter not given from the command line and luigi.cfg,
+        and formats a description of the call in case of an error, for every task made and
+        every lookup of one already made (about 20 us for a layer task; a batch makes ten
+        thousand). nixlayer's tasks make each other with every parameter named: then each
+        value is normalized, as Luigi's would, and nothing else. Anything else (positional
+        values, parameters left to their defaults or to a luigi.cfg section of the task's
+        family, an unknown name) goes Luigi's way, with its errors.
+        """
+        if args or len(kwargs) != len(params) or luigi.configuration.get_config().has_section(cls.get_task_family()):
+            return super().get_param_values(params, args, kwargs)
+        try:
+            values = [(name, param.normalize(kwargs[name])) for name, param in params]
+        except KeyError:  # a name that is not a parameter: Luigi's error
+            return super().get_param_values(params, args, kwargs)
+        return [(name, tuple(value) if isinstance(value, (list, set)) else value) for name, value in values]
+
     def _report_self(self, percentage: int, message: str) -> None:
         """A Report to the scheduler about this task."""
         self.set_progress_percentage(percentage)

@@ -357,3 +357,37 @@ def test_only_nixlayer_warnings_are_reworded(capsys):
     err = capsys.readouterr().err
     assert "nixlayer: warning: ours\n" in err
     assert "DeprecationWarning: theirs" in err and "nixlayer: warning: theirs" not in err
+
+
+def test_tasks_made_with_every_parameter_named_get_luigis_values():
+    """NixlayerTask.get_param_values' short way gives what Luigi's own does, and anything it
+    does not cover goes Luigi's way, with Luigi's errors and config lookups."""
+    import luigi
+    from luigi.parameter import MissingParameterException, UnknownParameterException
+
+    from tasks.layers import CustomisationLayer, StorePathLayer
+
+    settings = dict(mtime=1, uid=0, gid=0, uname="root", gname="root", compression="none", compression_level=None,
+                    store_dir="/nix/store", store_root="/", layer_store_dir="/var/cache/nixlayer")
+    for cls, own in ((StorePathLayer, {"store_path": "/nix/store/" + "a" * 32 + "-x"}),
+                     (CustomisationLayer, {"contents": ["/nix/store/" + "b" * 32 + "-y"]})):
+        params, kwargs = cls.get_params(), {**settings, **own}
+        ours = cls.get_param_values(params, (), kwargs)
+        assert ours == luigi.Task.get_param_values.__func__(cls, params, (), kwargs)
+        assert all(not isinstance(value, list) for _, value in ours)  # lists become tuples, as Luigi's
+        with pytest.MonkeyPatch.context() as patch:  # the short way it is: Luigi's is not asked
+            patch.setattr(luigi.Task, "get_param_values", None)
+            assert cls.get_param_values(params, (), kwargs) == ours
+    with pytest.raises(UnknownParameterException):
+        StorePathLayer(**settings, storepath="/nix/store/x")
+    with pytest.raises(MissingParameterException):
+        StorePathLayer(**settings)
+    # A parameter left out takes its luigi.cfg value, as Luigi's way gives it.
+    config = luigi.configuration.get_config()
+    config.add_section("StorePathLayer")
+    try:
+        config.set("StorePathLayer", "uid", "7")
+        partial = {k: v for k, v in settings.items() if k != "uid"}
+        assert StorePathLayer(**partial, store_path="/nix/store/" + "c" * 32 + "-z").uid == 7
+    finally:
+        config.remove_section("StorePathLayer")
