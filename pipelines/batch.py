@@ -278,7 +278,8 @@ class BuildImages(luigi.Task):
 
     def make_report(self) -> dict:
         built_layers, built_images = self._built()
-        sizes: dict[str, int] = {}
+        sizes: dict[str, int] = {}  # layer record path -> blob bytes
+        names: dict[str, str] = {}  # layer record path -> its path in the layer store
         report_images = []
         image_bytes_written = 0
         for _, image in self.images():
@@ -288,6 +289,7 @@ class BuildImages(luigi.Task):
             for target in layers:
                 if target.path not in sizes:
                     sizes[target.path] = target.record().blob.blob_size
+                    names[target.path] = target.name
             built = [t.path for t in layers if t.path in built_layers]
             written = assemble is not None and assemble.output in built_images
             stamp = assemble.read_stamp(assemble.stamp()) if assemble else {}
@@ -302,7 +304,6 @@ class BuildImages(luigi.Task):
                 "bytes_written": sum(sizes[p] for p in built) + image_bytes,
             })
         distinct_built = built_layers & set(sizes)
-        store_root = LayerStore(layer_store_root()).root
         return {
             "batch": str(self.batch_file),
             "started": _iso(self._started), "finished": _iso(time.time()),
@@ -317,9 +318,9 @@ class BuildImages(luigi.Task):
                 "layer_bytes_written": sum(sizes[p] for p in distinct_built),
                 "image_bytes_written": image_bytes_written,
             },
-            "layer_store": store_root,
+            "layer_store": LayerStore(layer_store_root()).root,
             # The layer records this run wrote, relative to the layer store.
-            "built_layers": sorted(os.path.relpath(p, store_root) for p in distinct_built),
+            "built_layers": sorted(names[p] for p in distinct_built),
         }
 
 
