@@ -100,13 +100,13 @@ def _put_file(root: str, digest: str, source: str) -> int:
     """Put the file ``source`` under ``root`` as the blob ``digest``, hard-linked where it can
     be, unless it is there; return the bytes copied (0 if linked or there)."""
     path = blob_path(root, digest)
-    if os.path.exists(path):
-        return 0
     try:
         os.link(source, path)
     except FileExistsError:
-        pass  # another writer put the same blob there meanwhile
+        pass  # there already (Linux says so before it looks at the file systems)
     except OSError:  # another file system: a copy
+        if os.path.exists(path):
+            return 0
         with atomic_file(path) as out, open(source, "rb") as f:
             shutil.copyfileobj(f, out, COPY_BUFFER)
             return out.tell()
