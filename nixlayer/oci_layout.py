@@ -96,10 +96,9 @@ def _put_data(root: str, data: bytes) -> tuple[str, int]:
     return path, len(data)
 
 
-def _put_file(root: str, digest: str, source: str) -> int:
-    """Put the file ``source`` under ``root`` as the blob ``digest``, hard-linked where it can
-    be, unless it is there; return the bytes copied (0 if linked or there)."""
-    path = blob_path(root, digest)
+def _put_file(path: str, source: str) -> int:
+    """Put the file ``source`` at ``path`` (a blob's), hard-linked where it can be, unless it
+    is there; return the bytes copied (0 if linked or there)."""
     try:
         os.link(source, path)
     except FileExistsError:
@@ -163,19 +162,20 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     """
     check_layout_output(directory)
     manifest = oci_manifest(config, layers)
+    files = [(blob_path(directory, layer.blob.digest), layer.file) for layer in layers]
 
-    def put_blobs() -> int:
+    def put_blobs(files: list[tuple[str, str]]) -> int:
         os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
-        written = sum(_put_file(directory, layer.blob.digest, layer.file) for layer in layers)
+        written = sum(_put_file(path, source) for path, source in files)
         return written + _put_data(directory, config)[1] + _put_data(directory, manifest)[1]
 
-    written = put_blobs()  # unlocked: blobs are content-addressed, and a copy can take long
+    written = put_blobs(files)  # unlocked: blobs are content-addressed, and a copy can take long
     entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
     entry["annotations"] = {REF_NAME: ref_name}
     with _locked(directory):
         # A first writer that failed meanwhile removed the layout, blobs and all, under this
         # lock (it had no index.json yet): whatever is missing is put again before the index.
-        written += put_blobs()
+        written += put_blobs([(path, source) for path, source in files if not os.path.exists(path)])
         if not os.path.exists(os.path.join(directory, LAYOUT_FILE)):
             with atomic_file(os.path.join(directory, LAYOUT_FILE)) as f:
                 f.write(LAYOUT)
