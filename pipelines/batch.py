@@ -16,6 +16,7 @@ versus reused from the layer store, and bytes written.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from typing import Iterator
 
 import luigi
 
@@ -185,16 +187,15 @@ def load_batch(path: str) -> list[dict]:
     return result
 
 
-def _read_graphs(images: list[dict]) -> None:
+def _read_graphs(images: list[BuildImage]) -> None:
     """Read one closure graph for all images that read theirs from the same place (one call
     to Nix instead of one per image; see ``ImageParameters.read_graph``). Best effort: an image
     whose contents are bad gets its own clear error when it is planned."""
     sources: dict[tuple, tuple[BuildImage, set[str]]] = {}
-    for params in images:
+    for image in images:
         try:
-            image = BuildImage(**params)
             sources.setdefault(image.graph_source(), (image, set()))[1].update(image.roots())
-        except (NixlayerError, ValueError):
+        except NixlayerError:
             pass
     for image, roots in sources.values():
         try:
@@ -235,17 +236,16 @@ class BuildImages(luigi.Task):
             try:
                 entries = load_batch(self.batch_file)
                 check_writable(str(self.report))
-                _read_graphs([params for _, params in entries])
                 images = []
                 for entry, params in entries:
-                    try:
+                    with self._entry_errors(entry):
                         if params.get("output"):
                             _make_directories(os.path.dirname(params["output"]), created)
-                        task = BuildImage(**params)
+                        images.append((entry, BuildImage(**params)))
+                _read_graphs([task for _, task in images])
+                for entry, task in images:
+                    with self._entry_errors(entry):
                         task.plan  # check every setting, plan the layers: before any work
-                    except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
-                        raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
-                    images.append((entry, task))
             except BaseException:
                 for directory in reversed(created):
                     try:
@@ -255,6 +255,14 @@ class BuildImages(luigi.Task):
                 raise
             self._images = images
         return self._images
+
+    @contextlib.contextmanager
+    def _entry_errors(self, entry: str) -> Iterator[None]:
+        """Bad input of the batch file's ``entry`` as one NixlayerError naming it."""
+        try:
+            yield
+        except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
+            raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
 
     def requires(self) -> list[ImageTask]:
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
