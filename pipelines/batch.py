@@ -64,9 +64,10 @@ def _new_run_log() -> None:
     _run_log = fd
 
 
-def _log_run(entry: dict) -> None:
-    if _run_log is not None:
-        os.write(_run_log, (json.dumps(entry) + "\n").encode())
+def _log_run(entries: list[dict]) -> None:
+    """Append ``entries`` to the run log, in one write (a batch's thousands of layers too)."""
+    if _run_log is not None and entries:
+        os.write(_run_log, "".join(json.dumps(entry) + "\n" for entry in entries).encode())
 
 
 def _read_run_log() -> list[dict]:
@@ -78,14 +79,13 @@ def _read_run_log() -> list[dict]:
 
 @LayerTask.event_handler(luigi.Event.SUCCESS)
 def _layer_written(task: LayerTask) -> None:
-    for target in task.written():  # not a batch member another process wrote meanwhile
-        _log_run({"layer": target.path})
+    # Not a batch member another process wrote meanwhile.
+    _log_run([{"layer": target.path} for target in task.written()])
 
 
 @AssembleImage.event_handler(luigi.Event.SUCCESS)
 def _image_written(task: AssembleImage) -> None:
-    for output in task.written():  # not a batch member another process wrote meanwhile
-        _log_run({"image": output})
+    _log_run([{"image": output} for output in task.written()])
 
 
 def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
