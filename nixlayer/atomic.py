@@ -68,23 +68,25 @@ def _touched_since(directory: str, cutoff: float) -> bool:
     return False
 
 
-def _temp_name(destination: str, suffix: str = "", temp_dir: str | None = None) -> str:
+def _temp_file(destination: str, temp_dir: str | None = None) -> tuple[int, str]:
+    """A new temporary file for ``destination`` (in ``temp_dir``, else beside it): its open
+    descriptor and path."""
     directory = os.path.dirname(os.path.abspath(destination)) or "."
     if not os.path.isdir(directory):
         raise NixlayerError(f"cannot write {destination}: directory {directory} does not exist")
     prefix = f".{os.path.basename(destination)}.tmp-"
     try:
-        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=temp_dir or directory)
+        return tempfile.mkstemp(prefix=prefix, dir=temp_dir or directory)
     except OSError as e:
         raise NixlayerError(f"cannot write {destination}: {e.strerror}") from None
-    os.close(fd)
-    return path
 
 
 def check_writable(destination: str) -> None:
     """Raise NixlayerError unless a file can be created beside ``destination`` (in its
     directory): a probe file is made and removed, so a bad output fails before any work."""
-    os.unlink(_temp_name(destination))
+    fd, probe = _temp_file(destination)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _sweep(destination: str, temp: str) -> None:
@@ -103,13 +105,13 @@ def atomic_file(destination: str, sweep: bool = True, temp_dir: str | None = Non
     name costs ~4x more in a directory of thousands (ext4, measured here). Raises NixlayerError
     when the directory does not exist or is not writable.
     """
-    temp = _temp_name(destination, temp_dir=temp_dir)
-    if sweep and temp_dir is None:
-        _sweep(destination, temp)
+    fd, temp = _temp_file(destination, temp_dir)
     try:
-        with open(temp, "wb") as f:
+        with open(fd, "wb") as f:
+            if sweep and temp_dir is None:
+                _sweep(destination, temp)
             yield f
-        os.chmod(temp, 0o644)
+            os.fchmod(fd, 0o644)
         os.replace(temp, destination)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
