@@ -65,9 +65,11 @@ def _new_run_log() -> None:
 
 
 def _log_run(entries: list[dict]) -> None:
-    """Append ``entries`` to the run log, in one write (a batch's thousands of layers too)."""
-    if _run_log is not None and entries:
-        os.write(_run_log, "".join(json.dumps(entry) + "\n" for entry in entries).encode())
+    """Append ``entries`` to the run log: one write for a batch's thousands of layers (more
+    only if the system takes part of it)."""
+    data = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
+    while _run_log is not None and data:
+        data = data[os.write(_run_log, data):]
 
 
 def _read_run_log() -> list[dict]:

@@ -192,8 +192,12 @@ _GRAPHS: dict[tuple, list[ClosureGraph]] = {}
 @functools.cache
 def _checker() -> concurrent.futures.ThreadPoolExecutor:
     """The thread that checks an image's contents while its closure is read: one for the
-    process (a thread started and joined per image cost a batch of 50 images 15 ms)."""
+    process (a thread started and joined per image cost a batch of 50 images 15 ms). A forked
+    process (Luigi's ``--workers N``) has not the thread, so it makes its own."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nixlayer-check")
+
+
+os.register_at_fork(after_in_child=_checker.cache_clear)
 
 
 class BuildImage(ImageParameters):

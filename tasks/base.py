@@ -11,6 +11,7 @@ import uuid
 from typing import Callable
 
 import luigi
+from luigi.task_status import DONE
 
 from nixlayer.errors import NixlayerError
 from tasks.config import batches, nixlayer
@@ -133,19 +134,29 @@ class BatchableTask(NixlayerTask, abstract=True):
         if members == [self]:
             self.run_member(self, self._report_self)
             return
-        scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
+        reporter = getattr(self.set_status_message, "__self__", None)  # Luigi's TaskStatusReporter
+        scheduler = getattr(reporter, "_scheduler", None)
         failures: list[Exception] = []
+        done = []
         for member in members:
             if member.complete():  # done meanwhile by another worker
+                done.append(member)
                 continue
             # Each member's own progress and status, under its own task id.
             report = self._report_self if scheduler is None else functools.partial(_report_task, scheduler, member.task_id)
             try:
                 self.run_member(member, report)
+                done.append(member)
             except Exception as error:  # the other members are still done
                 failures.append(error)
                 report(0, f"failed: {error}")
         if failures:
+            if scheduler is not None:
+                # Luigi fails every member still running in a failed batch, and what requires
+                # them never runs. Told first that these are done, the scheduler goes on with
+                # the images that need only them, in this run.
+                for member in done:
+                    scheduler.add_task(task_id=member.task_id, status=DONE, worker=reporter._worker_id)
             raise _batch_failure(failures)
 
 

@@ -119,6 +119,9 @@ def test_run_log_leaves_no_file_and_counts_forked_workers(tmp_path, layer_store,
     roots = synthetic_store(tmp_path / "root", images=2, base=4, unique=2)
     batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\n', [
         f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)])
+    # Two batches of each kind, so both worker processes write to the run log (luigi.build's
+    # workers=2 does not reach the configuration, from which an unset layer_batches is sized).
+    monkeypatch.setitem(luigi.configuration.get_config()["nixlayer"], "layer_batches", "2")
     run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")), workers=2)
     totals = json.loads((tmp_path / "r.json").read_text())["totals"]
     assert totals["layers_built"] == totals["distinct_layers"] == 4 + 2 * 3 + 2 and totals["images_written"] == 2
@@ -351,3 +354,29 @@ def test_a_batch_with_several_failures_shows_each(capsys, caplog):
     assert _batch_failure([one, bug, other_bug]) is bug  # raised, its traceback kept; the others shown now:
     assert capsys.readouterr().err == "nixlayer: error: one\n"
     assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [other_bug]
+
+
+def test_a_failing_layer_stops_only_the_images_that_need_it(tmp_path, layer_store):
+    """Three images whose layers go out in one batch; one store path of the middle image is
+    gone from disk when its layer is written. The batch fails (exit 30 from the command line),
+    but the layers it did write are done for the scheduler: the other two images are still
+    written in the same run, and the middle one is not."""
+    from nixlayer.closure import graph_from_store_dir
+
+    roots = synthetic_store(tmp_path / "root", images=3, base=4, unique=2)
+    graph = graph_from_store_dir(roots, str(tmp_path / "root"), "/nix/store")
+    (tmp_path / "graph.json").write_text(json.dumps(
+        [{"path": p, "narSize": graph.nar_size(p), "references": sorted(graph.references(p))} for p in graph]))
+    lib = next(p for p in graph if "-lib1-" in p)  # one of the middle image's own store paths
+    shutil.rmtree(tmp_path / "root" / lib.lstrip("/"))
+    batch = write_batch(tmp_path / "batch.toml",
+                        f'store_root = "{tmp_path / "root"}"\nclosure_graph = "{tmp_path / "graph.json"}"\n'
+                        'tag = "t"\nformat = "oci"\n',
+                        [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}"' for i, r in enumerate(roots)])
+    result = luigi.build([BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json"))],
+                         local_scheduler=True, detailed_summary=True)
+    assert result.status.name == "FAILED"
+    batches = [t for t in result.worker._scheduled_tasks.values()
+               if t.task_family == "StorePathLayer" and len(t.members()) > 1]
+    assert len(batches) == 1  # one worker, the embedded scheduler: one batch of every layer
+    assert [(tmp_path / "out" / f"img{i}" / "index.json").exists() for i in range(3)] == [True, False, True]
