@@ -90,8 +90,11 @@ class BatchableTask(NixlayerTask, abstract=True):
     split them); it does each member's work as that member would, skipping members done
     meanwhile, and reports each one's progress and status to the scheduler under that member's
     task id. Every member stays one task in the scheduler, done once. A member that fails does
-    not stop the others; the batch then fails (Luigi marks all its members failed; those
-    written are complete for the next run, and their status says so).
+    not stop the others; the batch then fails, once it has told the scheduler which members
+    are done (Luigi fails the others, and what requires them waits; what requires only done
+    ones goes on). Luigi's summary still counts every member of a failed batch as failed, and
+    with the embedded scheduler and ``--workers N`` (forked processes) the scheduler is not
+    told: the members written are complete for the next run, and their status says so.
     """
 
     def __init__(self, *args, **kwargs) -> None:
