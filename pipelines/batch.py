@@ -144,10 +144,12 @@ def _image_params(settings: dict, directory: str) -> dict:
     for key in PATH_KEYS:
         if out.get(key) and not (key == "store_root" and out[key] == "/"):
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
-    if "nix_attrs" in settings or "nix_file" in settings:
-        nix_file, attrs = settings.get("nix_file"), settings.get("nix_attrs")
-        if not isinstance(nix_file, str) or not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
-            raise NixlayerError("nix_file must be a string and nix_attrs a list of attribute names")
+    if "nix_attrs" in settings:  # nix_file may be a default that other images do without
+        nix_file, attrs = settings.get("nix_file"), settings["nix_attrs"]
+        if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+            raise NixlayerError("nix_attrs must be a list of attribute names")
+        if not isinstance(nix_file, str):
+            raise NixlayerError("nix_attrs needs nix_file, the Nix file (a string) to build them from")
         built = _nix_build(os.path.join(directory, nix_file), attrs)
         out["contents"] = list(out.get("contents", [])) + built
     return out
@@ -177,6 +179,8 @@ def load_batch(path: str) -> list[dict]:
     for number, image in enumerate(images, 1):
         entry = f"image {number}" + (f" ({image['name']})" if isinstance(image.get("name"), str) else "")
         try:
+            if "nix_file" in image and "nix_attrs" not in data and "nix_attrs" not in image:
+                raise NixlayerError("nix_file without nix_attrs: name the attributes to build")
             params = _image_params({**data, **image}, directory)
         except NixlayerError as e:
             raise NixlayerError(f"{path}: {entry}: {e}") from None

@@ -152,6 +152,10 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
     ('format = "ocii"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "image 1 (a): ocii is not a valid choice"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\ncontents = ["/nix/store/00000000000000000000000000000000-missing"]\n',
      "image 1 (a): "),
+    ('nix_file = "x.nix"\n[[image]]\nname = "a"\noutput = "a.tar"\nnix_attrs = "hello"\n',
+     "image 1 (a): nix_attrs must be a list of attribute names"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_attrs = ["hello"]\n', "image 1 (a): nix_attrs needs nix_file"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "x.nix"\n', "image 1 (a): nix_file without nix_attrs"),
 ])
 def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     batch = tmp_path / "batch.toml"
@@ -190,6 +194,17 @@ def test_failed_nix_build_reports_nix_error_line(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert errors == [f"nixlayer: error: {batch}: image 1 (a): nix-build {REPO / 'examples' / 'hello.nix'} -A helo"
                       " failed (exit 1): error: attribute 'helo' in selection path 'helo' not found"], run.stderr
+
+
+def test_a_default_nix_file_leaves_images_without_nix_attrs_alone(tmp_path):
+    """nix_file among the defaults: images with nix_attrs build from it, the others need none."""
+    from pipelines.batch import load_batch
+
+    batch = write_batch(tmp_path / "batch.toml", f'nix_file = "{REPO / "examples" / "hello.nix"}"\n', [
+        'name = "a"\noutput = "a.tar"\nnix_attrs = ["busybox"]', 'name = "b"\noutput = "b.tar"\ncontents = []'])
+    (_, a), (_, b) = load_batch(str(batch))
+    assert [p.split("-", 1)[1] for p in a["contents"]] == ["busybox-1.0"]
+    assert b["contents"] == [] and "nix_file" not in b
 
 
 def test_example_batch_file_builds(tmp_path):
