@@ -27,7 +27,7 @@ def check_media_type(media_type: str) -> None:
     """Raise NixlayerError unless ``media_type`` is an uncompressed layer, as docker-archive needs."""
     if media_type != MEDIA_TYPE_OCI_LAYER:
         raise NixlayerError(
-            "docker-archive holds uncompressed layers: use --compression none, or an OCI"
+            "docker-archive holds uncompressed layers: use compression none (--compression none), or an OCI"
             " format (oci, oci-archive) or a registry push for gzip and zstd"
         )
 

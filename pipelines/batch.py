@@ -359,7 +359,8 @@ def _iso(seconds: float) -> str:
 
 def format_summary(report: dict) -> str:
     """The report as the lines BuildImages prints."""
-    lines = [f"nixlayer: batch {report['batch']}: {len(report['images'])} images in {report['seconds']} s"]
+    count = len(report["images"])
+    lines = [f"nixlayer: batch {report['batch']}: {count} image{'' if count == 1 else 's'} in {report['seconds']} s"]
     for image in report["images"]:
         lines.append(
             f"  {image['name']}:{image['tag']} {image['digest'] or '-'}  layers: {image['layers_built']} built,"

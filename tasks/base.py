@@ -216,7 +216,8 @@ def plan_batches(tasks: list[luigi.Task]) -> None:
     try:
         count = batches(nixlayer().layer_batches)
     except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
-        raise NixlayerError(f"[nixlayer] layer_batches (--nixlayer-layer-batches): {e.__cause__ or e}") from None
+        raise NixlayerError("[nixlayer] layer_batches (--nixlayer-layer-batches) must be a whole number of at"
+                            f" least 1: {e.__cause__ or e}") from None
     build = [t for task in tasks for t in (task, *luigi.task.flatten(task.requires()))]
     distinct = {task.task_id: type(task) for task in build if isinstance(task, BatchableTask) and not task.complete()}
     _BATCH_SIZES.clear()
