@@ -26,7 +26,8 @@ class AssembleImage(BatchableTask, ImageTask):
     image is never mistaken for the one already there.
 
     The images of a build that share their layer settings and format are handed out in batches
-    (see BatchableTask): 50 images cost the scheduler 8 hand-outs of work, not 50.
+    (see BatchableTask): 50 images cost the scheduler one hand-out of work (8 with several
+    workers), not 50.
     """
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
