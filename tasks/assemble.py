@@ -77,8 +77,9 @@ class AssembleImage(BatchableTask, ImageTask):
         report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
         self._written.append(member.output)
         if member.output != STDOUT:
-            os.makedirs(os.path.dirname(member.stamp()), exist_ok=True)
-            with atomic_file(member.stamp()) as f:
+            stamp = member.stamp()
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with atomic_file(stamp) as f:
                 f.write(json.dumps({
                     "output": member.output, "digest": digest, "signature": member._output_signature(),
                     "bytes": written, "layers": member.layer_records(),
