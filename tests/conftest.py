@@ -22,6 +22,21 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def podman_storage(tmp_path_factory):
+    """A podman image store of this test run's own (CONTAINERS_STORAGE_CONF, read by every
+    podman the tests start): the tests neither see nor change the machine's podman images, and
+    test runs at once on one machine do not remove each other's (reproducible images share
+    their IDs)."""
+    root = tmp_path_factory.mktemp("podman")
+    conf = root / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+    os.environ["CONTAINERS_STORAGE_CONF"] = str(conf)
+    yield
+    subprocess.run(["podman", "rmi", "--all", "--force"], capture_output=True, timeout=120)
+    del os.environ["CONTAINERS_STORAGE_CONF"]
+
+
 @pytest.fixture(scope="session")
 def vectors() -> dict:
     """The expected values nixpkgs computes for the closure of ``fixtures/vectors.nix``."""
