@@ -163,7 +163,7 @@ class BatchableTask(NixlayerTask, abstract=True):
                 progress.member_done(number)
             except Exception as error:  # the other members are still done
                 failures.append(error)
-                report(0, f"failed: {error}")
+                progress.member_failed(own, error)
         progress.finish(len(done), len(failures))
         if failures:
             if scheduler is not None:
@@ -178,7 +178,12 @@ class BatchableTask(NixlayerTask, abstract=True):
 class _BatchProgress:
     """The progress and status message of a batch's own task (its row on luigid's dashboard):
     its members' work done over all of it (bytes for layers, see ``member_weight``), and the
-    member it is on with that member's own status. Sent at most every REPORT_SECONDS."""
+    member it is on with that member's own status; sent at most every REPORT_SECONDS.
+
+    Luigi's scheduler copies a running batch's progress and status to every member still in
+    it, so a member's last report (written, or failed) is sent when the batch ends, after the
+    batch's own; the member being written has its reports sent after the batch's.
+    """
 
     REPORT_SECONDS = 0.5
 
@@ -192,29 +197,39 @@ class _BatchProgress:
         self.total = sum(self.weights)
         self.done = 0
         self.sent = 0.0
+        self.last: list[tuple[Report, int, str]] = []  # each member's last report, sent at the end
 
     def _amount(self, n: float) -> str:
         return console.size(n) if self.in_bytes else f"{n:.0f}"
 
     def report(self, number: int, own: Report, percentage: int, message: str) -> None:
-        """``own(percentage, message)``, the member's report; then the batch's, if due."""
-        own(percentage, message)
+        """A report of member ``number``, whose own is ``own(percentage, message)``: the
+        batch's first, if due; then the member's, or at the end if it is its last (100)."""
         now = time.monotonic()
-        if now - self.sent < self.REPORT_SECONDS and percentage < 100:
-            return
-        self.sent = now
-        done = self.done + self.weights[number] * percentage / 100
-        self.batch._report_self(
-            int(100 * done / self.total) if self.total else 100,
-            f"{self._amount(done)} of {self._amount(self.total)} written; {self.noun} {number + 1} of {self.count}: {message}",
-        )
+        if now - self.sent >= self.REPORT_SECONDS:
+            self.sent = now
+            done = self.done + self.weights[number] * percentage / 100
+            self.batch._report_self(
+                int(100 * done / self.total),
+                f"{self._amount(done)} of {self._amount(self.total)} written; {self.noun} {number + 1} of {self.count}: {message}",
+            )
+        if percentage >= 100:
+            self.last.append((own, percentage, message))
+        else:
+            own(percentage, message)
 
     def member_done(self, number: int) -> None:
         self.done += self.weights[number]
 
+    def member_failed(self, own: Report, error: Exception) -> None:
+        self.last.append((own, 0, f"failed: {error}"))
+
     def finish(self, done: int, failed: int) -> None:
+        """The batch's last report, then each member's."""
         self.batch._report_self(100, f"{done} of {self.count} {self.noun} written ({self._amount(self.done)})"
                                 + (f", {failed} failed" if failed else ""))
+        for own, percentage, message in self.last:
+            own(percentage, message)
 
 
 def json_list(values) -> str:
