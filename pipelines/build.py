@@ -157,16 +157,18 @@ class ImageParameters(NixlayerTask, abstract=True):
         output's (else its push's) layers.
 
         ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
-        of the images it wrote, by output. ``layers`` (layer record path -> blob bytes, path in
-        the layer store) gets this image's layers added; a batch's images share it. Adds
+        of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
+        in the run, else 0; path in the layer store) gets this image's layers added; a batch's
+        images share it. Adds
         ``image_bytes_written``: the bytes of the image file(s) the run wrote.
         """
         assemble = self.assemble_task() if self.output else None
         task = assemble or self.targets()[0]
         targets = [layer.output() for layer in task.requires()]
-        for target in targets:
+        for target in targets:  # the blob sizes of the layers built (others may be gone since)
             if target.path not in layers:
-                layers[target.path] = (target.record().blob.blob_size, target.name)
+                built_here = target.path in built_layers
+                layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
         built = [t.path for t in targets if t.path in built_layers]
         entry = written.get(assemble.output, {}) if assemble else {}
         if assemble and not entry and assemble.output != STDOUT:
