@@ -90,7 +90,8 @@ class BatchableTask(NixlayerTask, abstract=True):
     whose batched parameters hold every member's values (:meth:`batch_members` says how to
     split them); it does each member's work as that member would, skipping members done
     meanwhile, and reports each one's progress and status to the scheduler under that member's
-    task id. Every member stays one task in the scheduler, done once. A member that fails does
+    task id, and its own (the members' work done of all of it, and the member it is on) under
+    its own id (see ``_BatchProgress``). Every member stays one task in the scheduler, done once. A member that fails does
     not stop the others; the batch then fails, once it has told the scheduler which members
     are done (Luigi fails the others, and what requires them waits; what requires only done
     ones goes on). Luigi's summary still counts every member of a failed batch as failed, and
