@@ -17,11 +17,9 @@ versus reused from the layer store, and bytes written.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
-import tempfile
 import time
 import tomllib
 from typing import Iterator
@@ -32,63 +30,15 @@ from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
-from pipelines.build import BuildImage
-from tasks.assemble import AssembleImage
+from pipelines.build import BuildImage, layer_plan
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
+from tasks import console, runlog
 from tasks.config import layer_store_root
 from tasks.base import plan_batches
-from tasks.layers import LayerTask
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
-
-# The run log of the BuildImages run in this process: the descriptor of an anonymous file the
-# layer and image tasks of the run append to when they succeed, also from the worker processes
-# --workers N forks (they inherit it). The file is unlinked as soon as it is made, so nothing
-# is left on disk however the run ends, even killed.
-_run_log: int | None = None
-
-
-def _new_run_log() -> None:
-    """Start an empty run log, closing the previous run's."""
-    global _run_log
-    if _run_log is not None:
-        os.close(_run_log)
-        _run_log = None
-    fd, path = tempfile.mkstemp(prefix="nixlayer-run-", suffix=".jsonl")
-    os.unlink(path)
-    # O_APPEND on the open file description, shared with forked workers: every line lands whole
-    # at the end, whoever writes it.
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-    _run_log = fd
-
-
-def _log_run(entries: list[dict]) -> None:
-    """Append ``entries`` to the run log: one write for a batch's thousands of layers (more
-    only if the system takes part of it)."""
-    data = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
-    while _run_log is not None and data:
-        data = data[os.write(_run_log, data):]
-
-
-def _read_run_log() -> list[dict]:
-    if _run_log is None:
-        return []
-    data = os.pread(_run_log, os.fstat(_run_log).st_size, 0)
-    return [json.loads(line) for line in data.splitlines()]
-
-
-@LayerTask.event_handler(luigi.Event.SUCCESS)
-def _layer_written(task: LayerTask) -> None:
-    # Not a batch member another process wrote meanwhile.
-    _log_run([{"layer": target.path} for target in task.written()])
-
-
-@AssembleImage.event_handler(luigi.Event.SUCCESS)
-def _image_written(task: AssembleImage) -> None:
-    _log_run([{"image": output} for output in task.written()])
-
 
 def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
     if isinstance(parameter, luigi.BoolParameter):
@@ -227,7 +177,7 @@ class BuildImages(luigi.Task):
         with an empty run log (an anonymous file: nothing to clean up)."""
         self._images = None
         self._started = time.time()
-        _new_run_log()
+        runlog.start()
         return False
 
     def images(self) -> list[tuple[str, BuildImage]]:
@@ -273,50 +223,31 @@ class BuildImages(luigi.Task):
     def requires(self) -> list[ImageTask]:
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
         only stands for them, and each task more costs the scheduler a hand-out of work."""
-        targets = [target for _, task in self.images() for target in task.targets()]
+        images = [task for _, task in self.images()]
+        targets = [target for task in images for target in task.targets()]
         plan_batches(targets)
+        count = len(images)
+        console.plan(f"batch {self.batch_file}: {count} image{'' if count == 1 else 's'}",
+                     layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
         return targets
 
     def run(self) -> None:
         report = self.make_report()
         with atomic_file(str(self.report)) as f:
             f.write(json.dumps(report, indent=1).encode() + b"\n")
-        print(format_summary(report), flush=True)
-
-    def _built(self) -> tuple[set[str], set[str]]:
-        layers, images = set(), set()
-        for entry in _read_run_log():
-            layers.update([entry["layer"]] if "layer" in entry else [])
-            images.update([entry["image"]] if "image" in entry else [])
-        return layers, images
+        console.say(format_summary(report), stdout=True)
 
     def make_report(self) -> dict:
-        built_layers, built_images = self._built()
-        sizes: dict[str, int] = {}  # layer record path -> blob bytes
-        names: dict[str, str] = {}  # layer record path -> its path in the layer store
-        report_images = []
-        image_bytes_written = 0
-        for _, image in self.images():
-            assemble = image.assemble_task() if image.output else None
-            task = assemble or image.targets()[0]
-            layers = [layer.output() for layer in task.requires()]
-            for target in layers:
-                if target.path not in sizes:
-                    sizes[target.path] = target.record().blob.blob_size
-                    names[target.path] = target.name
-            built = [t.path for t in layers if t.path in built_layers]
-            written = assemble is not None and assemble.output in built_images
-            stamp = assemble.read_stamp(assemble.stamp()) if assemble else {}
-            image_bytes = stamp.get("bytes", 0) if written else 0
-            image_bytes_written += image_bytes
-            report_images.append({
-                "name": image.name, "tag": task.tag, "output": image.output or None,
-                "push": image.push or None, "format": image.format if image.output else None,
-                "digest": stamp.get("digest"), "layers": len(layers),
-                "layers_built": len(built), "layers_reused": len(layers) - len(built),
-                "image_written": written,
-                "bytes_written": sum(sizes[p] for p in built) + image_bytes,
-            })
+        entries, _ = runlog.read()
+        built_layers = {entry["layer"] for entry in entries if "layer" in entry}
+        written = {entry["image"]: entry for entry in entries if "image" in entry}
+        layers: dict[str, tuple[int, str]] = {}  # layer record path -> blob bytes, path in the layer store
+        report_images = [image.report(built_layers, written, layers) for _, image in self.images()]
+        image_bytes_written = sum(i["image_bytes_written"] for i in report_images)
+        for image in report_images:
+            del image["image_bytes_written"]
+        sizes = {path: blob_size for path, (blob_size, _) in layers.items()}
+        names = {path: name for path, (_, name) in layers.items()}
         distinct_built = built_layers & set(sizes)
         return {
             "batch": str(self.batch_file),
@@ -364,12 +295,12 @@ def format_summary(report: dict) -> str:
     for image in report["images"]:
         lines.append(
             f"  {image['name']}:{image['tag']} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
-            f" {image['layers_reused']} reused; {image['bytes_written']} bytes written"
+            f" {image['layers_reused']} reused; {console.size(image['bytes_written'])} written"
             + ("" if image["image_written"] else " (image unchanged)")
         )
     t = report["totals"]
     lines.append(
         f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
-        f" {t['images_written']} images written; {t['layer_bytes_written'] + t['image_bytes_written']} bytes written"
+        f" {t['images_written']} images written; {console.size(t['layer_bytes_written'] + t['image_bytes_written'])} written"
     )
     return "\n".join(lines)

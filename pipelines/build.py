@@ -24,10 +24,12 @@ from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
 from nixlayer.layerstore import LayerStore
+from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
+from tasks.layers import CustomisationLayer
 from tasks.push import PushToRegistry
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -118,6 +120,7 @@ class ImageParameters(NixlayerTask, abstract=True):
             graph = self.read_graph(self.roots())
         finally:
             concurrent.futures.wait([checked])
+        self._graph = graph
         if self.include_store_paths:
             plan = plan_image(graph, contents, config_paths, self.max_layers)
         else:  # only the customisation layer; the layer budget is still checked
@@ -139,6 +142,79 @@ class ImageParameters(NixlayerTask, abstract=True):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root,
         }
+
+    def nar_sizes(self) -> dict[str, int | None]:
+        """Store path -> NAR size in bytes (None: unknown) of the image's closure, once planned."""
+        self.plan
+        return {path: self._graph.nar_size(path) for path in self._graph}
+
+    def targets(self) -> list[ImageTask]:
+        """The tasks that make the image (AssembleImage, PushToRegistry)."""
+        raise NotImplementedError
+
+    def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+        """This image in a run's report (see ``pipelines.batch``), its layers counted in its
+        output's (else its push's) layers.
+
+        ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
+        of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
+        in the run, else 0; path in the layer store) gets this image's layers added; a batch's
+        images share it. Adds
+        ``image_bytes_written``: the bytes of the image file(s) the run wrote.
+        """
+        assemble = self.assemble_task() if self.output else None
+        task = assemble or self.targets()[0]
+        targets = [layer.output() for layer in task.requires()]
+        for target in targets:  # the blob sizes of the layers built (others may be gone since)
+            if target.path not in layers:
+                built_here = target.path in built_layers
+                layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
+        built = [t.path for t in targets if t.path in built_layers]
+        entry = written.get(assemble.output, {}) if assemble else {}
+        if assemble and not entry and assemble.output != STDOUT:
+            digest = assemble.read_stamp(assemble.stamp()).get("digest")
+        elif assemble:
+            digest = entry.get("digest")
+        else:
+            digest = task.read_stamp(task._stamp()).get("manifest_digest")
+        return {
+            "name": self.name, "tag": task.tag, "output": self.output or None,
+            "push": self.push or None, "format": self.format if self.output else None,
+            "digest": digest, "layers": len(targets),
+            "layers_built": len(built), "layers_reused": len(targets) - len(built),
+            "image_written": bool(entry),
+            "bytes_written": sum(layers[p][0] for p in built) + entry.get("bytes", 0),
+            "image_bytes_written": entry.get("bytes", 0),
+        }
+
+    def announce(self, done: bool) -> None:
+        """Print the plan line and show the build's progress (``tasks.console.plan``), the run
+        log started; ``done``: the image is there already, every layer too."""
+        if "_announced" in self.__dict__:
+            return
+        self._announced = True
+        layers = [(record, paths, done or complete) for record, paths, complete in layer_plan(self.targets(), check=not done)]
+        console.plan(f"{self.name}:{self.plan['tag']}", layers, self.nar_sizes(), self.summary)
+
+    def summary(self, entries: list[dict]) -> list[str]:
+        """The line printed at the end of a run that made the image (none if it did not):
+        where it went, its digest, its layers built and reused, bytes written, time."""
+        if not all(target.complete() for target in self.targets()) and not any(
+                entry.get("image") == STDOUT for entry in entries):
+            return []
+        built_layers = {entry["layer"] for entry in entries if "layer" in entry}
+        written = {entry["image"]: entry for entry in entries if "image" in entry}
+        pushed = any(entry.get("pushed") == self.push for entry in entries)
+        r = self.report(built_layers, written, {})
+        where = []
+        if self.output:
+            where.append(f"wrote {self.format} {self.output}" if r["image_written"]
+                         else f"{self.format} {self.output} is up to date")
+        if self.push:
+            where.append(f"pushed {self.push}" if pushed else f"{self.push} is up to date")
+        return [f"nixlayer: {', '.join(where)}: {r['name']}:{r['tag']} {r['digest'] or '-'}; layers: {r['layers_built']}"
+                f" built, {r['layers_reused']} reused; {console.size(r['bytes_written'])} written in"
+                f" {console.seconds(console.elapsed())}"]
 
     def graph_source(self) -> tuple:
         """Where this image's closure graph is read from: (closure_graph, store_root, store_dir)."""
@@ -183,6 +259,20 @@ class ImageParameters(NixlayerTask, abstract=True):
             graph = graph.closure(roots)
         _GRAPHS.setdefault(source, []).append(graph)
         return graph
+
+
+def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
+    """Each layer of ``targets`` once, as ``tasks.console.plan`` takes them: (its record
+    path, its store paths, none for a customisation layer, whether it is in the layer
+    store; with ``check`` false, taken as not)."""
+    layers = {}
+    for target in targets:
+        for task in target.requires():
+            record = task.output().path
+            if record not in layers:
+                paths = [] if isinstance(task, CustomisationLayer) else task.store_paths()
+                layers[record] = (record, paths, check and task.complete())
+    return list(layers.values())
 
 
 # Closure graphs read in this process, by (closure_graph, store_root, store_dir).
@@ -242,11 +332,20 @@ class BuildImage(ImageParameters):
         targets = self.targets()
         layers = self.assemble_task().requires() if self.output == STDOUT else []
         plan_batches(targets + layers)
+        self.announce(done=False)
         return targets + layers
 
     def complete(self) -> bool:
+        """Whether the image is written (or pushed) already; Luigi asks once, first, before
+        anything runs: a run starts here, with an empty run log (``tasks.runlog``)."""
         self.plan  # every parameter is checked, even when nothing is left to do
-        return self.output != STDOUT and all(task.complete() for task in self.targets())
+        if "_started" not in self.__dict__:
+            self._started = True
+            runlog.start()
+        done = self.output != STDOUT and all(task.complete() for task in self.targets())
+        if done:
+            self.announce(done=True)
+        return done
 
     def run(self) -> None:
         if self.output == STDOUT:
@@ -275,10 +374,26 @@ class PushImage(ImageParameters):
         parse_push_target(self.target)
         self.compression_for(PUSH_COMPRESSION)
 
+    output = ""
+
+    @property
+    def push(self) -> str:  # what BuildImage calls it (ImageParameters.report, summary)
+        return self.target
+
+    def targets(self) -> list[ImageTask]:
+        return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
+
     def requires(self) -> PushToRegistry:
-        task = self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)
+        (task,) = self.targets()
         plan_batches([task])
+        self.announce(done=False)
         return task
 
     def complete(self) -> bool:
-        return self.requires().complete()
+        if "_started" not in self.__dict__:
+            self._started = True
+            runlog.start()
+        done = self.targets()[0].complete()
+        if done:
+            self.announce(done=True)
+        return done

@@ -7,6 +7,8 @@
 - ``push.PushToRegistry``: push those layers and the manifest to a registry.
 - ``image.ImageTask``: what the image-level tasks share; ``config``: the ``[nixlayer]`` section
   and the defaults used without a luigi.cfg; ``errors``: one line per error.
+- ``console``: everything a build prints (plan line, progress, summary, errors last);
+  ``runlog``: what the run's processes did and how far their layers are, shared between them.
 """
 
 from tasks import errors  # noqa: E402,F401 - one-line errors for everything run through Luigi

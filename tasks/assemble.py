@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import luigi
 
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, Written, write_image
 from nixlayer.oci_layout import layout_digest
+from tasks import runlog
 from tasks.base import BatchableTask, Report, json_list
 from tasks.image import ImageTask
 
@@ -97,5 +97,5 @@ class AssembleImage(BatchableTask, ImageTask):
             self.format, self.output, layers, self.image_config(layers), self.name, self.tag,
             self.mtime, self.layer_store().root,
         )
-        print(f"nixlayer: wrote {self.format} {self.output}: {self.name}:{self.tag} {written.digest}", file=sys.stderr)
+        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
         return written

@@ -7,6 +7,7 @@ import collections
 import functools
 import json
 import logging
+import time
 import uuid
 from typing import Callable
 
@@ -15,7 +16,7 @@ from luigi.task_status import DONE
 
 from nixlayer.errors import NixlayerError
 from tasks.config import batches, nixlayer
-from tasks import errors
+from tasks import console, errors
 
 Report = Callable[[int, str], None]
 """Called as ``report(percentage, message)``: how a task's work goes, for the scheduler."""
@@ -89,7 +90,8 @@ class BatchableTask(NixlayerTask, abstract=True):
     whose batched parameters hold every member's values (:meth:`batch_members` says how to
     split them); it does each member's work as that member would, skipping members done
     meanwhile, and reports each one's progress and status to the scheduler under that member's
-    task id. Every member stays one task in the scheduler, done once. A member that fails does
+    task id, and its own (the members' work done of all of it, and the member it is on) under
+    its own id (see ``_BatchProgress``). Every member stays one task in the scheduler, done once. A member that fails does
     not stop the others; the batch then fails, once it has told the scheduler which members
     are done (Luigi fails the others, and what requires them waits; what requires only done
     ones goes on). Luigi's summary still counts every member of a failed batch as failed, and
@@ -132,6 +134,11 @@ class BatchableTask(NixlayerTask, abstract=True):
         """Do ``member``'s work (``member`` is this task when it is not a batch)."""
         raise NotImplementedError
 
+    def member_weight(self, member) -> int:
+        """How much of a batch's work ``member`` is, for the progress the batch shows: 1 each
+        (a batch of layers: each one's planned bytes)."""
+        return 1
+
     def run(self) -> None:
         members = self.members()
         if members == [self]:
@@ -141,18 +148,24 @@ class BatchableTask(NixlayerTask, abstract=True):
         scheduler = getattr(reporter, "_scheduler", None)
         failures: list[Exception] = []
         done = []
-        for member in members:
+        progress = _BatchProgress(self, members)
+        for number, member in enumerate(members):
             if member.complete():  # done meanwhile by another worker
                 done.append(member)
+                progress.member_done(number)
                 continue
-            # Each member's own progress and status, under its own task id.
-            report = self._report_self if scheduler is None else functools.partial(_report_task, scheduler, member.task_id)
+            # Each member's own progress and status, under its own task id; the batch's own
+            # row shows how far the whole batch is, and which member it is on.
+            own = self._report_self if scheduler is None else functools.partial(_report_task, scheduler, member.task_id)
+            report = functools.partial(progress.report, number, own)
             try:
                 self.run_member(member, report)
                 done.append(member)
+                progress.member_done(number)
             except Exception as error:  # the other members are still done
                 failures.append(error)
-                report(0, f"failed: {error}")
+                progress.member_failed(own, error)
+        progress.finish(len(done), len(failures))
         if failures:
             if scheduler is not None:
                 # Luigi fails every member still running in a failed batch, and what requires
@@ -161,6 +174,63 @@ class BatchableTask(NixlayerTask, abstract=True):
                 for member in done:
                     scheduler.add_task(task_id=member.task_id, status=DONE, worker=reporter._worker_id)
             raise _batch_failure(failures)
+
+
+class _BatchProgress:
+    """The progress and status message of a batch's own task (its row on luigid's dashboard):
+    its members' work done over all of it (bytes for layers, see ``member_weight``), and the
+    member it is on with that member's own status; sent at most every REPORT_SECONDS.
+
+    Luigi's scheduler copies a running batch's progress and status to every member still in
+    it, so a member's last report (written, or failed) is sent when the batch ends, after the
+    batch's own; the member being written has its reports sent after the batch's.
+    """
+
+    REPORT_SECONDS = 0.5
+
+    def __init__(self, batch: BatchableTask, members: list) -> None:
+        self.batch, self.count = batch, len(members)
+        self.noun = type(members[0]).__name__
+        self.weights = [batch.member_weight(member) for member in members]
+        self.in_bytes = any(self.weights)  # else every member counts 1
+        if not self.in_bytes:
+            self.weights = [1] * len(members)
+        self.total = sum(self.weights)
+        self.done = 0
+        self.sent = 0.0
+        self.last: list[tuple[Report, int, str]] = []  # each member's last report, sent at the end
+
+    def _amount(self, n: float) -> str:
+        return console.size(n) if self.in_bytes else f"{n:.0f}"
+
+    def report(self, number: int, own: Report, percentage: int, message: str) -> None:
+        """A report of member ``number``, whose own is ``own(percentage, message)``: the
+        batch's first, if due; then the member's, or at the end if it is its last (100)."""
+        now = time.monotonic()
+        if now - self.sent >= self.REPORT_SECONDS:
+            self.sent = now
+            done = self.done + self.weights[number] * percentage / 100
+            self.batch._report_self(
+                int(100 * done / self.total),
+                f"{self._amount(done)} of {self._amount(self.total)} written; {self.noun} {number + 1} of {self.count}: {message}",
+            )
+        if percentage >= 100:
+            self.last.append((own, percentage, message))
+        else:
+            own(percentage, message)
+
+    def member_done(self, number: int) -> None:
+        self.done += self.weights[number]
+
+    def member_failed(self, own: Report, error: Exception) -> None:
+        self.last.append((own, 0, f"failed: {error}"))
+
+    def finish(self, done: int, failed: int) -> None:
+        """The batch's last report, then each member's."""
+        self.batch._report_self(100, f"{done} of {self.count} {self.noun} written ({self._amount(self.done)})"
+                                + (f", {failed} failed" if failed else ""))
+        for own, percentage, message in self.last:
+            own(percentage, message)
 
 
 def json_list(values) -> str:

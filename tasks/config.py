@@ -12,11 +12,13 @@ from nixlayer.layerstore import default_layer_store
 
 
 # What the repository's luigi.cfg sets, for a run that finds no luigi.cfg (nixlayer installed
-# with pip and run from anywhere): the embedded scheduler, and a non-zero exit status for every
-# kind of failure (Luigi's own defaults exit 0 when a task fails). ``not_run`` stays 0: under
+# with pip and run from anywhere): the embedded scheduler, Luigi's log from warnings up (a
+# build prints its own lines, see tasks.console; ``--log-level INFO`` shows what Luigi does),
+# and a non-zero exit status for every kind of failure (Luigi's own defaults exit 0 when a
+# task fails). ``not_run`` stays 0: under
 # luigid, a task another machine is running is "not granted run permission" here, which is fine.
 DEFAULTS = {
-    "core": {"local_scheduler": "true", "autoload_range": "false", "log_level": "INFO"},
+    "core": {"local_scheduler": "true", "autoload_range": "false", "log_level": "WARNING"},
     "worker": {"check_unfulfilled_deps": "false"},
     "retcode": {
         "already_running": "10", "missing_data": "20", "task_failed": "30",

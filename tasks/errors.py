@@ -18,13 +18,15 @@ import luigi
 from luigi.rpc import RPCError
 
 from nixlayer.errors import NixlayerError, NixlayerWarning
+from tasks import console
 
 PREFIX = "nixlayer: error: "
 
 
 def report(error: BaseException | str) -> None:
-    """Print ``nixlayer: error: <error>`` to standard error."""
-    print(PREFIX + str(error), file=sys.stderr, flush=True)
+    """Print ``nixlayer: error: <error>`` to standard error (last, during a run: see
+    ``tasks.console.error``)."""
+    console.error(PREFIX + str(error))
 
 
 class OneLineErrors(logging.Filter):
@@ -39,6 +41,8 @@ class OneLineErrors(logging.Filter):
             report(f"{error}: is luigid running there? ([core] rpc-retry-attempts and rpc-retry-wait"
                    " set how long luigi keeps trying)")
             return False
+        if isinstance(error, NixlayerError) and record.msg.startswith("[pid %s] Worker %s failed"):
+            return False  # a task failed: its one line is _on_failure's, without its parameters
         if isinstance(error, (NixlayerError, RPCError)) or (record.exc_info and record.exc_info[0] is None):
             # (Luigi logs some warnings with exc_info outside any exception: "NoneType: None".)
             record.exc_info, record.exc_text = None, None

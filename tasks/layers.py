@@ -23,6 +23,7 @@ from nixlayer.layerstore import (
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import BatchableTask, NixlayerTask, json_list
+from tasks import console, runlog
 from tasks.errors import PREFIX
 
 
@@ -131,31 +132,45 @@ class LayerTask(LayerParameters, abstract=True):
         )
 
     def run(self) -> None:
-        self._write_layer()
+        try:
+            self._write_layer()
+        finally:
+            runlog.flush()
 
     def written(self) -> list[LayerStoreTarget]:
         """The layer records this task's run wrote (none before it ran)."""
         return self.__dict__.get("_written", [])
 
+    def describe(self) -> str:
+        """What the layer holds, for status messages: its store path, or the first of several."""
+        paths = self.store_paths()
+        return paths[0] if len(paths) == 1 else f"{len(paths)} store paths ({paths[0]}, ...)"
+
     def _write_layer(self, report=None) -> LayerRecord:
-        """Write this layer; ``report(percentage, message)`` tells the scheduler how it goes."""
+        """Write this layer; ``report(percentage, message)`` tells the scheduler how it goes,
+        and ``tasks.runlog`` the terminal."""
         report = report or self._report_self
         self._last_report = 0.0
         self._reporting = report
-        report(0, "writing layer of " + ", ".join(self.store_paths()))
+        what = self.describe()
+        report(0, f"writing {what}")
         target = self.output()
         comment = "store paths: " + json.dumps(self.store_paths())
         record = target.write(self.store_paths(), comment, self.write_blob)
         self._written = [target]
-        report(100, f"{record.blob.size} bytes, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
+        runlog.layer_written(target.path)
+        report(100, f"{what}: {console.size(record.blob.size)}, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
         return record
 
     def _progress(self, done: int, total: int) -> None:
+        """The tar writer's report: ``done`` of the layer's ``total`` file bytes written."""
+        fraction = 1.0 if total == 0 else done / total
+        runlog.layer_progress(self.output().path, self.store_paths()[0], fraction)
         now = time.monotonic()
         if done < total and now - self._last_report < 0.5:
             return
         self._last_report = now
-        self._reporting(100 if total == 0 else int(100 * done / total), f"{done} of {total} bytes written")
+        self._reporting(int(100 * fraction), f"{self.describe()}: {console.size(done)} of {console.size(total)} written")
 
 
 class BatchableLayer(BatchableTask, LayerTask, abstract=True):
@@ -168,7 +183,13 @@ class BatchableLayer(BatchableTask, LayerTask, abstract=True):
 
     def run(self) -> None:
         self._written = []
-        super().run()
+        try:
+            super().run()
+        finally:
+            runlog.flush()
+
+    def member_weight(self, member: "BatchableLayer") -> int:
+        return runlog.planned_bytes(member.output().path)
 
     def run_member(self, member: "BatchableLayer", report) -> None:
         member._write_layer(report)
@@ -234,6 +255,9 @@ class CustomisationLayer(BatchableLayer):
     def layer_key(self) -> str:
         return paths_layer_key("customisation", self.store_paths())
 
+    def describe(self) -> str:
+        return f"the customisation layer of {len(self.contents)} contents"
+
     def store_paths(self) -> list[str]:
         return list(self.contents)
 
@@ -242,6 +266,13 @@ class CustomisationLayer(BatchableLayer):
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
             self.layer_store().fragments_dir(self.settings(), self.store_dir),
         )
+
+
+@LayerTask.event_handler(luigi.Event.SUCCESS)
+def _layer_written(task: LayerTask) -> None:
+    """The layers a task wrote, in the run log (a batch's in one write; not those of its
+    members another process wrote meanwhile)."""
+    runlog.append([{"layer": target.path} for target in task.written()])
 
 
 def layer_task(paths: list[str], **settings) -> LayerTask:

@@ -11,7 +11,6 @@ import glob
 import json
 import logging
 import os
-import sys
 
 import luigi
 
@@ -20,6 +19,7 @@ from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
 from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image, tagged_manifest_digest
+from tasks import console, runlog
 from tasks.image import ImageTask
 
 logger = logging.getLogger("nixlayer.push")
@@ -81,7 +81,8 @@ class PushToRegistry(ImageTask):
             f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there"
         )
         self.set_status_message(message)
-        print(f"nixlayer: {message}", file=sys.stderr)
+        console.say(f"nixlayer: {message}")
+        runlog.append([{"pushed": self.target}])
         os.makedirs(os.path.dirname(self._stamp()), exist_ok=True)
         with atomic_file(self._stamp()) as f:
             f.write(json.dumps({

@@ -304,8 +304,10 @@ def test_a_failing_image_does_not_stop_the_rest_of_its_batch(tmp_path):
     batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ntag = "t"\nformat = "oci"\n',
                         [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}"' for i, r in enumerate(roots)])
     store = tmp_path / "store"
-    run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"), "--nixlayer-layer-batches", "1")
+    run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"), "--nixlayer-layer-batches", "1",
+                        "--log-level", "INFO")  # Luigi's log names the batches
     assert run.returncode == 30, run.stderr
+    assert run.stderr.splitlines()[-1].startswith("nixlayer: error: "), run.stderr  # last, after Luigi's summary
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert errors and all("index.json is not a valid OCI image index" in e for e in errors), run.stderr
     batches = {tuple(sorted(json.loads(line.split(", name=")[1].split("]")[0] + "]"))) for line in run.stderr.splitlines()

@@ -298,14 +298,14 @@ def test_two_tags_in_one_oci_layout_rebuild_nothing(tmp_path, layer_store, vecto
 
 def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path, vectors_app):
     """Run from a directory without luigi.cfg (only the layer store configured): nixlayer's own
-    defaults apply (INFO log, non-zero exit on failure) and its warnings are one line."""
+    defaults apply (no Luigi log below WARNING, non-zero exit on failure) and its warnings are one line."""
     store = tmp_path / "store"
     out = tmp_path / "vec.tar"
     run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
                          "--max-layers", "126", "--output", str(out)], store, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "nixlayer: warning: max_layers is 126: Docker may fail above 125 layers" in run.stderr.splitlines()
-    assert "UserWarning" not in run.stderr and "DEBUG:" not in run.stderr
+    assert "UserWarning" not in run.stderr and "DEBUG:" not in run.stderr and "INFO:" not in run.stderr
     bad = run_pipelines(["BuildImage", "--name", "Bad", "--contents", json.dumps([vectors_app]),
                          "--output", str(tmp_path / "bad.tar")], store, cwd=tmp_path)
     assert bad.returncode != 0 and "nixlayer: error: invalid image name" in bad.stderr

@@ -1,0 +1,231 @@
+"""What a build prints for the person who started it: everything nixlayer prints goes here.
+
+A run of the ``luigi`` command (``luigi --module pipelines BuildImage ...``) prints, on
+standard error (Luigi's own log only with ``--log-level INFO``, see ``tasks.config``):
+
+1. one line once the closure is read and planned (:func:`plan`): store paths and their
+   bytes, layers to write and layers reused from the layer store;
+2. while layers are written: on a terminal, a progress bar (tqdm, imported only then: 8 ms)
+   of bytes written over bytes to write, rate and time left; otherwise a plain line every
+   PLAIN_SECONDS, without escape codes;
+3. at the end: the lines tasks gave (:func:`say`), the summary of the image(s), and the
+   errors (:func:`error`), last.
+
+One process draws: the one ``luigi`` started, which plans the build. With ``--workers N``
+Luigi runs each task in a process it forks, whose reports to the embedded scheduler never
+reach it, and two processes drawing on one terminal would overwrite each other. So every
+process appends what it has written, and what it has to say, to the run log
+(``tasks.runlog``, a file they all share), and a thread of the first process reads it and
+draws; it prints the rest when the process exits, after Luigi is done, so the error is last.
+The same holds for ``--workers 1`` (the tasks run in that process) and under luigid.
+
+Runs that are not the ``luigi`` command (``luigi.build`` in tests and benchmarks) print each
+line at once, and no progress.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from typing import Callable
+
+import luigi.cmdline_parser
+
+from tasks import runlog
+
+PLAIN_SECONDS = 3.0
+"""Without a terminal, a progress line at most this often (and none for a shorter build)."""
+BAR_DELAY = 0.5
+"""On a terminal, the bar shows once writing layers has taken this long (none for less)."""
+TICK_SECONDS = 0.1
+
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux's /proc), else since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+_STARTED = time.monotonic() - _process_age()
+
+# The console of this run, in the process luigi started (and inherited by its forks).
+_console: "_Console | None" = None
+
+
+def size(n: float) -> str:
+    """``n`` bytes for a person: ``512 B``, ``1.9 MB``, ``2.1 GB`` (powers of 1000, as tqdm)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 999.95 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def seconds(s: float) -> str:
+    """A duration for a person: ``0.8 s``, ``42 s``, ``3 min 5 s``."""
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    return f"{int(s // 60)} min {int(s % 60)} s"
+
+
+def elapsed() -> float:
+    """Seconds since the process started."""
+    return time.monotonic() - _STARTED
+
+
+def say(text: str, stdout: bool = False) -> None:
+    """Print ``text`` (a line) to standard error, or standard output; during a ``luigi``
+    command's run, at its end, before the summary."""
+    if _console is not None:
+        runlog.append([{"say": text, "stdout": stdout}])
+    else:
+        print(text, file=sys.stdout if stdout else sys.stderr, flush=True)
+
+
+def error(text: str) -> None:
+    """Print ``text`` (``nixlayer: error: ...``) to standard error; during a ``luigi``
+    command's run, at its very end, after everything else."""
+    if _console is not None:
+        runlog.append([{"error": text}])
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[str, int | None],
+         summary: Callable[[list[dict]], list[str]] | None = None) -> None:
+    """Print the plan line of a build and show its progress until it ends.
+
+    ``title``: what is built (``hello:1``, ``batch FILE: 3 images``). ``layers``: each layer
+    of the build once, as (its record path, the store paths it holds, whether it is in the
+    layer store already); the customisation layer holds none. ``nar_sizes``: store path ->
+    NAR size (None: unknown), the bytes a layer is planned to be (``tasks.runlog``).
+    ``summary(entries)``: the summary lines of the run, from the run log's entries, printed
+    at its end (none if it returns none). The run log must be started.
+
+    In a run that is not the ``luigi`` command, only the plan is recorded (nothing printed).
+    Called once per run: later calls do nothing.
+    """
+    global _console
+    if _console is not None and _console.pid == os.getpid():
+        return
+    to_write = [(record, paths) for record, paths, done in layers if not done]
+    planned = {record: sum(nar_sizes.get(path) or 0 for path in paths) for record, paths in to_write}
+    runlog.plan(planned)
+    if luigi.cmdline_parser.CmdlineParser.get_instance() is None:
+        return
+    paths = {path for _, layer_paths, _ in layers for path in layer_paths}
+    total = sum(nar_sizes.get(path) or 0 for path in paths)
+    to_bytes = sum(planned.values())
+    print(f"nixlayer: {title}: {len(paths)} store paths ({size(total)}) in {len(layers)} layers:"
+          f" {len(to_write)} to write ({size(to_bytes)}), {len(layers) - len(to_write)} reused", file=sys.stderr, flush=True)
+    _console = _Console(len(to_write), to_bytes, summary)
+
+
+class _Console:
+    """The run's progress display (a thread, while layers are left to write) and its end."""
+
+    def __init__(self, layers: int, total: int, summary: Callable[[list[dict]], list[str]] | None) -> None:
+        self.pid = os.getpid()
+        self.layers, self.total, self.summary = layers, total, summary
+        self.tty = sys.stderr.isatty()
+        self.stop = threading.Event()
+        self.offset = 0
+        self.progress: dict[int, dict] = {}  # pid -> its latest progress entry
+        self.errors = 0
+        self.path = ""
+        self.bar = None
+        self.started = time.monotonic()
+        self.shown = self.started  # the last plain line
+        self.thread = None
+        if layers:
+            self.thread = threading.Thread(target=self._run, name="nixlayer-console", daemon=True)
+            self.thread.start()
+        atexit.register(self.finish)
+
+    def _run(self) -> None:
+        while not self.stop.wait(TICK_SECONDS):
+            self._tick()
+
+    def _tick(self) -> None:
+        entries, self.offset = runlog.read(self.offset)
+        for entry in entries:
+            if "pid" in entry:
+                self.progress[entry["pid"]] = entry
+                self.path = entry["path"] or self.path
+            elif "error" in entry:
+                self.errors += 1
+        layers = sum(p["layers"] for p in self.progress.values())
+        written = sum(p["bytes"] for p in self.progress.values())
+        now = time.monotonic()
+        if self.tty:
+            self._draw(layers, written, now)
+        elif now - self.shown >= PLAIN_SECONDS and layers < self.layers:
+            self.shown = now
+            print(self._plain(layers, written, now), file=sys.stderr, flush=True)
+
+    def _counts(self, layers: int) -> str:
+        return f"{layers}/{self.layers} layers" + (f", {self.errors} failed" if self.errors else "")
+
+    def _plain(self, layers: int, written: int, now: float) -> str:
+        """A progress line without escape codes."""
+        spent = now - self.started
+        line = f"nixlayer: writing layers: {self._counts(layers)}"
+        if self.total:
+            rate = written / spent if spent > 0 else 0
+            line += f", {size(written)} of {size(self.total)} ({100 * written // self.total}%), {size(rate)}/s"
+            if rate > 0:
+                line += f", {seconds((self.total - written) / rate)} left"
+        return line
+
+    def _draw(self, layers: int, written: int, now: float) -> None:
+        value = written if self.total else layers
+        if self.bar is None:
+            if now - self.started < BAR_DELAY:
+                return
+            import tqdm  # only now: 8 ms that a short build never pays
+
+            self.bar = tqdm.tqdm(
+                total=self.total or self.layers, initial=value, desc=f"nixlayer: {self._counts(layers)}",
+                unit="B" if self.total else " layers", unit_scale=bool(self.total),
+                file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=TICK_SECONDS, smoothing=0.1,
+            )
+        self.bar.set_description_str(f"nixlayer: {self._counts(layers)}", refresh=False)
+        if layers >= self.layers:  # the image is left to write
+            self.bar.set_postfix_str("writing the image", refresh=False)
+        else:  # the store path last reported on, by its name (no hash)
+            self.bar.set_postfix_str(self.path.rsplit("/", 1)[-1][33:], refresh=False)
+        self.bar.update(value - self.bar.n)
+
+    def finish(self) -> None:
+        """At exit of the process luigi started: stop the display, print what tasks said, the
+        summary, then the errors."""
+        if os.getpid() != self.pid:
+            return
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=1)
+        if self.bar is not None:
+            self.bar.close()
+        entries, _ = runlog.read()
+        errors = [entry["error"] for entry in entries if "error" in entry]
+        lines = [(entry["say"], entry["stdout"]) for entry in entries if "say" in entry]
+        if not errors and self.summary is not None:
+            try:
+                lines += [(line, False) for line in self.summary(entries)]
+            except Exception as e:  # noqa: BLE001 - a summary is not worth a traceback at exit
+                lines.append((f"nixlayer: no summary: {e}", False))
+        for text, stdout in lines:
+            print(text, file=sys.stdout if stdout else sys.stderr, flush=True)
+        for text in dict.fromkeys(errors):  # each once: a batch's error may come from several
+            print(text, file=sys.stderr, flush=True)
