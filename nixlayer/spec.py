@@ -9,7 +9,7 @@ writes beside them, are ignored):
 - ``store_dir``: the Nix store directory, e.g. ``/nix/store``;
 - ``images``: a non-empty list of objects, one per image, with the fields of
   :data:`IMAGE_FIELDS` (the ``BuildImage`` parameters of the same names); ``key`` (which image
-  of the spec) and ``name`` are required, every other field left out takes ``BuildImage``'s
+  of the spec, a file name: letters, digits and ``. _ + -``) and ``name`` are required, every other field left out takes ``BuildImage``'s
   default;
 - ``closure``: the closure graph of every image's contents and of the store paths its config
   mentions, as nixpkgs ``exportReferencesGraph`` writes it: a list of ``{path, narSize,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from nixlayer.storepath import normalize_store_dir, on_disk
 SPEC_VERSION = 1
 """The spec format version this nixlayer reads and ``nix/default.nix`` writes."""
 
+# An image's key names its output file in a batch: no directory, nothing hidden.
+_KEY = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _STRING = ((str,), "a string")
 _INTEGER = ((int,), "an integer")
 IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
@@ -199,6 +202,8 @@ def _image(image: Any, graph: ClosureGraph, store_dir: str, keys: set[str]) -> S
     for field in ("key", "name"):
         if field not in image:
             raise NixlayerError(f"no {field}")
+    if not _KEY.match(image["key"]):
+        raise NixlayerError(f"key {image['key']!r} is not a file name of letters, digits and . _ + - (not starting with .)")
     if image["key"] in keys:
         raise NixlayerError(f"another image has the key {image['key']!r}")
     contents = image.get("contents", [])
