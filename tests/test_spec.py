@@ -19,6 +19,7 @@ from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.spec import SPEC_VERSION, parse_spec, read_spec
 from pipelines import BuildImage, BuildImages
+from registry_fixture import registry  # noqa: F401 - the fixture
 from test_build import PODMAN_RUN, archive_config
 
 IMAGES = FIXTURES / "images.nix"
@@ -248,3 +249,17 @@ def test_parse_spec_checks_every_field(vectors_app):
     spec = parse_spec(json.dumps({"nixlayer_spec": 1, "store_dir": "/nix/store", "images": [image], "closure": closure,
                                   "builder": "/bin/sh"}), "s.json")  # the derivation's own keys are ignored
     assert spec.image("a").parameters == {"name": "a", "contents": [vectors_app]}
+
+
+def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
+    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", "4")
+    path, mark = no_nix_path(tmp_path)
+    run = run_pipelines(["PushImage", "--spec", spec, "--target", f"docker://{registry.host}/spec/vec:pushed"],
+                        tmp_path / "store", path=path)
+    assert run.returncode == 0, run.stderr
+    assert not mark.exists()
+    shown = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config",
+                                       f"docker://{registry.host}/spec/vec:pushed"],
+                                      check=True, capture_output=True, text=True).stdout)
+    expected = vectors["image_store_layers_by_max_layers"]["4"]
+    assert shown["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
