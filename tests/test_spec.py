@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,14 @@ def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
                                       check=True, capture_output=True, text=True).stdout)
     expected = vectors["image_store_layers_by_max_layers"]["4"]
     assert shown["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
+
+
+def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
+    # A new derivation each run, so it is built. As on a machine with nixpkgs: the sandbox holds the store inputs and /bin/sh, a static
+    # busybox, and nothing else (the builder uses shell built-ins only; PATH is unset).
+    file = tmp_path / "image.nix"
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{time.time_ns()}";'
+                    f' contents = [ (import {FIXTURES / "vectors.nix"}).app ]; }}')
+    spec = spec_build(file, None, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+    unsandboxed = read_spec(spec_build(IMAGES, "app"))
+    assert read_spec(spec).graph == unsandboxed.graph
