@@ -1,6 +1,6 @@
 # Several images in one spec, built in one run (shared layers once):
 #   nix-build examples/images.nix
-#   luigi --module pipelines BuildImages --spec ./result --output-dir examples/out --report examples/out/report.json
+#   luigi --module pipelines BuildImages --spec ./result --output-dir examples/out --report /tmp/report.json
 # writes examples/out/hello.tar and examples/out/shell.tar (each image's attribute name).
 { nixlayer ? import ../nix { }, pkgs ? import ./hello.nix }:
 

@@ -275,3 +275,16 @@ def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
     spec = spec_build(file, None, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
     unsandboxed = read_spec(spec_build(IMAGES, "app"))
     assert read_spec(spec).graph == unsandboxed.graph
+
+
+def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
+    spec = spec_build(REPO / "examples" / "images.nix")
+    out = tmp_path / "out"
+    run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(out), "--report", str(tmp_path / "report.json")],
+                        tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(i["name"] for i in report["images"]) == ["busybox-shell", "hello"]
+    assert sorted(p.name for p in out.iterdir()) == ["hello.tar", "shell.tar"]
+    # busybox and the greeting (which shell's config mentions) are layers of both, built once.
+    assert report["totals"]["distinct_layers"] == sum(i["layers"] for i in report["images"]) - 2
