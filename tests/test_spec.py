@@ -9,13 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, run_luigi, run_pipelines
 from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.spec import SPEC_VERSION, parse_spec, read_spec
