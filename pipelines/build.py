@@ -53,6 +53,7 @@ class ImageParameters(NixlayerTask, abstract=True):
     popularity; the first ``max_layers - 2`` store paths get a layer each, the rest share one
     overflow layer, and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
+    With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     """
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
