@@ -109,7 +109,6 @@ let
     else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet"
     else {
       key = baseName;
-      inherit baseName;
       parameters = parameters // { inherit name contents config; };
       roots = unique (map builtins.unsafeDiscardStringContext (contents ++ mentionedStorePaths (builtins.toJSON config)));
       result = builtins.intersectAttrs { passthru = null; meta = null; } args;
@@ -143,7 +142,7 @@ let
 
   buildLayeredImage = args:
     let image = describe "buildLayeredImage" args;
-    in withResult image (spec "${image.baseName}.nixlayer.json" [ image ]);
+    in withResult image (spec "${image.key}.nixlayer.json" [ image ]);
 
   imageOf = where: value:
     if builtins.isAttrs value && value ? nixlayerImage then value.nixlayerImage
@@ -160,9 +159,12 @@ let
           builtins.genList (i: imageOf "element ${toString i} of the list" (builtins.elemAt images i)) (builtins.length images)
         else throw "nixlayer.buildImages: expected an attribute set or a list of images, got a ${builtins.typeOf images}";
       keys = map (image: image.key) described;
+      badKeys = builtins.filter (key: builtins.match "[A-Za-z0-9_+-][A-Za-z0-9._+-]*" key == null) keys;
       duplicate = builtins.filter (key: builtins.length (builtins.filter (k: k == key) keys) > 1) keys;
     in
     if described == [ ] then throw "nixlayer.buildImages: no images"
+    else if badKeys != [ ] then
+      throw "nixlayer.buildImages: '${builtins.head badKeys}' cannot name an image's output file: use letters, digits and . _ + - (not a leading .)"
     else if duplicate != [ ] then
       throw "nixlayer.buildImages: two images are called '${builtins.head duplicate}': give an attribute set, whose names tell them apart"
     else spec "images.nixlayer.json" described;

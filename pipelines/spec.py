@@ -77,7 +77,7 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
     the spec that override it.
 
     Raises NixlayerError: the spec cannot be read or is not valid (``nixlayer.spec``), it has
-    no such image, or ``closure_graph`` is given too.
+    no such image, ``closure_graph`` is given too, or ``spec_image`` without ``spec``.
     """
     family = task.get_task_family()
     by_name = dict(params)
@@ -90,6 +90,8 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
 
     path = by_name["spec"].normalize(value("spec"))
     if path is None:
+        if value("spec_image") is not None:
+            raise NixlayerError("--spec-image names an image of a spec: give the spec too (--spec FILE)")
         return kwargs
     if value("closure_graph") is not None:
         raise NixlayerError("--spec and --closure-graph cannot be used together: the spec holds the closure graph")

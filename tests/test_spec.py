@@ -96,6 +96,7 @@ def test_spec_keeps_its_store_paths_alive(vectors):
     ('nixlayer.buildImages [ (nixlayer.buildLayeredImage { name = "a/x"; }) (nixlayer.buildLayeredImage { name = "b/x"; }) ]',
      "two images are called 'x'"),
     ('nixlayer.buildImages { x = vec.app; }', "buildImages: x is not a nixlayer.buildLayeredImage image"),
+    ('nixlayer.buildImages { ".x" = nixlayer.buildLayeredImage { name = "x"; }; }', "'.x' cannot name an image's output file"),
 ])
 def test_what_nixlayer_cannot_do_fails_evaluation_naming_it(tmp_path, expression, message):
     assert f"error: nixlayer." in (stderr := nix_eval_error(tmp_path, expression)) and message in stderr, stderr
@@ -223,6 +224,9 @@ def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors)
     other = vectors["store_paths"]["libc"].replace("vec-libc", "vec-libx")
     error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]))
     assert f"{other} is not in the closure of spec {spec}" in error
+    run = run_pipelines(["BuildImage", "--name", "x", "--spec-image", "app", "--output", str(tmp_path / "x.tar")],
+                        tmp_path / "store")
+    assert "--spec-image names an image of a spec: give the spec too" in one_error(run)
 
 
 def test_parse_spec_checks_every_field(vectors_app):
