@@ -15,10 +15,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from nixlayer.closure import read_graph
+from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
+from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
+from nixlayer.spec import read_spec
 from nixlayer.storepath import DEFAULT_STORE_DIR
 
 
@@ -36,16 +38,39 @@ def _print_table(plan: LayerPlan) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    roots = list(args.roots)
-    graph = read_graph([*roots, *args.config_path], graph_file=args.graph,
-                       scan_root=args.store_dir_scan, store_dir=args.store_dir)
-    plan = plan_image(graph, roots, args.config_path, args.max_layers)
+    if args.spec is not None:
+        graph, roots, config_paths, max_layers = _spec_plan_inputs(args)
+    else:
+        if not args.roots:
+            raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
+        roots, config_paths = list(args.roots), args.config_path
+        graph = read_graph([*roots, *config_paths], graph_file=args.graph,
+                           scan_root=args.store_dir_scan, store_dir=args.store_dir)
+        max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
+    plan = plan_image(graph, roots, config_paths, max_layers)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
     else:
         _print_table(plan)
     return 0
+
+
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int]:
+    """The closure graph, contents, config store paths and layer budget of ``--spec``'s image;
+    a ``--max-layers`` other than the spec's overrides it, with a warning line."""
+    if args.roots or args.graph or args.store_dir_scan or args.config_path:
+        raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
+    spec = read_spec(args.spec)
+    parameters = spec.image(args.spec_image).parameters
+    roots = list(parameters.get("contents", []))
+    config_paths = config_store_paths(parameters.get("config", {}), spec.store_dir)
+    max_layers = parameters.get("max_layers", DEFAULT_MAX_LAYERS)
+    if args.max_layers is not None and args.max_layers != max_layers:
+        print(f"nixlayer: warning: spec {args.spec}: overridden by what is given beside it: --max-layers {args.max_layers}"
+              f" (spec: {max_layers})", file=sys.stderr)
+        max_layers = args.max_layers
+    return spec.closure(sorted({*roots, *config_paths})), roots, config_paths, max_layers
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -67,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which store paths go into which layer",
         description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
     )
-    plan.add_argument("roots", nargs="+", metavar="ROOT", help="store paths of the image contents")
+    plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents")
+    plan.add_argument("--spec", metavar="FILE",
+                      help="an image spec (nix-build of nixlayer's Nix library) instead of ROOTs: its contents, config and closure")
+    plan.add_argument("--spec-image", metavar="KEY", help="the image to plan, in a spec of several")
     source = plan.add_mutually_exclusive_group()
     source.add_argument("--graph", metavar="FILE",
                         help="closure graph JSON (nix path-info --json --recursive, or exportReferencesGraph); - for stdin")
@@ -76,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--store-dir", default=DEFAULT_STORE_DIR, help="the Nix store directory (default: %(default)s)")
     plan.add_argument("--config-path", action="append", default=[], metavar="STORE_PATH",
                       help="a store path the image config mentions (repeatable)")
-    plan.add_argument("--max-layers", type=int, default=DEFAULT_MAX_LAYERS,
-                      help="layer budget of the whole image (default: %(default)s)")
+    plan.add_argument("--max-layers", type=int, default=None,
+                      help=f"layer budget of the whole image (default: the spec's, else {DEFAULT_MAX_LAYERS})")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
 

@@ -5,6 +5,9 @@
 requires ``tasks.assemble.AssembleImage``, which requires one task per layer.
 
 ``BuildImages`` builds every image of a TOML batch file in one run (``pipelines.batch``).
+
+With ``--spec``, each takes its images' parameters and closure from an image spec, built by
+``nix-build`` of nixlayer's Nix library (``nix/default.nix``; ``pipelines.spec``).
 """
 
 import gc

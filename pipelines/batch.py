@@ -8,6 +8,9 @@ table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``co
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``) are relative to
 the batch file's directory.
 
+``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
+(nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
+
 Images with equal layer settings share layer tasks (a layer task is named by its store path
 and settings only), so a layer common to several images is built once. Each run writes a JSON
 report (atomically) and prints a summary: per image its digest, layers built in this run
@@ -31,6 +34,7 @@ from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
+from pipelines.spec import spec_batch
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -161,7 +165,8 @@ def _read_graphs(images: list[BuildImage]) -> None:
 
 
 class BuildImages(luigi.Task):
-    """Build every image of the batch file ``batch_file`` in one run; write a JSON report.
+    """Build every image of the batch file ``batch_file``, or of the image spec ``spec`` (each
+    written to ``output_dir``, see ``pipelines.spec.spec_batch``), in one run; write a JSON report.
 
     Always runs (its run writes the report); the images and layers it requires run only if
     they are not already there, so a rebuild where nothing changed does no layer work.
@@ -169,7 +174,9 @@ class BuildImages(luigi.Task):
 
     # Absolute paths: with luigid, the same command run from two working directories is two
     # batches (each machine writes its own report), as their images' outputs are two images.
-    batch_file = luigi.PathParameter(absolute=True, description="the batch file (TOML): defaults, then one [[image]] table per image")
+    batch_file = luigi.OptionalPathParameter(default=None, absolute=True, description="the batch file (TOML): defaults, then one [[image]] table per image")
+    spec = luigi.OptionalPathParameter(default=None, absolute=True, description="instead of a batch file: an image spec of several images (nixlayer's buildImages)")
+    output_dir = luigi.PathParameter(absolute=True, default=".", description="with --spec: where each image is written, named by its key")
     report = luigi.PathParameter(absolute=True, default="nixlayer-report.json", description="where to write the JSON report of the run")
 
     def complete(self) -> bool:
@@ -190,7 +197,7 @@ class BuildImages(luigi.Task):
         if getattr(self, "_images", None) is None:
             created: list[str] = []
             try:
-                entries = load_batch(self.batch_file)
+                entries = self._entries()
                 check_writable(str(self.report))
                 images = []
                 for entry, params in entries:
@@ -212,13 +219,26 @@ class BuildImages(luigi.Task):
             self._images = images
         return self._images
 
+    def _entries(self) -> list[tuple[str, dict]]:
+        """(entry, BuildImage parameters) of each image of the batch file or the spec."""
+        if (self.batch_file is None) == (self.spec is None):
+            raise NixlayerError("give either --batch-file FILE or --spec FILE")
+        if self.spec is not None:
+            return spec_batch(str(self.spec), str(self.output_dir))
+        return load_batch(self.batch_file)
+
+    @property
+    def source(self) -> str:
+        """The batch file or spec this run builds."""
+        return str(self.batch_file if self.batch_file is not None else self.spec)
+
     @contextlib.contextmanager
     def _entry_errors(self, entry: str) -> Iterator[None]:
         """Bad input of the batch file's ``entry`` as one NixlayerError naming it."""
         try:
             yield
         except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
-            raise NixlayerError(f"{self.batch_file}: {entry}: {e}") from None
+            raise NixlayerError(f"{self.source}: {entry}: {e}") from None
 
     def requires(self) -> list[ImageTask]:
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
@@ -250,7 +270,7 @@ class BuildImages(luigi.Task):
         names = {path: name for path, (_, name) in layers.items()}
         distinct_built = built_layers & set(sizes)
         return {
-            "batch": str(self.batch_file),
+            "batch": self.source,
             "started": _iso(self._started), "finished": _iso(time.time()),
             "seconds": round(time.time() - self._started, 3),
             "images": report_images,

@@ -31,6 +31,7 @@ from tasks.config import layer_store_root
 from tasks.image import ImageTask
 from tasks.layers import CustomisationLayer
 from tasks.push import PushToRegistry
+from pipelines.spec import load_spec, with_spec
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
 
@@ -54,6 +55,7 @@ class ImageParameters(NixlayerTask, abstract=True):
     popularity; the first ``max_layers - 2`` store paths get a layer each, the rest share one
     overflow layer, and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
+    With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     """
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
@@ -78,6 +80,13 @@ class ImageParameters(NixlayerTask, abstract=True):
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
+    spec = luigi.OptionalPathParameter(default=None, absolute=True, description="image spec (nix-build of nixlayer's Nix library): the image's parameters and closure; parameters given beside it override it")
+    spec_image = luigi.OptionalParameter(default=None, description="the key of the image to build, in a spec of several images")
+
+    @classmethod
+    def get_param_values(cls, params, args, kwargs):
+        """Luigi's parameter values, with those a ``spec`` sets filled in (``pipelines.spec``)."""
+        return super().get_param_values(params, args, with_spec(cls, params, kwargs))
 
     def check(self) -> None:
         """Checks of the subclass's own parameters, run before the closure is computed."""
@@ -217,8 +226,8 @@ class ImageParameters(NixlayerTask, abstract=True):
                 f" {console.seconds(console.elapsed())}"]
 
     def graph_source(self) -> tuple:
-        """Where this image's closure graph is read from: (closure_graph, store_root, store_dir)."""
-        return (self.closure_graph, self.store_root, normalize_store_dir(self.store_dir))
+        """Where this image's closure graph is read from: (closure_graph, store_root, store_dir, spec)."""
+        return (self.closure_graph, self.store_root, normalize_store_dir(self.store_dir), self.spec)
 
     @functools.cached_property
     def _inputs(self) -> tuple[list[str], dict, list[str]]:
@@ -239,7 +248,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         return sorted(set(contents) | set(config_paths))
 
     def read_graph(self, roots: list[str]) -> ClosureGraph:
-        """The closure of ``roots``, read as this image's parameters say (a JSON graph, a store
+        """The closure of ``roots``, read as this image's parameters say (its spec, a JSON graph, a store
         directory scan, or live Nix).
 
         Graphs read in this process are kept by where they came from, and a closure inside one
@@ -249,6 +258,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         store_dir = normalize_store_dir(self.store_dir)
         if not roots:  # an image of its config alone, as nixpkgs allows
             return ClosureGraph({}, store_dir=store_dir)
+        if self.spec is not None:  # the spec holds the closure: Nix is not asked
+            return load_spec(str(self.spec)).closure(roots, self.store_root)
         source = self.graph_source()
         for graph in _GRAPHS.get(source, ()):
             if all(root in graph for root in roots):

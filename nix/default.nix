@@ -1,0 +1,176 @@
+# nixlayer's Nix library: describe images in Nix, build them with nixlayer.
+#
+#   let nixlayer = import ./nix { }; in
+#   nixlayer.buildLayeredImage { name = "hello"; contents = [ hello ]; config.Cmd = [ "/bin/hello" ]; }
+#
+# then `nix-build` it and `luigi --module pipelines BuildImage --spec ./result --output hello.tar`.
+#
+# buildLayeredImage (and its alias streamLayeredImage) takes the arguments of nixpkgs
+# dockerTools.buildLayeredImage under the same names, plus nixlayer's own; it evaluates to a
+# derivation whose output is an image spec: one JSON file with the image's parameters and its
+# closure graph (exportReferencesGraph). buildImages takes an attribute set or a list of such
+# images and gives one spec of them all, for `BuildImages --spec`. The spec refers to every
+# store path of its images, so keeping it (a result link) keeps them alive.
+#
+# Builtins only: no nixpkgs. The builder is /bin/sh using shell built-ins only (read, printf),
+# so it also builds in Nix's sandbox, whose /bin/sh is a bare busybox shell.
+#
+# `system` is where the (tiny) spec is built; flakes pass it, as builtins.currentSystem is not
+# available in pure evaluation.
+{ system ? builtins.currentSystem }:
+
+let
+  specVersion = 1;
+  storeDir = builtins.storeDir;
+  storePathPattern = "${storeDir}/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+";
+
+  # Argument -> spec field, i.e. the BuildImage parameter it sets.
+  fields = {
+    # as nixpkgs dockerTools.buildLayeredImage
+    name = "name";
+    tag = "tag";
+    contents = "contents";
+    config = "config";
+    created = "created";
+    mtime = "mtime";
+    maxLayers = "max_layers";
+    uid = "uid";
+    gid = "gid";
+    uname = "uname";
+    gname = "gname";
+    includeStorePaths = "include_store_paths";
+    architecture = "architecture";
+    # nixlayer's own
+    format = "format";
+    compression = "compression";
+    compressionLevel = "compression_level";
+  };
+
+  # Arguments of the result, as nixpkgs: added to the derivation, not to the image.
+  resultArguments = [ "passthru" "meta" ];
+
+  # nixpkgs arguments nixlayer does not support yet, each with the value that leaves it unused
+  # (given that value, the image is the same; given another, evaluation fails naming it).
+  unsupported = {
+    fromImage = null;
+    extraCommands = "";
+    fakeRootCommands = "";
+    enableFakechroot = false;
+    includeNixDB = false;
+    layeringPipeline = null;
+    debug = false;
+    compressor = "none"; # nixlayer's docker-archive is an uncompressed tar, as streamLayeredImage's
+  };
+
+  fail = function: message: throw "nixlayer.${function}: ${message}";
+
+  upper = [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ];
+  lower = [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  toLower = builtins.replaceStrings upper lower;
+
+  # The store path of one `contents` item: a derivation (its default output), a path (copied
+  # into the store) or a string naming a store path.
+  contentPath = function: item:
+    let
+      path = if builtins.isAttrs item || builtins.isPath item || builtins.isString item then "${item}"
+        else fail function "contents: expected derivations or store paths, got a ${builtins.typeOf item}";
+    in
+    if builtins.match storePathPattern path != null then path
+    else fail function "contents: ${path} is not a store path (${storeDir}/HASH-NAME)";
+
+  # The store paths a string mentions, as nixlayer finds those of an image config (they join
+  # the image's closure, as in nixpkgs).
+  mentionedStorePaths = text:
+    map builtins.head (builtins.filter builtins.isList (builtins.split "(${storePathPattern})" text));
+
+  unique = list: builtins.attrNames (builtins.listToAttrs (map (name: { inherit name; value = null; }) list));
+
+  # The spec's description of one image: its key, its spec fields and the store paths whose
+  # closure the spec must hold.
+  describe = function: args:
+    let
+      names = builtins.attrNames args;
+      unknown = builtins.filter (n: !(fields ? ${n}) && !(unsupported ? ${n}) && !(builtins.elem n resultArguments)) names;
+      used = builtins.filter (n: unsupported ? ${n} && args.${n} != unsupported.${n}) names;
+      name = if builtins.isString (args.name or null) then toLower args.name
+        else fail function "name: expected a string (the image name), got ${if args ? name then "a ${builtins.typeOf args.name}" else "none"}";
+      contentsList = let c = args.contents or [ ]; in if builtins.isList c then c else [ c ];
+      config = if args.config or null == null then { }
+        else if builtins.isAttrs args.config then args.config
+        else fail function "config: expected an attribute set (the image config), got a ${builtins.typeOf args.config}";
+      contents = map (contentPath function) contentsList;
+      given = builtins.removeAttrs args (builtins.attrNames unsupported ++ resultArguments);
+      parameters = builtins.listToAttrs (builtins.filter (f: f.value != null) (map
+        (n: { name = fields.${n}; value = args.${n}; })
+        (builtins.attrNames given)));
+      baseName = builtins.replaceStrings [ ":" ] [ "-" ] (baseNameOf name);
+    in
+    if unknown != [ ] then fail function "unknown argument '${builtins.head unknown}'"
+    else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet"
+    else {
+      key = baseName;
+      parameters = parameters // { inherit name contents config; };
+      roots = unique (map builtins.unsafeDiscardStringContext (contents ++ mentionedStorePaths (builtins.toJSON config)));
+      result = builtins.intersectAttrs { passthru = null; meta = null; } args;
+    };
+
+  # The spec derivation of some described images. Its structured attributes are the spec: Nix
+  # writes them, with the closure of `roots` as `closure`, to .attrs.json, which the builder
+  # copies to $out with shell built-ins.
+  spec = name: images:
+    derivation {
+      inherit name system;
+      builder = "/bin/sh";
+      args = [
+        "-c"
+        ''
+          while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line"; done < .attrs.json > ${builtins.placeholder "out"}
+        ''
+      ];
+      __structuredAttrs = true;
+      preferLocalBuild = true;
+      allowSubstitutes = false;
+      nixlayer_spec = specVersion;
+      store_dir = storeDir;
+      images = map (image: image.parameters // { inherit (image) key; }) images;
+      exportReferencesGraph.closure = unique (builtins.concatMap (image: image.roots) images);
+    };
+
+  withResult = image: drv:
+    drv // (image.result.passthru or { }) // { nixlayerImage = image; }
+      // (if image.result ? meta then { inherit (image.result) meta; } else { });
+
+  buildLayeredImage = args:
+    let image = describe "buildLayeredImage" args;
+    in withResult image (spec "${image.key}.nixlayer.json" [ image ]);
+
+  imageOf = where: value:
+    if builtins.isAttrs value && value ? nixlayerImage then value.nixlayerImage
+    else throw "nixlayer.buildImages: ${where} is not a nixlayer.buildLayeredImage image";
+
+  # One spec of several images: an attribute set (each image's key is its attribute name) or a
+  # list (each image's key is the last part of its name, which must then differ).
+  buildImages = images:
+    let
+      described =
+        if builtins.isAttrs images && !(images ? nixlayerImage) then
+          map (key: (imageOf key images.${key}) // { inherit key; }) (builtins.attrNames images)
+        else if builtins.isList images then
+          builtins.genList (i: imageOf "element ${toString i} of the list" (builtins.elemAt images i)) (builtins.length images)
+        else throw "nixlayer.buildImages: expected an attribute set or a list of images, got a ${builtins.typeOf images}";
+      keys = map (image: image.key) described;
+      badKeys = builtins.filter (key: builtins.match "[A-Za-z0-9_+-][A-Za-z0-9._+-]*" key == null) keys;
+      duplicate = builtins.filter (key: builtins.length (builtins.filter (k: k == key) keys) > 1) keys;
+    in
+    if described == [ ] then throw "nixlayer.buildImages: no images"
+    else if badKeys != [ ] then
+      throw "nixlayer.buildImages: '${builtins.head badKeys}' cannot name an image's output file: use letters, digits and . _ + - (not a leading .)"
+    else if duplicate != [ ] then
+      throw "nixlayer.buildImages: two images are called '${builtins.head duplicate}': give an attribute set, whose names tell them apart"
+    else spec "images.nixlayer.json" described;
+in
+{
+  inherit buildLayeredImage buildImages specVersion;
+  # nixpkgs streams where buildLayeredImage writes a file; here both give a spec.
+  streamLayeredImage = buildLayeredImage;
+}

@@ -1,0 +1,293 @@
+"""Image specs: nixlayer's Nix library (nix/default.nix) evaluated and built with real Nix,
+offline, and the images nixlayer builds from the specs (BuildImage, PushImage, BuildImages,
+``python3 -m nixlayer plan``), without asking Nix for the closure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, REPO, run_luigi, run_pipelines
+from nixlayer.closure import graph_from_json
+from nixlayer.errors import NixlayerError
+from nixlayer.spec import SPEC_VERSION, parse_spec, read_spec
+from pipelines import BuildImage, BuildImages
+from registry_fixture import registry  # noqa: F401 - the fixture
+from test_build import PODMAN_RUN, archive_config
+
+IMAGES = FIXTURES / "images.nix"
+NIXLAYER = REPO / "nix"
+
+
+def spec_build(expr: Path, attr: str | None = None, *args: str) -> str:
+    """``nix-build EXPR [-A ATTR] ARGS`` with real Nix: the spec's store path."""
+    out = subprocess.run(["nix-build", str(expr), *(["-A", attr] if attr else []), *args, "--no-out-link"],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def nix_eval_error(tmp_path: Path, expression: str) -> str:
+    """Build the Nix ``expression`` (``nixlayer`` and ``vec`` in scope); it must fail: its error."""
+    file = tmp_path / "image.nix"
+    file.write_text(f"let nixlayer = import {NIXLAYER} {{ }}; vec = import {FIXTURES / 'vectors.nix'}; in {expression}")
+    run = subprocess.run(["nix-build", str(file), "--no-out-link"], capture_output=True, text=True)
+    assert run.returncode != 0
+    return run.stderr
+
+
+def no_nix_path(tmp_path: Path) -> tuple[str, Path]:
+    """A PATH whose ``nix`` and ``nix-store`` come first and only leave a mark: a build run
+    with it must not ask Nix anything. Returns (PATH, the mark)."""
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    mark = tmp_path / "nix-was-called"
+    for name in ("nix", "nix-store"):
+        (trap / name).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {mark}\nexit 1\n")
+        (trap / name).chmod(0o755)
+    return f"{trap}:{os.environ['PATH']}", mark
+
+
+def one_error(run: subprocess.CompletedProcess) -> str:
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert run.returncode != 0 and len(errors) == 1, run.stderr
+    return errors[0]
+
+
+# --- the Nix library -----------------------------------------------------------------------
+
+
+def test_spec_closure_graph_is_what_nix_path_info_says(vectors):
+    spec = read_spec(spec_build(IMAGES, "withConfig"))
+    roots = [vectors["store_paths"][name] for name in ("zlib", "script", "longnames")]
+    info = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "path-info", "--json",
+                           "--recursive", *roots], check=True, capture_output=True, text=True).stdout
+    assert spec.graph == graph_from_json(info)  # paths, references and NAR sizes
+    assert set(spec.graph.roots()) == {vectors["store_paths"]["script"], vectors["store_paths"]["longnames"]}
+    (image,) = spec.images
+    assert image.key == "vec-config" and image.parameters["contents"] == [vectors["store_paths"]["zlib"]]
+    assert image.parameters["config"]["Cmd"] == [vectors["store_paths"]["script"]]
+
+
+def test_spec_keeps_its_store_paths_alive(vectors):
+    spec = spec_build(IMAGES, "app")
+    requisites = subprocess.run(["nix-store", "--query", "--requisites", spec], check=True,
+                                capture_output=True, text=True).stdout.split()
+    assert set(vectors["store_paths"].values()) <= set(requisites)  # a GC root on the spec is one on them
+
+
+@pytest.mark.parametrize("expression, message", [
+    ('nixlayer.buildLayeredImage { name = "x"; fromImage = vec.app; }', "'fromImage' (a dockerTools argument) is not supported yet"),
+    ('nixlayer.buildLayeredImage { name = "x"; extraCommands = "mkdir tmp"; }', "'extraCommands' (a dockerTools argument) is not supported yet"),
+    ('nixlayer.buildLayeredImage { name = "x"; fakeRootCommands = "chown 1 x"; }', "'fakeRootCommands'"),
+    ('nixlayer.buildLayeredImage { name = "x"; includeNixDB = true; }', "'includeNixDB'"),
+    ('nixlayer.buildLayeredImage { name = "x"; layeringPipeline = [ ]; }', "'layeringPipeline'"),
+    ('nixlayer.buildLayeredImage { name = "x"; compressor = "gz"; }', "'compressor'"),
+    ('nixlayer.buildLayeredImage { name = "x"; maxLayer = 3; }', "unknown argument 'maxLayer'"),
+    ('nixlayer.buildLayeredImage { contents = [ vec.app ]; }', "name: expected a string"),
+    ('nixlayer.buildLayeredImage { name = "x"; contents = [ "/tmp" ]; }', "contents: /tmp is not a store path"),
+    ('nixlayer.buildLayeredImage { name = "x"; config = [ ]; }', "config: expected an attribute set"),
+    ('nixlayer.buildImages [ (nixlayer.buildLayeredImage { name = "a/x"; }) (nixlayer.buildLayeredImage { name = "b/x"; }) ]',
+     "two images are called 'x'"),
+    ('nixlayer.buildImages { x = vec.app; }', "buildImages: x is not a nixlayer.buildLayeredImage image"),
+    ('nixlayer.buildImages { ".x" = nixlayer.buildLayeredImage { name = "x"; }; }', "'.x' cannot name an image's output file"),
+])
+def test_what_nixlayer_cannot_do_fails_evaluation_naming_it(tmp_path, expression, message):
+    assert f"error: nixlayer." in (stderr := nix_eval_error(tmp_path, expression)) and message in stderr, stderr
+
+
+def test_unsupported_arguments_at_their_unused_values_are_accepted(tmp_path):
+    file = tmp_path / "image.nix"
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "MyApp"; fromImage = null; extraCommands = "";'
+                    ' includeNixDB = false; passthru.answer = 42; }')
+    spec = read_spec(spec_build(file))
+    assert spec.image().parameters == {"name": "myapp", "contents": [], "config": {}}  # lower case, as nixpkgs
+    answer = subprocess.run(["nix-instantiate", "--eval", "-E", f"(import {file}).answer"], capture_output=True, text=True)
+    assert answer.stdout.strip() == "42"
+
+
+# --- building from a spec ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_layers", ["3", "4", "100"])
+def test_spec_image_has_the_store_layers_of_contents_without_asking_nix(tmp_path, vectors, vectors_app, max_layers):
+    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", max_layers)
+    path, mark = no_nix_path(tmp_path)
+    run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "spec.tar")], tmp_path / "store", path=path)
+    assert run.returncode == 0, run.stderr
+    assert not mark.exists()
+    config, _ = archive_config(tmp_path / "spec.tar")
+    expected = vectors["image_store_layers_by_max_layers"][max_layers]
+    assert config["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
+    # The same image, byte for byte, as from --contents with the same parameters.
+    run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "spec", "--contents", json.dumps([vectors_app]),
+                         "--max-layers", max_layers, "--output", str(tmp_path / "contents.tar")], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "spec.tar").read_bytes() == (tmp_path / "contents.tar").read_bytes()
+
+
+def test_example_hello_image_from_a_spec_runs_in_podman(tmp_path):
+    spec = spec_build(REPO / "examples" / "hello-image.nix")
+    out = tmp_path / "hello.tar"
+    run = run_pipelines(["BuildImage", "--spec", spec, "--tag", "spec-t1", "--output", str(out)], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: warning:")]
+    assert warnings == [f"nixlayer: warning: spec {spec}: overridden by what is given beside it: --tag spec-t1 (spec: latest)"]
+    subprocess.run(["podman", "load", "-i", str(out)], check=True, capture_output=True)
+    try:
+        shown = subprocess.run([*PODMAN_RUN, "localhost/hello:spec-t1"], capture_output=True, text=True, timeout=120)
+        assert shown.stdout == "Hello from a nixlayer image!\n", shown.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/hello:spec-t1"], capture_output=True)
+
+
+def test_multi_image_spec_builds_all_in_one_run_shared_layers_once(tmp_path, layer_store, vectors):
+    spec = spec_build(IMAGES, "batch")
+    report = tmp_path / "report.json"
+    first = run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(report)))
+    data = json.loads(report.read_text())
+    images = {i["name"]: i for i in data["images"]}
+    assert sorted(images) == ["inc", "vec", "vec-zlib"] and data["batch"] == spec
+    assert (tmp_path / "out" / "app.tar").is_file() and (tmp_path / "out" / "zlib.tar").is_file()
+    assert (tmp_path / "out" / "inc" / "index.json").is_file()  # format = "oci" in Nix
+    # vec-libc and vec-zlib are layers of both vec and vec-zlib: each built once.
+    layer_tasks = [t for t in first["ran_tasks"] if t.task_family in ("StorePathLayer", "OverflowLayer", "CustomisationLayer")]
+    assert len(layer_tasks) == len({t.task_id for t in layer_tasks}) == data["totals"]["distinct_layers"]
+    assert images["vec"]["layers"] + images["vec-zlib"]["layers"] + images["inc"]["layers"] == data["totals"]["distinct_layers"] + 2
+    config, _ = archive_config(tmp_path / "out" / "zlib.tar")
+    assert config["rootfs"]["diff_ids"][:2] == [vectors["single_path_layers"][name]["diff_id"] for name in ("libc", "zlib")]
+    again = run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(report)))
+    assert again["ran"] == ["BuildImages"]
+
+
+def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
+    spec = spec_build(IMAGES, "batch")
+    run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
+    assert "holds 3 images (app, inc, zlib): name one with --spec-image KEY" in one_error(run)
+    run = run_pipelines(["BuildImage", "--spec", spec, "--spec-image", "zlib", "--output", str(tmp_path / "zlib.tar")],
+                        tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    plan = subprocess.run([sys.executable, "-m", "nixlayer", "plan", "--spec", spec, "--spec-image", "zlib", "--json"],
+                          capture_output=True, text=True, check=True)
+    layers = [layer["store_paths"] for layer in json.loads(plan.stdout)["layers"]]
+    config, _ = archive_config(tmp_path / "zlib.tar")
+    assert [json.loads(h["comment"].removeprefix("store paths: ")) for h in config["history"][:-1]] == layers
+
+
+# --- bad specs -------------------------------------------------------------------------------
+
+
+def bad_spec_run(tmp_path: Path, spec: str, *args: str) -> str:
+    out = tmp_path / "out.tar"
+    run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(out), *args], tmp_path / "store")
+    error = one_error(run)
+    assert not out.exists() and not (tmp_path / "store").exists()
+    return error
+
+
+def test_spec_whose_store_paths_are_gone_one_line(tmp_path):
+    file = tmp_path / "gone.nix"
+    file.write_text(f"""
+      let nixlayer = import {NIXLAYER} {{ }};
+          leaf = derivation {{ name = "gone-{os.getpid()}-{tmp_path.name}"; system = builtins.currentSystem;
+                              builder = "/bin/sh"; args = [ "-c" "/bin/mkdir $out" ]; }};
+      in nixlayer.buildLayeredImage {{ name = "gone"; contents = [ leaf ]; }}""")
+    built = spec_build(file)
+    copy = tmp_path / "spec.json"
+    shutil.copy(built, copy)
+    (leaf,) = read_spec(str(copy)).image().parameters["contents"]
+    subprocess.run(["nix-store", "--delete", built, leaf], check=True, capture_output=True)
+    error = bad_spec_run(tmp_path, str(copy))
+    assert f"store path {leaf} is gone from the store: build the spec again" in error
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"nixlayer_spec": 2, "images": []}', "format version 2 is not supported: this nixlayer reads version 1"),
+    ("{not json", "not valid JSON"),
+    ('{"images": []}', 'not a nixlayer image spec (it has no "nixlayer_spec" version)'),
+])
+def test_bad_spec_one_line_nothing_written(tmp_path, text, message):
+    spec = tmp_path / "spec.json"
+    spec.write_text(text)
+    assert message in bad_spec_run(tmp_path, str(spec))
+
+
+def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors):
+    spec = spec_build(IMAGES, "app")
+    assert "--spec and --closure-graph cannot be used together" in bad_spec_run(tmp_path, spec, "--closure-graph", spec)
+    other = vectors["store_paths"]["libc"].replace("vec-libc", "vec-libx")
+    error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]))
+    assert f"{other} is not in the closure of spec {spec}" in error
+    run = run_pipelines(["BuildImage", "--name", "x", "--spec-image", "app", "--output", str(tmp_path / "x.tar")],
+                        tmp_path / "store")
+    assert "--spec-image names an image of a spec: give the spec too" in one_error(run)
+
+
+def test_parse_spec_checks_every_field(vectors_app):
+    closure = [{"path": vectors_app, "narSize": 1, "references": []}]
+
+    def error(images, **top) -> str:
+        data = {"nixlayer_spec": SPEC_VERSION, "store_dir": "/nix/store", "images": images, "closure": closure, **top}
+        with pytest.raises(NixlayerError) as raised:
+            parse_spec(json.dumps(data), "s.json")
+        return str(raised.value)
+
+    image = {"key": "a", "name": "a", "contents": [vectors_app]}
+    assert error([{**image, "max_layers": "3"}]) == 'spec s.json: image 1 (a): max_layers must be an integer, not "3"'
+    assert error([{**image, "uid": True}]) == "spec s.json: image 1 (a): uid must be an integer, not true"
+    assert error([{**image, "maxLayers": 3}]) == "spec s.json: image 1 (a): unknown field 'maxLayers'"
+    assert error([image, image]) == "spec s.json: image 2 (a): another image has the key 'a'"
+    assert error([{**image, "key": "../x"}]).startswith("spec s.json: image 1 (../x): key '../x' is not a file name")
+    assert error([{"key": "a", "contents": []}]) == "spec s.json: image 1 (a): no name"
+    assert error([{**image, "config": {"Cmd": ["/nix/store/" + "0" * 32 + "-x"]}}]).endswith("-x is not in the spec's closure")
+    assert error([]) == 'spec s.json: no "images": a non-empty list of images'
+    assert error([image], closure=[{"path": vectors_app, "references": ["/nix/store/" + "1" * 32 + "-y"]}]).startswith(
+        "spec s.json: closure: ")
+    assert error([image], nixlayer_spec="1") == 'spec s.json: format version "1" is not an integer'
+    spec = parse_spec(json.dumps({"nixlayer_spec": 1, "store_dir": "/nix/store", "images": [image], "closure": closure,
+                                  "builder": "/bin/sh"}), "s.json")  # the derivation's own keys are ignored
+    assert spec.image("a").parameters == {"name": "a", "contents": [vectors_app]}
+
+
+def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
+    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", "4")
+    path, mark = no_nix_path(tmp_path)
+    run = run_pipelines(["PushImage", "--spec", spec, "--target", f"docker://{registry.host}/spec/vec:pushed"],
+                        tmp_path / "store", path=path)
+    assert run.returncode == 0, run.stderr
+    assert not mark.exists()
+    shown = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config",
+                                       f"docker://{registry.host}/spec/vec:pushed"],
+                                      check=True, capture_output=True, text=True).stdout)
+    expected = vectors["image_store_layers_by_max_layers"]["4"]
+    assert shown["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
+
+
+def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
+    # A new derivation each run, so it is built. As on a machine with nixpkgs: the sandbox holds the store inputs and /bin/sh, a static
+    # busybox, and nothing else (the builder uses shell built-ins only; PATH is unset).
+    file = tmp_path / "image.nix"
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{time.time_ns()}";'
+                    f' contents = [ (import {FIXTURES / "vectors.nix"}).app ]; }}')
+    spec = spec_build(file, None, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+    unsandboxed = read_spec(spec_build(IMAGES, "app"))
+    assert read_spec(spec).graph == unsandboxed.graph
+
+
+def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
+    spec = spec_build(REPO / "examples" / "images.nix")
+    out = tmp_path / "out"
+    run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(out), "--report", str(tmp_path / "report.json")],
+                        tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(i["name"] for i in report["images"]) == ["busybox-shell", "hello"]
+    assert sorted(p.name for p in out.iterdir()) == ["hello.tar", "shell.tar"]
+    # busybox and the greeting (which shell's config mentions) are layers of both, built once.
+    assert report["totals"]["distinct_layers"] == sum(i["layers"] for i in report["images"]) - 2
