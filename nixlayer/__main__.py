@@ -19,7 +19,7 @@ from nixlayer.closure import read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
-from nixlayer.storepath import DEFAULT_STORE_DIR
+from nixlayer.storepath import DEFAULT_STORE_DIR, resolve_store_path
 
 
 def _print_table(plan: LayerPlan) -> None:
@@ -36,10 +36,11 @@ def _print_table(plan: LayerPlan) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    roots = list(args.roots)
-    graph = read_graph([*roots, *args.config_path], graph_file=args.graph,
+    roots = [resolve_store_path(root, args.store_dir) for root in args.roots]
+    config_paths = [resolve_store_path(path, args.store_dir) for path in args.config_path]
+    graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                        scan_root=args.store_dir_scan, store_dir=args.store_dir)
-    plan = plan_image(graph, roots, args.config_path, args.max_layers)
+    plan = plan_image(graph, roots, config_paths, args.max_layers)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which store paths go into which layer",
         description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
     )
-    plan.add_argument("roots", nargs="+", metavar="ROOT", help="store paths of the image contents")
+    plan.add_argument("roots", nargs="+", metavar="ROOT",
+                      help="store paths of the image contents, or links to them such as ./result")
     source = plan.add_mutually_exclusive_group()
     source.add_argument("--graph", metavar="FILE",
                         help="closure graph JSON (nix path-info --json --recursive, or exportReferencesGraph); - for stdin")

@@ -22,7 +22,7 @@ from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_image, plan_layers
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
-from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
+from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
@@ -146,9 +146,10 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     @functools.cached_property
     def _inputs(self) -> tuple[list[str], dict, list[str]]:
-        """The checked contents, config, and store paths the config mentions."""
+        """The checked contents (links such as ./result resolved to their store paths), config,
+        and store paths the config mentions."""
         store_dir = normalize_store_dir(self.store_dir)
-        contents = [check_store_path(p, store_dir) for p in self.contents]
+        contents = [resolve_store_path(p, store_dir) for p in self.contents]
         try:
             config = check_config(json.loads(self.config))
         except json.JSONDecodeError as e:
