@@ -34,15 +34,10 @@ PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
 
 
 class StorePathsParameter(luigi.ListParameter):
-    """A JSON list of store paths; a value that is not one says what is expected."""
+    """A JSON list of store paths; a value that is not one says what is expected (see
+    ``tasks.base.name_parse_errors``)."""
 
-    def parse(self, x: str):
-        try:
-            return super().parse(x)
-        except ValueError:
-            raise ValueError(
-                f"--contents takes a JSON list of store paths such as '[\"/nix/store/...-hello\"]', not {x!r}"
-            ) from None
+    expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
 
 class ImageParameters(NixlayerTask, abstract=True):

@@ -10,6 +10,10 @@
 """
 
 from tasks import errors  # noqa: E402,F401 - one-line errors for everything run through Luigi
+import luigi.interface  # noqa: E402
+
+from tasks.base import name_parse_errors  # noqa: E402
 from tasks.config import install_defaults  # noqa: E402
 
 install_defaults()
+name_parse_errors(luigi.interface.core)  # --workers abc names --workers too

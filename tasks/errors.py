@@ -33,6 +33,8 @@ class OneLineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if record.msg == "Uncaught exception in luigi" and isinstance(error, (ValueError, NixlayerError)):
+            if isinstance(error.__cause__, ValueError):  # "Error when parsing the default value of 'x'"
+                error = error.__cause__  # names the flag and value (tasks.base.name_parse_errors)
             report(f"invalid parameter: {error}" if not isinstance(error, NixlayerError) else error)
             return False  # Luigi could not make the task: a parameter it could not parse
         if record.msg == "Uncaught exception in luigi" and isinstance(error, RPCError):

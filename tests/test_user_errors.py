@@ -123,3 +123,28 @@ def test_links_that_do_not_name_a_store_path(tmp_path, hello):
         assert_refused(tmp_path, build_image(tmp_path, "--contents", json.dumps([given]), cwd=work), 35, line)
         run = plan(given, cwd=work)
         assert (run.returncode, error_lines(run)) == (2, [f"nixlayer: error: {line}"]), given
+
+
+# 4. Values a parameter cannot parse: the line names the parameter and the value.
+
+@pytest.mark.parametrize("args, line", [
+    (["--uid", "abc"], "--uid must be a whole number, not 'abc'"),
+    (["--max-layers", "x"], "--max-layers must be a whole number, not 'x'"),
+    (["--include-store-paths", "maybe"], "--include-store-paths must be true or false, not 'maybe'"),
+    (["--compression", "zip"], "--compression must be one of auto, gzip, none, zstd, not 'zip'"),
+    (["--contents", "/nix/store/x"], "--contents must be a JSON list of store paths such as"
+                                     " '[\"/nix/store/...-hello\"]', not '/nix/store/x'"),
+    (["--BuildImage-gid", "q"], "--gid must be a whole number, not 'q'"),  # the global form
+    (["--workers", "two"], "--workers must be a whole number, not 'two'"),  # one of Luigi's own
+])
+def test_a_value_that_does_not_parse_names_its_parameter(tmp_path, args, line):
+    assert_refused(tmp_path, build_image(tmp_path, *args), 40, f"invalid parameter: {line}")
+
+
+def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n[BuildImage]\nuid = zz\n")
+    run = subprocess.run(["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--output",
+                          str(tmp_path / "x.tar")], cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)),
+                         capture_output=True, text=True, timeout=120)
+    assert_refused(tmp_path, run, 40, "invalid parameter: --uid must be a whole number, not 'zz'")
