@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 
 import luigi
 
@@ -249,8 +250,12 @@ class BuildImage(ImageParameters):
             self.assemble_task().write()
 
     def _check_output(self) -> None:
-        """Fail before any layer is written if the output cannot be written."""
+        """Fail before any layer is written if the output cannot be written (a standard output
+        that is a terminal included: an image is written to a pipe or a file, as docker save)."""
         if self.output == STDOUT:
+            if sys.stdout is not None and sys.stdout.isatty():
+                raise NixlayerError("cowardly refusing to write an image to a terminal; redirect or pipe it"
+                                    " (--output - > FILE, --output - | podman load) or give --output FILE")
             return
         output = os.path.abspath(self.output)
         if self.format != "oci" and os.path.isdir(output):

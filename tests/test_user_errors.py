@@ -148,3 +148,29 @@ def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
                           str(tmp_path / "x.tar")], cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)),
                          capture_output=True, text=True, timeout=120)
     assert_refused(tmp_path, run, 40, "invalid parameter: --uid must be a whole number, not 'zz'")
+
+
+# 8. An image to standard output when it is a terminal.
+
+def test_an_image_is_not_written_to_a_terminal(tmp_path, hello):
+    import pty
+    import select
+    leader, follower = pty.openpty()
+    try:
+        cfg = tmp_path / "luigi.cfg"
+        cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+        run = subprocess.run(["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--contents",
+                              json.dumps([hello]), "--output", "-"], cwd=REPO, stdout=follower,
+                             stderr=subprocess.PIPE, text=True, timeout=120,
+                             env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)))
+        assert_refused(tmp_path, run, 35, "cowardly refusing to write an image to a terminal; redirect or pipe it"
+                                          " (--output - > FILE, --output - | podman load) or give --output FILE")
+        assert select.select([leader], [], [], 0)[0] == []  # nothing written to the terminal
+    finally:
+        os.close(leader)
+        os.close(follower)
+    # To a pipe it is written (test_build.py: to a file).
+    run = subprocess.run(f"set -o pipefail; luigi --module pipelines BuildImage --name x --tag t --contents"
+                         f" '{json.dumps([hello])}' --output - | tar -t", shell=True, executable="/bin/bash", cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)))
+    assert run.returncode == 0 and "manifest.json" in run.stdout.split(), run.stderr
