@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,65 @@ def test_an_image_is_not_written_to_a_terminal(tmp_path, hello):
                          f" '{json.dumps([hello])}' --output - | tar -t", shell=True, executable="/bin/bash", cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)))
     assert run.returncode == 0 and "manifest.json" in run.stdout.split(), run.stderr
+
+
+# 7. With luigid, a failed task ends the run in seconds (workers wait only on running work).
+
+from test_luigid import luigid  # noqa: E402,F401 - a real luigid, see test_luigid.py
+from registry_fixture import free_port  # noqa: E402
+
+
+def test_with_luigid_a_failed_push_ends_the_run_at_once(tmp_path, luigid, hello):  # noqa: F811
+    port = free_port()  # no registry listens there
+    cfg = tmp_path / "luigi.cfg"  # nixlayer's luigid defaults: keep_alive, 10 minutes idle
+    cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    started = time.monotonic()
+    run = subprocess.run(["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--contents",
+                          json.dumps([hello]), "--push", f"docker://127.0.0.1:{port}/x:1", "--scheduler-host",
+                          "127.0.0.1", "--scheduler-port", str(luigid["port"])],
+                         cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)),
+                         capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert (run.returncode, error_lines(run)) == (30, [
+        f"nixlayer: error: cannot reach registry 127.0.0.1:{port} (repository x) while version check: connection"
+        " refused after 5 tries"]), run.stderr
+    assert elapsed < 30, elapsed  # the registry client's retries take ~6 s of it
+    print(f"failed push with luigid: exit {run.returncode} after {elapsed:.1f} s")
+
+
+def test_with_luigid_a_worker_waits_on_a_batch_another_machine_runs(tmp_path, luigid):  # noqa: F811
+    """Machine B runs the image's store path layers in one batch (luigid: BATCH_RUNNING, which
+    its count of running tasks leaves out) and is held stopped there; machine A, with nothing
+    else to run, keeps waiting instead of ending its run, and builds its image once B is done."""
+    from test_batch import synthetic_store
+    from test_luigid import api
+
+    app = synthetic_store(tmp_path / "root", images=1, base=2, unique=1)[0]
+    big = tmp_path / "root" / app.lstrip("/") / "share" / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))  # gzip takes a second or two: B is caught in its batch
+    runs = {}
+    for machine in ("b", "a"):
+        work = tmp_path / machine
+        work.mkdir()
+        (work / "luigi.cfg").write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store ="
+                                        f" {tmp_path / 'store'}\nlayer_batches = 1\n")
+        argv = ["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--tag", "t", "--contents",
+                json.dumps([app]), "--store-root", str(tmp_path / "root"), "--format", "oci", "--output",
+                str(work / "out"), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])]
+        with open(work / "err.log", "w") as err:
+            runs[machine] = subprocess.Popen(argv, cwd=work, stdout=subprocess.DEVNULL, stderr=err,
+                                             env=dict(os.environ, LUIGI_CONFIG_PATH=str(work / "luigi.cfg")))
+        if machine == "b":
+            deadline = time.monotonic() + 60
+            while not api(luigid["port"], "task_list", status="BATCH_RUNNING", upstream_status="", search=""):
+                assert time.monotonic() < deadline and runs["b"].poll() is None, "B ran no batch"
+                time.sleep(0.02)
+            os.kill(runs["b"].pid, signal.SIGSTOP)
+    try:
+        time.sleep(15)  # under luigid's worker_disconnect_delay (60 s): B is still alive to it
+        assert runs["a"].poll() is None, (tmp_path / "a" / "err.log").read_text()[-3000:]
+    finally:
+        os.kill(runs["b"].pid, signal.SIGCONT)
+    for machine, run in runs.items():
+        assert run.wait(timeout=120) == 0, (tmp_path / machine / "err.log").read_text()[-3000:]
+        assert (tmp_path / machine / "out" / "index.json").exists()
