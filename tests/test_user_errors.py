@@ -238,3 +238,36 @@ def test_with_luigid_a_worker_waits_on_a_batch_another_machine_runs(tmp_path, lu
     for machine, run in runs.items():
         assert run.wait(timeout=120) == 0, (tmp_path / machine / "err.log").read_text()[-3000:]
         assert (tmp_path / machine / "out" / "index.json").exists()
+
+
+# 5. `luigi BuildImage ...` without --module pipelines.
+
+@pytest.fixture(scope="module")
+def python_with_hint(tmp_path_factory) -> str:
+    """A Python whose site-packages hold scripts/nixlayer-luigi.pth, as scripts/install-deps
+    installs it (a venv over this Python's packages, so this machine's is left as it is)."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "nixlayer-luigi.pth").write_text((REPO / "scripts" / "nixlayer-luigi.pth").read_text())
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+def test_luigi_without_module_says_to_add_it(tmp_path, python_with_hint, where):
+    import sysconfig
+    luigi_script = os.path.join(sysconfig.get_path("scripts"), "luigi")  # the luigi command itself
+    cwd = REPO if where == "repository" else tmp_path
+    for task in ("BuildImage", "BuildImages"):
+        run = subprocess.run([python_with_hint, luigi_script, task, "--name", "x"], cwd=cwd,
+                             capture_output=True, text=True, timeout=120)
+        assert (run.returncode, run.stderr) == (1, f"nixlayer: error: luigi finds {task} only with --module pipelines:"
+                                                   f" run luigi --module pipelines {task} ...\n")
+    # Any other task Luigi does not know keeps Luigi's own error.
+    other = subprocess.run([python_with_hint, luigi_script, "NoSuchTask"], cwd=cwd, capture_output=True, text=True)
+    assert other.returncode == 1 and "TaskClassNotFoundException: No task NoSuchTask" in other.stderr
+    # The hook runs in luigi only: another program that fails the same way keeps its traceback.
+    probe = subprocess.run([python_with_hint, "-c", "from luigi.task_register import Register;"
+                            " Register.get_task_cls('BuildImage')"], capture_output=True, text=True)
+    assert probe.returncode == 1 and "Traceback" in probe.stderr
