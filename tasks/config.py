@@ -7,8 +7,6 @@ import sys
 import luigi
 import luigi.configuration
 import luigi.interface
-import luigi.worker
-from luigi.task_status import BATCH_RUNNING, RUNNING
 
 from nixlayer.layerstore import default_layer_store
 
@@ -43,38 +41,13 @@ CENTRAL_DEFAULTS = {
 }
 
 
-def _keep_alive(worker: luigi.worker.Worker, get_work_response) -> bool:
-    """Whether an idle worker keeps asking the scheduler for work: Luigi's rule
-    (``keep_alive``, tasks pending, ``max_keep_alive_idle_duration``), and only while some task
-    of its run is running, on any machine. Luigi counts a task that failed, and every task that
-    waits on it, as pending: a run whose push failed waited the whole idle duration (10 minutes
-    with luigid) with nothing left that could run. Nothing else can make one of the run's
-    tasks runnable: a pending task whose dependencies are done is handed to this worker, which
-    added it. So the worker stops, and Luigi's summary and exit status report the failure.
-
-    The run's tasks are those the scheduler has under the worker's first task (the one on the
-    command line), not done: one ``dep_graph`` request, made only when Luigi's rule would wait
-    and the scheduler's reply names no task of the worker running (it leaves out tasks running
-    in another machine's batch)."""
-    if not _luigi_keep_alive(worker, get_work_response):
-        return False
-    if get_work_response.running_tasks or worker._assistant or worker._first_task is None:
-        return True
-    graph = worker._scheduler.dep_graph(worker._first_task, include_done=False)
-    return any(task["status"] in (RUNNING, BATCH_RUNNING) for task in graph.values())
-
-
-_luigi_keep_alive = luigi.worker.Worker._keep_alive
-
-
 def install_defaults(argv: list[str] | None = None) -> None:
     """Set each of ``DEFAULTS`` in Luigi's configuration unless a luigi.cfg already does, and
     of ``CENTRAL_DEFAULTS`` too when the run uses a central scheduler.
 
     A command line that names a central scheduler (``--scheduler-host``, ``--scheduler-url``)
     uses it: ``[core] local_scheduler`` is then false, whatever luigi.cfg says, rather than
-    the flags being silently ignored; ``--local-scheduler`` makes it true. A worker kept alive
-    stops waiting once nothing of its run is running anywhere (see :func:`_keep_alive`).
+    the flags being silently ignored; ``--local-scheduler`` makes it true.
     """
     config = luigi.configuration.get_config()
     argv = sys.argv if argv is None else argv
@@ -86,7 +59,6 @@ def install_defaults(argv: list[str] | None = None) -> None:
     if not config.getboolean("core", "local_scheduler", True):
         _set_unset(CENTRAL_DEFAULTS)  # first: where both set an option, the central one holds
     _set_unset(DEFAULTS)
-    luigi.worker.Worker._keep_alive = _keep_alive
 
 
 def _set_unset(defaults: dict[str, dict[str, str]]) -> None:

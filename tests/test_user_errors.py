@@ -271,3 +271,57 @@ def test_luigi_without_module_says_to_add_it(tmp_path, python_with_hint, where):
     probe = subprocess.run([python_with_hint, "-c", "from luigi.task_register import Register;"
                             " Register.get_task_cls('BuildImage')"], capture_output=True, text=True)
     assert probe.returncode == 1 and "Traceback" in probe.stderr
+
+
+# 6. Every exit status, each from the case it documents (see also the tests above: 30, 35, 40).
+
+def test_the_same_command_twice_exits_10_with_one_line(tmp_path, hello):
+    """Luigi's process lock (embedded scheduler): the second of two identical commands exits 10
+    at once, saying so on standard error; nothing of it reaches standard output."""
+    locks = tmp_path / "locks"
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[core]\nlock_pid_dir = {locks}\n[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    argv = ["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--contents", json.dumps([hello]),
+            "--output", "-"]
+    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg))
+    # The first writes the image into a pipe nobody reads: it holds the lock, blocked.
+    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (locks.exists() and any(locks.iterdir())):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert (second.returncode, error_lines(second), second.stdout) == (10, [
+        f"nixlayer: error: the same command is already running on this machine (pid {first.pid}): wait for it to"
+        " finish, or stop it (Luigi's process lock compares command lines; [core] no_lock = true turns it off)"], "")
+
+
+@pytest.mark.parametrize("args, status, last_line", [
+    ([], 1, "No task specified"),  # Luigi's own line
+    (["BuildImag", "--name", "x"], 1, "nixlayer: error: there is no task BuildImag: nixlayer's are BuildImage,"
+                                      " BuildImages, PushImage (luigi --module pipelines TASK --help lists its parameters)"),
+    (["BuildImage", "--name", "x", "--bogus", "1"], 2, "luigi: error: unrecognized arguments: --bogus 1"),  # argparse
+    (["BuildImage"], 40, "nixlayer: error: BuildImage needs --name: give it (luigi --module pipelines BuildImage"
+                         " --help lists every parameter)"),
+    (["BuildImages"], 40, "nixlayer: error: BuildImages needs --batch-file: give it (luigi --module pipelines"
+                          " BuildImages --help lists every parameter)"),
+])
+def test_luigi_command_line_mistakes_exit_status(tmp_path, args, status, last_line):
+    run = run_pipelines(args, tmp_path / "store")
+    assert "Traceback" not in run.stderr, run.stderr
+    assert (run.returncode, run.stderr.splitlines()[-1]) == (status, last_line), run.stderr
+
+
+@pytest.mark.parametrize("args, status", [
+    (["plan", "--help"], 0),
+    ([], 2),  # usage: the argparse line
+    (["plan", "--max-layers", "x", "/nix/store/" + "0" * 32 + "-x"], 2),
+    (["plan", "/nix/store/" + "0" * 32 + "-x"], 2),  # bad input: nixlayer: error: ...
+])
+def test_python_m_nixlayer_exit_status(args, status):
+    run = subprocess.run([sys.executable, "-m", "nixlayer", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == status and "Traceback" not in run.stderr, run.stderr
