@@ -231,7 +231,7 @@ def test_with_luigid_a_worker_waits_on_a_batch_another_machine_runs(tmp_path, lu
                 time.sleep(0.02)
             os.kill(runs["b"].pid, signal.SIGSTOP)
     try:
-        time.sleep(15)  # under luigid's worker_disconnect_delay (60 s): B is still alive to it
+        time.sleep(8)  # A asks for work every 1-2 s; under luigid's worker_disconnect_delay (60 s)
         assert runs["a"].poll() is None, (tmp_path / "a" / "err.log").read_text()[-3000:]
     finally:
         os.kill(runs["b"].pid, signal.SIGCONT)
