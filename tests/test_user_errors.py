@@ -231,13 +231,19 @@ def test_with_luigid_a_worker_waits_on_a_batch_another_machine_runs(tmp_path, lu
                 time.sleep(0.02)
             os.kill(runs["b"].pid, signal.SIGSTOP)
     try:
-        time.sleep(8)  # A asks for work every 1-2 s; under luigid's worker_disconnect_delay (60 s)
-        assert runs["a"].poll() is None, (tmp_path / "a" / "err.log").read_text()[-3000:]
-    finally:
-        os.kill(runs["b"].pid, signal.SIGCONT)
-    for machine, run in runs.items():
-        assert run.wait(timeout=120) == 0, (tmp_path / machine / "err.log").read_text()[-3000:]
-        assert (tmp_path / machine / "out" / "index.json").exists()
+        try:
+            time.sleep(8)  # A asks for work every 1-2 s; under luigid's worker_disconnect_delay (60 s)
+            assert runs["a"].poll() is None, (tmp_path / "a" / "err.log").read_text()[-3000:]
+        finally:
+            os.kill(runs["b"].pid, signal.SIGCONT)
+        for machine, run in runs.items():
+            assert run.wait(timeout=120) == 0, (tmp_path / machine / "err.log").read_text()[-3000:]
+            assert (tmp_path / machine / "out" / "index.json").exists()
+    finally:  # a failed test leaves no run behind
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.wait()
 
 
 # 5. `luigi BuildImage ...` without --module pipelines.
