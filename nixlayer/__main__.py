@@ -21,7 +21,7 @@ from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
 from nixlayer.spec import read_spec
-from nixlayer.storepath import DEFAULT_STORE_DIR
+from nixlayer.storepath import DEFAULT_STORE_DIR, resolve_store_path
 
 
 def _print_table(plan: LayerPlan) -> None:
@@ -43,7 +43,8 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
-        roots, config_paths = list(args.roots), args.config_path
+        roots = [resolve_store_path(root, args.store_dir) for root in args.roots]
+        config_paths = [resolve_store_path(path, args.store_dir) for path in args.config_path]
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=args.store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which store paths go into which layer",
         description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
     )
-    plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents")
+    plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents, or links to them such as ./result")
     plan.add_argument("--spec", metavar="FILE",
                       help="an image spec (nix-build of nixlayer's Nix library) instead of ROOTs: its contents, config and closure")
     plan.add_argument("--spec-image", metavar="KEY", help="the image to plan, in a spec of several")

@@ -273,18 +273,27 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
     Returns the closure graph with NAR sizes in bytes.
 
     Raises:
-        NixlayerError: neither program is on PATH, a root is not a valid store path (the
-            message repeats Nix's own error line), or Nix printed something unreadable.
+        NixlayerError: neither program is on PATH, a root is not a valid path of the store
+            (the message says how to build or fetch it), Nix failed otherwise (the message
+            repeats Nix's own error line), or Nix printed something unreadable.
     """
     roots = [check_store_path(root, store_dir) for root in roots]
     if not roots:
         raise NixlayerError("no root store paths given")
     if shutil.which("nix"):
-        output = _run_nix(["nix", "path-info", "--json", "--recursive", "--offline",
-                           "--extra-experimental-features", "nix-command", *roots])
+        try:
+            output = _run_nix(["nix", "path-info", "--json", "--recursive", "--offline",
+                               "--extra-experimental-features", "nix-command", *roots])
+        except NixlayerError:
+            _check_valid(roots)
+            raise
         return graph_from_json(output, store_dir).closure(roots)
     if shutil.which("nix-store"):
-        requisites = _run_nix(["nix-store", "--query", "--requisites", *roots]).split()
+        try:
+            requisites = _run_nix(["nix-store", "--query", "--requisites", *roots]).split()
+        except NixlayerError:
+            _check_valid(roots)
+            raise
         references: dict[str, list[str]] = {}
         nar_sizes: dict[str, int | None] = {}
         for start in range(0, len(requisites), 1000):  # stay far below the argument size limit
@@ -292,6 +301,28 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
             _read_validity_registration(dump, references, nar_sizes)
         return ClosureGraph(references, nar_sizes, store_dir).closure(roots)
     raise NixlayerError("neither nix nor nix-store is on PATH: install Nix, or read the graph from JSON or a store directory")
+
+
+def _check_valid(roots: list[str]) -> None:
+    """Raise NixlayerError for the first of ``roots`` that is not a valid path of the Nix store
+    (not built, garbage-collected, or a directory Nix never registered), saying how to get it.
+    Asked only after a Nix command failed, to tell this commonest mistake from other failures;
+    returns if all are valid, or if ``nix-store`` cannot say."""
+    try:
+        result = subprocess.run(["nix-store", "--check-validity", "--print-invalid", *roots],
+                                capture_output=True, text=True, errors="replace", check=False)
+    except OSError:
+        return
+    invalid = result.stdout.split() if result.returncode == 0 else []
+    if invalid:
+        path = invalid[0]
+        if os.path.lexists(path):
+            raise NixlayerError(
+                f"{path} exists on disk but Nix does not know it as valid (an interrupted build, or copied in"
+                f" without Nix): build it again (`nix-build FILE.nix -A ATTR`) or fetch it (`nix-store --realise {path}`)")
+        raise NixlayerError(
+            f"{path} is not in the Nix store (not built, or garbage-collected): build it (`nix-build FILE.nix -A"
+            f" ATTR` prints its path) or fetch it (`nix-store --realise {path}`)")
 
 
 def nix_error_line(stderr: str) -> str:

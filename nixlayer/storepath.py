@@ -47,6 +47,62 @@ def check_store_path(path: str, store_dir: str = DEFAULT_STORE_DIR) -> str:
     return norm
 
 
+# Links followed at most to resolve a path the user gave (Linux's own limit, MAXSYMLINKS).
+_MAX_LINKS = 40
+
+
+def resolve_store_path(path: str, store_dir: str = DEFAULT_STORE_DIR) -> str:
+    """The top-level store path a user means by ``path``, a store path or a link to one.
+
+    ``path`` is a store path (``/nix/store/HASH-NAME``, returned normalized without touching
+    the disk, so it may live on another machine or under a chroot store), or a symbolic link
+    to one, such as the ``./result`` link ``nix-build`` leaves: links are followed (relative
+    ones from the working directory), one at a time, until the path names an entry directly
+    in ``store_dir``, which is returned (a store path that is itself a symlink is kept).
+
+    Raises NixlayerError, one line saying what to give instead, for: a derivation
+    (``HASH-NAME.drv``: realise it), a path inside a store path (give the store path), a link
+    to a path outside ``store_dir``, a path that does not exist, any other path outside
+    ``store_dir``, a malformed store path name, more than 40 links.
+    """
+    store_dir = normalize_store_dir(store_dir)
+    if not isinstance(path, str) or not path:
+        raise NixlayerError(f"store path {path!r} is empty or not a string")
+    current = os.path.abspath(path)
+    for _ in range(_MAX_LINKS):
+        if posixpath.dirname(current) == store_dir:
+            break
+        # Links in the directories above are followed first: ./result/bin is in the store.
+        current = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+        if posixpath.dirname(current) == store_dir or not os.path.islink(current):
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    else:
+        raise NixlayerError(f"{path}: more than {_MAX_LINKS} symbolic links to follow")
+    resolved = current != os.path.abspath(path)
+    shown = f"{path} (which resolves to {current})" if resolved else path
+    if posixpath.dirname(current) == store_dir:
+        if current.endswith(".drv"):
+            raise NixlayerError(
+                f"{shown} is a derivation, not a build output: run `nix-store --realise {current}` (or "
+                f"`nix-build {current}`) and give the output path it prints")
+        return check_store_path(current, store_dir)
+    top = current
+    while posixpath.dirname(top) not in (store_dir, top):
+        top = posixpath.dirname(top)
+    if posixpath.dirname(top) == store_dir:
+        raise NixlayerError(f"{shown} is inside the store path {top}: give {top} itself (its whole contents are"
+                            " linked into /)")
+    if resolved:
+        raise NixlayerError(f"{path} resolves to {current}, which is not in the store directory {store_dir}:"
+                            " give a store path (nix-build prints one) or a link to one such as ./result")
+    if not os.path.lexists(current):
+        raise NixlayerError(f"{path} does not exist: give a store path (nix-build prints one) or a link to one"
+                            " such as ./result")
+    raise NixlayerError(f"{path} is not a store path: give a path in {store_dir} (nix-build prints one) or a link"
+                        " to one such as ./result")
+
+
 def on_disk(store_root: str, path: str) -> str:
     """Where ``path`` (a store path, or the store directory) is on disk when the store lives
     under ``store_root``: ``on_disk("/srv/chroot", "/nix/store/x")`` is

@@ -5,8 +5,8 @@ table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``co
 ``config`` as a TOML table, ``max_layers``, ``uid``, ``gid``, ``uname``, ``gname``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
-Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``) are relative to
-the batch file's directory.
+Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
+``contents`` such as ``./result``) are relative to the batch file's directory.
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
 (nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
@@ -98,6 +98,10 @@ def _image_params(settings: dict, directory: str) -> dict:
     for key in PATH_KEYS:
         if out.get(key) and not (key == "store_root" and out[key] == "/"):
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
+    # A link such as ./result among the contents is found from the batch file too (its store
+    # path is read when the image is planned, see ImageParameters).
+    out["contents"] = [os.path.join(directory, path) if path and not path.startswith("/") else path
+                       for path in out.get("contents", [])]
     if "nix_attrs" in settings:  # nix_file may be a default that other images do without
         nix_file, attrs = settings.get("nix_file"), settings["nix_attrs"]
         if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 
 import luigi
 
@@ -22,7 +23,7 @@ from nixlayer.layer import LayerSettings
 from nixlayer.plan import plan_image, plan_layers
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
-from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir
+from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.assemble import AssembleImage
@@ -37,15 +38,10 @@ PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
 
 
 class StorePathsParameter(luigi.ListParameter):
-    """A JSON list of store paths; a value that is not one says what is expected."""
+    """A JSON list of store paths; a value that is not one says what is expected (see
+    ``tasks.base.name_parse_errors``)."""
 
-    def parse(self, x: str):
-        try:
-            return super().parse(x)
-        except ValueError:
-            raise ValueError(
-                f"--contents takes a JSON list of store paths such as '[\"/nix/store/...-hello\"]', not {x!r}"
-            ) from None
+    expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
 
 class ImageParameters(NixlayerTask, abstract=True):
@@ -231,9 +227,10 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     @functools.cached_property
     def _inputs(self) -> tuple[list[str], dict, list[str]]:
-        """The checked contents, config, and store paths the config mentions."""
+        """The checked contents (links such as ./result resolved to their store paths), config,
+        and store paths the config mentions."""
         store_dir = normalize_store_dir(self.store_dir)
-        contents = [check_store_path(p, store_dir) for p in self.contents]
+        contents = [resolve_store_path(p, store_dir) for p in self.contents]
         try:
             config = check_config(json.loads(self.config))
         except json.JSONDecodeError as e:
@@ -363,8 +360,12 @@ class BuildImage(ImageParameters):
             self.assemble_task().write()
 
     def _check_output(self) -> None:
-        """Fail before any layer is written if the output cannot be written."""
+        """Fail before any layer is written if the output cannot be written (a standard output
+        that is a terminal included: an image is written to a pipe or a file, as docker save)."""
         if self.output == STDOUT:
+            if sys.stdout is not None and sys.stdout.isatty():
+                raise NixlayerError("cowardly refusing to write an image to a terminal; redirect or pipe it"
+                                    " (--output - > FILE, --output - | podman load) or give --output FILE")
             return
         output = os.path.abspath(self.output)
         if self.format != "oci" and os.path.isdir(output):

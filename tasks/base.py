@@ -26,6 +26,33 @@ Report = Callable[[int, str], None]
 _CLASS_PARAMS: dict[type, list[tuple[str, luigi.Parameter]]] = {}
 
 
+def name_parse_errors(cls: type) -> None:
+    """Make every parameter ``cls`` declares (a task or config class) name itself when it cannot
+    parse a value: ``--uid abc`` raises ValueError ``--uid must be a whole number, not 'abc'``
+    instead of Luigi's ``invalid literal for int() with base 10: 'abc'`` (printed as one line,
+    see ``tasks.errors``). The value is parsed as before; only the error's message changes. A
+    parameter may say what it expects in an ``expected`` attribute."""
+    for name, param in list(vars(cls).items()):  # a subclass shares its bases' (wrapped) parameters
+        if isinstance(param, luigi.Parameter) and "parse" not in vars(param):
+            param.parse = functools.partial(_parse_named, param.parse, param, "--" + name.replace("_", "-"))
+
+
+def _parse_named(parse: Callable, param: luigi.Parameter, flag: str, value: str):
+    try:
+        return parse(value)
+    except ValueError as error:
+        expected = getattr(param, "expected", None)
+        if expected is None and isinstance(param, luigi.BoolParameter):
+            expected = "true or false"
+        elif expected is None and isinstance(param, luigi.ChoiceParameter):
+            expected = "one of " + ", ".join(sorted(str(choice) for choice in param._choices))
+        elif expected is None and isinstance(param, luigi.IntParameter):
+            expected = "a whole number"
+        if expected is None:
+            raise ValueError(f"{flag} {value!r}: {error}") from None
+        raise ValueError(f"{flag} must be {expected}, not {value!r}") from None
+
+
 class NixlayerTask(luigi.Task):
     """A nixlayer task. ``class X(NixlayerTask, abstract=True)`` declares a base of other tasks
     rather than one to run: Luigi's registry leaves it out, so it is not on the command line
@@ -38,6 +65,7 @@ class NixlayerTask(luigi.Task):
     def __init_subclass__(cls, abstract: bool = False, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         cls._visible_in_registry = not abstract
+        name_parse_errors(cls)
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter]]:

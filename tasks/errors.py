@@ -15,8 +15,10 @@ import sys
 import warnings
 
 import luigi
+from luigi.parameter import MissingParameterException
 from luigi.rpc import RPCError
 
+from nixlayer import luigi_hint
 from nixlayer.errors import NixlayerError, NixlayerWarning
 from tasks import console
 
@@ -35,8 +37,16 @@ class OneLineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if record.msg == "Uncaught exception in luigi" and isinstance(error, (ValueError, NixlayerError)):
+            if isinstance(error.__cause__, ValueError):  # "Error when parsing the default value of 'x'"
+                error = error.__cause__  # names the flag and value (tasks.base.name_parse_errors)
             report(f"invalid parameter: {error}" if not isinstance(error, NixlayerError) else error)
             return False  # Luigi could not make the task: a parameter it could not parse
+        if record.msg == "Uncaught exception in luigi" and isinstance(error, MissingParameterException):
+            # "BuildImage[args=(), kwargs={}]: requires the 'name' parameter to be set"
+            task, _, rest = str(error).partition("[")
+            name = rest.split("requires the '")[-1].split("'")[0].replace("_", "-")
+            report(f"{task} needs --{name}: give it (luigi --module pipelines {task} --help lists every parameter)")
+            return False
         if record.msg == "Uncaught exception in luigi" and isinstance(error, RPCError):
             report(f"{error}: is luigid running there? ([core] rpc-retry-attempts and rpc-retry-wait"
                    " set how long luigi keeps trying)")
@@ -71,6 +81,7 @@ def _on_failure(task: luigi.Task, error: Exception) -> None:
         report(error)
 
 
+luigi_hint.install(tasks_loaded=True)  # luigi --module pipelines BuildImag: Luigi's traceback otherwise
 logging.getLogger("luigi-interface").addFilter(OneLineErrors())
 warnings.showwarning = _one_line_warning
 luigi.Task.event_handler(luigi.Event.FAILURE)(_on_failure)
