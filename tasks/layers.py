@@ -153,7 +153,7 @@ class LayerTask(LayerParameters, abstract=True):
         self._last_report = 0.0
         self._reporting = report
         what = self.describe()
-        report(0, f"writing {what}")
+        report(0, f"{what}: writing")
         target = self.output()
         comment = "store paths: " + json.dumps(self.store_paths())
         record = target.write(self.store_paths(), comment, self.write_blob)
