@@ -226,7 +226,9 @@ class BuildImages(luigi.Task):
     def _entries(self) -> list[tuple[str, dict]]:
         """(entry, BuildImage parameters) of each image of the batch file or the spec."""
         if (self.batch_file is None) == (self.spec is None):
-            raise NixlayerError("give either --batch-file FILE or --spec FILE")
+            given = "both" if self.batch_file is not None else "neither"
+            raise NixlayerError(f"BuildImages needs --batch-file FILE (TOML) or --spec FILE (nix-build of buildImages),"
+                                f" one of them; {given} given")
         if self.spec is not None:
             return spec_batch(str(self.spec), str(self.output_dir))
         return load_batch(self.batch_file)

@@ -313,8 +313,8 @@ def test_the_same_command_twice_exits_10_with_one_line(tmp_path, hello):
     (["BuildImage", "--name", "x", "--bogus", "1"], 2, "luigi: error: unrecognized arguments: --bogus 1"),  # argparse
     (["BuildImage"], 40, "nixlayer: error: BuildImage needs --name: give it (luigi --module pipelines BuildImage"
                          " --help lists every parameter)"),
-    (["BuildImages"], 40, "nixlayer: error: BuildImages needs --batch-file: give it (luigi --module pipelines"
-                          " BuildImages --help lists every parameter)"),
+    (["BuildImages"], 35, "nixlayer: error: BuildImages needs --batch-file FILE (TOML) or --spec FILE"
+                          " (nix-build of buildImages), one of them; neither given"),
 ])
 def test_luigi_command_line_mistakes_exit_status(tmp_path, args, status, last_line):
     run = run_pipelines(args, tmp_path / "store")
