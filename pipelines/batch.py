@@ -253,7 +253,7 @@ class BuildImages(luigi.Task):
         targets = [target for task in images for target in task.targets()]
         plan_batches(targets)
         count = len(images)
-        console.plan(f"batch {self.batch_file}: {count} image{'' if count == 1 else 's'}",
+        console.plan(f"batch {self.source}: {count} image{'' if count == 1 else 's'}",
                      layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
         return targets
 

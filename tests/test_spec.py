@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,6 +287,9 @@ def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
     run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(out), "--report", str(tmp_path / "report.json")],
                         tmp_path / "store")
     assert run.returncode == 0, run.stderr
+    (plan,) = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: batch ")]
+    assert re.fullmatch(rf"nixlayer: batch {re.escape(spec)}: 2 images: 3 store paths \(.+\) in 5 layers:"
+                        r" 5 to write \(.+\), 0 reused", plan), plan
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted(i["name"] for i in report["images"]) == ["busybox-shell", "hello"]
     assert sorted(p.name for p in out.iterdir()) == ["hello.tar", "shell.tar"]
