@@ -154,9 +154,13 @@ def load_batch(path: str) -> list[dict]:
 def _read_graphs(images: list[BuildImage]) -> None:
     """Read one closure graph for all images that read theirs from the same place (one call
     to Nix instead of one per image; see ``ImageParameters.read_graph``). Best effort: an image
-    whose contents are bad gets its own clear error when it is planned."""
+    whose contents are bad gets its own clear error when it is planned. Images of a spec are
+    left out: the spec holds their graph, and reading it checks their store paths on disk,
+    which their planning does anyway."""
     sources: dict[tuple, tuple[BuildImage, set[str]]] = {}
     for image in images:
+        if image.spec is not None:
+            continue
         try:
             sources.setdefault(image.graph_source(), (image, set()))[1].update(image.roots())
         except NixlayerError:

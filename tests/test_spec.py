@@ -18,7 +18,8 @@ import pytest
 from conftest import FIXTURES, REPO, run_luigi, run_pipelines
 from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError
-from nixlayer.spec import SPEC_VERSION, parse_spec, read_spec
+from nixlayer.image import config_store_paths
+from nixlayer.spec import SPEC_VERSION, ImageSpec, parse_spec, read_spec
 from pipelines import BuildImage, BuildImages
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_build import PODMAN_RUN, archive_config
@@ -165,6 +166,19 @@ def test_multi_image_spec_builds_all_in_one_run_shared_layers_once(tmp_path, lay
     assert config["rootfs"]["diff_ids"][:2] == [vectors["single_path_layers"][name]["diff_id"] for name in ("libc", "zlib")]
     again = run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(report)))
     assert again["ran"] == ["BuildImages"]
+
+
+def test_build_images_reads_each_spec_images_closure_once(tmp_path, layer_store, monkeypatch):
+    # ImageSpec.closure checks every store path of the closure on disk: once per image is enough.
+    spec = spec_build(IMAGES, "batch")
+    calls = []
+    closure = ImageSpec.closure
+    monkeypatch.setattr(ImageSpec, "closure", lambda self, roots, *args: calls.append(sorted(roots)) or closure(self, roots, *args))
+    run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(tmp_path / "report.json")))
+    read = read_spec(spec)
+    roots = [sorted({*i.parameters.get("contents", []), *config_store_paths(i.parameters.get("config", {}), read.store_dir)})
+             for i in read.images]
+    assert sorted(calls) == sorted(roots) and len(calls) == 3
 
 
 def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
