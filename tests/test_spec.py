@@ -284,15 +284,28 @@ def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
     assert shown["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
 
 
+SANDBOX = ("--option", "sandbox", "true", "--option", "sandbox-fallback", "false", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+"""nix-build options of a build in Nix's sandbox holding only a static /bin/sh, as on a machine with nixpkgs; without
+the sandbox-fallback Nix has, a machine that cannot make a sandbox fails the build instead of building outside one."""
+
+
 def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
-    # A new derivation each run, so it is built. As on a machine with nixpkgs: the sandbox holds the store inputs and /bin/sh, a static
-    # busybox, and nothing else (the builder uses shell built-ins only; PATH is unset).
+    # New derivations each run, so they are built. The builder uses shell built-ins only; PATH is unset.
+    unique = time.time_ns()
     file = tmp_path / "image.nix"
-    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{time.time_ns()}";'
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{unique}";'
                     f' contents = [ (import {FIXTURES / "vectors.nix"}).app ]; }}')
-    spec = spec_build(file, None, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+    spec = spec_build(file, None, *SANDBOX)
     unsandboxed = read_spec(spec_build(IMAGES, "app"))
     assert read_spec(spec).graph == unsandboxed.graph
+    # The options make a sandbox: a builder that finds /usr/bin fails; it builds with them, not without.
+    probe = tmp_path / "probe.nix"
+    probe.write_text(f'{{ n }}: derivation {{ name = "sandbox-probe-${{n}}"; system = builtins.currentSystem; builder = "/bin/sh";'
+                     ' args = [ "-c" "if cd /usr/bin 2>/dev/null; then echo outside the sandbox >&2; exit 1; fi; printf in > $out" ]; }')
+    assert Path(spec_build(probe, None, "--argstr", "n", f"a{unique}", *SANDBOX)).read_text() == "in"
+    outside = subprocess.run(["nix-build", str(probe), "--argstr", "n", f"b{unique}", "--option", "sandbox", "false",
+                              "--no-out-link"], capture_output=True, text=True)
+    assert outside.returncode != 0 and "outside the sandbox" in outside.stderr, outside.stderr
 
 
 def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
