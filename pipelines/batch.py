@@ -6,7 +6,8 @@ table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``co
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
-``contents`` such as ``./result``) are relative to the batch file's directory.
+``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
+``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
 (nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
@@ -43,6 +44,8 @@ from tasks.base import plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
+# BuildImage's parameters a batch file cannot set: a spec's images are built with BuildImages --spec.
+SPEC_KEYS = ("spec", "spec_image")
 
 def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
     if isinstance(parameter, luigi.BoolParameter):
@@ -74,6 +77,10 @@ def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:
 
 
 def _check_keys(settings: dict) -> None:
+    for key in SPEC_KEYS:
+        if key in settings:
+            raise NixlayerError(f"{key} cannot be used in a batch file: build a spec's images with BuildImages --spec FILE"
+                                " --output-dir DIR")
     params = dict(BuildImage.get_params())
     unknown = sorted(set(settings) - set(params) - set(NIX_KEYS))
     if unknown:

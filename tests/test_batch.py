@@ -156,13 +156,16 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
      "image 1 (a): nix_attrs must be a list of attribute names"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_attrs = ["hello"]\n', "image 1 (a): nix_attrs needs nix_file"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "x.nix"\n', "image 1 (a): nix_file without nix_attrs"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\nspec = "result"\n', "image 1 (a): spec cannot be used in a batch file:"
+     " build a spec's images with BuildImages --spec FILE --output-dir DIR"),
+    ('spec_image = "a"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "defaults: spec_image cannot be used in a batch file"),
 ])
 def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     batch = tmp_path / "batch.toml"
     batch.write_text(body)
     store = tmp_path / "store"
     run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"))
-    assert run.returncode != 0
+    assert run.returncode == 35, run.stderr  # found while planning (README, Exit statuses)
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1, run.stderr
     assert errors[0].startswith(f"nixlayer: error: {batch}: ") and message in errors[0], errors[0]
