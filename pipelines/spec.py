@@ -20,7 +20,7 @@ import luigi
 from luigi.parameter import _no_value
 
 from nixlayer.errors import NixlayerError, NixlayerWarning
-from nixlayer.spec import ImageSpec, read_spec
+from nixlayer.spec import IMAGE_FIELDS, ImageSpec, override_warning, read_spec
 
 # What BuildImages names each image's output of a spec, in its --output-dir: KEY + this.
 OUTPUT_SUFFIXES = {"docker-archive": ".tar", "oci-archive": ".oci.tar", "oci": ""}
@@ -54,27 +54,21 @@ def _spec_value(name: str, value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if name == "config" else value
 
 
-def _same(name: str, given: Any, value: Any) -> bool:
+def _as_in_spec(name: str, value: Any) -> Any:
+    """A parameter's value as a spec holds that field's (``ImageSpec.parameters``)."""
     if name == "config":
         try:
-            return json.loads(given) == value
+            return json.loads(value)
         except (TypeError, ValueError):
-            return False
-    if name == "contents":
-        return list(given) == list(value)
-    return given == value
-
-
-def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=list)
-    return text if len(text) <= 60 else text[:57] + "..."
+            return value  # not JSON: another config, refused when the image is planned
+    return list(value) if name == "contents" else value
 
 
 def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]], kwargs: dict) -> dict:
     """``kwargs`` for making ``task`` (BuildImage, PushImage), with the parameters its spec
-    sets added: the spec's image's fields, and its store directory. ``kwargs`` unchanged when
-    the task has no ``spec``. Warns once (NixlayerWarning) naming the parameters given beside
-    the spec that override it.
+    sets added: the spec's image's fields, and its store directory (``ImageSpec.parameters``).
+    ``kwargs`` unchanged when the task has no ``spec``. Warns once (NixlayerWarning) naming the
+    parameters given beside the spec that override it.
 
     Raises NixlayerError: the spec cannot be read or is not valid (``nixlayer.spec``), it has
     no such image, ``closure_graph`` is given too, or ``spec_image`` without ``spec``.
@@ -96,18 +90,15 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
     if value("closure_graph") is not None:
         raise NixlayerError("--spec and --closure-graph cannot be used together: the spec holds the closure graph")
     spec = load_spec(str(path))
-    image = spec.image(value("spec_image"))
+    fields = [name for name in (*IMAGE_FIELDS, "store_dir") if name in by_name]  # no format for PushImage
+    parameters, overrides = spec.parameters(
+        value("spec_image"), {name: _as_in_spec(name, value(name)) for name in fields if given(name)})
     result = dict(kwargs)
-    overrides = []
-    for name, spec_value in {**image.parameters, "store_dir": spec.store_dir}.items():
-        if name not in by_name:
-            continue  # format, for PushImage
-        if not given(name):
+    for name, spec_value in parameters.items():
+        if name in by_name and not given(name):
             result[name] = _spec_value(name, spec_value)
-        elif not _same(name, value(name), spec_value):
-            overrides.append(f"--{name.replace('_', '-')} {_shown(value(name))} (spec: {_shown(spec_value)})")
     if overrides:  # the same text each time the task is made: Python shows it once
-        warnings.warn(f"spec {path}: overridden by what is given beside it: {', '.join(overrides)}", NixlayerWarning)
+        warnings.warn(override_warning(str(path), overrides), NixlayerWarning)
     return result
 
 

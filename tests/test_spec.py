@@ -195,6 +195,55 @@ def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
     assert [json.loads(h["comment"].removeprefix("store paths: ")) for h in config["history"][:-1]] == layers
 
 
+def test_spec_parameters_given_values_win_and_only_what_the_spec_sets_is_overridden(vectors_app):
+    closure = [{"path": vectors_app, "narSize": 1, "references": []}]
+    image = {"key": "a", "name": "a", "tag": "1", "contents": [vectors_app], "config": {"User": "x"}}
+    spec = parse_spec(json.dumps({"nixlayer_spec": 1, "store_dir": "/nix/store", "images": [image], "closure": closure}), "s")
+    parameters, overrides = spec.parameters(None, {"tag": "2", "max_layers": 3, "config": {"User": "x"}})
+    assert parameters == {"name": "a", "tag": "2", "contents": [vectors_app], "config": {"User": "x"}, "max_layers": 3,
+                          "store_dir": "/nix/store"}
+    assert [str(o) for o in overrides] == ["--tag 2 (spec: 1)"]  # max_layers: the spec leaves it out; config: equal
+
+
+def test_plan_and_build_take_a_spec_and_what_is_given_beside_it_alike(tmp_path):
+    built = json.loads(Path(spec_build(IMAGES, "withConfig")).read_text())
+
+    def variant(name: str, **fields) -> str:
+        data = {**built, "images": [{**built["images"][0], **fields}]}
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+
+    def plan(spec: str, *args: str) -> tuple[subprocess.CompletedProcess, int | None]:
+        run = subprocess.run([sys.executable, "-m", "nixlayer", "plan", "--spec", spec, "--json", *args],
+                             capture_output=True, text=True)
+        return run, len(json.loads(run.stdout)["layers"]) + 1 if run.returncode == 0 else None
+
+    def build(spec: str, *args: str) -> tuple[subprocess.CompletedProcess, int | None]:
+        out = tmp_path / "image.tar"
+        out.unlink(missing_ok=True)
+        run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(out), *args], tmp_path / "store")
+        return run, len(archive_config(out)[0]["rootfs"]["diff_ids"]) if run.returncode == 0 else None
+
+    def lines(run: subprocess.CompletedProcess) -> list[str]:
+        return [line for line in run.stderr.splitlines() if line.startswith(("nixlayer: warning:", "nixlayer: error:"))]
+
+    leaves_it_out, sets_four = variant("default.json"), variant("four.json", max_layers=4)
+    no_store_paths = variant("custom.json", include_store_paths=False)
+    for command in (plan, build):
+        run, layers = command(leaves_it_out, "--max-layers", "3")  # the spec leaves max_layers out: no warning
+        assert (lines(run), layers) == ([], 3), run.stderr
+        run, layers = command(sets_four, "--max-layers", "3")
+        assert (lines(run), layers) == ([f"nixlayer: warning: spec {sets_four}: overridden by what is given beside it:"
+                                         " --max-layers 3 (spec: 4)"], 3), run.stderr
+        run, layers = command(no_store_paths)
+        assert (lines(run), layers) == ([], 1), run.stderr  # the customisation layer only
+        run, _ = command(leaves_it_out, "--store-dir", "/other/store")
+        assert lines(run)[0] == (f"nixlayer: warning: spec {leaves_it_out}: overridden by what is given beside it:"
+                                 " --store-dir /other/store (spec: /nix/store)"), run.stderr
+        assert run.returncode == (2 if command is plan else 35) and len(lines(run)) == 2
+        assert lines(run)[1].startswith(f"nixlayer: error: {built['images'][0]['contents'][0]}"), run.stderr
+
+
 # --- bad specs -------------------------------------------------------------------------------
 
 
