@@ -40,7 +40,7 @@ from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.config import layer_store_root
-from tasks.base import plan_batches
+from tasks.base import bad_value, plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
@@ -60,6 +60,10 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
         raise NixlayerError(f"{key} must be {kind}, not {json.dumps(value, default=str)}")
+    try:  # a value of the right type the parameter refuses: a format it has no choice of
+        parameter.normalize(value)
+    except ValueError as e:
+        raise NixlayerError(bad_value(parameter, key, value, e)) from None
 
 
 def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:

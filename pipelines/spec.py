@@ -21,6 +21,7 @@ from luigi.parameter import _no_value
 
 from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.spec import IMAGE_FIELDS, ImageSpec, override_warning, read_spec
+from tasks.base import bad_value
 
 # What BuildImages names each image's output of a spec, in its --output-dir: KEY + this.
 OUTPUT_SUFFIXES = {"docker-archive": ".tar", "oci-archive": ".oci.tar", "oci": ""}
@@ -71,7 +72,9 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
     parameters given beside the spec that override it.
 
     Raises NixlayerError: the spec cannot be read or is not valid (``nixlayer.spec``), it has
-    no such image, ``closure_graph`` is given too, or ``spec_image`` without ``spec``.
+    no such image, a value of its image that the task's parameter refuses (``spec FILE: image
+    KEY: compression must be one of ..., not 'zip'``, the command line's words), ``closure_graph``
+    is given too, or ``spec_image`` without ``spec``.
     """
     family = task.get_task_family()
     by_name = dict(params)
@@ -90,13 +93,17 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
     if value("closure_graph") is not None:
         raise NixlayerError("--spec and --closure-graph cannot be used together: the spec holds the closure graph")
     spec = load_spec(str(path))
+    key = spec.image(value("spec_image")).key
     fields = [name for name in (*IMAGE_FIELDS, "store_dir") if name in by_name]  # no format for PushImage
-    parameters, overrides = spec.parameters(
-        value("spec_image"), {name: _as_in_spec(name, value(name)) for name in fields if given(name)})
+    parameters, overrides = spec.parameters(key, {name: _as_in_spec(name, value(name)) for name in fields if given(name)})
     result = dict(kwargs)
     for name, spec_value in parameters.items():
         if name in by_name and not given(name):
             result[name] = _spec_value(name, spec_value)
+            try:  # a value the parameter refuses (a compression it has no choice of), as the command line says it
+                by_name[name].normalize(result[name])
+            except ValueError as error:
+                raise NixlayerError(f"spec {path}: image {key}: {bad_value(by_name[name], name, spec_value, error)}") from None
     if overrides:  # the same text each time the task is made: Python shows it once
         warnings.warn(override_warning(str(path), overrides), NixlayerWarning)
     return result

@@ -282,6 +282,20 @@ def test_bad_spec_one_line_nothing_written(tmp_path, text, message):
     assert message in bad_spec_run(tmp_path, str(spec))
 
 
+@pytest.mark.parametrize("field, value, takes", [
+    ("compression", "zip", "one of auto, gzip, none, zstd"),
+    ("format", "tar", "one of docker-archive, oci, oci-archive"),
+])
+def test_spec_value_a_parameter_refuses_one_line_as_on_the_command_line(tmp_path, field, value, takes):
+    built = json.loads(Path(spec_build(IMAGES, "app")).read_text())
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**built, "images": [{**built["images"][0], field: value}]}))
+    error = bad_spec_run(tmp_path, str(spec))
+    assert error == f"nixlayer: error: spec {spec}: image vec: {field} must be {takes}, not {value!r}"
+    run = run_pipelines(["BuildImage", "--name", "x", f"--{field}", value, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
+    assert one_error(run) == f"nixlayer: error: invalid parameter: --{field} must be {takes}, not {value!r}"
+
+
 def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors):
     spec = spec_build(IMAGES, "app")
     assert "--spec and --closure-graph cannot be used together" in bad_spec_run(tmp_path, spec, "--closure-graph", spec)
