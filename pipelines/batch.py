@@ -198,6 +198,16 @@ class BuildImages(luigi.Task):
     output_dir = luigi.PathParameter(absolute=True, default=".", description="with --spec: where each image is written, named by its key")
     report = luigi.PathParameter(absolute=True, default="nixlayer-report.json", description="where to write the JSON report of the run")
 
+    def __init__(self, *args, **kwargs) -> None:
+        """Raises NixlayerError for a ``spec`` that cannot be read, or an image of it that a
+        BuildImage cannot be made of (``pipelines.spec.with_spec``): as BuildImage and
+        PushImage do, when the task is made (Luigi exits with ``[retcode]
+        unhandled_exception``). A batch file is read when the run is planned."""
+        super().__init__(*args, **kwargs)
+        if self.spec is not None and self.batch_file is None:
+            for _, params in spec_batch(str(self.spec), str(self.output_dir)):
+                BuildImage(**params)  # Luigi keeps the task: images() gets it again
+
     def complete(self) -> bool:
         """Never complete. Luigi asks once per run, before anything runs: a run starts here,
         with an empty run log (an anonymous file: nothing to clean up)."""
@@ -255,10 +265,13 @@ class BuildImages(luigi.Task):
 
     @contextlib.contextmanager
     def _entry_errors(self, entry: str) -> Iterator[None]:
-        """Bad input of the batch file's ``entry`` as one NixlayerError naming it."""
+        """Bad input of the batch file's ``entry`` as one NixlayerError naming it (a spec's
+        error that names the spec already is left as it is, as BuildImage says it)."""
         try:
             yield
         except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
+            if self.spec is not None and str(e).startswith(f"spec {self.source}: "):
+                raise
             raise NixlayerError(f"{self.source}: {entry}: {e}") from None
 
     def requires(self) -> list[ImageTask]:

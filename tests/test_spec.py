@@ -56,9 +56,10 @@ def no_nix_path(tmp_path: Path) -> tuple[str, Path]:
     return f"{trap}:{os.environ['PATH']}", mark
 
 
-def one_error(run: subprocess.CompletedProcess) -> str:
+def one_error(run: subprocess.CompletedProcess, status: int) -> str:
+    """The one error line of a ``luigi`` run that must have exited with ``status`` (README, Exit statuses)."""
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
-    assert run.returncode != 0 and len(errors) == 1, run.stderr
+    assert run.returncode == status and len(errors) == 1, run.stderr
     return errors[0]
 
 
@@ -184,7 +185,7 @@ def test_build_images_reads_each_spec_images_closure_once(tmp_path, layer_store,
 def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
     spec = spec_build(IMAGES, "batch")
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
-    assert "holds 3 images (app, inc, zlib): name one with --spec-image KEY" in one_error(run)
+    assert "holds 3 images (app, inc, zlib): name one with --spec-image KEY" in one_error(run, 40)
     run = run_pipelines(["BuildImage", "--spec", spec, "--spec-image", "zlib", "--output", str(tmp_path / "zlib.tar")],
                         tmp_path / "store")
     assert run.returncode == 0, run.stderr
@@ -247,11 +248,19 @@ def test_plan_and_build_take_a_spec_and_what_is_given_beside_it_alike(tmp_path):
 # --- bad specs -------------------------------------------------------------------------------
 
 
-def bad_spec_run(tmp_path: Path, spec: str, *args: str) -> str:
+def bad_spec_run(tmp_path: Path, spec: str, *args: str, status: int = 40) -> str:
+    """The one error line of BuildImage --spec SPEC ARGS, which must exit with ``status`` and
+    write nothing; without ARGS, BuildImages --spec SPEC must say the same and exit the same."""
     out = tmp_path / "out.tar"
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(out), *args], tmp_path / "store")
-    error = one_error(run)
+    error = one_error(run, status)
     assert not out.exists() and not (tmp_path / "store").exists()
+    if not args:
+        run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(tmp_path / "out"),
+                             "--report", str(tmp_path / "report.json")], tmp_path / "store")
+        assert one_error(run, status) == error
+        assert not (tmp_path / "out").exists() and not (tmp_path / "report.json").exists()
+        assert not (tmp_path / "store").exists()
     return error
 
 
@@ -267,7 +276,7 @@ def test_spec_whose_store_paths_are_gone_one_line(tmp_path):
     shutil.copy(built, copy)
     (leaf,) = read_spec(str(copy)).image().parameters["contents"]
     subprocess.run(["nix-store", "--delete", built, leaf], check=True, capture_output=True)
-    error = bad_spec_run(tmp_path, str(copy))
+    error = bad_spec_run(tmp_path, str(copy), status=35)  # found when the image is planned
     assert f"store path {leaf} is gone from the store: build the spec again" in error
 
 
@@ -293,18 +302,18 @@ def test_spec_value_a_parameter_refuses_one_line_as_on_the_command_line(tmp_path
     error = bad_spec_run(tmp_path, str(spec))
     assert error == f"nixlayer: error: spec {spec}: image vec: {field} must be {takes}, not {value!r}"
     run = run_pipelines(["BuildImage", "--name", "x", f"--{field}", value, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
-    assert one_error(run) == f"nixlayer: error: invalid parameter: --{field} must be {takes}, not {value!r}"
+    assert one_error(run, 40) == f"nixlayer: error: invalid parameter: --{field} must be {takes}, not {value!r}"
 
 
 def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors):
     spec = spec_build(IMAGES, "app")
     assert "--spec and --closure-graph cannot be used together" in bad_spec_run(tmp_path, spec, "--closure-graph", spec)
     other = vectors["store_paths"]["libc"].replace("vec-libc", "vec-libx")
-    error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]))
+    error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]), status=35)
     assert f"{other} is not in the closure of spec {spec}" in error
     run = run_pipelines(["BuildImage", "--name", "x", "--spec-image", "app", "--output", str(tmp_path / "x.tar")],
                         tmp_path / "store")
-    assert "--spec-image names an image of a spec: give the spec too" in one_error(run)
+    assert "--spec-image names an image of a spec: give the spec too" in one_error(run, 40)
 
 
 def test_parse_spec_checks_every_field(vectors_app):
