@@ -372,7 +372,7 @@ def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
     assert read_spec(spec).graph == unsandboxed.graph
     # The options make a sandbox: a builder that finds /usr/bin fails; it builds with them, not without.
     probe = tmp_path / "probe.nix"
-    probe.write_text(f'{{ n }}: derivation {{ name = "sandbox-probe-${{n}}"; system = builtins.currentSystem; builder = "/bin/sh";'
+    probe.write_text('{ n }: derivation { name = "sandbox-probe-${n}"; system = builtins.currentSystem; builder = "/bin/sh";'
                      ' args = [ "-c" "if cd /usr/bin 2>/dev/null; then echo outside the sandbox >&2; exit 1; fi; printf in > $out" ]; }')
     assert Path(spec_build(probe, None, "--argstr", "n", f"a{unique}", *SANDBOX)).read_text() == "in"
     outside = subprocess.run(["nix-build", str(probe), "--argstr", "n", f"b{unique}", "--option", "sandbox", "false",
