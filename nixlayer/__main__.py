@@ -20,8 +20,8 @@ from nixlayer.errors import NixlayerError
 from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
-from nixlayer.spec import read_spec
-from nixlayer.storepath import DEFAULT_STORE_DIR, resolve_store_path
+from nixlayer.spec import override_warning, read_spec
+from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 
 
 def _print_table(plan: LayerPlan) -> None:
@@ -38,17 +38,19 @@ def _print_table(plan: LayerPlan) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    include_store_paths = True
     if args.spec is not None:
-        graph, roots, config_paths, max_layers = _spec_plan_inputs(args)
+        graph, roots, config_paths, max_layers, include_store_paths = _spec_plan_inputs(args)
     else:
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
-        roots = [resolve_store_path(root, args.store_dir) for root in args.roots]
-        config_paths = [resolve_store_path(path, args.store_dir) for path in args.config_path]
+        store_dir = args.store_dir or DEFAULT_STORE_DIR
+        roots = [resolve_store_path(root, store_dir) for root in args.roots]
+        config_paths = [resolve_store_path(path, store_dir) for path in args.config_path]
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
-                           scan_root=args.store_dir_scan, store_dir=args.store_dir)
+                           scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
-    plan = plan_image(graph, roots, config_paths, max_layers)
+    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
@@ -57,21 +59,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int]:
-    """The closure graph, contents, config store paths and layer budget of ``--spec``'s image;
-    a ``--max-layers`` other than the spec's overrides it, with a warning line."""
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool]:
+    """The closure graph, contents, config store paths, layer budget and include_store_paths
+    of ``--spec``'s image, as BuildImage takes them (``ImageSpec.parameters``): ``--max-layers``
+    and ``--store-dir`` override what the spec sets, with a warning line."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
         raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
     spec = read_spec(args.spec)
-    parameters = spec.image(args.spec_image).parameters
-    roots = list(parameters.get("contents", []))
-    config_paths = config_store_paths(parameters.get("config", {}), spec.store_dir)
-    max_layers = parameters.get("max_layers", DEFAULT_MAX_LAYERS)
-    if args.max_layers is not None and args.max_layers != max_layers:
-        print(f"nixlayer: warning: spec {args.spec}: overridden by what is given beside it: --max-layers {args.max_layers}"
-              f" (spec: {max_layers})", file=sys.stderr)
-        max_layers = args.max_layers
-    return spec.closure(sorted({*roots, *config_paths})), roots, config_paths, max_layers
+    given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir))
+             if value is not None}
+    parameters, overrides = spec.parameters(args.spec_image, given)
+    if overrides:
+        print(f"nixlayer: warning: {override_warning(args.spec, overrides)}", file=sys.stderr)
+    store_dir = parameters["store_dir"]
+    roots = [resolve_store_path(path, store_dir) for path in parameters.get("contents", [])]
+    config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
+    return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
+            parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True))
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="closure graph JSON (nix path-info --json --recursive, or exportReferencesGraph); - for stdin")
     source.add_argument("--store-dir-scan", metavar="STORE_ROOT",
                         help="scan the store directory under STORE_ROOT for references, without Nix")
-    plan.add_argument("--store-dir", default=DEFAULT_STORE_DIR, help="the Nix store directory (default: %(default)s)")
+    plan.add_argument("--store-dir", default=None,
+                      help=f"the Nix store directory (default: the spec's, else {DEFAULT_STORE_DIR})")
     plan.add_argument("--config-path", action="append", default=[], metavar="STORE_PATH",
                       help="a store path the image config mentions (repeatable)")
     plan.add_argument("--max-layers", type=int, default=None,

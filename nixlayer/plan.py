@@ -158,13 +158,18 @@ def plan_image(
     config_paths: Sequence[str] = (),
     max_layers: int = DEFAULT_MAX_LAYERS,
     base_layers: int = 0,
+    include_store_paths: bool = True,
 ) -> LayerPlan:
     """Plan the layers of an image holding ``contents`` and the store paths its config
     mentions (``config_paths``), with their closures taken from ``graph``; ordered with
     :func:`nixlayer.popularity.image_popularity` as nixpkgs ``streamLayeredImage`` does.
+    With ``include_store_paths`` false (nixpkgs ``includeStorePaths``), only the customisation
+    layer: no store path layers, the layer budget still checked.
 
     Raises NixlayerError for a path missing from ``graph`` or a bad layer budget.
     """
+    if not include_store_paths:
+        return plan_layers([], max_layers, base_layers)
     popularities = image_popularity(graph, contents, config_paths)
     return plan_layers(
         order_by_popularity(popularities),

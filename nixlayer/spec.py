@@ -73,6 +73,31 @@ class SpecImage:
 
 
 @dataclass(frozen=True)
+class Override:
+    """A parameter given beside a spec (``field``, the value ``given``) that overrides the
+    value the spec sets (``spec``); ``str()`` is how the warning names it:
+    ``--tag 2 (spec: latest)``."""
+
+    field: str
+    given: Any
+    spec: Any
+
+    def __str__(self) -> str:
+        return f"--{self.field.replace('_', '-')} {_shown(self.given)} (spec: {_shown(self.spec)})"
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=list)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def override_warning(source: str, overrides: Iterable[Override]) -> str:
+    """The warning (without ``nixlayer: warning:``) that parameters given beside the spec read
+    from ``source`` override it: ``spec SOURCE: overridden by what is given beside it: ...``."""
+    return f"spec {source}: overridden by what is given beside it: {', '.join(map(str, overrides))}"
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """A checked spec: where it was read from, its store directory, its images (in the
     spec's order, at least one) and the closure graph of all of them."""
@@ -98,6 +123,25 @@ class ImageSpec:
             if image.key == key:
                 return image
         raise NixlayerError(f"spec {self.source} has no image {key!r}; it has: {', '.join(keys)}")
+
+    def parameters(self, key: str | None, given: Mapping[str, Any]) -> tuple[dict[str, Any], list[Override]]:
+        """The parameters of the image ``key`` (as :meth:`image` finds it) with those ``given``
+        beside the spec over them: what every consumer of a spec (BuildImage, PushImage,
+        BuildImages, the plan command) builds or plans.
+
+        ``given``: field -> value of each parameter given beside the spec, as the spec holds
+        such values (``config`` a dict, ``contents`` a list; a value the spec could not hold,
+        such as a config that is not JSON, is simply another value). Returns the fields the
+        image sets, ``store_dir`` (the spec's) and ``given``, a given value winning; and the
+        overrides, in the spec's order: each field the spec sets that ``given`` sets to another
+        value. A field the spec leaves out is not overridden, whatever its default.
+
+        Raises NixlayerError as :meth:`image`.
+        """
+        spec_values = {**self.image(key).parameters, "store_dir": self.store_dir}
+        overrides = [Override(field, given[field], value) for field, value in spec_values.items()
+                     if field in given and given[field] != value]
+        return {**spec_values, **given}, overrides
 
     def closure(self, roots: Iterable[str], store_root: str = "/") -> ClosureGraph:
         """The closure graph of ``roots``, taken from the spec, after checking that each of its

@@ -6,7 +6,8 @@ table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``co
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
-``contents`` such as ``./result``) are relative to the batch file's directory.
+``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
+``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
 (nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
@@ -39,10 +40,12 @@ from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.config import layer_store_root
-from tasks.base import plan_batches
+from tasks.base import bad_value, plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
 PATH_KEYS = ("output", "closure_graph", "store_root")
+# BuildImage's parameters a batch file cannot set: a spec's images are built with BuildImages --spec.
+SPEC_KEYS = ("spec", "spec_image")
 
 def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
     if isinstance(parameter, luigi.BoolParameter):
@@ -57,6 +60,10 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
         raise NixlayerError(f"{key} must be {kind}, not {json.dumps(value, default=str)}")
+    try:  # a value of the right type the parameter refuses: a format it has no choice of
+        parameter.normalize(value)
+    except ValueError as e:
+        raise NixlayerError(bad_value(parameter, key, value, e)) from None
 
 
 def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:
@@ -74,6 +81,10 @@ def _nix_build(nix_file: str, attrs: list[str]) -> list[str]:
 
 
 def _check_keys(settings: dict) -> None:
+    for key in SPEC_KEYS:
+        if key in settings:
+            raise NixlayerError(f"{key} cannot be used in a batch file: build a spec's images with BuildImages --spec FILE"
+                                " --output-dir DIR")
     params = dict(BuildImage.get_params())
     unknown = sorted(set(settings) - set(params) - set(NIX_KEYS))
     if unknown:
@@ -154,9 +165,13 @@ def load_batch(path: str) -> list[dict]:
 def _read_graphs(images: list[BuildImage]) -> None:
     """Read one closure graph for all images that read theirs from the same place (one call
     to Nix instead of one per image; see ``ImageParameters.read_graph``). Best effort: an image
-    whose contents are bad gets its own clear error when it is planned."""
+    whose contents are bad gets its own clear error when it is planned. Images of a spec are
+    left out: the spec holds their graph, and reading it checks their store paths on disk,
+    which their planning does anyway."""
     sources: dict[tuple, tuple[BuildImage, set[str]]] = {}
     for image in images:
+        if image.spec is not None:
+            continue
         try:
             sources.setdefault(image.graph_source(), (image, set()))[1].update(image.roots())
         except NixlayerError:
@@ -182,6 +197,16 @@ class BuildImages(luigi.Task):
     spec = luigi.OptionalPathParameter(default=None, absolute=True, description="instead of a batch file: an image spec of several images (nixlayer's buildImages)")
     output_dir = luigi.PathParameter(absolute=True, default=".", description="with --spec: where each image is written, named by its key")
     report = luigi.PathParameter(absolute=True, default="nixlayer-report.json", description="where to write the JSON report of the run")
+
+    def __init__(self, *args, **kwargs) -> None:
+        """Raises NixlayerError for a ``spec`` that cannot be read, or an image of it that a
+        BuildImage cannot be made of (``pipelines.spec.with_spec``): as BuildImage and
+        PushImage do, when the task is made (Luigi exits with ``[retcode]
+        unhandled_exception``). A batch file is read when the run is planned."""
+        super().__init__(*args, **kwargs)
+        if self.spec is not None and self.batch_file is None:
+            for _, params in spec_batch(str(self.spec), str(self.output_dir)):
+                BuildImage(**params)  # Luigi keeps the task: images() gets it again
 
     def complete(self) -> bool:
         """Never complete. Luigi asks once per run, before anything runs: a run starts here,
@@ -240,10 +265,13 @@ class BuildImages(luigi.Task):
 
     @contextlib.contextmanager
     def _entry_errors(self, entry: str) -> Iterator[None]:
-        """Bad input of the batch file's ``entry`` as one NixlayerError naming it."""
+        """Bad input of the batch file's ``entry`` as one NixlayerError naming it (a spec's
+        error that names the spec already is left as it is, as BuildImage says it)."""
         try:
             yield
         except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
+            if self.spec is not None and str(e).startswith(f"spec {self.source}: "):
+                raise
             raise NixlayerError(f"{self.source}: {entry}: {e}") from None
 
     def requires(self) -> list[ImageTask]:
@@ -253,7 +281,7 @@ class BuildImages(luigi.Task):
         targets = [target for task in images for target in task.targets()]
         plan_batches(targets)
         count = len(images)
-        console.plan(f"batch {self.batch_file}: {count} image{'' if count == 1 else 's'}",
+        console.plan(f"batch {self.source}: {count} image{'' if count == 1 else 's'}",
                      layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
         return targets
 

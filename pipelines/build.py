@@ -20,7 +20,7 @@ from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
-from nixlayer.plan import plan_image, plan_layers
+from nixlayer.plan import plan_image
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
@@ -126,10 +126,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         finally:
             concurrent.futures.wait([checked])
         self._graph = graph
-        if self.include_store_paths:
-            plan = plan_image(graph, contents, config_paths, self.max_layers)
-        else:  # only the customisation layer; the layer budget is still checked
-            plan = plan_layers([], self.max_layers)
+        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],

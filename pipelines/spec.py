@@ -20,7 +20,8 @@ import luigi
 from luigi.parameter import _no_value
 
 from nixlayer.errors import NixlayerError, NixlayerWarning
-from nixlayer.spec import ImageSpec, read_spec
+from nixlayer.spec import IMAGE_FIELDS, ImageSpec, override_warning, read_spec
+from tasks.base import bad_value
 
 # What BuildImages names each image's output of a spec, in its --output-dir: KEY + this.
 OUTPUT_SUFFIXES = {"docker-archive": ".tar", "oci-archive": ".oci.tar", "oci": ""}
@@ -54,30 +55,26 @@ def _spec_value(name: str, value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if name == "config" else value
 
 
-def _same(name: str, given: Any, value: Any) -> bool:
+def _as_in_spec(name: str, value: Any) -> Any:
+    """A parameter's value as a spec holds that field's (``ImageSpec.parameters``)."""
     if name == "config":
         try:
-            return json.loads(given) == value
+            return json.loads(value)
         except (TypeError, ValueError):
-            return False
-    if name == "contents":
-        return list(given) == list(value)
-    return given == value
-
-
-def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=list)
-    return text if len(text) <= 60 else text[:57] + "..."
+            return value  # not JSON: another config, refused when the image is planned
+    return list(value) if name == "contents" else value
 
 
 def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]], kwargs: dict) -> dict:
     """``kwargs`` for making ``task`` (BuildImage, PushImage), with the parameters its spec
-    sets added: the spec's image's fields, and its store directory. ``kwargs`` unchanged when
-    the task has no ``spec``. Warns once (NixlayerWarning) naming the parameters given beside
-    the spec that override it.
+    sets added: the spec's image's fields, and its store directory (``ImageSpec.parameters``).
+    ``kwargs`` unchanged when the task has no ``spec``. Warns once (NixlayerWarning) naming the
+    parameters given beside the spec that override it.
 
     Raises NixlayerError: the spec cannot be read or is not valid (``nixlayer.spec``), it has
-    no such image, ``closure_graph`` is given too, or ``spec_image`` without ``spec``.
+    no such image, a value of its image that the task's parameter refuses (``spec FILE: image
+    KEY: compression must be one of ..., not 'zip'``, the command line's words), ``closure_graph``
+    is given too, or ``spec_image`` without ``spec``.
     """
     family = task.get_task_family()
     by_name = dict(params)
@@ -96,18 +93,19 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
     if value("closure_graph") is not None:
         raise NixlayerError("--spec and --closure-graph cannot be used together: the spec holds the closure graph")
     spec = load_spec(str(path))
-    image = spec.image(value("spec_image"))
+    key = spec.image(value("spec_image")).key
+    fields = [name for name in (*IMAGE_FIELDS, "store_dir") if name in by_name]  # no format for PushImage
+    parameters, overrides = spec.parameters(key, {name: _as_in_spec(name, value(name)) for name in fields if given(name)})
     result = dict(kwargs)
-    overrides = []
-    for name, spec_value in {**image.parameters, "store_dir": spec.store_dir}.items():
-        if name not in by_name:
-            continue  # format, for PushImage
-        if not given(name):
+    for name, spec_value in parameters.items():
+        if name in by_name and not given(name):
             result[name] = _spec_value(name, spec_value)
-        elif not _same(name, value(name), spec_value):
-            overrides.append(f"--{name.replace('_', '-')} {_shown(value(name))} (spec: {_shown(spec_value)})")
+            try:  # a value the parameter refuses (a compression it has no choice of), as the command line says it
+                by_name[name].normalize(result[name])
+            except ValueError as error:
+                raise NixlayerError(f"spec {path}: image {key}: {bad_value(by_name[name], name, spec_value, error)}") from None
     if overrides:  # the same text each time the task is made: Python shows it once
-        warnings.warn(f"spec {path}: overridden by what is given beside it: {', '.join(overrides)}", NixlayerWarning)
+        warnings.warn(override_warning(str(path), overrides), NixlayerWarning)
     return result
 
 

@@ -41,16 +41,24 @@ def _parse_named(parse: Callable, param: luigi.Parameter, flag: str, value: str)
     try:
         return parse(value)
     except ValueError as error:
-        expected = getattr(param, "expected", None)
-        if expected is None and isinstance(param, luigi.BoolParameter):
-            expected = "true or false"
-        elif expected is None and isinstance(param, luigi.ChoiceParameter):
-            expected = "one of " + ", ".join(sorted(str(choice) for choice in param._choices))
-        elif expected is None and isinstance(param, luigi.IntParameter):
-            expected = "a whole number"
-        if expected is None:
-            raise ValueError(f"{flag} {value!r}: {error}") from None
-        raise ValueError(f"{flag} must be {expected}, not {value!r}") from None
+        raise ValueError(bad_value(param, flag, value, error)) from None
+
+
+def bad_value(param: luigi.Parameter, label: str, value: object, error: ValueError) -> str:
+    """The message for a ``value`` that ``param`` refused with ``error``, naming it ``label``
+    (``--uid`` on the command line, the field ``uid`` in a spec or batch file): ``LABEL must be
+    EXPECTED, not VALUE`` when the parameter says what it takes (its ``expected`` attribute, or
+    its kind: true or false, one of its choices, a whole number), else ``LABEL VALUE: ERROR``."""
+    expected = getattr(param, "expected", None)
+    if expected is None and isinstance(param, luigi.BoolParameter):
+        expected = "true or false"
+    elif expected is None and isinstance(param, luigi.ChoiceParameter):
+        expected = "one of " + ", ".join(sorted(str(choice) for choice in param._choices))
+    elif expected is None and isinstance(param, luigi.IntParameter):
+        expected = "a whole number"
+    if expected is None:
+        return f"{label} {value!r}: {error}"
+    return f"{label} must be {expected}, not {value!r}"
 
 
 class NixlayerTask(luigi.Task):

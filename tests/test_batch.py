@@ -149,20 +149,26 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
     ('format = "oci"\n[[image]]\nname = "a"\ntag = "1"\noutput = "l"\n[[image]]\nname = "b"\ntag = "2"\noutput = "l"\n',
      "image 2 (b): output"),
     ('[[image]]\nname = "Bad"\noutput = "a.tar"\n', "image 1 (Bad): invalid image name"),
-    ('format = "ocii"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "image 1 (a): ocii is not a valid choice"),
+    ('format = "ocii"\n[[image]]\nname = "a"\noutput = "a.tar"\n',
+     "defaults: format must be one of docker-archive, oci, oci-archive, not 'ocii'"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\ncompression = "zip"\n',
+     "image 1 (a): compression must be one of auto, gzip, none, zstd, not 'zip'"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\ncontents = ["/nix/store/00000000000000000000000000000000-missing"]\n',
      "image 1 (a): "),
     ('nix_file = "x.nix"\n[[image]]\nname = "a"\noutput = "a.tar"\nnix_attrs = "hello"\n',
      "image 1 (a): nix_attrs must be a list of attribute names"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_attrs = ["hello"]\n', "image 1 (a): nix_attrs needs nix_file"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "x.nix"\n', "image 1 (a): nix_file without nix_attrs"),
+    ('[[image]]\nname = "a"\noutput = "a.tar"\nspec = "result"\n', "image 1 (a): spec cannot be used in a batch file:"
+     " build a spec's images with BuildImages --spec FILE --output-dir DIR"),
+    ('spec_image = "a"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "defaults: spec_image cannot be used in a batch file"),
 ])
 def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     batch = tmp_path / "batch.toml"
     batch.write_text(body)
     store = tmp_path / "store"
     run = run_batch_cli(batch, store, "--report", str(tmp_path / "r.json"))
-    assert run.returncode != 0
+    assert run.returncode == 35, run.stderr  # found while planning (README, Exit statuses)
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert len(errors) == 1, run.stderr
     assert errors[0].startswith(f"nixlayer: error: {batch}: ") and message in errors[0], errors[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 from conftest import FIXTURES, REPO, run_luigi, run_pipelines
 from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError
-from nixlayer.spec import SPEC_VERSION, parse_spec, read_spec
+from nixlayer.image import config_store_paths
+from nixlayer.spec import SPEC_VERSION, ImageSpec, parse_spec, read_spec
 from pipelines import BuildImage, BuildImages
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_build import PODMAN_RUN, archive_config
@@ -54,9 +56,10 @@ def no_nix_path(tmp_path: Path) -> tuple[str, Path]:
     return f"{trap}:{os.environ['PATH']}", mark
 
 
-def one_error(run: subprocess.CompletedProcess) -> str:
+def one_error(run: subprocess.CompletedProcess, status: int) -> str:
+    """The one error line of a ``luigi`` run that must have exited with ``status`` (README, Exit statuses)."""
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
-    assert run.returncode != 0 and len(errors) == 1, run.stderr
+    assert run.returncode == status and len(errors) == 1, run.stderr
     return errors[0]
 
 
@@ -166,10 +169,23 @@ def test_multi_image_spec_builds_all_in_one_run_shared_layers_once(tmp_path, lay
     assert again["ran"] == ["BuildImages"]
 
 
+def test_build_images_reads_each_spec_images_closure_once(tmp_path, layer_store, monkeypatch):
+    # ImageSpec.closure checks every store path of the closure on disk: once per image is enough.
+    spec = spec_build(IMAGES, "batch")
+    calls = []
+    closure = ImageSpec.closure
+    monkeypatch.setattr(ImageSpec, "closure", lambda self, roots, *args: calls.append(sorted(roots)) or closure(self, roots, *args))
+    run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(tmp_path / "report.json")))
+    read = read_spec(spec)
+    roots = [sorted({*i.parameters.get("contents", []), *config_store_paths(i.parameters.get("config", {}), read.store_dir)})
+             for i in read.images]
+    assert sorted(calls) == sorted(roots) and len(calls) == 3
+
+
 def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
     spec = spec_build(IMAGES, "batch")
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
-    assert "holds 3 images (app, inc, zlib): name one with --spec-image KEY" in one_error(run)
+    assert "holds 3 images (app, inc, zlib): name one with --spec-image KEY" in one_error(run, 40)
     run = run_pipelines(["BuildImage", "--spec", spec, "--spec-image", "zlib", "--output", str(tmp_path / "zlib.tar")],
                         tmp_path / "store")
     assert run.returncode == 0, run.stderr
@@ -180,14 +196,71 @@ def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
     assert [json.loads(h["comment"].removeprefix("store paths: ")) for h in config["history"][:-1]] == layers
 
 
+def test_spec_parameters_given_values_win_and_only_what_the_spec_sets_is_overridden(vectors_app):
+    closure = [{"path": vectors_app, "narSize": 1, "references": []}]
+    image = {"key": "a", "name": "a", "tag": "1", "contents": [vectors_app], "config": {"User": "x"}}
+    spec = parse_spec(json.dumps({"nixlayer_spec": 1, "store_dir": "/nix/store", "images": [image], "closure": closure}), "s")
+    parameters, overrides = spec.parameters(None, {"tag": "2", "max_layers": 3, "config": {"User": "x"}})
+    assert parameters == {"name": "a", "tag": "2", "contents": [vectors_app], "config": {"User": "x"}, "max_layers": 3,
+                          "store_dir": "/nix/store"}
+    assert [str(o) for o in overrides] == ["--tag 2 (spec: 1)"]  # max_layers: the spec leaves it out; config: equal
+
+
+def test_plan_and_build_take_a_spec_and_what_is_given_beside_it_alike(tmp_path):
+    built = json.loads(Path(spec_build(IMAGES, "withConfig")).read_text())
+
+    def variant(name: str, **fields) -> str:
+        data = {**built, "images": [{**built["images"][0], **fields}]}
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+
+    def plan(spec: str, *args: str) -> tuple[subprocess.CompletedProcess, int | None]:
+        run = subprocess.run([sys.executable, "-m", "nixlayer", "plan", "--spec", spec, "--json", *args],
+                             capture_output=True, text=True)
+        return run, len(json.loads(run.stdout)["layers"]) + 1 if run.returncode == 0 else None
+
+    def build(spec: str, *args: str) -> tuple[subprocess.CompletedProcess, int | None]:
+        out = tmp_path / "image.tar"
+        out.unlink(missing_ok=True)
+        run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(out), *args], tmp_path / "store")
+        return run, len(archive_config(out)[0]["rootfs"]["diff_ids"]) if run.returncode == 0 else None
+
+    def lines(run: subprocess.CompletedProcess) -> list[str]:
+        return [line for line in run.stderr.splitlines() if line.startswith(("nixlayer: warning:", "nixlayer: error:"))]
+
+    leaves_it_out, sets_four = variant("default.json"), variant("four.json", max_layers=4)
+    no_store_paths = variant("custom.json", include_store_paths=False)
+    for command in (plan, build):
+        run, layers = command(leaves_it_out, "--max-layers", "3")  # the spec leaves max_layers out: no warning
+        assert (lines(run), layers) == ([], 3), run.stderr
+        run, layers = command(sets_four, "--max-layers", "3")
+        assert (lines(run), layers) == ([f"nixlayer: warning: spec {sets_four}: overridden by what is given beside it:"
+                                         " --max-layers 3 (spec: 4)"], 3), run.stderr
+        run, layers = command(no_store_paths)
+        assert (lines(run), layers) == ([], 1), run.stderr  # the customisation layer only
+        run, _ = command(leaves_it_out, "--store-dir", "/other/store")
+        assert lines(run)[0] == (f"nixlayer: warning: spec {leaves_it_out}: overridden by what is given beside it:"
+                                 " --store-dir /other/store (spec: /nix/store)"), run.stderr
+        assert run.returncode == (2 if command is plan else 35) and len(lines(run)) == 2
+        assert lines(run)[1].startswith(f"nixlayer: error: {built['images'][0]['contents'][0]}"), run.stderr
+
+
 # --- bad specs -------------------------------------------------------------------------------
 
 
-def bad_spec_run(tmp_path: Path, spec: str, *args: str) -> str:
+def bad_spec_run(tmp_path: Path, spec: str, *args: str, status: int = 40) -> str:
+    """The one error line of BuildImage --spec SPEC ARGS, which must exit with ``status`` and
+    write nothing; without ARGS, BuildImages --spec SPEC must say the same and exit the same."""
     out = tmp_path / "out.tar"
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(out), *args], tmp_path / "store")
-    error = one_error(run)
+    error = one_error(run, status)
     assert not out.exists() and not (tmp_path / "store").exists()
+    if not args:
+        run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(tmp_path / "out"),
+                             "--report", str(tmp_path / "report.json")], tmp_path / "store")
+        assert one_error(run, status) == error
+        assert not (tmp_path / "out").exists() and not (tmp_path / "report.json").exists()
+        assert not (tmp_path / "store").exists()
     return error
 
 
@@ -203,7 +276,7 @@ def test_spec_whose_store_paths_are_gone_one_line(tmp_path):
     shutil.copy(built, copy)
     (leaf,) = read_spec(str(copy)).image().parameters["contents"]
     subprocess.run(["nix-store", "--delete", built, leaf], check=True, capture_output=True)
-    error = bad_spec_run(tmp_path, str(copy))
+    error = bad_spec_run(tmp_path, str(copy), status=35)  # found when the image is planned
     assert f"store path {leaf} is gone from the store: build the spec again" in error
 
 
@@ -218,15 +291,29 @@ def test_bad_spec_one_line_nothing_written(tmp_path, text, message):
     assert message in bad_spec_run(tmp_path, str(spec))
 
 
+@pytest.mark.parametrize("field, value, takes", [
+    ("compression", "zip", "one of auto, gzip, none, zstd"),
+    ("format", "tar", "one of docker-archive, oci, oci-archive"),
+])
+def test_spec_value_a_parameter_refuses_one_line_as_on_the_command_line(tmp_path, field, value, takes):
+    built = json.loads(Path(spec_build(IMAGES, "app")).read_text())
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**built, "images": [{**built["images"][0], field: value}]}))
+    error = bad_spec_run(tmp_path, str(spec))
+    assert error == f"nixlayer: error: spec {spec}: image vec: {field} must be {takes}, not {value!r}"
+    run = run_pipelines(["BuildImage", "--name", "x", f"--{field}", value, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
+    assert one_error(run, 40) == f"nixlayer: error: invalid parameter: --{field} must be {takes}, not {value!r}"
+
+
 def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors):
     spec = spec_build(IMAGES, "app")
     assert "--spec and --closure-graph cannot be used together" in bad_spec_run(tmp_path, spec, "--closure-graph", spec)
     other = vectors["store_paths"]["libc"].replace("vec-libc", "vec-libx")
-    error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]))
+    error = bad_spec_run(tmp_path, spec, "--contents", json.dumps([vectors["store_paths"]["app"], other]), status=35)
     assert f"{other} is not in the closure of spec {spec}" in error
     run = run_pipelines(["BuildImage", "--name", "x", "--spec-image", "app", "--output", str(tmp_path / "x.tar")],
                         tmp_path / "store")
-    assert "--spec-image names an image of a spec: give the spec too" in one_error(run)
+    assert "--spec-image names an image of a spec: give the spec too" in one_error(run, 40)
 
 
 def test_parse_spec_checks_every_field(vectors_app):
@@ -269,15 +356,28 @@ def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
     assert shown["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
 
 
+SANDBOX = ("--option", "sandbox", "true", "--option", "sandbox-fallback", "false", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+"""nix-build options of a build in Nix's sandbox holding only a static /bin/sh, as on a machine with nixpkgs; without
+the sandbox-fallback Nix has, a machine that cannot make a sandbox fails the build instead of building outside one."""
+
+
 def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
-    # A new derivation each run, so it is built. As on a machine with nixpkgs: the sandbox holds the store inputs and /bin/sh, a static
-    # busybox, and nothing else (the builder uses shell built-ins only; PATH is unset).
+    # New derivations each run, so they are built. The builder uses shell built-ins only; PATH is unset.
+    unique = time.time_ns()
     file = tmp_path / "image.nix"
-    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{time.time_ns()}";'
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "sandboxed"; tag = "t{unique}";'
                     f' contents = [ (import {FIXTURES / "vectors.nix"}).app ]; }}')
-    spec = spec_build(file, None, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox")
+    spec = spec_build(file, None, *SANDBOX)
     unsandboxed = read_spec(spec_build(IMAGES, "app"))
     assert read_spec(spec).graph == unsandboxed.graph
+    # The options make a sandbox: a builder that finds /usr/bin fails; it builds with them, not without.
+    probe = tmp_path / "probe.nix"
+    probe.write_text('{ n }: derivation { name = "sandbox-probe-${n}"; system = builtins.currentSystem; builder = "/bin/sh";'
+                     ' args = [ "-c" "if cd /usr/bin 2>/dev/null; then echo outside the sandbox >&2; exit 1; fi; printf in > $out" ]; }')
+    assert Path(spec_build(probe, None, "--argstr", "n", f"a{unique}", *SANDBOX)).read_text() == "in"
+    outside = subprocess.run(["nix-build", str(probe), "--argstr", "n", f"b{unique}", "--option", "sandbox", "false",
+                              "--no-out-link"], capture_output=True, text=True)
+    assert outside.returncode != 0 and "outside the sandbox" in outside.stderr, outside.stderr
 
 
 def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
@@ -286,6 +386,9 @@ def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
     run = run_pipelines(["BuildImages", "--spec", spec, "--output-dir", str(out), "--report", str(tmp_path / "report.json")],
                         tmp_path / "store")
     assert run.returncode == 0, run.stderr
+    (plan,) = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: batch ")]
+    assert re.fullmatch(rf"nixlayer: batch {re.escape(spec)}: 2 images: 3 store paths \(.+\) in 5 layers:"
+                        r" 5 to write \(.+\), 0 reused", plan), plan
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted(i["name"] for i in report["images"]) == ["busybox-shell", "hello"]
     assert sorted(p.name for p in out.iterdir()) == ["hello.tar", "shell.tar"]
