@@ -106,7 +106,7 @@ let
       baseName = builtins.replaceStrings [ ":" ] [ "-" ] (baseNameOf name);
     in
     if unknown != [ ] then fail function "unknown argument '${builtins.head unknown}'"
-    else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet"
+    else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet: leave it out"
     else {
       key = baseName;
       parameters = parameters // { inherit name contents config; };

@@ -32,6 +32,7 @@ from nixlayer.atomic import atomic_file
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
+from nixlayer.spec import SPEC_SUFFIX
 from nixlayer.storepath import on_disk
 
 FRAGMENT_FORMAT = 2  # part of the fragments' directory key: a new format never reads an old file
@@ -51,8 +52,11 @@ def _content_dir(content: str, store_root: str) -> str:
         is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
     except OSError:
         raise NixlayerError(f"contents path {content} does not exist") from None
+    if not is_dir and content.endswith(SPEC_SUFFIX):
+        raise NixlayerError(f"contents path {content} is an image spec, not a package: give it as --spec {content}")
     if not is_dir:
-        raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /")
+        raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /: put a"
+                            " single-file store path into the image through a package or the config")
     return disk
 
 

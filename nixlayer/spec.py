@@ -97,6 +97,10 @@ def override_warning(source: str, overrides: Iterable[Override]) -> str:
     return f"spec {source}: overridden by what is given beside it: {', '.join(map(str, overrides))}"
 
 
+SPEC_SUFFIX = ".nixlayer.json"
+"""How the store paths of specs end (``nix/default.nix`` names them ``KEY.nixlayer.json``)."""
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """A checked spec: where it was read from, its store directory, its images (in the

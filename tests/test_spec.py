@@ -29,9 +29,11 @@ NIXLAYER = REPO / "nix"
 
 
 def spec_build(expr: Path, attr: str | None = None, *args: str) -> str:
-    """``nix-build EXPR [-A ATTR] ARGS`` with real Nix: the spec's store path."""
+    """``nix-build EXPR [-A ATTR] ARGS`` with real Nix: the spec's store path (a failure shows
+    what Nix said)."""
     out = subprocess.run(["nix-build", str(expr), *(["-A", attr] if attr else []), *args, "--no-out-link"],
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -86,7 +88,7 @@ def test_spec_keeps_its_store_paths_alive(vectors):
 
 
 @pytest.mark.parametrize("expression, message", [
-    ('nixlayer.buildLayeredImage { name = "x"; fromImage = vec.app; }', "'fromImage' (a dockerTools argument) is not supported yet"),
+    ('nixlayer.buildLayeredImage { name = "x"; fromImage = vec.app; }', "'fromImage' (a dockerTools argument) is not supported yet: leave it out"),
     ('nixlayer.buildLayeredImage { name = "x"; extraCommands = "mkdir tmp"; }', "'extraCommands' (a dockerTools argument) is not supported yet"),
     ('nixlayer.buildLayeredImage { name = "x"; fakeRootCommands = "chown 1 x"; }', "'fakeRootCommands'"),
     ('nixlayer.buildLayeredImage { name = "x"; includeNixDB = true; }', "'includeNixDB'"),
@@ -394,3 +396,14 @@ def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["hello.tar", "shell.tar"]
     # busybox and the greeting (which shell's config mentions) are layers of both, built once.
     assert report["totals"]["distinct_layers"] == sum(i["layers"] for i in report["images"]) - 2
+
+
+def test_a_spec_given_as_contents_says_to_give_it_as_spec(tmp_path):
+    spec = spec_build(IMAGES, "app")
+    result = tmp_path / "result"
+    result.symlink_to(spec)  # as nix-build leaves it
+    run = run_pipelines(["BuildImage", "--name", "x", "--contents", json.dumps([str(result)]),
+                         "--output", str(tmp_path / "x.tar")], tmp_path / "store", cwd=tmp_path)
+    assert (run.returncode, run.stderr.splitlines()[-1]) == (
+        35, f"nixlayer: error: contents path {spec} is an image spec, not a package: give it as --spec {spec}"), run.stderr
+    assert not (tmp_path / "x.tar").exists()
