@@ -111,6 +111,17 @@ def test_the_error_line_is_last(tmp_path, extra):
         assert len(lines) == 2 and PLAN.fullmatch(lines[0]), run.stderr
 
 
+def test_an_error_found_while_planning_is_last_after_luigis_summary(tmp_path):
+    missing = "/nix/store/00000000000000000000000000000000-missing"
+    run = run_pipelines(["BuildImage", "--name", "x", "--contents", json.dumps([missing]), "--output",
+                         str(tmp_path / "x.tar"), "--log-level", "INFO"], tmp_path / "store")
+    assert run.returncode == 35, run.stderr
+    lines = run.stderr.splitlines()
+    assert "===== Luigi Execution Summary =====" in lines, run.stderr
+    assert lines[-1].startswith(f"nixlayer: error: {missing}"), run.stderr
+    assert sum(line.startswith("nixlayer: error: ") for line in lines) == 1, run.stderr
+
+
 def run_on_terminal(argv: list[str], env: dict, cwd: Path) -> tuple[int, str]:
     """Run ``argv`` with standard error on a pseudo-terminal of 100 columns; its exit status
     and what it wrote there."""
