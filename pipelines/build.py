@@ -43,6 +43,12 @@ class StorePathsParameter(luigi.ListParameter):
 
     expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
+    def normalize(self, x):
+        """The list, a relative path in it (a link such as ``./result``) made absolute: with
+        luigid, the same command run from two directories is two images, as its links are."""
+        return super().normalize([os.path.abspath(p) if isinstance(p, str) and p and not p.startswith("/") else p
+                                  for p in x])
+
 
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
