@@ -281,19 +281,11 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
     if not roots:
         raise NixlayerError("no root store paths given")
     if shutil.which("nix"):
-        try:
-            output = _run_nix(["nix", "path-info", "--json", "--recursive", "--offline",
-                               "--extra-experimental-features", "nix-command", *roots])
-        except NixlayerError:
-            _check_valid(roots)
-            raise
+        output = _ask_about(roots, ["nix", "path-info", "--json", "--recursive", "--offline",
+                                    "--extra-experimental-features", "nix-command", *roots])
         return graph_from_json(output, store_dir).closure(roots)
     if shutil.which("nix-store"):
-        try:
-            requisites = _run_nix(["nix-store", "--query", "--requisites", *roots]).split()
-        except NixlayerError:
-            _check_valid(roots)
-            raise
+        requisites = _ask_about(roots, ["nix-store", "--query", "--requisites", *roots]).split()
         references: dict[str, list[str]] = {}
         nar_sizes: dict[str, int | None] = {}
         for start in range(0, len(requisites), 1000):  # stay far below the argument size limit
@@ -301,6 +293,16 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
             _read_validity_registration(dump, references, nar_sizes)
         return ClosureGraph(references, nar_sizes, store_dir).closure(roots)
     raise NixlayerError("neither nix nor nix-store is on PATH: install Nix, or read the graph from JSON or a store directory")
+
+
+def _ask_about(roots: list[str], argv: list[str]) -> str:
+    """``_run_nix(argv)``, a query about ``roots``: when it fails, a root that is not valid is
+    named first (how to build or fetch it), else Nix's own error."""
+    try:
+        return _run_nix(argv)
+    except NixlayerError:
+        _check_valid(roots)
+        raise
 
 
 def _check_valid(roots: list[str]) -> None:

@@ -209,12 +209,10 @@ class BuildImages(luigi.Task):
                 BuildImage(**params)  # Luigi keeps the task: images() gets it again
 
     def complete(self) -> bool:
-        """Never complete. Luigi asks once per run, before anything runs: a run starts here,
-        with an empty run log (an anonymous file: nothing to clean up)."""
-        self._images = None
-        self._started = time.time()
-        runlog.start()
-        return False
+        """Complete once this run's ``run()`` wrote the report (``[worker]
+        check_complete_on_run`` asks after it); the next run builds and reports again."""
+        runlog.state(self).setdefault("started", time.time())
+        return runlog.state(self).get("reported", False)
 
     def images(self) -> list[tuple[str, BuildImage]]:
         """(entry, BuildImage) of each image; bad input is printed as one line, then raised.
@@ -223,7 +221,7 @@ class BuildImages(luigi.Task):
         made for it, as each image's output check needs them; if any image is bad, the
         directories made here are removed again.
         """
-        if getattr(self, "_images", None) is None:
+        if "images" not in runlog.state(self):  # read again at each run
             created: list[str] = []
             try:
                 entries = self._entries()
@@ -245,8 +243,8 @@ class BuildImages(luigi.Task):
                     except OSError:
                         pass
                 raise
-            self._images = images
-        return self._images
+            runlog.state(self)["images"] = images
+        return runlog.state(self)["images"]
 
     def _entries(self) -> list[tuple[str, dict]]:
         """(entry, BuildImage parameters) of each image of the batch file or the spec."""
@@ -290,11 +288,11 @@ class BuildImages(luigi.Task):
         with atomic_file(str(self.report)) as f:
             f.write(json.dumps(report, indent=1).encode() + b"\n")
         console.say(format_summary(report), stdout=True)
+        runlog.state(self)["reported"] = True
 
     def make_report(self) -> dict:
-        entries, _ = runlog.read()
-        built_layers = {entry["layer"] for entry in entries if "layer" in entry}
-        written = {entry["image"]: entry for entry in entries if "image" in entry}
+        built_layers, written = runlog.results(runlog.read()[0])
+        started = runlog.state(self).setdefault("started", time.time())
         layers: dict[str, tuple[int, str]] = {}  # layer record path -> blob bytes, path in the layer store
         report_images = [image.report(built_layers, written, layers) for _, image in self.images()]
         image_bytes_written = sum(i["image_bytes_written"] for i in report_images)
@@ -305,8 +303,8 @@ class BuildImages(luigi.Task):
         distinct_built = built_layers & set(sizes)
         return {
             "batch": self.source,
-            "started": _iso(self._started), "finished": _iso(time.time()),
-            "seconds": round(time.time() - self._started, 3),
+            "started": _iso(started), "finished": _iso(time.time()),
+            "seconds": round(time.time() - started, 3),
             "images": report_images,
             "totals": {
                 "images": len(report_images),

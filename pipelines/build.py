@@ -43,6 +43,12 @@ class StorePathsParameter(luigi.ListParameter):
 
     expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
+    def normalize(self, x):
+        """The list, a relative path in it (a link such as ``./result``) made absolute: with
+        luigid, the same command run from two directories is two images, as its links are."""
+        return super().normalize([os.path.abspath(p) if isinstance(p, str) and p and not p.startswith("/") else p
+                                  for p in x])
+
 
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
@@ -99,9 +105,6 @@ class ImageParameters(NixlayerTask, abstract=True):
         compression = self.compression_for(default_compression)
         return task(**self.plan, compression=compression.name, compression_level=self.compression_level, **extra)
 
-    def run(self) -> None:
-        pass
-
     @functools.cached_property
     def plan(self) -> dict:
         """The ImageTask parameters of this image: every parameter checked, the closure read and
@@ -150,9 +153,39 @@ class ImageParameters(NixlayerTask, abstract=True):
         self.plan
         return {path: self._graph.nar_size(path) for path in self._graph}
 
-    def targets(self) -> list[ImageTask]:
-        """The tasks that make the image (AssembleImage, PushToRegistry)."""
+    def image_tasks(self) -> list[ImageTask]:
+        """The tasks that make the image: AssembleImage for an output (standard output
+        included, which this task's own run writes), PushToRegistry for a push."""
         raise NotImplementedError
+
+    def targets(self) -> list[ImageTask]:
+        """The image tasks Luigi schedules: all but an AssembleImage writing to standard output
+        (not a target Luigi can check; this task requires its layers and writes it itself)."""
+        return [task for task in self.image_tasks() if not _to_stdout(task)]
+
+    def requires(self) -> list:
+        """The targets, and the layers of an image written to standard output."""
+        tasks = [task for target in self.image_tasks() for task in (target.requires() if _to_stdout(target) else [target])]
+        plan_batches(tasks)
+        self.announce(done=False)
+        return tasks
+
+    def complete(self) -> bool:
+        """Whether the image is made already (never for standard output before this task's
+        run), every parameter checked first."""
+        self.plan  # every parameter is checked, even when nothing is left to do
+        if runlog.state(self).get("ran"):
+            return True
+        done = all(not _to_stdout(task) and task.complete() for task in self.image_tasks())
+        if done:
+            self.announce(done=True)
+        return done
+
+    def run(self) -> None:
+        for task in self.image_tasks():
+            if _to_stdout(task):
+                task.write()
+        runlog.state(self)["ran"] = True
 
     def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
         """This image in a run's report (see ``pipelines.batch``), its layers counted in its
@@ -164,8 +197,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         images share it. Adds
         ``image_bytes_written``: the bytes of the image file(s) the run wrote.
         """
-        assemble = self.assemble_task() if self.output else None
-        task = assemble or self.targets()[0]
+        task = self.image_tasks()[0]
+        assemble = task if isinstance(task, AssembleImage) else None
         targets = [layer.output() for layer in task.requires()]
         for target in targets:  # the blob sizes of the layers built (others may be gone since)
             if target.path not in layers:
@@ -191,29 +224,29 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def announce(self, done: bool) -> None:
         """Print the plan line and show the build's progress (``tasks.console.plan``), the run
-        log started; ``done``: the image is there already, every layer too."""
-        if "_announced" in self.__dict__:
+        log started; ``done``: the image is there already, every layer too. Once a run."""
+        if runlog.state(self).setdefault("announced", False):
             return
-        self._announced = True
-        layers = [(record, paths, done or complete) for record, paths, complete in layer_plan(self.targets(), check=not done)]
+        runlog.state(self)["announced"] = True
+        layers = [(record, paths, done or complete) for record, paths, complete in layer_plan(self.image_tasks(), check=not done)]
         console.plan(f"{self.name}:{self.plan['tag']}", layers, self.nar_sizes(), self.summary)
 
     def summary(self, entries: list[dict]) -> list[str]:
         """The line printed at the end of a run that made the image (none if it did not):
         where it went, its digest, its layers built and reused, bytes written, time."""
-        if not all(target.complete() for target in self.targets()) and not any(
-                entry.get("image") == STDOUT for entry in entries):
+        built_layers, written = runlog.results(entries)
+        if not all(STDOUT in written if _to_stdout(task) else task.complete() for task in self.image_tasks()):
             return []
-        built_layers = {entry["layer"] for entry in entries if "layer" in entry}
-        written = {entry["image"]: entry for entry in entries if "image" in entry}
-        pushed = any(entry.get("pushed") == self.push for entry in entries)
+        pushed = next((entry for entry in entries if entry.get("pushed") == self.push), None)
         r = self.report(built_layers, written, {})
         where = []
         if self.output:
             where.append(f"wrote {self.format} {self.output}" if r["image_written"]
                          else f"{self.format} {self.output} is up to date")
         if self.push:
-            where.append(f"pushed {self.push}" if pushed else f"{self.push} is up to date")
+            where.append(f"pushed {self.push} ({pushed['uploaded']} blobs uploaded, {console.size(pushed['uploaded_bytes'])};"
+                         f" {pushed['mounted']} mounted, {pushed['present']} already there)" if pushed
+                         else f"{self.push} is up to date")
         return [f"nixlayer: {', '.join(where)}: {r['name']}:{r['tag']} {r['digest'] or '-'}; layers: {r['layers_built']}"
                 f" built, {r['layers_reused']} reused; {console.size(r['bytes_written'])} written in"
                 f" {console.seconds(console.elapsed())}"]
@@ -264,6 +297,11 @@ class ImageParameters(NixlayerTask, abstract=True):
             graph = graph.closure(roots)
         _GRAPHS.setdefault(source, []).append(graph)
         return graph
+
+
+def _to_stdout(task: ImageTask) -> bool:
+    """Whether ``task`` writes its image to standard output."""
+    return isinstance(task, AssembleImage) and task.output == STDOUT
 
 
 def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
@@ -322,39 +360,14 @@ class BuildImage(ImageParameters):
         output = self.output if self.output == STDOUT else os.path.abspath(self.output)
         return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output)
 
-    def targets(self) -> list[ImageTask]:
-        """AssembleImage for a file or directory output, PushToRegistry for a push."""
+    def image_tasks(self) -> list[ImageTask]:
         tasks: list[ImageTask] = []
-        if self.output and self.output != STDOUT:
+        if self.output:
             tasks.append(self.assemble_task())
         if self.push:
             tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push,
                                          insecure_registry=self.insecure_registry))
         return tasks
-
-    def requires(self) -> list:
-        """The targets; for standard output, also the layers (this task writes the image)."""
-        targets = self.targets()
-        layers = self.assemble_task().requires() if self.output == STDOUT else []
-        plan_batches(targets + layers)
-        self.announce(done=False)
-        return targets + layers
-
-    def complete(self) -> bool:
-        """Whether the image is written (or pushed) already; Luigi asks once, first, before
-        anything runs: a run starts here, with an empty run log (``tasks.runlog``)."""
-        self.plan  # every parameter is checked, even when nothing is left to do
-        if "_started" not in self.__dict__:
-            self._started = True
-            runlog.start()
-        done = self.output != STDOUT and all(task.complete() for task in self.targets())
-        if done:
-            self.announce(done=True)
-        return done
-
-    def run(self) -> None:
-        if self.output == STDOUT:
-            self.assemble_task().write()
 
     def _check_output(self) -> None:
         """Fail before any layer is written if the output cannot be written (a standard output
@@ -389,20 +402,5 @@ class PushImage(ImageParameters):
     def push(self) -> str:  # what BuildImage calls it (ImageParameters.report, summary)
         return self.target
 
-    def targets(self) -> list[ImageTask]:
+    def image_tasks(self) -> list[ImageTask]:
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
-
-    def requires(self) -> PushToRegistry:
-        (task,) = self.targets()
-        plan_batches([task])
-        self.announce(done=False)
-        return task
-
-    def complete(self) -> bool:
-        if "_started" not in self.__dict__:
-            self._started = True
-            runlog.start()
-        done = self.targets()[0].complete()
-        if done:
-            self.announce(done=True)
-        return done

@@ -16,7 +16,7 @@ from luigi.task_status import DONE
 
 from nixlayer.errors import NixlayerError
 from tasks.config import batches, nixlayer
-from tasks import console, errors
+from tasks import console, errors, runtime
 
 Report = Callable[[int, str], None]
 """Called as ``report(percentage, message)``: how a task's work goes, for the scheduler."""
@@ -180,8 +180,7 @@ class BatchableTask(NixlayerTask, abstract=True):
         if members == [self]:
             self.run_member(self, self._report_self)
             return
-        reporter = getattr(self.set_status_message, "__self__", None)  # Luigi's TaskStatusReporter
-        scheduler = getattr(reporter, "_scheduler", None)
+        scheduler, worker_id = runtime.task_scheduler(self) or (None, None)
         failures: list[Exception] = []
         done = []
         progress = _BatchProgress(self, members)
@@ -208,7 +207,7 @@ class BatchableTask(NixlayerTask, abstract=True):
                 # them never runs. Told first that these are done, the scheduler goes on with
                 # the images that need only them, in this run.
                 for member in done:
-                    scheduler.add_task(task_id=member.task_id, status=DONE, worker=reporter._worker_id)
+                    scheduler.add_task(task_id=member.task_id, status=DONE, worker=worker_id)
             raise _batch_failure(failures)
 
 

@@ -32,8 +32,6 @@ import threading
 import time
 from typing import Callable
 
-import luigi.cmdline_parser
-
 from tasks import runlog
 
 PLAIN_SECONDS = 3.0
@@ -59,6 +57,9 @@ _STARTED = time.monotonic() - _process_age()
 
 # The console of this run, in the process luigi started (and inherited by its forks).
 _console: "_Console | None" = None
+# Error lines of this process, held for the end of a ``luigi`` command run without a console
+# (an error found while planning, before the plan line).
+_held: list[str] = []
 
 
 def size(n: float) -> str:
@@ -95,11 +96,24 @@ def say(text: str, stdout: bool = False) -> None:
 
 def error(text: str) -> None:
     """Print ``text`` (``nixlayer: error: ...``) to standard error; during a ``luigi``
-    command's run, at its very end, after everything else."""
+    command's run, at its very end, after everything else (Luigi's summary included)."""
+    from tasks.runtime import luigi_command  # tasks.runtime reports errors through this module
+
     if _console is not None:
         runlog.append([{"error": text}])
+    elif luigi_command():
+        if not _held:
+            atexit.register(_print_held, os.getpid())
+        _held.append(text)
     else:
         print(text, file=sys.stderr, flush=True)
+
+
+def _print_held(pid: int) -> None:
+    """At exit: the error lines held, each once, unless a console prints them."""
+    if os.getpid() == pid and (_console is None or _console.pid != pid):
+        for text in dict.fromkeys(_held):
+            print(text, file=sys.stderr, flush=True)
 
 
 def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[str, int | None],
@@ -122,7 +136,9 @@ def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[
     to_write = [(record, paths) for record, paths, done in layers if not done]
     planned = {record: sum(nar_sizes.get(path) or 0 for path in paths) for record, paths in to_write}
     runlog.plan(planned)
-    if luigi.cmdline_parser.CmdlineParser.get_instance() is None:
+    from tasks.runtime import luigi_command
+
+    if not luigi_command():
         return
     paths = {path for _, layer_paths, _ in layers for path in layer_paths}
     total = sum(nar_sizes.get(path) or 0 for path in paths)
@@ -130,6 +146,33 @@ def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[
     print(f"nixlayer: {title}: {len(paths)} store paths ({size(total)}) in {len(layers)} layers:"
           f" {len(to_write)} to write ({size(to_bytes)}), {len(layers) - len(to_write)} reused", file=sys.stderr, flush=True)
     _console = _Console(len(to_write), to_bytes, summary)
+
+
+class _RawStderr:
+    """Standard error for the drawing thread: written with ``os.write``, holding no lock of
+    ``sys.stderr``. Luigi forks its worker processes while the thread may be drawing; a child
+    that inherited ``sys.stderr``'s lock held would hang at its first line."""
+
+    def __init__(self) -> None:
+        self.encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        data = text.encode(self.encoding, "replace")
+        while data:
+            data = data[os.write(2, data):]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 2
+
+    def isatty(self) -> bool:
+        return os.isatty(2)
+
+
+_STDERR = _RawStderr()
 
 
 class _Console:
@@ -172,7 +215,7 @@ class _Console:
             self._draw(layers, written, now)
         elif now - self.shown >= PLAIN_SECONDS and layers < self.layers:
             self.shown = now
-            print(self._plain(layers, written, now), file=sys.stderr, flush=True)
+            _STDERR.write(self._plain(layers, written, now) + "\n")
 
     def _counts(self, layers: int) -> str:
         return f"{layers}/{self.layers} layers" + (f", {self.errors} failed" if self.errors else "")
@@ -198,7 +241,7 @@ class _Console:
             self.bar = tqdm.tqdm(
                 total=self.total or self.layers, initial=value, desc=f"nixlayer: {self._counts(layers)}",
                 unit="B" if self.total else " layers", unit_scale=bool(self.total),
-                file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=TICK_SECONDS, smoothing=0.1,
+                file=_STDERR, leave=False, dynamic_ncols=True, mininterval=TICK_SECONDS, smoothing=0.1,
             )
         self.bar.set_description_str(f"nixlayer: {self._counts(layers)}", refresh=False)
         if layers >= self.layers:  # the image is left to write
@@ -227,5 +270,5 @@ class _Console:
                 lines.append((f"nixlayer: no summary: {e}", False))
         for text, stdout in lines:
             print(text, file=sys.stdout if stdout else sys.stderr, flush=True)
-        for text in dict.fromkeys(errors):  # each once: a batch's error may come from several
+        for text in dict.fromkeys(errors + _held):  # each once: a batch's error may come from several
             print(text, file=sys.stderr, flush=True)

@@ -53,6 +53,13 @@ class OneLineErrors(logging.Filter):
             return False
         if isinstance(error, NixlayerError) and record.msg.startswith("[pid %s] Worker %s failed"):
             return False  # a task failed: its one line is _on_failure's, without its parameters
+        if isinstance(error, RPCError) and record.msg.startswith("Luigi unexpected framework error"):
+            return False  # luigid went away while tasks were added: "Uncaught exception" says so
+        if record.msg.startswith("Failed connecting to remote scheduler") and record.levelno == logging.WARNING:
+            # Each of Luigi's attempts; the error line says when all failed. With --log-level INFO.
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger("luigi-interface").isEnabledFor(logging.INFO)
         if isinstance(error, (NixlayerError, RPCError)) or (record.exc_info and record.exc_info[0] is None):
             # (Luigi logs some warnings with exc_info outside any exception: "NoneType: None".)
             record.exc_info, record.exc_text = None, None

@@ -19,7 +19,7 @@ from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
 from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image, tagged_manifest_digest
-from tasks import console, runlog
+from tasks import runlog
 from tasks.image import ImageTask
 
 logger = logging.getLogger("nixlayer.push")
@@ -80,9 +80,9 @@ class PushToRegistry(ImageTask):
             f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
             f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there"
         )
-        self.set_status_message(message)
-        console.say(f"nixlayer: {message}")
-        runlog.append([{"pushed": self.target}])
+        self.set_status_message(message)  # the run's summary line says it too (pipelines.build)
+        runlog.append([{"pushed": self.target, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
+                        "mounted": result.mounted, "present": result.present}])
         os.makedirs(os.path.dirname(self._stamp()), exist_ok=True)
         with atomic_file(self._stamp()) as f:
             f.write(json.dumps({

@@ -4,8 +4,8 @@ An anonymous file (unlinked as soon as it is made: nothing is left on disk howev
 ends, even killed) that the run's tasks append JSON lines to, from the process ``luigi``
 started and from the worker processes ``--workers N`` forks (they inherit its descriptor;
 O_APPEND on the shared open file description: every line lands whole at the end, whoever
-writes it). An entry task starts it when its run starts (:func:`start`); anyone reads it with
-:func:`read`. The lines:
+writes it). It is started when Luigi's worker starts (:func:`start`, see
+``tasks.runtime``); anyone reads it with :func:`read`. The lines:
 
 - ``{"layer": RECORD}``: a layer was written (its record's path), appended when its task
   succeeds (a batch's layers in one write).
@@ -13,6 +13,8 @@ writes it). An entry task starts it when its run starts (:func:`start`); anyone 
 - ``{"pid": P, "layers": N, "bytes": B, "path": STORE_PATH}``: process P has written N layers
   and B of the planned bytes so far (absolute, so a later line replaces an earlier one), and
   is on STORE_PATH (see :func:`layer_progress`).
+- ``{"pushed": TARGET, "uploaded": N, "uploaded_bytes": B, "mounted": M, "present": P}``: an
+  image was pushed; its blobs uploaded, mounted from another repository, already there.
 - ``{"say": TEXT, "stdout": BOOL}`` and ``{"error": TEXT}``: lines for the user, printed at the
   end of the run by the process luigi started (``tasks.console``).
 
@@ -32,6 +34,8 @@ import time
 
 # The descriptor of this process's run log, or None before any run started.
 _fd: int | None = None
+# How many runs this process started (its current run's number).
+_run = 0
 # Planned bytes of each layer to write in this run, by layer record path (see ``plan``).
 _planned: dict[str, int] = {}
 
@@ -40,8 +44,10 @@ FLUSH_SECONDS = 0.1
 
 
 def start() -> None:
-    """Start an empty run log, closing the previous run's (of this process)."""
-    global _fd
+    """Start an empty run log, closing the previous run's (of this process): a run starts
+    (``tasks.runtime``, when Luigi's worker starts)."""
+    global _fd, _run
+    _run += 1
     if _fd is not None:
         os.close(_fd)
         _fd = None
@@ -53,9 +59,13 @@ def start() -> None:
     _tally.__init__()
 
 
-def active() -> bool:
-    """Whether a run log was started in this process (or the one it was forked from)."""
-    return _fd is not None
+def state(owner: object) -> dict:
+    """What ``owner`` (a task) keeps for the current run: empty at its first call in each run.
+    Luigi keeps one instance of a task per parameters in a process, across runs."""
+    held = owner.__dict__.get("_run_state")
+    if held is None or held[0] != _run:
+        held = owner.__dict__["_run_state"] = (_run, {})
+    return held[1]
 
 
 def append(entries: list[dict]) -> None:
@@ -74,6 +84,13 @@ def read(offset: int = 0) -> tuple[list[dict], int]:
     data = os.pread(_fd, max(0, os.fstat(_fd).st_size - offset), offset)
     end = data.rfind(b"\n") + 1
     return [json.loads(line) for line in data[:end].splitlines()], offset + end
+
+
+def results(entries: list[dict]) -> tuple[set[str], dict[str, dict]]:
+    """What a run made, from its ``entries``: the records of the layers it wrote, and the
+    entries of the images it wrote by output."""
+    return ({entry["layer"] for entry in entries if "layer" in entry},
+            {entry["image"]: entry for entry in entries if "image" in entry})
 
 
 def plan(planned: dict[str, int]) -> None:

@@ -88,11 +88,17 @@ def run_luigi(task: luigi.Task, workers: int = 1) -> dict:
     }
 
 
-def run_pipelines(args: list[str], store: Path, cwd: Path = REPO, path: str | None = None) -> subprocess.CompletedProcess:
+def run_pipelines(args: list[str], store: Path, cwd: Path = REPO, path: str | None = None,
+                  stdout: Path | None = None, cfg: str = "") -> subprocess.CompletedProcess:
     """Run ``luigi --module pipelines ARGS`` as a user would (the repository's luigi.cfg when
-    run from it), with ``store`` as the layer store; ``path`` replaces $PATH."""
-    cfg = store.parent / f"{store.name}-luigi.cfg"
-    cfg.write_text(f"[nixlayer]\nlayer_store = {store}\n")
-    env = dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), **({"PATH": path} if path else {}))
-    return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    run from it), with ``store`` as the layer store; ``path`` replaces $PATH; ``stdout``: a
+    file that takes standard output (an image written to ``-``); ``cfg``: more of luigi.cfg."""
+    config = store.parent / f"{store.name}-luigi.cfg"
+    config.write_text(f"[nixlayer]\nlayer_store = {store}\n{cfg}")
+    env = dict(os.environ, LUIGI_CONFIG_PATH=str(config), **({"PATH": path} if path else {}))
+    if stdout is None:
+        return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)
+    with open(stdout, "wb") as out:
+        return subprocess.run(["luigi", "--module", "pipelines", *args], cwd=cwd, env=env,
+                              stdout=out, stderr=subprocess.PIPE, text=True, timeout=300)

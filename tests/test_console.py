@@ -12,6 +12,7 @@ import re
 import select
 import struct
 import subprocess
+import tarfile
 import termios
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from conftest import REPO, run_pipelines
 from nixlayer.closure import graph_from_store_dir
 from nixlayer.storepath import NIX_BASE32
-from test_batch import synthetic_store
+from test_batch import synthetic_store, write_batch
 from test_luigid import api, luigid  # noqa: F401 - the fixture
 
 PLAN = re.compile(r"nixlayer: \S+: (\d+) store paths \([\d.]+ [kMG]?B\) in (\d+) layers: (\d+) to write"
@@ -57,23 +58,32 @@ def big_args(big: dict, out: Path, *extra: str) -> list[str]:
             "--format", "oci", "--compression", "gzip", "--output", str(out), *extra]
 
 
-def test_quiet_default_a_plan_line_and_a_summary(tmp_path, vectors_app):
+@pytest.mark.parametrize("to", ["file", "stdout"])
+def test_quiet_default_a_plan_line_and_a_summary(tmp_path, vectors_app, to):
     """From the repository (its luigi.cfg) and from elsewhere (nixlayer's defaults): stderr is
-    the plan line and the summary, and nothing else; again, everything reused."""
+    the plan line and the summary, and nothing else; again, everything reused (written to
+    standard output: written again)."""
     for cwd in (REPO, tmp_path):
         store, out = tmp_path / f"store-{cwd == REPO}", tmp_path / f"out-{cwd == REPO}.tar"
-        args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]), "--output", str(out)]
-        run = run_pipelines(args, store, cwd=cwd)
+        args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]),
+                "--output", str(out) if to == "file" else "-"]
+        stdout = None if to == "file" else out
+        run = run_pipelines(args, store, cwd=cwd, stdout=stdout)
         assert run.returncode == 0, run.stderr
         plan, summary = run.stderr.splitlines()
         paths, layers, to_write, reused = PLAN.fullmatch(plan).groups()
         assert (paths, layers, to_write, reused) == ("5", "6", "6", "0"), plan
-        assert SUMMARY.fullmatch(summary).groups() == (f"wrote docker-archive {out}", "6", "0"), summary
-        again = run_pipelines(args, store, cwd=cwd)
+        where = f"wrote docker-archive {out}" if to == "file" else "wrote docker-archive -"
+        assert SUMMARY.fullmatch(summary).groups() == (where, "6", "0"), summary
+        again = run_pipelines(args, store, cwd=cwd, stdout=stdout)
         plan, summary = again.stderr.splitlines()
         assert PLAN.fullmatch(plan).groups() == ("5", "6", "0", "6"), plan
-        assert SUMMARY.fullmatch(summary).groups() == (f"docker-archive {out} is up to date", "0", "6"), summary
-        assert run.stdout == again.stdout == ""
+        where = f"docker-archive {out} is up to date" if to == "file" else "wrote docker-archive -"
+        assert SUMMARY.fullmatch(summary).groups() == (where, "0", "6"), summary
+        if to == "file":
+            assert run.stdout == again.stdout == ""
+        else:
+            assert tarfile.open(out).getmember("manifest.json")
 
 
 def test_log_level_info_brings_luigis_log_back(tmp_path, vectors_app):
@@ -83,6 +93,30 @@ def test_log_level_info_brings_luigis_log_back(tmp_path, vectors_app):
     lines = run.stderr.splitlines()
     assert "INFO: Done scheduling tasks" in lines and "===== Luigi Execution Summary =====" in lines
     assert SUMMARY.fullmatch(lines[-1]), lines[-1]  # nixlayer's summary after Luigi's
+
+
+@pytest.mark.parametrize("task", ["BuildImages", "BuildImage --output -"])
+def test_a_check_of_completeness_after_the_run_keeps_the_run(tmp_path, vectors_app, task):
+    """``[worker] check_complete_on_run``: Luigi asks an entry task's complete() again after
+    its run; the run (its run log: summary, report) goes on, and the task is complete."""
+    if task == "BuildImages":
+        batch = write_batch(tmp_path / "batch.toml", 'tag = "t"\n', [
+            f'name = "vec"\ncontents = ["{vectors_app}"]\noutput = "out/vec.tar"'])
+        args = ["BuildImages", "--batch-file", str(batch), "--report", str(tmp_path / "report.json")]
+    else:
+        args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]), "--output", "-"]
+    run = run_pipelines(args, tmp_path / "store", stdout=tmp_path / "stdout", cfg="[worker]\ncheck_complete_on_run = true\n")
+    assert run.returncode == 0, run.stderr
+    plan, *rest = run.stderr.splitlines()
+    title = f"batch {batch}: 1 image" if task == "BuildImages" else "vec:1"
+    assert PLAN.fullmatch(plan.replace(title, "t")).groups() == ("5", "6", "6", "0"), run.stderr
+    if task == "BuildImages":
+        assert rest == [], run.stderr
+        summary = (tmp_path / "stdout").read_text().splitlines()
+        assert summary[0].startswith(f"nixlayer: batch {batch}: 1 image in "), summary
+        assert json.loads((tmp_path / "report.json").read_text())["totals"]["layers_built"] == 6
+    else:
+        assert len(rest) == 1 and SUMMARY.fullmatch(rest[0]).groups() == ("wrote docker-archive -", "6", "0"), run.stderr
 
 
 def failing_store(tmp_path) -> tuple[list[str], str]:
@@ -109,6 +143,17 @@ def test_the_error_line_is_last(tmp_path, extra):
     assert "Traceback" not in run.stderr and "ERROR:" not in run.stderr
     if "INFO" not in extra:  # only the plan line before it, no Luigi summary
         assert len(lines) == 2 and PLAN.fullmatch(lines[0]), run.stderr
+
+
+def test_an_error_found_while_planning_is_last_after_luigis_summary(tmp_path):
+    missing = "/nix/store/00000000000000000000000000000000-missing"
+    run = run_pipelines(["BuildImage", "--name", "x", "--contents", json.dumps([missing]), "--output",
+                         str(tmp_path / "x.tar"), "--log-level", "INFO"], tmp_path / "store")
+    assert run.returncode == 35, run.stderr
+    lines = run.stderr.splitlines()
+    assert "===== Luigi Execution Summary =====" in lines, run.stderr
+    assert lines[-1].startswith(f"nixlayer: error: {missing}"), run.stderr
+    assert sum(line.startswith("nixlayer: error: ") for line in lines) == 1, run.stderr
 
 
 def run_on_terminal(argv: list[str], env: dict, cwd: Path) -> tuple[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
@@ -112,3 +113,16 @@ def test_a_tag_moved_by_another_tool_is_pushed_again(registry, layer_store):
     assert again["ran"] == ["PushImage", "PushToRegistry"]  # nothing to build, the tag to restore
     assert inspect(registry.host, "moved/app:v1")["Digest"] == first
     assert run_luigi(PushImage(**one))["ran"] == []
+
+
+def test_a_push_prints_the_plan_line_and_one_summary_line(tmp_path, registry, vectors_app):
+    target = f"docker://{registry.host}/console/vec:1"
+    args = ["PushImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--target", target]
+    run = run_pipelines(args, tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    plan, summary = run.stderr.splitlines()
+    assert plan.startswith("nixlayer: vec:"), run.stderr
+    assert re.fullmatch(rf"nixlayer: pushed {re.escape(target)} \(7 blobs uploaded, [\d.]+ kB; 0 mounted, 0 already"
+                        r" there\): vec:\S+ sha256:[0-9a-f]{64}; layers: 6 built, 0 reused; .* written in .*", summary), summary
+    again = run_pipelines(args, tmp_path / "store")
+    assert again.stderr.splitlines()[-1].startswith(f"nixlayer: {target} is up to date: vec:"), again.stderr

@@ -109,6 +109,20 @@ def test_a_result_link_is_its_store_path(tmp_path, hello):
     assert linked.returncode == 0 and linked.stdout == direct.stdout and hello in linked.stdout, linked.stderr
 
 
+def test_a_relative_link_is_absolute_in_the_task_id(tmp_path, monkeypatch):
+    """With luigid, ``--contents '["./result"]'`` run from two directories is two images."""
+    from pipelines import BuildImage
+
+    ids = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        task = BuildImage(name="x", contents=["./result"], output="/tmp/x.tar")
+        assert list(task.contents) == [str(tmp_path / name / "result")]
+        ids.append(task.task_id)
+    assert ids[0] != ids[1]
+
+
 def test_links_that_do_not_name_a_store_path(tmp_path, hello):
     work = tmp_path / "work"
     work.mkdir()
@@ -121,8 +135,9 @@ def test_links_that_do_not_name_a_store_path(tmp_path, hello):
                        " itself (its whole contents are linked into /)"),
         ("resutl", "resutl does not exist: give a store path (nix-build prints one) or a link to one such as ./result"),
     ]
-    for given, line in cases:
-        assert_refused(tmp_path, build_image(tmp_path, "--contents", json.dumps([given]), cwd=work), 35, line)
+    for given, line in cases:  # BuildImage names the link from / (its task id holds it so)
+        assert_refused(tmp_path, build_image(tmp_path, "--contents", json.dumps([given]), cwd=work), 35,
+                       f"{work}/{line}")
         run = plan(given, cwd=work)
         assert (run.returncode, error_lines(run)) == (2, [f"nixlayer: error: {line}"]), given
 
