@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
+from nixlayer.human import count, size
 from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
@@ -81,9 +82,11 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
 def _gc(args: argparse.Namespace) -> int:
     store = LayerStore(args.layer_store)
     garbage = store.collect_garbage(args.unused_days, dry_run=args.dry_run)
-    print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {garbage.records} layer "
-          f"records, {garbage.blobs} blobs, {garbage.fragments} customisation fragments, {garbage.stamps} image "
-          f"stamps, {garbage.temporaries} abandoned temporaries: {garbage.bytes} bytes")
+    kinds = [count(garbage.records, "layer record"), count(garbage.blobs, "blob"),
+             count(garbage.fragments, "customisation fragment"), count(garbage.stamps, "image stamp"),
+             count(garbage.temporaries, "abandoned temporary file")]
+    print(f"nixlayer: gc {store.root}: {'would remove' if args.dry_run else 'removed'} {', '.join(kinds)}:"
+          f" {size(garbage.bytes)}")
     return 0
 
 
@@ -124,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--unused-days", type=float, required=True, metavar="DAYS",
                     help="remove what was last used more than DAYS days ago")
     gc.add_argument("--layer-store", required=True, metavar="DIR",
-                    help="the layer store: [nixlayer] layer_store of luigi.cfg, or by default "
-                         f"{default_layer_store()}")
+                    help="the layer store to clean: [nixlayer] layer_store of the builds' luigi.cfg (whose"
+                         f" default is {default_layer_store()})")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     gc.set_defaults(func=_gc)
     return parser

@@ -33,6 +33,7 @@ import luigi
 from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
+from nixlayer.human import count
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
 from pipelines.spec import spec_batch
@@ -278,8 +279,7 @@ class BuildImages(luigi.Task):
         images = [task for _, task in self.images()]
         targets = [target for task in images for target in task.targets()]
         plan_batches(targets)
-        count = len(images)
-        console.plan(f"batch {self.source}: {count} image{'' if count == 1 else 's'}",
+        console.plan(f"batch {self.source}: {count(len(images), 'image')}",
                      layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
         return targets
 
@@ -342,8 +342,7 @@ def _iso(seconds: float) -> str:
 
 def format_summary(report: dict) -> str:
     """The report as the lines BuildImages prints."""
-    count = len(report["images"])
-    lines = [f"nixlayer: batch {report['batch']}: {count} image{'' if count == 1 else 's'} in {report['seconds']} s"]
+    lines = [f"nixlayer: batch {report['batch']}: {count(len(report['images']), 'image')} in {report['seconds']} s"]
     for image in report["images"]:
         lines.append(
             f"  {image['name']}:{image['tag']} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
@@ -353,6 +352,6 @@ def format_summary(report: dict) -> str:
     t = report["totals"]
     lines.append(
         f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
-        f" {t['images_written']} images written; {console.size(t['layer_bytes_written'] + t['image_bytes_written'])} written"
+        f" {count(t['images_written'], 'image')} written; {console.size(t['layer_bytes_written'] + t['image_bytes_written'])} written"
     )
     return "\n".join(lines)

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable
 
+from nixlayer.human import seconds, size  # noqa: F401 - what tasks print with
 from tasks import runlog
 
 PLAIN_SECONDS = 3.0
@@ -60,24 +61,6 @@ _console: "_Console | None" = None
 # Error lines of this process, held for the end of a ``luigi`` command run without a console
 # (an error found while planning, before the plan line).
 _held: list[str] = []
-
-
-def size(n: float) -> str:
-    """``n`` bytes for a person: ``512 B``, ``1.9 MB``, ``2.1 GB`` (powers of 1000, as tqdm)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 999.95 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
-def seconds(s: float) -> str:
-    """A duration for a person: ``0.8 s``, ``42 s``, ``3 min 5 s``."""
-    if s < 10:
-        return f"{s:.1f} s"
-    if s < 60:
-        return f"{s:.0f} s"
-    return f"{int(s // 60)} min {int(s % 60)} s"
 
 
 def elapsed() -> float:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import REPO, run_pipelines
+from nixlayer.human import size
 
 MONTH_AGO = time.time() - 30 * 86400
 
@@ -65,13 +66,13 @@ def test_gc_removes_what_no_build_used_and_a_rebuild_restores_it(tmp_path, vecto
     dry = gc(store, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     removed = (record, blob, fragment, stamp, killed, killed_fragment, staging / "index.json")  # the blob's link: no bytes
-    assert f"would remove 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, 3 abandoned " \
-           f"temporaries: {sum(p.stat().st_size for p in removed)} bytes" in dry.stdout
+    assert f"would remove 1 layer record, 1 blob, 1 customisation fragment, 1 image stamp, 3 abandoned " \
+           f"temporary files: {size(sum(p.stat().st_size for p in removed))}" in dry.stdout
     assert files(store) == before
 
     run = gc(store)
-    assert run.returncode == 0 and "removed 1 layer records, 1 blobs, 1 customisation fragments, 1 image stamps, " \
-        "3 abandoned temporaries" in run.stdout
+    assert run.returncode == 0 and "removed 1 layer record, 1 blob, 1 customisation fragment, 1 image stamp, " \
+        "3 abandoned temporary files" in run.stdout
     assert files(store) == before - {record, blob, fragment, stamp, killed, killed_fragment, *staged}
     assert not staging.exists() and live_staging.exists() and other_blob.exists()
 
@@ -90,7 +91,7 @@ def test_a_build_marks_what_it_uses(tmp_path, vectors_app):
         age(path)
     build(tmp_path, store, vectors_app)  # nothing to do, but everything is read
     run = gc(store)
-    assert "removed 0 layer records, 0 blobs, 0 customisation fragments, 0 image stamps, 0 abandoned temporaries: 0 bytes" in run.stdout
+    assert "removed 0 layer records, 0 blobs, 0 customisation fragments, 0 image stamps, 0 abandoned temporary files: 0 B" in run.stdout
 
 
 def test_gc_of_a_missing_store_is_one_error_line(tmp_path):
