@@ -158,13 +158,22 @@ class _RawStderr:
 _STDERR = _RawStderr()
 
 
+def _columns() -> int:
+    """The width of the terminal on standard error: 0 when unknown (a pseudo-terminal whose
+    size nobody set, as under ``script``)."""
+    try:
+        return os.get_terminal_size(2).columns
+    except OSError:
+        return 0
+
+
 class _Console:
     """The run's progress display (a thread, while layers are left to write) and its end."""
 
     def __init__(self, layers: int, total: int, summary: Callable[[list[dict]], list[str]] | None) -> None:
         self.pid = os.getpid()
         self.layers, self.total, self.summary = layers, total, summary
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and _columns() > 0  # tqdm draws nothing on 0 columns
         self.stop = threading.Event()
         self.offset = 0
         self.progress: dict[int, dict] = {}  # pid -> its latest progress entry

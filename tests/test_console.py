@@ -156,11 +156,12 @@ def test_an_error_found_while_planning_is_last_after_luigis_summary(tmp_path):
     assert sum(line.startswith("nixlayer: error: ") for line in lines) == 1, run.stderr
 
 
-def run_on_terminal(argv: list[str], env: dict, cwd: Path) -> tuple[int, str]:
-    """Run ``argv`` with standard error on a pseudo-terminal of 100 columns; its exit status
-    and what it wrote there."""
+def run_on_terminal(argv: list[str], env: dict, cwd: Path, columns: int = 100) -> tuple[int, str]:
+    """Run ``argv`` with standard error on a pseudo-terminal of ``columns`` columns (0: a size
+    nobody set, as ``script`` leaves it); its exit status and what it wrote there."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    if columns:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     out = b""
@@ -204,6 +205,19 @@ def test_plain_progress_lines_without_a_terminal(tmp_path, big):
                              r" [\d.]+ MB/s, [\d.]+ s left", line) for line in lines[1:-1]]
     assert progress and all(progress), run.stderr
     assert PLAN.fullmatch(lines[0]) and SUMMARY.fullmatch(lines[-1]), run.stderr
+
+
+def test_plain_progress_lines_on_a_terminal_of_unknown_size(tmp_path, big):
+    """tqdm draws nothing on a terminal of 0 columns (``script``'s, a serial console's): there
+    the plain lines show instead."""
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    status, out = run_on_terminal(["luigi", "--module", "pipelines", *big_args(big, tmp_path / "out", "--compression-level", "9")],
+                                  dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), REPO, columns=0)
+    assert status == 0, out
+    lines = out.replace("\r\n", "\n").splitlines()
+    assert "\x1b" not in out and "\r" not in "".join(lines), out
+    assert any(re.fullmatch(r"nixlayer: writing layers: \d/9 layers, .* left", line) for line in lines), out
 
 
 def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  # noqa: F811
