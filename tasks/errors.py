@@ -11,6 +11,7 @@ and keep their tracebacks.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -83,12 +84,27 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         pass  # as Python's own: a closed or broken stderr loses the warning, not the run
 
 
+def _interrupted(previous):
+    """A ``sys.excepthook`` that, in the ``luigi`` command, tells an interrupt (Ctrl-C) as one
+    line instead of the traceback of wherever Luigi was; anything else goes to ``previous``.
+    Python then ends the process by SIGINT, as for any interrupt (status 130 in a shell)."""
+    def hook(kind, error, traceback) -> None:
+        # (Luigi's record of its command line is gone once the interrupt has left it.)
+        if issubclass(kind, KeyboardInterrupt) and os.path.basename(sys.argv[0]) == "luigi":
+            report("interrupted: the layers written so far are kept in the layer store, and nothing"
+                   " half-written is taken as done; run the same command again to go on")
+        else:
+            previous(kind, error, traceback)
+    return hook
+
+
 def _on_failure(task: luigi.Task, error: Exception) -> None:
     if isinstance(error, NixlayerError):
         report(error)
 
 
 luigi_hint.install(tasks_loaded=True)  # luigi --module pipelines BuildImag: Luigi's traceback otherwise
+sys.excepthook = _interrupted(sys.excepthook)
 logging.getLogger("luigi-interface").addFilter(OneLineErrors())
 warnings.showwarning = _one_line_warning
 luigi.Task.event_handler(luigi.Event.FAILURE)(_on_failure)

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import select
+import signal
 import struct
 import subprocess
 import tarfile
@@ -252,3 +253,23 @@ def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  
     for t in layers:
         assert t["progress_percentage"] == 100
         assert t["status_message"].startswith(t["params"]["store_path"] + ": 25.0 MB, diff_id sha256:"), t["status_message"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_interrupt_is_one_line(tmp_path, big, workers):
+    """Ctrl-C (SIGINT to the terminal's process group) while layers are written: one line, last,
+    and the process ends by SIGINT, as any interrupted command (130 in a shell)."""
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    run = subprocess.Popen(["luigi", "--module", "pipelines", *big_args(big, tmp_path / "out", "--compression-level", "9",
+                                                                        "--workers", workers)],
+                           cwd=REPO, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert PLAN.fullmatch(run.stderr.readline().rstrip("\n"))  # layers are being written now
+    time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGINT)
+    rest = run.stderr.read()
+    assert run.wait(timeout=60) == -signal.SIGINT, rest
+    assert rest.splitlines() == ["nixlayer: error: interrupted: the layers written so far are kept in the layer store, and"
+                                 " nothing half-written is taken as done; run the same command again to go on"], rest
+    assert not (tmp_path / "out").exists()
