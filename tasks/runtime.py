@@ -26,7 +26,9 @@ Behaviour changed:
    ``due to error in``, ``Worker %s failed``, ``unexpected framework error``, ``Failed
    connecting to remote scheduler``); ``warnings.showwarning`` replaced for
    NixlayerWarning; Luigi's ``UnconsumedParameterWarning`` silenced for the ``[core]
-   rpc-*`` keys that Luigi's RemoteScheduler reads itself (:func:`install`).
+   rpc-*`` keys that Luigi's RemoteScheduler reads itself (:func:`install`); a
+   ``sys.excepthook`` for an interrupt (Ctrl-C) of the ``luigi`` command, which Luigi lets
+   through as a traceback.
 6. A parameter that cannot parse a value names its flag (``tasks.base.name_parse_errors``:
    each parameter's ``parse`` wrapped; here also ``luigi.interface.core``'s, for
    ``--workers abc``); it reads ``ChoiceParameter._choices``.
