@@ -407,3 +407,14 @@ def test_a_spec_given_as_contents_says_to_give_it_as_spec(tmp_path):
     assert (run.returncode, run.stderr.splitlines()[-1]) == (
         35, f"nixlayer: error: contents path {spec} is an image spec, not a package: give it as --spec {spec}"), run.stderr
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_the_nix_library_from_fetch_git(tmp_path, vectors):
+    """``builtins.fetchGit`` of this repository (its committed tree), as a user's own Nix code
+    takes it: the spec names the same closure as the checkout's library gives."""
+    file = tmp_path / "image.nix"
+    file.write_text(f'let nixlayer = import "${{builtins.fetchGit {{ url = "{REPO}"; }}}}/nix" {{ }}; in'
+                    f' nixlayer.buildLayeredImage {{ name = "fetched"; contents = [ (import {FIXTURES / "vectors.nix"}).app ]; }}')
+    spec = json.loads(Path(spec_build(file)).read_text())
+    assert spec["nixlayer_spec"] == 1 and spec["images"][0]["name"] == "fetched"
+    assert {entry["path"] for entry in spec["closure"]} == set(vectors["store_paths"].values())
