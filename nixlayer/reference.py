@@ -29,13 +29,18 @@ def check_name(name: str) -> str:
 
     Raises NixlayerError saying what is allowed: lowercase letters, digits and separators
     (``.``, ``_``, ``__``, ``-``) in ``/``-separated components, an optional ``host[:port]/``
-    prefix, at most 255 characters.
+    prefix (a first component with a ``.`` or ``:``, or ``localhost``; ``UPPER/app`` is a
+    path, which podman refuses), at most 255 characters.
     """
     if not name:
         raise NixlayerError("image name is empty: give a name such as 'app' or 'registry:5000/team/app'")
     if len(name) > NAME_MAX:
         raise NixlayerError(f"image name is {len(name)} characters long; at most {NAME_MAX} are allowed")
-    if not _NAME.match(name):
+    first, slash, _ = name.partition("/")
+    # A first component is a host only with a '.' or ':', or as 'localhost' (as podman and
+    # Docker tell them apart); otherwise it is a path component, lowercase.
+    host = slash and ("." in first or ":" in first or first == "localhost" or first.startswith("["))
+    if not _NAME.match(name) or (slash and not host and not REPOSITORY.match(first)):
         raise NixlayerError(
             f"invalid image name {name!r}: use lowercase letters, digits and separators . _ __ -"
             " in /-separated components, optionally after host[:port]/"

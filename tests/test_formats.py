@@ -406,6 +406,8 @@ def test_the_same_image_twice_is_byte_identical(tmp_path, closure, vectors_app):
 
 def test_valid_names_and_tags():
     assert check_name("registry:5000/team/app") == "registry:5000/team/app"
+    assert check_name("Registry.Example.com/app") == "Registry.Example.com/app"  # a host, as podman takes it
+    assert check_name("localhost/app") == "localhost/app"
     assert check_name("app") == "app"
     assert check_tag("v1") == "v1"
     assert check_tag("a" * 128) == "a" * 128
@@ -415,6 +417,7 @@ def test_valid_names_and_tags():
     "name, allowed",
     [
         ("MyApp", "use lowercase letters, digits and separators"),
+        ("UPPER/app", "use lowercase letters, digits and separators"),  # a path component, not a host
         ("", "image name is empty: give a name such as"),
         ("app:v1", "use lowercase letters, digits and separators"),
         ("a" * 256, "at most 255 are allowed"),
@@ -441,9 +444,12 @@ def test_podman_agrees_with_the_reference_checks(built, outputs, podman_name):
     tool("podman", "rmi", f"{podman_name}:v1.0_rc-1")
     with pytest.raises(NixlayerError):
         check_name("MyApp")
-    bad = outputs / "bad.tar"
-    write(built["none"], "docker-archive", bad, name="MyApp", tag="1")  # write_image does not check
-    assert tool("podman", "load", "-i", str(bad), check=False).returncode != 0
+    for name in ("MyApp", "UPPER/app"):
+        with pytest.raises(NixlayerError):
+            check_name(name)
+        bad = outputs / "bad.tar"
+        write(built["none"], "docker-archive", bad, name=name, tag="1")  # write_image does not check
+        assert tool("podman", "load", "-i", str(bad), check=False).returncode != 0
 
 
 # --- atomic output --------------------------------------------------------------------------
