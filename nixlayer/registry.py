@@ -445,8 +445,9 @@ class _Client:
         assert last is not None
         if last.status is None and last.what.startswith("cannot connect"):
             raise NixlayerError(
-                f"cannot reach registry {self.target.host} (repository {self.target.repository}) "
-                f"while {what}: {last.what[len('cannot connect ('):-1]} after {self.retry.tries} tries"
+                f"cannot reach registry {self.target.host} (repository {self.target.repository}), {what}:"
+                f" {last.what[len('cannot connect ('):-1]} after {self.retry.tries} tries; is a registry"
+                f" listening there? Start it, or correct the target"
             )
         raise NixlayerError(f"{what} on {self.where} failed: {last.what} after {self.retry.tries} tries")
 
@@ -572,7 +573,7 @@ class _Client:
         def action() -> requests.Response:
             return self.send("GET", f"{self.base}/v2/")
 
-        resp = self.with_retries(action, "version check")
+        resp = self.with_retries(action, "asking for its API version")
         self.check_auth(resp)
         if resp.status_code != 200:
             raise NixlayerError(
