@@ -83,17 +83,18 @@ def host_architecture() -> str:
     return check_architecture(_GOARCH.get(machine, machine))
 
 
-def parse_time(text: str, now: datetime | None = None) -> datetime:
+def parse_time(text: str, now: datetime | None = None, what: str = "time") -> datetime:
     """Parse an ISO 8601 time (``1970-01-01T00:00:01Z``) or ``now`` into an aware UTC datetime.
 
-    A time without an offset is taken as UTC. Raises NixlayerError for anything else.
+    A time without an offset is taken as UTC. Raises NixlayerError for anything else, naming
+    ``what`` (such as ``--created``).
     """
     if text == "now":
         return (now or datetime.now(timezone.utc)).replace(microsecond=0)
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
-        raise NixlayerError(f"invalid time {text!r}: use ISO 8601 (1970-01-01T00:00:01Z) or 'now'") from None
+        raise NixlayerError(f"{what} must be ISO 8601 (1970-01-01T00:00:01Z) or 'now', not {text!r}") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)

@@ -115,8 +115,8 @@ class ImageParameters(NixlayerTask, abstract=True):
             check_tag(self.tag)
         store_dir = normalize_store_dir(self.store_dir)
         contents, config, config_paths = self._inputs
-        created = parse_time(self.created)
-        mtime = int(parse_time(self.mtime).timestamp())
+        created = parse_time(self.created, what="--created")
+        mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
         layer_store = LayerStore(layer_store_root())

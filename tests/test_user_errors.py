@@ -158,6 +158,12 @@ def test_a_value_that_does_not_parse_names_its_parameter(tmp_path, args, line):
     assert_refused(tmp_path, build_image(tmp_path, *args), 40, f"invalid parameter: {line}")
 
 
+@pytest.mark.parametrize("flag", ["--created", "--mtime"])
+def test_a_time_that_does_not_parse_names_its_flag(tmp_path, hello, flag):
+    run = build_image(tmp_path, "--contents", json.dumps([hello]), flag, "yesterday")
+    assert_refused(tmp_path, run, 35, f"{flag} must be ISO 8601 (1970-01-01T00:00:01Z) or 'now', not 'yesterday'")
+
+
 def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n[BuildImage]\nuid = zz\n")
