@@ -66,19 +66,20 @@ class ImageParameters(NixlayerTask, abstract=True):
     config = luigi.Parameter(default="{}", description='image config as JSON: {"Cmd": [...], "Env": [...]}')
     created = luigi.Parameter(default=DEFAULT_CREATED, description="image creation time, ISO 8601 or 'now'")
     mtime = luigi.Parameter(default=DEFAULT_CREATED, description="mtime of every file, ISO 8601 or 'now'")
-    max_layers = luigi.IntParameter(default=100)
-    uid = luigi.IntParameter(default=0)
-    gid = luigi.IntParameter(default=0)
-    uname = luigi.Parameter(default="root")
-    gname = luigi.Parameter(default="root")
-    include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
+    max_layers = luigi.IntParameter(default=100, description="layers of the image, the customisation layer included (2 to 127)")
+    uid = luigi.IntParameter(default=0, description="owner (user id) of every file in the layers")
+    gid = luigi.IntParameter(default=0, description="group id of every file in the layers")
+    uname = luigi.Parameter(default="root", description="owner's user name in the layers")
+    gname = luigi.Parameter(default="root", description="group name in the layers")
+    include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                              description="false: only the customisation layer")
     architecture = luigi.Parameter(default="", description="Go architecture name; default: this machine's")
     compression = luigi.ChoiceParameter(
         choices=["auto", *NAMES], default="auto",
         description="layer compression; auto: none for docker-archive, gzip for OCI and registries",
     )
-    compression_level = luigi.OptionalIntParameter(default=None)
-    store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR)
+    compression_level = luigi.OptionalIntParameter(default=None, description="gzip 1-9 (default 6), zstd 1-22 (default 3)")
+    store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR, description="the Nix store directory the image's store paths are in")
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Callable
 
-from nixlayer.human import seconds, size  # noqa: F401 - what tasks print with
+from nixlayer.human import count, seconds, size  # noqa: F401 - what tasks print with
 from tasks import runlog
 
 PLAIN_SECONDS = 3.0
@@ -126,7 +126,7 @@ def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[
     paths = {path for _, layer_paths, _ in layers for path in layer_paths}
     total = sum(nar_sizes.get(path) or 0 for path in paths)
     to_bytes = sum(planned.values())
-    print(f"nixlayer: {title}: {len(paths)} store paths ({size(total)}) in {len(layers)} layers:"
+    print(f"nixlayer: {title}: {count(len(paths), 'store path')} ({size(total)}) in {count(len(layers), 'layer')}:"
           f" {len(to_write)} to write ({size(to_bytes)}), {len(layers) - len(to_write)} reused", file=sys.stderr, flush=True)
     _console = _Console(len(to_write), to_bytes, summary)
 
