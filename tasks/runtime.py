@@ -28,7 +28,8 @@ Behaviour changed:
    NixlayerWarning; Luigi's ``UnconsumedParameterWarning`` silenced for the ``[core]
    rpc-*`` keys that Luigi's RemoteScheduler reads itself (:func:`install`); a
    ``sys.excepthook`` for an interrupt (Ctrl-C) of the ``luigi`` command, which Luigi lets
-   through as a traceback.
+   through as a traceback; the processes Luigi forks to run tasks ignore it
+   (:func:`_worker_ignores_interrupts`).
 6. A parameter that cannot parse a value names its flag (``tasks.base.name_parse_errors``:
    each parameter's ``parse`` wrapped; here also ``luigi.interface.core``'s, for
    ``--workers abc``); it reads ``ChoiceParameter._choices``.
@@ -59,7 +60,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import signal
 import sys
 import warnings
 
@@ -174,3 +177,13 @@ def install() -> None:
     # Luigi's RemoteScheduler reads these [core] keys itself; its ``core`` config class, which
     # does not declare them, warns that they are unused (in Python's format, at every run).
     warnings.filterwarnings("ignore", r"The configuration contains the parameter 'rpc_", UnconsumedParameterWarning)
+    os.register_at_fork(after_in_child=_worker_ignores_interrupts)
+
+
+def _worker_ignores_interrupts() -> None:
+    """In a process Luigi forks to run a task (``--workers N``) of the ``luigi`` command:
+    Ctrl-C, sent to every process of the terminal, is left to the process luigi started,
+    which says so in one line and ends; Luigi's worker then terminates the forked ones.
+    (Each printed the traceback of wherever it was, through multiprocessing.)"""
+    if luigi_command():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
