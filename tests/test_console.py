@@ -264,7 +264,10 @@ def test_an_interrupt_is_one_line(tmp_path, big, workers):
     run = subprocess.Popen(["luigi", "--module", "pipelines", *big_args(big, tmp_path / "out", "--compression-level", "9",
                                                                         "--workers", workers)],
                            cwd=REPO, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           # as from a terminal, whatever this process inherited (a background
+                           # job of a script, nohup: SIGINT ignored, and so in luigi)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert PLAN.fullmatch(run.stderr.readline().rstrip("\n"))  # layers are being written now
     time.sleep(0.5)
     os.killpg(run.pid, signal.SIGINT)
