@@ -37,7 +37,7 @@ _CUSTOMISATION_LAYER = "customisation-layer"
 
 def popularity(graph: ClosureGraph) -> dict[str, int]:
     """The nixpkgs popularity of every store path of ``graph`` (exact ints, all >= 1)."""
-    return _popularity(graph.references_map())
+    return references_popularity(graph.references_map())
 
 
 def order_by_popularity(popularities: Mapping[str, int]) -> list[str]:
@@ -78,12 +78,14 @@ def image_popularity(
     references[_OVERALL_CLOSURE] = (_BASE_JSON, _CUSTOMISATION_LAYER)
     references[_BASE_JSON] = config_paths
     references[_CUSTOMISATION_LAYER] = contents
-    popularities = _popularity(references)
+    popularities = references_popularity(references)
     return {path: popularities[path] for path in image_graph.paths}
 
 
-def _popularity(references: Mapping[str, Iterable[str]]) -> dict[str, int]:
-    """Popularity of every node of an acyclic graph given as node -> references."""
+def references_popularity(references: Mapping[str, Iterable[str]]) -> dict[str, int]:
+    """The popularity of every node of an acyclic graph given as node -> references (self-references
+    ignored; every node a key), its roots being the nodes nothing references: also what nixpkgs'
+    ``flatten_references_graph`` step ``popularity_contest`` computes for a graph."""
     children = {path: [ref for ref in set(refs) if ref != path] for path, refs in references.items()}
     referrers: dict[str, list[str]] = {path: [] for path in children}
     for path, refs in children.items():
