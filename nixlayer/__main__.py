@@ -20,7 +20,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.human import count, size
 from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
-from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
+from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
 from nixlayer.spec import override_warning, read_spec
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 
@@ -40,8 +40,12 @@ def _print_table(plan: LayerPlan) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     include_store_paths = True
+    layering = args.layering or DEFAULT_LAYERING
+    pipeline = args.layering_pipeline
+    if args.spec is None:
+        check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
     if args.spec is not None:
-        graph, roots, config_paths, max_layers, include_store_paths = _spec_plan_inputs(args)
+        graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline = _spec_plan_inputs(args)
     else:
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
@@ -51,7 +55,8 @@ def _plan(args: argparse.Namespace) -> int:
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
-    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths)
+    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths,
+                      layering=layering, pipeline=pipeline)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
@@ -60,14 +65,22 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool]:
-    """The closure graph, contents, config store paths, layer budget and include_store_paths
-    of ``--spec``'s image, as BuildImage takes them (``ImageSpec.parameters``): ``--max-layers``
-    and ``--store-dir`` override what the spec sets, with a warning line."""
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, object]:
+    """The closure graph, contents, config store paths, layer budget, include_store_paths,
+    layering and layering pipeline of ``--spec``'s image, as BuildImage takes them
+    (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``, ``--layering`` and
+    ``--layering-pipeline`` override what the spec sets, with a warning line."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
         raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
     spec = read_spec(args.spec)
-    given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir))
+    pipeline = args.layering_pipeline
+    if pipeline:
+        try:
+            pipeline = json.loads(pipeline)  # as the spec holds it
+        except ValueError:
+            pass  # checked already
+    given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir),
+                                             ("layering", args.layering), ("layering_pipeline", pipeline))
              if value is not None}
     parameters, overrides = spec.parameters(args.spec_image, given)
     if overrides:
@@ -76,7 +89,8 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     roots = [resolve_store_path(path, store_dir) for path in parameters.get("contents", [])]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
-            parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True))
+            parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),
+            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"))
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -98,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = subcommands.add_parser(
         "plan",
         help="show which store paths go into which layer",
-        description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
+        description="Group the image's store paths into layers as nixpkgs streamLayeredImage does (--layering).",
     )
     plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents, or links to them such as ./result")
     plan.add_argument("--spec", metavar="FILE",
@@ -115,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a store path the image config mentions (repeatable)")
     plan.add_argument("--max-layers", type=int, default=None,
                       help=f"layer budget of the whole image (default: the spec's, else {DEFAULT_MAX_LAYERS})")
+    plan.add_argument("--layering", choices=LAYERINGS, default=None,
+                      help=f"how store paths are grouped into layers (default: the spec's, else {DEFAULT_LAYERING})")
+    plan.add_argument("--layering-pipeline", metavar="JSON", default=None,
+                      help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
 

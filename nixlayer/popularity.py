@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from nixlayer.closure import ClosureGraph
-from nixlayer.errors import NixlayerError
-from nixlayer.storepath import check_store_path, package_name
+from nixlayer.closure import ClosureGraph, image_closure
+from nixlayer.storepath import package_name
 
 # The three derivations nixpkgs streamLayeredImage adds on top of the image's closure before
 # ordering it. They are not store paths (no "/"), so they cannot clash with real ones.
@@ -69,11 +68,7 @@ def image_popularity(
     """
     contents = list(contents)
     config_paths = list(config_paths)
-    for path in [*contents, *config_paths]:
-        if path not in graph:
-            check_store_path(path, graph.store_dir)
-            raise NixlayerError(f"image store path {path} is not in the closure graph")
-    image_graph = graph.closure([*contents, *config_paths])
+    image_graph = image_closure(graph, contents, config_paths)
     references: dict[str, Iterable[str]] = dict(image_graph.references_map())
     references[_OVERALL_CLOSURE] = (_BASE_JSON, _CUSTOMISATION_LAYER)
     references[_BASE_JSON] = config_paths

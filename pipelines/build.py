@@ -20,7 +20,7 @@ from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
-from nixlayer.plan import plan_image
+from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
@@ -53,9 +53,10 @@ class StorePathsParameter(luigi.ListParameter):
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
-    The closure of the contents and of the store paths the config mentions is ordered by
-    popularity; the first ``max_layers - 2`` store paths get a layer each, the rest share one
-    overflow layer, and a customisation layer links the contents into ``/``. Bad input raises
+    The closure of the contents and of the store paths the config mentions is grouped into at
+    most ``max_layers - 1`` store layers as ``layering`` says (``nixlayer.plan``: by default by
+    popularity, the first ``max_layers - 2`` store paths a layer each and the rest one overflow
+    layer), and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     """
@@ -67,6 +68,14 @@ class ImageParameters(NixlayerTask, abstract=True):
     created = luigi.Parameter(default=DEFAULT_CREATED, description="image creation time, ISO 8601 or 'now'")
     mtime = luigi.Parameter(default=DEFAULT_CREATED, description="mtime of every file, ISO 8601 or 'now'")
     max_layers = luigi.IntParameter(default=100)
+    layering = luigi.ChoiceParameter(
+        choices=LAYERINGS, default=DEFAULT_LAYERING,
+        description="how store paths are grouped into layers: popularity (nixpkgs 2018-2024), auto (nixpkgs'"
+                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline)",
+    )
+    layering_pipeline = luigi.Parameter(
+        default="", description='for --layering pipeline: nixpkgs\' layeringPipeline, a JSON list of steps such as'
+                                ' [["popularity_contest"], ["limit_layers", 99]]')
     uid = luigi.IntParameter(default=0)
     gid = luigi.IntParameter(default=0)
     uname = luigi.Parameter(default="root")
@@ -119,6 +128,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         mtime = int(parse_time(self.mtime).timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
+        pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.
@@ -129,7 +139,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         finally:
             concurrent.futures.wait([checked])
         self._graph = graph
-        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths)
+        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths,
+                          layering=self.layering, pipeline=pipeline)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
@@ -139,6 +150,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         }
         # The default tag: a hash of everything that determines the image, as nixpkgs' output
         # hash (the name and the layer compression too: an OCI layout names images by tag alone).
+        # The layering is in it through store_layers, the layers it made: two layerings that make
+        # the same layers make the same image.
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
                     "compression": [self.compression, self.compression_level]}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
