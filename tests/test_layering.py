@@ -186,3 +186,13 @@ def test_plan_command_bad_pipeline_is_one_line(vectors_app, capsys):
     assert main(["plan", "--layering", "pipeline", "--layering-pipeline", '[["reverse"]]', vectors_app]) == 2
     err = capsys.readouterr().err
     assert err == ("nixlayer: error: layering pipeline: step 1 (reverse): takes a sequence, but gets a graph\n")
+
+
+def test_spec_with_a_bad_pipeline_is_refused_when_read(tmp_path, vectors_app):
+    from nixlayer.spec import parse_spec
+
+    spec = {"nixlayer_spec": 1, "store_dir": "/nix/store", "closure": [],
+            "images": [{"key": "vec", "name": "vec", "layering": "pipeline", "layering_pipeline": [["split_every", 0]]}]}
+    with pytest.raises(NixlayerError, match=r"^spec S: image 1 \(vec\): layering pipeline: step 1 \(split_every\): the count"
+                                            r" must be an integer of at least 1, not 0$"):
+        parse_spec(json.dumps(spec), "S")
