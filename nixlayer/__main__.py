@@ -26,16 +26,24 @@ from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_s
 
 
 def _print_table(plan: LayerPlan) -> None:
-    print(f"{'layer':>5}  {'bytes':>12}  {'popularity':>12}  store paths")
+    """The plan as a table: per layer its number, NAR bytes (``+``: some unknown), popularity
+    (popularity layering), store paths, and after the first one why they are together; then
+    the customisation layer and the totals."""
+    print(f"{'layer':>5}  {'bytes':>12}  {'popularity':>12}  store paths  (why)")
     for number, layer in enumerate(plan.layers, start=plan.base_layers + 1):
-        size = f"{layer.nar_size}" + ("" if layer.nar_size_complete else "+")
+        nar = f"{layer.nar_size}" + ("" if layer.nar_size_complete else "+")
         popularity = "" if layer.popularity is None else str(layer.popularity)
         for index, path in enumerate(layer.store_paths):
             if index == 0:
-                print(f"{number:>5}  {size:>12}  {popularity:>12}  {path}")
+                why = f"  ({layer.reason})" if layer.reason else ""
+                print(f"{number:>5}  {nar:>12}  {popularity:>12}  {path}{why}")
             else:
                 print(f"{'':>5}  {'':>12}  {'':>12}  {path}")
     print(f"{plan.customisation_layer_index + 1:>5}  {'':>12}  {'':>12}  (customisation layer)")
+    total = sum(layer.nar_size for layer in plan.layers)
+    complete = all(layer.nar_size_complete for layer in plan.layers)
+    print(f"total: {count(len(plan.store_paths), 'store path')} ({size(total)}{'' if complete else '+'}) in"
+          f" {count(len(plan.layers), 'store layer')} of max_layers {plan.max_layers}, {plan.layering} layering")
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -164,8 +164,8 @@ def plan_layers(
         seen.add(path)
     groups = [[path] for path in order[:available - 1]] + [list(order[available - 1:])]
     reasons = [f"popularity rank {rank}" for rank in range(1, available)]
-    reasons.append(f"popularity ranks {available}-{len(order)}, past the {available - 1} single-path layers"
-                   f" (max_layers - {max_layers - available + 1})" if len(order) > available
+    reasons.append(f"popularity ranks {available}-{len(order)}: past the {available - 1} single-path layers,"
+                   f" max_layers - {max_layers - available + 1}" if len(order) > available
                    else f"popularity rank {available}")
     layers = [_planned(group, nar_sizes, popularities, reason) for group, reason in zip(groups, reasons) if group]
     return LayerPlan(tuple(layers), max_layers, base_layers)
@@ -268,8 +268,9 @@ def plan_image(
 
 
 def _auto_reason(primary_paths: Sequence[str]) -> str:
+    """Why an auto layer holds its store paths, from its primary store paths (``AutoLayer``)."""
     if not primary_paths:
-        return "auto: no primary store path (what the limit left over)"
+        return "auto: no primary store path, left over at the limit"
     if len(primary_paths) == 1:
-        return f"auto: primary store path {primary_paths[0]} and what only it needs"
-    return f"auto: needed by the primary store paths {', '.join(primary_paths)}"
+        return f"auto: primary store path {primary_paths[0]}"
+    return f"auto: shared by the primary store paths {', '.join(primary_paths)}"

@@ -176,9 +176,9 @@ def test_plan_command_layering_auto(vectors_app, paths, capsys):
     assert plan["layering"] == "auto"
     assert [layer["store_paths"] for layer in plan["layers"]] == auto_layers_of_app(paths, 4)
     assert [layer["reason"] for layer in plan["layers"]] == [
-        f"auto: primary store path {paths['zlib']} and what only it needs",
-        f"auto: primary store path {paths['longnames']} and what only it needs",
-        "auto: no primary store path (what the limit left over)",
+        f"auto: primary store path {paths['zlib']}",
+        f"auto: primary store path {paths['longnames']}",
+        "auto: no primary store path, left over at the limit",
     ]
 
 
@@ -196,3 +196,16 @@ def test_spec_with_a_bad_pipeline_is_refused_when_read(tmp_path, vectors_app):
     with pytest.raises(NixlayerError, match=r"^spec S: image 1 \(vec\): layering pipeline: step 1 \(split_every\): the count"
                                             r" must be an integer of at least 1, not 0$"):
         parse_spec(json.dumps(spec), "S")
+
+
+def test_plan_table_says_why_and_totals(vectors_app, paths, capsys):
+    assert main(["plan", "--max-layers", "3", vectors_app]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith(f"{paths['libc']}  (popularity rank 1)")
+    assert lines[2].endswith(f"{paths['zlib']}  (popularity ranks 2-5: past the 1 single-path layers, max_layers - 2)")
+    assert lines[-1] == "total: 5 store paths (6.7 kB) in 2 store layers of max_layers 3, popularity layering"
+    split = ('[["split_paths", ["%s"]], ["over", "rest", ["popularity_contest"]]]' % paths["zlib"])
+    assert main(["plan", "--layering", "pipeline", "--layering-pipeline", split, vectors_app]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith(f"{paths['zlib']}  (pipeline: split_paths: main)")
+    assert lines[3].endswith(f"{paths['longnames']}  (pipeline: split_paths: rest > popularity_contest: popularity 2)")
