@@ -45,7 +45,7 @@ another is given: ``tests/fixtures/layering-vectors.json`` feeds nixpkgs graphs 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nixlayer.closure import ClosureGraph
@@ -82,10 +82,10 @@ class AutoLayer:
     closure_size: int
 
 
-def _reachable(start: str, edges: Mapping[str, frozenset[str]]) -> set[str]:
-    """Every node reachable from ``start`` along ``edges``, ``start`` itself excluded."""
+def _reachable(starts: Iterable[str], edges: Mapping[str, frozenset[str]]) -> set[str]:
+    """Every node reachable from ``starts`` along ``edges`` (a start only if reachable from another)."""
     seen: set[str] = set()
-    pending = list(edges[start])
+    pending = [node for start in starts for node in edges[start]]
     while pending:
         node = pending.pop()
         if node not in seen:
@@ -132,8 +132,8 @@ def auto_layers(graph: ClosureGraph, limit: int, *, order: Sequence[str] | None 
     layer_count: Counter[frozenset[str]] = Counter(identity.values())
     # Largest first; among equal sizes the later in ``order`` first (a stable ascending sort, popped).
     for primary in reversed(sorted(paths, key=sizes.__getitem__)):
-        dependencies = _reachable(primary, references)
-        dependents = _reachable(primary, users)
+        dependencies = _reachable((primary,), references)
+        dependents = _reachable((primary,), users)
         changed = {primary: frozenset((primary,))}
         for dependency in dependencies:
             kept = identity[dependency] - dependents
@@ -153,7 +153,7 @@ def auto_layers(graph: ClosureGraph, limit: int, *, order: Sequence[str] | None 
         members.setdefault(identity[path], []).append(path)
     layers = []
     for primaries, group in members.items():
-        closure = set(group).union(*(_reachable(path, references) for path in group))
+        closure = set(group) | _reachable(group, references)
         layers.append(AutoLayer(tuple(sorted(group, key=name_then_hash)), tuple(sorted(primaries, key=name_then_hash)),
                                 sum(sizes[path] for path in closure)))
     layers.sort(key=lambda layer: (layer.closure_size, [name_then_hash(path) for path in layer.store_paths]))
