@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from collections.abc import Sequence
 
 from nixlayer.closure import ClosureGraph, read_graph
@@ -73,7 +74,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, object]:
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any]:
     """The closure graph, contents, config store paths, layer budget, include_store_paths,
     layering and layering pipeline of ``--spec``'s image, as BuildImage takes them
     (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``, ``--layering`` and
