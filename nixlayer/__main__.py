@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError

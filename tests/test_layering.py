@@ -116,6 +116,31 @@ def test_the_default_tag_covers_the_layering_where_it_changes_the_layers(layer_s
     assert same["store_layers"] == popularity["store_layers"] and same["tag"] == popularity["tag"]
 
 
+def test_luigi_build_images_batch_with_layerings(tmp_path, vectors_app, paths):
+    """One batch, two layerings of one closure (the defaults' max_layers for both): each image
+    gets the layers of its own layering."""
+    batch = tmp_path / "batch.toml"
+    batch.write_text(f'''max_layers = 4
+[[image]]
+name = "a"
+contents = ["{vectors_app}"]
+output = "a.tar"
+layering = "auto"
+[[image]]
+name = "b"
+contents = ["{vectors_app}"]
+output = "b.tar"
+layering = "pipeline"
+layering_pipeline = [["popularity_contest"], ["limit_layers", 3]]
+''')
+    run = run_pipelines(["BuildImages", "--batch-file", str(batch), "--report", str(tmp_path / "report.json")],
+                        tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    assert archive_layers(tmp_path / "a.tar") == auto_layers_of_app(paths, 4)
+    p = paths
+    assert archive_layers(tmp_path / "b.tar") == [[p["libc"]], [p["zlib"]], [p["longnames"], p["script"], p["app"]]]
+
+
 def test_batch_file_takes_the_layering_keys(tmp_path, vectors_app, paths):
     batch = tmp_path / "batch.toml"
     batch.write_text(f'''layering = "auto"

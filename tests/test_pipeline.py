@@ -7,11 +7,15 @@ import json
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import FIXTURES
 from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError, NixlayerWarning
+from nixlayer.closure import ClosureGraph
 from nixlayer.pipeline import parse_pipeline, pipeline_layers
+from random_graphs import dag_references
 
 PIPELINES = json.loads((FIXTURES / "pipeline-vectors.json").read_text())
 GRAPHS = json.loads((FIXTURES / "layering-vectors.json").read_text())["graphs"]
@@ -103,3 +107,24 @@ def test_layers_say_where_they_come_from():
         ("popularity_contest: popularity 4",), ("popularity_contest: popularity 2",),
         ("limit_layers 5: 2 merged",),
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(dag_references(), st.data())
+def test_every_store_path_in_exactly_one_layer(references, data):
+    """Pipelines that drop nothing put each store path in exactly one layer, whatever the graph."""
+    graph = ClosureGraph(references, {path: data.draw(st.integers(0, 100)) for path in references})
+    paths = list(graph.paths)
+    chosen = data.draw(st.lists(st.sampled_from(paths), max_size=3))
+    limit = data.draw(st.integers(1, 5))
+    pipeline = data.draw(st.sampled_from([
+        [["popularity_contest"], ["limit_layers", limit]],
+        [["split_every", limit], ["reverse"]],
+        [["split_paths", chosen], ["flatten"], ["map", ["split_every", limit]]],
+        [["split_paths", [{"children_of": chosen}]]],
+        [["subcomponent_in", chosen], ["over", "rest", ["popularity_contest"]]],
+        [["subcomponent_out", chosen], ["over", "main", ["pipe", [["popularity_contest"], ["limit_layers", limit]]]]],
+    ]))
+    layers = pipeline_layers(graph, parse_pipeline(pipeline))
+    assert sorted(path for layer in layers for path in layer.store_paths) == paths
+    assert all(layer.store_paths for layer in layers)
