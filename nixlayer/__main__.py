@@ -51,11 +51,10 @@ def _plan(args: argparse.Namespace) -> int:
     include_store_paths = True
     layering = args.layering or DEFAULT_LAYERING
     pipeline = args.layering_pipeline
-    if args.spec is None:
-        check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
     if args.spec is not None:
         graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline = _spec_plan_inputs(args)
     else:
+        check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
         store_dir = args.store_dir or DEFAULT_STORE_DIR
@@ -87,7 +86,7 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
         try:
             pipeline = json.loads(pipeline)  # as the spec holds it
         except ValueError:
-            pass  # checked already
+            pass  # not JSON: plan_image says so
     given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir),
                                              ("layering", args.layering), ("layering_pipeline", pipeline))
              if value is not None}
