@@ -81,6 +81,15 @@ class AutoLayer:
     primary_paths: tuple[str, ...]
     closure_size: int
 
+    @property
+    def reason(self) -> str:
+        """Why its store paths are together, for people: ``auto: primary store path P``."""
+        if not self.primary_paths:
+            return "auto: no primary store path, left over at the limit"
+        if len(self.primary_paths) == 1:
+            return f"auto: primary store path {self.primary_paths[0]}"
+        return f"auto: shared by the primary store paths {', '.join(self.primary_paths)}"
+
 
 def _reachable(starts: Iterable[str], edges: Mapping[str, frozenset[str]]) -> set[str]:
     """Every node reachable from ``starts`` along ``edges`` (a start only if reachable from another)."""

@@ -254,7 +254,7 @@ def plan_image(
     image_graph = image_closure(graph, contents, config_paths)
     sizes = {path: image_graph.nar_size(path) for path in image_graph}
     if layering == "auto":
-        layers = [_planned(layer.store_paths, sizes, None, _auto_reason(layer.primary_paths))
+        layers = [_planned(layer.store_paths, sizes, None, layer.reason)
                   for layer in auto_layers(image_graph, available)]
     else:
         assert steps is not None
@@ -265,12 +265,3 @@ def plan_image(
                 f"the layering pipeline makes {len(layers)} layers, but max_layers {max_layers} leaves {available}"
                 f" beside the customisation layer: end it with [\"limit_layers\", {available}] or raise max_layers")
     return LayerPlan(tuple(layers), max_layers, base_layers, layering)
-
-
-def _auto_reason(primary_paths: Sequence[str]) -> str:
-    """Why an auto layer holds its store paths, from its primary store paths (``AutoLayer``)."""
-    if not primary_paths:
-        return "auto: no primary store path, left over at the limit"
-    if len(primary_paths) == 1:
-        return f"auto: primary store path {primary_paths[0]}"
-    return f"auto: shared by the primary store paths {', '.join(primary_paths)}"
