@@ -64,13 +64,27 @@ def _plan(args: argparse.Namespace) -> int:
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
     plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths,
-                      layering=layering, pipeline=pipeline)
+                      layering=layering, pipeline=pipeline, previous=_previous_layers(args.previous))
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
     else:
         _print_table(plan)
     return 0
+
+
+def _previous_layers(path: str | None) -> list[list[str]] | None:
+    """The store layers of a previous build's plan, as ``plan --json`` printed it (``--previous``)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            layers = json.load(file)["layers"]
+        return [list(layer["store_paths"]) for layer in layers]
+    except OSError as error:
+        raise NixlayerError(f"cannot read previous plan {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise NixlayerError(f"previous plan {path} is not a plan as plan --json prints it") from None
 
 
 def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any]:
@@ -141,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"how store paths are grouped into layers (default: the spec's, else {DEFAULT_LAYERING})")
     plan.add_argument("--layering-pipeline", metavar="JSON", default=None,
                       help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
+    plan.add_argument("--previous", metavar="PLAN_JSON",
+                      help="for --layering stable: the previous build's plan, as plan --json printed it")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
 

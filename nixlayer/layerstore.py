@@ -164,6 +164,43 @@ class LayerStore:
         """Where the blob ``digest`` lives in this store."""
         return blob_path(self.root, digest)
 
+    def stamp_path(self, kind: str, key: str) -> str:
+        """Where the stamp of an image written (``kind`` ``images``) or pushed (``pushes``)
+        under ``key`` lives: ``KIND/<sha256 of key, 32 hex digits>.json``."""
+        return os.path.join(self.root, kind, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def previous_layers(self, *, output: str | None = None, name: str | None = None,
+                        target: str | None = None) -> list[list[str]] | None:
+        """The store layers (each a list of store paths, bottom first) of the image this store
+        last wrote to ``output`` under ``name`` (the newest image stamp naming both), else last
+        pushed to ``target``: what the ``stable`` layering keeps.
+
+        Returns None when there is no such stamp, or a layer record it names cannot be read
+        (gone with a garbage collection): the next build is then planned as a first one.
+        Looking does not mark anything used.
+        """
+        stamp: dict = {}
+        if output is not None:
+            newest = -1
+            for path in _files(os.path.join(self.root, "images"), depth=1):
+                candidate = read_json(path, mark_used=False)
+                if candidate.get("output") == output and candidate.get("name") == name:
+                    with contextlib.suppress(OSError):
+                        if os.stat(path).st_mtime_ns > newest:
+                            stamp, newest = candidate, os.stat(path).st_mtime_ns
+        if not stamp and target is not None:
+            stamp = read_json(self.stamp_path("pushes", target), mark_used=False)
+        records = stamp.get("layers")
+        if not isinstance(records, list) or not records:
+            return None
+        layers = []
+        for record in records[:-1]:  # the last is the customisation layer
+            try:
+                layers.append(list(_load_record(os.path.join(self.root, record)).store_paths))
+            except _UNREADABLE:
+                return None
+        return layers
+
     def read(self, record_path: str) -> LayerRecord:
         """Read a record. Raises NixlayerError if it is unreadable or its blob is missing."""
         try:

@@ -11,7 +11,9 @@ the customisation layer (the symlinks of ``contents`` into the image root; no st
 - ``auto`` (nixpkgs' ``dockerAutoLayer``, its default since 2025): :mod:`nixlayer.autolayer`
   with ``available`` as its limit, as nixpkgs' ``availableLayers``;
 - ``pipeline`` (nixpkgs' ``layeringPipeline``): :mod:`nixlayer.pipeline`; the layers it makes
-  must fit in ``available`` (nixpkgs does not check).
+  must fit in ``available`` (nixpkgs does not check);
+- ``stable`` (nixlayer's): :mod:`nixlayer.stable`, the previous build's layers kept, new
+  versions where the old ones were; a first build as ``auto``.
 
 A plan is a list of layers, each a list of store paths: the image, its layer keys and its
 default tag follow from that list alone, so two layerings that make the same list make the same
@@ -30,12 +32,13 @@ from nixlayer.closure import ClosureGraph, image_closure
 from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.pipeline import Step, parse_pipeline, pipeline_layers
 from nixlayer.popularity import image_popularity, order_by_popularity
+from nixlayer.stable import stable_layers
 
 DEFAULT_MAX_LAYERS = 100
 DOCKER_LAYER_LIMIT = 127  # overlay mounts fail beyond this: "max depth exceeded"
 DOCKER_SAFE_LAYERS = 125
 
-LAYERINGS = ("popularity", "auto", "pipeline")
+LAYERINGS = ("popularity", "auto", "pipeline", "stable")
 """The layerings nixlayer knows, the default first."""
 DEFAULT_LAYERING = LAYERINGS[0]
 
@@ -222,6 +225,7 @@ def plan_image(
     *,
     layering: str = DEFAULT_LAYERING,
     pipeline: Any = None,
+    previous: Sequence[Sequence[str]] | None = None,
 ) -> LayerPlan:
     """Plan the layers of an image holding ``contents`` and the store paths its config
     mentions (``config_paths``), with their closures taken from ``graph``.
@@ -230,7 +234,9 @@ def plan_image(
     :func:`nixlayer.popularity.image_popularity` as nixpkgs ``streamLayeredImage`` did until
     2024; ``auto`` splits it as nixpkgs' auto-layer (:func:`nixlayer.autolayer.auto_layers`,
     limit ``max_layers - base_layers - 1``); ``pipeline`` runs ``pipeline`` (checked by
-    :func:`check_layering`) as nixpkgs' ``layeringPipeline``. With ``include_store_paths``
+    :func:`check_layering`) as nixpkgs' ``layeringPipeline``; ``stable`` keeps the layers of
+    ``previous`` (the store layers of the previous build of this image, or None) as
+    :func:`nixlayer.stable.stable_layers` says. With ``include_store_paths``
     false (nixpkgs ``includeStorePaths``), only the customisation layer: no store path layers,
     the layer budget and the layering still checked.
 
@@ -256,6 +262,8 @@ def plan_image(
     if layering == "auto":
         layers = [_planned(layer.store_paths, sizes, None, layer.reason)
                   for layer in auto_layers(image_graph, available)]
+    elif layering == "stable":
+        layers = [_planned(paths, sizes, None, f"stable: {why}") for paths, why in stable_layers(image_graph, available, previous)]
     else:
         assert steps is not None
         layers = [_planned(layer.store_paths, sizes, None, "pipeline: " + (" > ".join(layer.origin) or "the whole closure"))

@@ -71,7 +71,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     layering = luigi.ChoiceParameter(
         choices=LAYERINGS, default=DEFAULT_LAYERING,
         description="how store paths are grouped into layers: popularity (nixpkgs 2018-2024), auto (nixpkgs'"
-                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline)",
+                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline), stable (the"
+                    " previous build's layers kept, new versions where the old ones were)",
     )
     layering_pipeline = luigi.Parameter(
         default="", description='for --layering pipeline: nixpkgs\' layeringPipeline, a JSON list of steps such as'
@@ -139,8 +140,9 @@ class ImageParameters(NixlayerTask, abstract=True):
         finally:
             concurrent.futures.wait([checked])
         self._graph = graph
+        previous = self.previous_layers(layer_store) if self.layering == "stable" else None
         plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths,
-                          layering=self.layering, pipeline=pipeline)
+                          layering=self.layering, pipeline=pipeline, previous=previous)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
@@ -160,6 +162,12 @@ class ImageParameters(NixlayerTask, abstract=True):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root,
         }
+
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        """The store layers of the previous build of this image in ``layer_store`` (for the
+        ``stable`` layering): the image last written to this output under this name, else last
+        pushed to this target; None for a first build."""
+        raise NotImplementedError
 
     def nar_sizes(self) -> dict[str, int | None]:
         """Store path -> NAR size in bytes (None: unknown) of the image's closure, once planned."""
@@ -365,6 +373,11 @@ class BuildImage(ImageParameters):
             check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
             self._check_output()
 
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
+        target = str(parse_push_target(self.push)) if self.push else None
+        return layer_store.previous_layers(output=output, name=self.name, target=target)
+
     def _output_compression(self) -> str:
         """The compression ``auto`` means for the output format."""
         return "none" if self.format == "docker-archive" else "gzip"
@@ -417,3 +430,6 @@ class PushImage(ImageParameters):
 
     def image_tasks(self) -> list[ImageTask]:
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
+
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        return layer_store.previous_layers(target=str(parse_push_target(self.target)))

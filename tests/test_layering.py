@@ -92,10 +92,10 @@ def test_bad_pipeline_is_one_line_before_any_work(tmp_path, vectors_app, args, m
 
 
 def test_bad_layering_name_is_refused(tmp_path, vectors_app):
-    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--layering", "stable",
+    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--layering", "sizes",
                          "--output", str(tmp_path / "vec.tar")], tmp_path / "store")
     assert run.returncode == 40
-    assert "--layering must be one of auto, pipeline, popularity, not 'stable'" in run.stderr.splitlines()[-1]
+    assert "--layering must be one of auto, pipeline, popularity, stable, not 'sizes'" in run.stderr.splitlines()[-1]
 
 
 def test_push_image_plans_as_build_image(layer_store, vectors_app, paths):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 
 import pytest
 
+from conftest import FIXTURES, run_luigi
+from nixlayer.__main__ import main
 from nixlayer.autolayer import auto_layers
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
 from nixlayer.stable import package_key, stable_layers
 from nixlayer.storepath import NIX_BASE32
+from pipelines import BuildImage
 
 # name -> (version, NAR size, dependencies): a small closure shaped like a real one.
 PACKAGES = {
@@ -153,3 +158,54 @@ def test_bad_input():
         stable_layers(graph, 0, None)
     with pytest.raises(NixlayerError, match="is in two layers of the previous build"):
         stable_layers(graph, 3, [[paths["libc"]], [paths["libc"]]])
+
+
+# --- end to end: the previous build found in the layer store ------------------------------
+
+
+def _incremental(version: str) -> dict[str, str]:
+    """The store paths of ``fixtures/incremental.nix`` with its tool at ``version``."""
+    def build(attr: str) -> str:
+        return subprocess.run(["nix-build", str(FIXTURES / "incremental.nix"), "--argstr", "version", version,
+                               "-A", attr, "--no-out-link"], check=True, capture_output=True, text=True).stdout.strip()
+
+    return {attr: build(attr) for attr in ("lib", "data", "app", "tool")}
+
+
+def test_rebuild_keeps_the_layers_of_the_last_build_to_the_same_output(tmp_path, layer_store):
+    v1, v2 = _incremental("1"), _incremental("2")
+    params = dict(name="inc", layering="stable", max_layers=3, output=str(tmp_path / "inc.tar"))
+    first = BuildImage(contents=[v1["app"], v1["tool"]], **params)
+    # No previous build in the layer store: the first build's layers are auto's.
+    first_layers = first.plan["store_layers"]
+    assert first_layers == [list(layer.store_paths) for layer in auto_layers(first._graph, 2)]
+    run_luigi(first)
+
+    second = BuildImage(contents=[v1["app"], v2["tool"]], **params)
+    expected = [[v2["tool"] if path == v1["tool"] else path for path in layer] for layer in first_layers]
+    assert second.plan["store_layers"] == expected
+    ran = run_luigi(second)["ran_tasks"]
+    # Only the layer that held the tool is written again (with the customisation layer).
+    written = [task for task in ran if task.task_family in ("StorePathLayer", "OverflowLayer")]
+    assert [task.store_paths() for task in written] == [layer for layer in expected if v2["tool"] in layer]
+
+    # Another output, or another name, is another image: a first build.
+    other = BuildImage(contents=[v1["app"], v2["tool"]], **{**params, "output": str(tmp_path / "other.tar")})
+    assert other.plan["store_layers"] == [list(layer.store_paths) for layer in auto_layers(other._graph, 2)]
+
+
+def test_plan_command_previous(tmp_path, capsys):
+    v1, v2 = _incremental("1"), _incremental("2")
+    assert main(["plan", "--layering", "stable", "--max-layers", "3", "--json", v1["app"], v1["tool"]]) == 0
+    previous = tmp_path / "previous.json"
+    previous.write_text(capsys.readouterr().out)
+    assert main(["plan", "--layering", "stable", "--max-layers", "3", "--json", "--previous", str(previous),
+                 v1["app"], v2["tool"]]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    old = json.loads(previous.read_text())
+    assert [layer["store_paths"] for layer in plan["layers"]] == [
+        [v2["tool"] if p == v1["tool"] else p for p in layer["store_paths"]] for layer in old["layers"]]
+    assert {layer["reason"] for layer in plan["layers"]} <= {"stable: kept", "stable: kept, with new versions"}
+    (tmp_path / "bad.json").write_text("[]")
+    assert main(["plan", "--layering", "stable", "--previous", str(tmp_path / "bad.json"), v1["app"]]) == 2
+    assert "is not a plan as plan --json prints it" in capsys.readouterr().err
