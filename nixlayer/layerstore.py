@@ -9,7 +9,8 @@ Layout under the store's root directory:
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
-  Luigi tasks), naming what was written;
+  Luigi tasks), naming what was written (an image stamp its output and image name too) and its
+  layer records: the ``stable`` layering reads them (:meth:`LayerStore.previous_layers`);
 - ``tmp/``: the temporaries of blobs and records being written, renamed into place when whole.
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
@@ -184,10 +185,14 @@ class LayerStore:
             newest = -1
             for path in _files(os.path.join(self.root, "images"), depth=1):
                 candidate = read_json(path, mark_used=False)
-                if candidate.get("output") == output and candidate.get("name") == name:
-                    with contextlib.suppress(OSError):
-                        if os.stat(path).st_mtime_ns > newest:
-                            stamp, newest = candidate, os.stat(path).st_mtime_ns
+                if candidate.get("output") != output or candidate.get("name") != name:
+                    continue
+                try:
+                    written = os.stat(path).st_mtime_ns
+                except OSError:
+                    continue
+                if written > newest:
+                    stamp, newest = candidate, written
         if not stamp and target is not None:
             stamp = read_json(self.stamp_path("pushes", target), mark_used=False)
         records = stamp.get("layers")
