@@ -34,6 +34,7 @@ let
     created = "created";
     mtime = "mtime";
     maxLayers = "max_layers";
+    layeringPipeline = "layering_pipeline";
     uid = "uid";
     gid = "gid";
     uname = "uname";
@@ -41,6 +42,7 @@ let
     includeStorePaths = "include_store_paths";
     architecture = "architecture";
     # nixlayer's own
+    layering = "layering";
     format = "format";
     compression = "compression";
     compressionLevel = "compression_level";
@@ -57,7 +59,6 @@ let
     fakeRootCommands = "";
     enableFakechroot = false;
     includeNixDB = false;
-    layeringPipeline = null;
     debug = false;
     compressor = "none"; # nixlayer's docker-archive is an uncompressed tar, as streamLayeredImage's
   };
@@ -99,6 +100,19 @@ let
         else if builtins.isAttrs args.config then args.config
         else fail function "config: expected an attribute set (the image config), got a ${builtins.typeOf args.config}";
       contents = map (contentPath function) contentsList;
+      # nixpkgs' layeringPipeline: a list of steps, or a JSON file of one (a path or a store
+      # path, read as nixpkgs' make-layers.nix does with jq). Giving one means the pipeline
+      # layering, as in nixpkgs.
+      pipeline = let p = args.layeringPipeline or null; in
+        if p == [ ] then fail function "layeringPipeline is empty: it makes no layers (nixpkgs' tool fails on it); give steps, or leave it out"
+        else if p == null || builtins.isList p then p
+        else if builtins.isPath p || builtins.isString p || builtins.isAttrs p then builtins.fromJSON (builtins.readFile p)
+        else fail function "layeringPipeline: expected a list of steps or a JSON file of one, got a ${builtins.typeOf p}";
+      layering =
+        if pipeline == null then { }
+        else if (args.layering or "pipeline") != "pipeline" then
+          fail function "layeringPipeline is given, but layering is \"${args.layering}\": leave out layering (or make it \"pipeline\")"
+        else { layering = "pipeline"; layering_pipeline = pipeline; };
       given = builtins.removeAttrs args (builtins.attrNames unsupported ++ resultArguments);
       parameters = builtins.listToAttrs (builtins.filter (f: f.value != null) (map
         (n: { name = fields.${n}; value = args.${n}; })
@@ -109,7 +123,7 @@ let
     else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet: leave it out"
     else {
       key = baseName;
-      parameters = parameters // { inherit name contents config; };
+      parameters = parameters // layering // { inherit name contents config; };
       roots = unique (map builtins.unsafeDiscardStringContext (contents ++ mentionedStorePaths (builtins.toJSON config)));
       result = builtins.intersectAttrs { passthru = null; meta = null; } args;
     };

@@ -14,35 +14,47 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count, size
 from nixlayer.image import config_store_paths
 from nixlayer.layerstore import LayerStore, default_layer_store
-from nixlayer.plan import DEFAULT_MAX_LAYERS, LayerPlan, plan_image
+from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
 from nixlayer.spec import override_warning, read_spec
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 
 
 def _print_table(plan: LayerPlan) -> None:
-    print(f"{'layer':>5}  {'bytes':>12}  {'popularity':>12}  store paths")
+    """The plan as a table: per layer its number, NAR bytes (``+``: some unknown), popularity
+    (popularity layering), store paths, and after the first one why they are together; then
+    the customisation layer and the totals."""
+    print(f"{'layer':>5}  {'bytes':>12}  {'popularity':>12}  store paths  (why)")
     for number, layer in enumerate(plan.layers, start=plan.base_layers + 1):
-        size = f"{layer.nar_size}" + ("" if layer.nar_size_complete else "+")
+        nar = f"{layer.nar_size}" + ("" if layer.nar_size_complete else "+")
         popularity = "" if layer.popularity is None else str(layer.popularity)
         for index, path in enumerate(layer.store_paths):
             if index == 0:
-                print(f"{number:>5}  {size:>12}  {popularity:>12}  {path}")
+                why = f"  ({layer.reason})" if layer.reason else ""
+                print(f"{number:>5}  {nar:>12}  {popularity:>12}  {path}{why}")
             else:
                 print(f"{'':>5}  {'':>12}  {'':>12}  {path}")
     print(f"{plan.customisation_layer_index + 1:>5}  {'':>12}  {'':>12}  (customisation layer)")
+    total = sum(layer.nar_size for layer in plan.layers)
+    complete = all(layer.nar_size_complete for layer in plan.layers)
+    print(f"total: {count(len(plan.store_paths), 'store path')} ({size(total)}{'' if complete else '+'}) in"
+          f" {count(len(plan.layers), 'store layer')} of max_layers {plan.max_layers}, {plan.layering} layering")
 
 
 def _plan(args: argparse.Namespace) -> int:
     include_store_paths = True
+    layering = args.layering or DEFAULT_LAYERING
+    pipeline = args.layering_pipeline
     if args.spec is not None:
-        graph, roots, config_paths, max_layers, include_store_paths = _spec_plan_inputs(args)
+        graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline = _spec_plan_inputs(args)
     else:
+        check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
         store_dir = args.store_dir or DEFAULT_STORE_DIR
@@ -51,7 +63,8 @@ def _plan(args: argparse.Namespace) -> int:
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
-    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths)
+    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths,
+                      layering=layering, pipeline=pipeline, previous=_previous_layers(args.previous))
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
@@ -60,14 +73,36 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool]:
-    """The closure graph, contents, config store paths, layer budget and include_store_paths
-    of ``--spec``'s image, as BuildImage takes them (``ImageSpec.parameters``): ``--max-layers``
-    and ``--store-dir`` override what the spec sets, with a warning line."""
+def _previous_layers(path: str | None) -> list[list[str]] | None:
+    """The store layers of a previous build's plan, as ``plan --json`` printed it (``--previous``)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            layers = json.load(file)["layers"]
+        return [list(layer["store_paths"]) for layer in layers]
+    except OSError as error:
+        raise NixlayerError(f"cannot read previous plan {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise NixlayerError(f"previous plan {path} is not a plan as plan --json prints it") from None
+
+
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any]:
+    """The closure graph, contents, config store paths, layer budget, include_store_paths,
+    layering and layering pipeline of ``--spec``'s image, as BuildImage takes them
+    (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``, ``--layering`` and
+    ``--layering-pipeline`` override what the spec sets, with a warning line."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
         raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
     spec = read_spec(args.spec)
-    given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir))
+    pipeline = args.layering_pipeline
+    if pipeline:
+        try:
+            pipeline = json.loads(pipeline)  # as the spec holds it
+        except ValueError:
+            pass  # not JSON: plan_image says so
+    given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir),
+                                             ("layering", args.layering), ("layering_pipeline", pipeline))
              if value is not None}
     parameters, overrides = spec.parameters(args.spec_image, given)
     if overrides:
@@ -76,7 +111,8 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     roots = [resolve_store_path(path, store_dir) for path in parameters.get("contents", [])]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
-            parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True))
+            parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),
+            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"))
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -98,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = subcommands.add_parser(
         "plan",
         help="show which store paths go into which layer",
-        description="Order the image's store paths as nixpkgs streamLayeredImage does and group them into layers.",
+        description="Group the image's store paths into layers as nixpkgs streamLayeredImage does (--layering).",
     )
     plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents, or links to them such as ./result")
     plan.add_argument("--spec", metavar="FILE",
@@ -115,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a store path the image config mentions (repeatable)")
     plan.add_argument("--max-layers", type=int, default=None,
                       help=f"layer budget of the whole image (default: the spec's, else {DEFAULT_MAX_LAYERS})")
+    plan.add_argument("--layering", choices=LAYERINGS, default=None,
+                      help=f"how store paths are grouped into layers (default: the spec's, else {DEFAULT_LAYERING})")
+    plan.add_argument("--layering-pipeline", metavar="JSON", default=None,
+                      help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
+    plan.add_argument("--previous", metavar="PLAN_JSON",
+                      help="for --layering stable: the previous build's plan, as plan --json printed it")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
 

@@ -190,6 +190,20 @@ def _check_acyclic(references: Mapping[str, frozenset[str]]) -> None:
                 stack.pop()
 
 
+def image_closure(graph: ClosureGraph, contents: Iterable[str], config_paths: Iterable[str] = ()) -> ClosureGraph:
+    """The closure of an image's store paths: its ``contents`` and the store paths its config
+    mentions (``config_paths``), taken from ``graph``.
+
+    Raises NixlayerError naming the first of them that is not a store path or not in ``graph``.
+    """
+    roots = [*contents, *config_paths]
+    for path in roots:
+        if path not in graph:
+            check_store_path(path, graph.store_dir)
+            raise NixlayerError(f"image store path {path} is not in the closure graph")
+    return graph.closure(roots)
+
+
 # --- JSON --------------------------------------------------------------------------------
 
 

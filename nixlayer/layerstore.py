@@ -9,7 +9,8 @@ Layout under the store's root directory:
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
-  Luigi tasks), naming what was written;
+  Luigi tasks), naming what was written (an image stamp its output and image name too) and its
+  layer records: the ``stable`` layering reads them (:meth:`LayerStore.previous_layers`);
 - ``tmp/``: the temporaries of blobs and records being written, renamed into place when whole.
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
@@ -163,6 +164,47 @@ class LayerStore:
     def blob_path(self, digest: str) -> str:
         """Where the blob ``digest`` lives in this store."""
         return blob_path(self.root, digest)
+
+    def stamp_path(self, kind: str, key: str) -> str:
+        """Where the stamp of an image written (``kind`` ``images``) or pushed (``pushes``)
+        under ``key`` lives: ``KIND/<sha256 of key, 32 hex digits>.json``."""
+        return os.path.join(self.root, kind, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def previous_layers(self, *, output: str | None = None, name: str | None = None,
+                        target: str | None = None) -> list[list[str]] | None:
+        """The store layers (each a list of store paths, bottom first) of the image this store
+        last wrote to ``output`` under ``name`` (the newest image stamp naming both), else last
+        pushed to ``target``: what the ``stable`` layering keeps.
+
+        Returns None when there is no such stamp, or a layer record it names cannot be read
+        (gone with a garbage collection): the next build is then planned as a first one.
+        Looking does not mark anything used.
+        """
+        stamp: dict = {}
+        if output is not None:
+            newest = -1
+            for path in _files(os.path.join(self.root, "images"), depth=1):
+                candidate = read_json(path, mark_used=False)
+                if candidate.get("output") != output or candidate.get("name") != name:
+                    continue
+                try:
+                    written = os.stat(path).st_mtime_ns
+                except OSError:
+                    continue
+                if written > newest:
+                    stamp, newest = candidate, written
+        if not stamp and target is not None:
+            stamp = read_json(self.stamp_path("pushes", target), mark_used=False)
+        records = stamp.get("layers")
+        if not isinstance(records, list) or not records:
+            return None
+        layers = []
+        for record in records[:-1]:  # the last is the customisation layer
+            try:
+                layers.append(list(_load_record(os.path.join(self.root, record)).store_paths))
+            except _UNREADABLE:
+                return None
+        return layers
 
     def read(self, record_path: str) -> LayerRecord:
         """Read a record. Raises NixlayerError if it is unreadable or its blob is missing."""

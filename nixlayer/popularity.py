@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from nixlayer.closure import ClosureGraph
-from nixlayer.errors import NixlayerError
-from nixlayer.storepath import check_store_path, package_name
+from nixlayer.closure import ClosureGraph, image_closure
+from nixlayer.storepath import package_name
 
 # The three derivations nixpkgs streamLayeredImage adds on top of the image's closure before
 # ordering it. They are not store paths (no "/"), so they cannot clash with real ones.
@@ -37,7 +36,7 @@ _CUSTOMISATION_LAYER = "customisation-layer"
 
 def popularity(graph: ClosureGraph) -> dict[str, int]:
     """The nixpkgs popularity of every store path of ``graph`` (exact ints, all >= 1)."""
-    return _popularity(graph.references_map())
+    return references_popularity(graph.references_map())
 
 
 def order_by_popularity(popularities: Mapping[str, int]) -> list[str]:
@@ -69,21 +68,19 @@ def image_popularity(
     """
     contents = list(contents)
     config_paths = list(config_paths)
-    for path in [*contents, *config_paths]:
-        if path not in graph:
-            check_store_path(path, graph.store_dir)
-            raise NixlayerError(f"image store path {path} is not in the closure graph")
-    image_graph = graph.closure([*contents, *config_paths])
+    image_graph = image_closure(graph, contents, config_paths)
     references: dict[str, Iterable[str]] = dict(image_graph.references_map())
     references[_OVERALL_CLOSURE] = (_BASE_JSON, _CUSTOMISATION_LAYER)
     references[_BASE_JSON] = config_paths
     references[_CUSTOMISATION_LAYER] = contents
-    popularities = _popularity(references)
+    popularities = references_popularity(references)
     return {path: popularities[path] for path in image_graph.paths}
 
 
-def _popularity(references: Mapping[str, Iterable[str]]) -> dict[str, int]:
-    """Popularity of every node of an acyclic graph given as node -> references."""
+def references_popularity(references: Mapping[str, Iterable[str]]) -> dict[str, int]:
+    """The popularity of every node of an acyclic graph given as node -> references (self-references
+    ignored; every node a key), its roots being the nodes nothing references: also what nixpkgs'
+    ``flatten_references_graph`` step ``popularity_contest`` computes for a graph."""
     children = {path: [ref for ref in set(refs) if ref != path] for path, refs in references.items()}
     referrers: dict[str, list[str]] = {path: [] for path in children}
     for path, refs in children.items():

@@ -30,6 +30,7 @@ from typing import Any
 from nixlayer.closure import ClosureGraph, graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.image import config_store_paths
+from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.storepath import normalize_store_dir, on_disk
 
 SPEC_VERSION = 1
@@ -48,6 +49,8 @@ IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "created": _STRING,
     "mtime": _STRING,
     "max_layers": _INTEGER,
+    "layering": _STRING,
+    "layering_pipeline": ((list,), "a list of steps (nixpkgs' layeringPipeline)"),
     "uid": _INTEGER,
     "gid": _INTEGER,
     "uname": _STRING,
@@ -257,6 +260,8 @@ def _image(image: Any, graph: ClosureGraph, store_dir: str, keys: set[str]) -> S
     contents = image.get("contents", [])
     if not all(isinstance(path, str) for path in contents):
         raise NixlayerError(f"contents must be {IMAGE_FIELDS['contents'][1]}")
+    if "layering" in image or "layering_pipeline" in image:  # a bad pipeline: now, before any work
+        check_layering(image.get("layering", DEFAULT_LAYERING), image.get("layering_pipeline"))
     for path in [*contents, *config_store_paths(image.get("config", {}), store_dir)]:
         if path not in graph:
             raise NixlayerError(f"{path} is not in the spec's closure")

@@ -2,7 +2,8 @@
 
 The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
-``config`` as a TOML table, ``max_layers``, ``uid``, ``gid``, ``uname``, ``gname``,
+``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
+steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
@@ -34,6 +35,7 @@ from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count
+from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
 from pipelines.spec import spec_batch
@@ -57,6 +59,8 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
     elif key == "config":
         ok, kind = isinstance(value, (dict, str)), "a table (or a JSON string)"
+    elif key == "layering_pipeline":
+        ok, kind = isinstance(value, (list, str)), "an array of steps (or a JSON string)"
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
@@ -103,6 +107,9 @@ def _image_params(settings: dict, directory: str) -> dict:
     out = {k: v for k, v in settings.items() if k not in NIX_KEYS}
     if isinstance(out.get("config"), dict):
         out["config"] = json.dumps(out["config"], sort_keys=True)
+    if isinstance(out.get("layering_pipeline"), list):
+        out["layering_pipeline"] = json.dumps(out["layering_pipeline"], sort_keys=True)
+    check_layering(out.get("layering", DEFAULT_LAYERING), out.get("layering_pipeline"))
     if not out.get("output") and not out.get("push"):
         raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
     if out.get("output") == STDOUT:

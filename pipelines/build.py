@@ -20,7 +20,7 @@ from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
-from nixlayer.plan import plan_image
+from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag
 from nixlayer.registry import parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
@@ -53,9 +53,10 @@ class StorePathsParameter(luigi.ListParameter):
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
-    The closure of the contents and of the store paths the config mentions is ordered by
-    popularity; the first ``max_layers - 2`` store paths get a layer each, the rest share one
-    overflow layer, and a customisation layer links the contents into ``/``. Bad input raises
+    The closure of the contents and of the store paths the config mentions is grouped into at
+    most ``max_layers - 1`` store layers as ``layering`` says (``nixlayer.plan``: by default by
+    popularity, the first ``max_layers - 2`` store paths a layer each and the rest one overflow
+    layer), and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     """
@@ -67,6 +68,15 @@ class ImageParameters(NixlayerTask, abstract=True):
     created = luigi.Parameter(default=DEFAULT_CREATED, description="image creation time, ISO 8601 or 'now'")
     mtime = luigi.Parameter(default=DEFAULT_CREATED, description="mtime of every file, ISO 8601 or 'now'")
     max_layers = luigi.IntParameter(default=100, description="layers of the image, the customisation layer included (2 to 127)")
+    layering = luigi.ChoiceParameter(
+        choices=LAYERINGS, default=DEFAULT_LAYERING,
+        description="how store paths are grouped into layers: popularity (nixpkgs 2018-2024), auto (nixpkgs'"
+                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline), stable (the"
+                    " previous build's layers kept, new versions where the old ones were)",
+    )
+    layering_pipeline = luigi.Parameter(
+        default="", description='for --layering pipeline: nixpkgs\' layeringPipeline, a JSON list of steps such as'
+                                ' [["popularity_contest"], ["limit_layers", 99]]')
     uid = luigi.IntParameter(default=0, description="owner (user id) of every file in the layers")
     gid = luigi.IntParameter(default=0, description="group id of every file in the layers")
     uname = luigi.Parameter(default="root", description="owner's user name in the layers")
@@ -120,6 +130,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
+        pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.
@@ -130,7 +141,9 @@ class ImageParameters(NixlayerTask, abstract=True):
         finally:
             concurrent.futures.wait([checked])
         self._graph = graph
-        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths)
+        previous = self.previous_layers(layer_store) if self.layering == "stable" else None
+        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths,
+                          layering=self.layering, pipeline=pipeline, previous=previous)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
@@ -140,6 +153,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         }
         # The default tag: a hash of everything that determines the image, as nixpkgs' output
         # hash (the name and the layer compression too: an OCI layout names images by tag alone).
+        # The layering is in it through store_layers, the layers it made: two layerings that make
+        # the same layers make the same image.
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
                     "compression": [self.compression, self.compression_level]}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
@@ -148,6 +163,12 @@ class ImageParameters(NixlayerTask, abstract=True):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root,
         }
+
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        """The store layers of the previous build of this image in ``layer_store`` (for the
+        ``stable`` layering): the image last written to this output under this name, else last
+        pushed to this target; None for a first build."""
+        raise NotImplementedError
 
     def nar_sizes(self) -> dict[str, int | None]:
         """Store path -> NAR size in bytes (None: unknown) of the image's closure, once planned."""
@@ -353,6 +374,11 @@ class BuildImage(ImageParameters):
             check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
             self._check_output()
 
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
+        target = str(parse_push_target(self.push)) if self.push else None
+        return layer_store.previous_layers(output=output, name=self.name, target=target)
+
     def _output_compression(self) -> str:
         """The compression ``auto`` means for the output format."""
         return "none" if self.format == "docker-archive" else "gzip"
@@ -405,3 +431,6 @@ class PushImage(ImageParameters):
 
     def image_tasks(self) -> list[ImageTask]:
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
+
+    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
+        return layer_store.previous_layers(target=str(parse_push_target(self.target)))

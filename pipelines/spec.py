@@ -50,18 +50,22 @@ def _given(param: luigi.Parameter, family: str, name: str) -> bool:
     return any(value is not _no_value for value in sources[:-1])
 
 
+# Fields a spec holds as JSON values and the parameters take as JSON text.
+_JSON_FIELDS = ("config", "layering_pipeline")
+
+
 def _spec_value(name: str, value: Any) -> Any:
     """A spec field's value as the Luigi parameter of that name takes it."""
-    return json.dumps(value, sort_keys=True) if name == "config" else value
+    return json.dumps(value, sort_keys=True) if name in _JSON_FIELDS else value
 
 
 def _as_in_spec(name: str, value: Any) -> Any:
     """A parameter's value as a spec holds that field's (``ImageSpec.parameters``)."""
-    if name == "config":
+    if name in _JSON_FIELDS:
         try:
             return json.loads(value)
         except (TypeError, ValueError):
-            return value  # not JSON: another config, refused when the image is planned
+            return value  # not JSON: another value, refused when the image is planned
     return list(value) if name == "contents" else value
 
 

@@ -81,7 +81,8 @@ class AssembleImage(BatchableTask, ImageTask):
             os.makedirs(os.path.dirname(stamp), exist_ok=True)
             with atomic_file(stamp) as f:
                 f.write(json.dumps({
-                    "output": member.output, "digest": digest, "signature": member._output_signature(),
+                    "output": member.output, "name": member.name, "digest": digest,
+                    "signature": member._output_signature(),
                     "bytes": written, "layers": member.layer_records(),
                 }).encode())
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 
 import luigi
 
@@ -71,8 +69,7 @@ class ImageTask(LayerParameters, abstract=True):
 
     def stamp_path(self, kind: str, key: str) -> str:
         """Where this task records, in the layer store, what it wrote (``kind``: images, pushes)."""
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return os.path.join(self.layer_store().root, kind, digest + ".json")
+        return self.layer_store().stamp_path(kind, key)
 
     def read_stamp(self, path: str, mark_used: bool = True) -> dict:
         """The stamp at ``path``, or ``{}`` if there is none or it is unreadable. Reading it

@@ -218,7 +218,9 @@ class StorePathLayer(BatchableLayer):
 
 
 class OverflowLayer(LayerTask):
-    """One layer of several store paths, in the order given (the overflow layer).
+    """One layer of several store paths, in the order given: popularity's overflow layer, or a
+    layer of several store paths another layering made (its key stays ``overflow-...``, so the
+    layer store keeps serving the layers it has).
 
     Its priority is its number of store paths: it is usually the largest layer of the image,
     so the scheduler starts it first rather than last, where it would run alone on the

@@ -1,6 +1,6 @@
 """The benchmarks still run: each one on a tiny input (figures are not checked here; the
-README's figures come from full runs). bench_build.py needs minutes of Nix builds and is left
-to full runs."""
+README's figures come from full runs). bench_build.py and bench_layering.py need minutes of
+Nix builds on a fresh machine and are left to full runs."""
 
 from __future__ import annotations
 
