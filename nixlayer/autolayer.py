@@ -120,16 +120,7 @@ def auto_layers(graph: ClosureGraph, limit: int, *, order: Sequence[str] | None 
     """
     if not isinstance(limit, int) or limit < 1:
         raise NixlayerError(f"the auto layering needs a layer limit of at least 1, not {limit!r}")
-    paths = list(graph.paths) if order is None else list(order)
-    if sorted(paths) != list(graph.paths):
-        raise NixlayerError("the order given to the auto layering is not the closure's store paths, each once")
-    sizes: dict[str, int] = {}
-    for path in paths:
-        size = graph.nar_size(path)
-        if size is None:
-            raise NixlayerError(f"the auto layering needs every store path's NAR size; {path} has none"
-                                " (read the closure from Nix, a spec or nix path-info --json)")
-        sizes[path] = size
+    paths, sizes = graph.sized_paths(order, "auto")
     references = {path: graph.references(path) - {path} for path in paths}
     referrers: dict[str, set[str]] = {path: set() for path in paths}
     for path, refs in references.items():

@@ -20,7 +20,7 @@ import shutil
 import stat
 import sys
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -108,6 +108,23 @@ class ClosureGraph:
         """The NAR size of ``path`` in bytes, or None if unknown. Raises NixlayerError if
         ``path`` is not in the graph."""
         return self._nar_sizes[self._known(path)]
+
+    def sized_paths(self, order: Sequence[str] | None, layering: str) -> tuple[list[str], dict[str, int]]:
+        """Every store path, in ``order`` (default: by store path, the order Nix writes the
+        graph), and each one's NAR size, for a layering that needs them all (``layering``
+        names it in errors). Raises NixlayerError for a store path without a NAR size, or an
+        ``order`` that is not the graph's store paths, each once."""
+        paths = list(self.paths) if order is None else list(order)
+        if sorted(paths) != list(self.paths):
+            raise NixlayerError(f"the order given to the {layering} layering is not the closure's store paths, each once")
+        sizes: dict[str, int] = {}
+        for path in paths:
+            size = self.nar_size(path)
+            if size is None:
+                raise NixlayerError(f"the {layering} layering needs every store path's NAR size; {path} has none"
+                                    " (read the closure from Nix, a spec or nix path-info --json)")
+            sizes[path] = size
+        return paths, sizes
 
     def references_map(self) -> Mapping[str, frozenset[str]]:
         """A read-only view: store path -> references (self-references included)."""

@@ -443,17 +443,8 @@ def pipeline_layers(
         NixlayerError: a store path without a NAR size, an ``order`` that is not the graph's
             store paths, or ``over`` on a part ``split_paths`` did not make of this graph.
     """
-    paths = list(graph.paths) if order is None else list(order)
-    if sorted(paths) != list(graph.paths):
-        raise NixlayerError("the order given to the pipeline layering is not the closure's store paths, each once")
+    paths, sizes = graph.sized_paths(order, "pipeline")
     excluded = set(exclude_paths)
-    sizes = {}
-    for path in paths:
-        size = graph.nar_size(path)
-        if size is None:
-            raise NixlayerError(f"the pipeline layering needs every store path's NAR size; {path} has none"
-                                " (read the closure from Nix, a spec or nix path-info --json)")
-        sizes[path] = size
     kept = sorted((path for path in paths if path not in excluded), key=sizes.__getitem__)
     working = _Graph(tuple(kept), {path: graph.references(path) - {path} - excluded for path in kept}, ())
     return [PipelineLayer(layer.paths, layer.origin) for layer in _flatten(_run_all(pipeline, working)) if layer.paths]
