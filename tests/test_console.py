@@ -243,7 +243,9 @@ def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  
     assert {len(json.loads(t["params"]["store_path"])) for t in batch} == {8}  # one batch of every store path layer
     writing = [t for t in batch if 0 < t["progress_percentage"] < 100]
     assert writing, batch
-    pattern = re.compile(r"([\d.]+) MB of 200.0 MB written; StorePathLayer (\d) of 8: (/nix/store/\S+)(: | \()")
+    # (Progress and message are two calls to luigid: a row read between them pairs a new
+    # percentage with the message before it, which may be "0 B of ...".)
+    pattern = re.compile(r"([\d.]+ [kMG]?B) of 200.0 MB written; StorePathLayer (\d) of 8: (/nix/store/\S+)(: | \()")
     for t in writing:
         match = pattern.match(t["status_message"])
         assert match and match[3] in json.loads(t["params"]["store_path"]), t["status_message"]
