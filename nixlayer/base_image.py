@@ -462,11 +462,16 @@ def write_base_layer(
     blob_hash, diff_hash = hashlib.sha256(), hashlib.sha256()
     sizes = [0, 0]  # blob, tar
     decompress = _decompressor(layer.media_type)
+    broken: list[str] = []  # why the blob does not decompress: said if its digest is right
 
     def consume(chunk: bytes) -> None:
         blob_hash.update(chunk)
         sizes[0] += len(chunk)
-        tar = decompress(chunk)
+        try:
+            tar = b"" if broken else decompress(chunk)
+        except (zlib.error, zstandard.ZstdError) as e:
+            broken.append(str(e))
+            tar = b""
         diff_hash.update(tar)
         sizes[1] += len(tar)
         try:
@@ -474,31 +479,30 @@ def write_base_layer(
         except OSError as e:
             raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
 
-    try:
-        if kept is not None:
-            with open(kept, "rb") as f:
-                while chunk := f.read(COPY_BUFFER):
-                    consume(chunk)
+    if kept is not None:
+        with open(kept, "rb") as f:
+            while chunk := f.read(COPY_BUFFER):
+                consume(chunk)
+    else:
+        transport, path, _ = parse_source(source)
+        if transport == "docker":
+            target, _ = parse_pull_reference(path)
+            RegistrySource(target, f"base image {source}", insecure=insecure,
+                           auth_file=auth_file).read_blob(layer.digest, consume)
         else:
-            transport, path, _ = parse_source(source)
-            if transport == "docker":
-                target, _ = parse_pull_reference(path)
-                RegistrySource(target, f"base image {source}", insecure=insecure,
-                               auth_file=auth_file).read_blob(layer.digest, consume)
-            else:
-                files = _Files(source, path, archive=transport != "oci")
-                try:
-                    with files.open(layer.path) as f:
-                        while chunk := f.read(COPY_BUFFER):
-                            consume(chunk)
-                finally:
-                    files.close()
-    except (zlib.error, zstandard.ZstdError) as e:
-        raise NixlayerError(f"base image {source}: layer blob {layer.digest} is not valid {layer.media_type} ({e})") from None
+            files = _Files(source, path, archive=transport != "oci")
+            try:
+                with files.open(layer.path) as f:
+                    while chunk := f.read(COPY_BUFFER):
+                        consume(chunk)
+            finally:
+                files.close()
     digest, diff_id = "sha256:" + blob_hash.hexdigest(), "sha256:" + diff_hash.hexdigest()
     if digest != layer.digest or sizes[0] != layer.blob_size:
         raise NixlayerError(f"base image {source}: layer blob {layer.digest} does not match its digest and size"
                             f" (read {digest}, {sizes[0]} bytes; expected {layer.blob_size})")
+    if broken:
+        raise NixlayerError(f"base image {source}: layer blob {layer.digest} is not valid {layer.media_type} ({broken[0]})")
     if diff_id != layer.diff_id:
         raise NixlayerError(f"base image {source}: layer {layer.digest} does not match its diff_id {layer.diff_id}"
                             f" (its tar is {diff_id})")

@@ -2,9 +2,10 @@
 
 Its target is a layer record like a store path layer's (``tasks.layers.LayerStoreTarget``), in
 the settings directory ``base`` (a base layer's bytes depend on no layer setting), named by
-the blob's digest and whether it is kept as it is or as a tar (a docker-archive output). The
-copy is streamed and verified (``nixlayer.base_image.write_base_layer``), from the layer store
-when it holds the blob already, else from the base image's source: a rebuild reads nothing.
+the blob's digest and whether it is kept as it is or as a tar (a docker-archive output; made
+from the blob kept as it is, so a compressed blob is downloaded once). The copy is streamed and
+verified (``nixlayer.base_image.write_base_layer``), from the layer store when it holds the
+blob already, else from the base image's source: a rebuild reads nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class BaseImageLayer(NixlayerTask):
     def store_paths(self) -> list[str]:
         """None: a base layer holds no store path of this image's closure."""
         return []
+
+    def requires(self) -> list["BaseImageLayer"]:
+        """For the tar of a compressed blob, the blob kept as it is: it is downloaded once,
+        and decompressed from the layer store."""
+        if not self.uncompressed or self.media_type == MEDIA_TYPE_OCI_LAYER:
+            return []
+        return [BaseImageLayer(**{**self.param_kwargs, "uncompressed": False})]
 
     def output(self) -> LayerStoreTarget:
         target = self.__dict__.get("_output")
