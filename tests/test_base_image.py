@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, nix_build, run_pipelines
+from nixlayer.__main__ import main
 from nixlayer.base_image import inherit_config
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
@@ -152,7 +153,7 @@ def test_a_rebuild_on_a_registry_base_downloads_nothing_and_a_push_mounts_its_bl
     assert (tmp_path / "app.tar").exists()
 
 
-def test_a_spec_and_a_batch_file_take_a_base_image(tmp_path, base):
+def test_a_spec_and_a_batch_file_take_a_base_image(tmp_path, base, capsys):
     greeting = nix_build(HELLO, "greeting")
     shutil.copy(base["archive"].split(":", 1)[1], tmp_path / "base.tar")
     (tmp_path / "image.nix").write_text(
@@ -162,6 +163,9 @@ def test_a_spec_and_a_batch_file_take_a_base_image(tmp_path, base):
                           capture_output=True, text=True).stdout.strip()
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "spec.tar")], tmp_path / "store")
     assert run.returncode == 0, run.stderr
+    assert main(["plan", "--spec", spec, "--max-layers", "4", "--json"]) == 0  # the plan command counts them too
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["base_layers"] == 2 and len(plan["layers"]) == 1 and plan["customisation_layer_index"] == 3
     (tmp_path / "batch.toml").write_text(
         f'from_image = "docker-archive:base.tar"\n[[image]]\nname = "app"\ntag = "1"\ncontents = ["{greeting}"]\n'
         f"output = \"batch.tar\"\nconfig = '{json.dumps(APP_CONFIG)}'\n")
