@@ -17,7 +17,8 @@ from nixlayer.__main__ import main
 from nixlayer.base_image import inherit_config
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
-from registry_fixture import registry  # noqa: F401 - the fixture (pyflakes: redefined by the tests' arguments)
+from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
+from test_registry import write_auth
 from test_build import PODMAN_RUN
 
 HELLO = REPO / "examples" / "hello.nix"
@@ -231,3 +232,17 @@ def test_config_inheritance_follows_nixpkgs_for_env_and_keeps_the_rest():
     assert merged == {"Env": ["PATH=/bin", "A=1", "B=3", "C=4"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv",
                       "Labels": {"app": "1"}}
     assert inherit_config({}, {"Cmd": ["/x"]}) == {"Cmd": ["/x"]}
+
+
+def test_a_base_in_a_registry_with_authentication_is_read_with_the_pushs_credentials(tmp_path, base, auth_registry,
+                                                                                     monkeypatch):
+    creds = f"--dest-creds={AUTH_USER}:{AUTH_PASSWORD}"
+    skopeo("copy", "--dest-tls-verify=false", creds, base["layout"], f"docker://{auth_registry.host}/team/base:1")
+    source = f"docker://{auth_registry.host}/team/base:1"
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "none.json"))
+    assert "authentication failed for 127.0.0.1" in one_error(build_app(tmp_path, tmp_path / "store", source))
+    write_auth(tmp_path / "auth.json", auth_registry.host, AUTH_USER, AUTH_PASSWORD)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    run = build_app(tmp_path, tmp_path / "store", source)
+    assert run.returncode == 0, run.stderr
+    assert inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"][:2] == base["diff_ids"]
