@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tarfile
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -64,6 +65,7 @@ _LAYER_TYPES = {
     "application/vnd.docker.image.rootfs.diff.tar.zstd": MEDIA_TYPE_OCI_LAYER + "+zstd",
 }
 _MAGIC = {b"\x1f\x8b": "+gzip", b"\x28\xb5\x2f\xfd": "+zstd"}
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class BaseImage:
     history: tuple[dict[str, Any], ...]
     layers: tuple[BaseLayer, ...]
     insecure: bool = False
+
+    def identity(self) -> list:
+        """What of it determines the new image: its layers' blobs and diff_ids, and its history
+        (not where it is read from)."""
+        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history)]
 
     def to_json(self) -> str:
         """What an image task needs of it (not the config, which the new image's merges), as
@@ -307,10 +314,16 @@ def _blob_path(digest: str) -> str:
     return f"blobs/{algorithm}/{hex_digest}"
 
 
+def _checked_digest(digest: Any, where: str) -> str:
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise NixlayerError(f"base image {where}: digest {digest!r} is not sha256:<64 lowercase hex digits>")
+    return digest
+
+
 def _descriptor_bytes(descriptor: Any, blob: Callable[[str], bytes], where: str) -> bytes:
-    if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
-        raise NixlayerError(f"base image {where}: a descriptor without a digest")
-    return blob(descriptor["digest"])
+    if not isinstance(descriptor, dict):
+        raise NixlayerError(f"base image {where}: a descriptor that is not a JSON object")
+    return blob(_checked_digest(descriptor.get("digest"), where))
 
 
 def _platform(descriptor: dict) -> str:
@@ -351,9 +364,10 @@ def _from_manifest(
         if kind is None:
             raise NixlayerError(f"base image {where}: layer {layer.get('digest')} has media type"
                                 f" {layer.get('mediaType')!r}, which nixlayer does not copy (foreign or unknown)")
-        if not isinstance(layer.get("size"), int) or not isinstance(layer.get("digest"), str):
-            raise NixlayerError(f"base image {where}: a layer descriptor without a digest or size")
-        result.append(BaseLayer(layer["digest"], kind, layer["size"], diff_id, layer_path(layer)))
+        if not isinstance(layer.get("size"), int):
+            raise NixlayerError(f"base image {where}: a layer descriptor without a size")
+        digest = _checked_digest(layer.get("digest"), where)
+        result.append(BaseLayer(digest, kind, layer["size"], diff_id, layer_path(layer)))
     return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result))
 
 
@@ -369,6 +383,8 @@ def _check_image_config(config: Any, layers: int, architecture: str, where: str)
     if not isinstance(diff_ids, list) or len(diff_ids) != layers:
         raise NixlayerError(f"base image {where}: its image config lists {len(diff_ids or [])} diff_ids for"
                             f" {layers} layers")
+    for diff_id in diff_ids:
+        _checked_digest(diff_id, where)
     if not isinstance(config.get("config") or {}, dict) or not isinstance(config.get("history") or [], list):
         raise NixlayerError(f"base image {where}: its image config has a bad config or history field")
     return diff_ids

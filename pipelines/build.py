@@ -173,7 +173,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         # The layering is in it through store_layers, the layers it made: two layerings that make
         # the same layers make the same image.
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
-                    "compression": [self.compression, self.compression_level]}
+                    "compression": [self.compression, self.compression_level],
+                    "base_image": base.identity() if base else ""}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
         return {
             **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
