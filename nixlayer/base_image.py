@@ -41,6 +41,7 @@ import zstandard
 from nixlayer.errors import NixlayerError
 from nixlayer.image import CONFIG_FIELDS, check_config
 from nixlayer.layer import COPY_BUFFER, LayerBlob
+from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import (
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER,
     MEDIA_TYPE_OCI_MANIFEST,
@@ -226,7 +227,7 @@ def _verified(data: bytes, digest: str, where: str) -> bytes:
 def read_base_image(
     text: str,
     architecture: str,
-    cache: Any,
+    cache: LayerStore,
     *,
     insecure: bool = False,
     auth_file: str | None = None,
@@ -234,7 +235,7 @@ def read_base_image(
     """Read the base image ``text`` (see the module docstring) for an image of
     ``architecture`` (Go naming) on ``linux``: its manifest and image config, no layer blob.
 
-    ``cache`` (a ``LayerStore``) keeps manifests and configs by digest: a registry base named by
+    ``cache`` keeps manifests and configs by digest: a registry base named by
     a digest, or by a tag whose digest a ``HEAD`` gives, is not downloaded again.
     ``insecure`` and ``auth_file`` as for a push (``nixlayer.registry``).
 
@@ -300,7 +301,7 @@ def read_base_image(
         files.close()
 
 
-def _cached(cache: Any, digest: str) -> bytes | None:
+def _cached(cache: LayerStore, digest: str) -> bytes | None:
     try:
         with open(cache.blob_path(digest), "rb") as f:
             data = f.read()
