@@ -169,10 +169,12 @@ def test_a_spec_and_a_batch_file_take_a_base_image(tmp_path, base, capsys):
     assert plan["base_layers"] == 2 and len(plan["layers"]) == 1 and plan["customisation_layer_index"] == 3
     (tmp_path / "batch.toml").write_text(
         f'from_image = "docker-archive:base.tar"\n[[image]]\nname = "app"\ntag = "1"\ncontents = ["{greeting}"]\n'
-        f"output = \"batch.tar\"\nconfig = '{json.dumps(APP_CONFIG)}'\n")
+        f"output = \"batch.tar\"\nconfig = '{json.dumps(APP_CONFIG)}'\n"
+        f'[[image]]\nname = "plain"\nfrom_image = ""\ncontents = ["{greeting}"]\noutput = "plain.tar"\n')
     run = run_pipelines(["BuildImages", "--batch-file", str(tmp_path / "batch.toml"),
                          "--report", str(tmp_path / "report.json")], tmp_path / "store")
     assert run.returncode == 0, run.stderr
+    assert len(inspect(f"docker-archive:{tmp_path / 'plain.tar'}")["Layers"]) == 2  # its images batched, one on no base
     direct = build_app(tmp_path, tmp_path / "store", base["archive"], output="direct.tar")
     assert direct.returncode == 0, direct.stderr
     digests = {name: inspect(f"docker-archive:{tmp_path / name}")["Digest"] for name in ("spec.tar", "batch.tar", "direct.tar")}
