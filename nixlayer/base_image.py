@@ -401,7 +401,8 @@ def _from_docker_archive(where: str, files: _Files, reference: str, architecture
     if reference:
         chosen = [e for e in entries if reference in (e.get("RepoTags") or [])]
         if not chosen:
-            raise NixlayerError(f"base image {where}: the archive has no image {reference!r} (it has: {', '.join(names) or 'no names'})")
+            raise NixlayerError(f"base image {where}: the archive has no image {reference!r}"
+                                f" (it has: {', '.join(names) or 'no names'})")
     elif len(entries) != 1:
         raise NixlayerError(f"base image {where}: the archive holds {len(entries)} images: name one,"
                             f" docker-archive:FILE:NAME:TAG (names: {', '.join(names) or 'none'})")

@@ -68,6 +68,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     layer), and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
+    With ``from_image``, the base image's layers come first and count against ``max_layers``,
+    and its config is inherited (``nixlayer.base_image``).
     """
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
