@@ -41,6 +41,7 @@ let
     gname = "gname";
     includeStorePaths = "include_store_paths";
     architecture = "architecture";
+    fromImage = "from_image"; # see fromImageSource
     # nixlayer's own
     layering = "layering";
     format = "format";
@@ -54,7 +55,6 @@ let
   # nixpkgs arguments nixlayer does not support yet, each with the value that leaves it unused
   # (given that value, the image is the same; given another, evaluation fails naming it).
   unsupported = {
-    fromImage = null;
     extraCommands = "";
     fakeRootCommands = "";
     enableFakechroot = false;
@@ -78,6 +78,16 @@ let
     in
     if builtins.match storePathPattern path != null then path
     else fail function "contents: ${path} is not a store path (${storeDir}/HASH-NAME)";
+
+  # fromImage: as in nixpkgs, a docker-archive file (a path, or a derivation such as
+  # dockerTools.pullImage's or another image's); or a base image in skopeo's transport syntax
+  # (docker-archive:FILE, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker://HOST/REPO[:TAG]).
+  fromImageSource = function: value:
+    if value == null then null
+    else if builtins.isAttrs value || builtins.isPath value then "docker-archive:${value}"
+    else if builtins.isString value && builtins.match "(docker-archive|oci|oci-archive):.+|docker://.+" value != null then value
+    else if builtins.isString value && builtins.match "/.+" value != null then "docker-archive:${value}"
+    else fail function "fromImage: expected a docker-archive file (a path or a derivation) or a base image such as \"docker://registry:5000/team/base:1\", got ${if builtins.isString value then "\"${value}\"" else "a ${builtins.typeOf value}"}";
 
   # The store paths a string mentions, as nixlayer finds those of an image config (they join
   # the image's closure, as in nixpkgs).
@@ -113,7 +123,8 @@ let
         else if (args.layering or "pipeline") != "pipeline" then
           fail function "layeringPipeline is given, but layering is \"${args.layering}\": leave out layering (or make it \"pipeline\")"
         else { layering = "pipeline"; layering_pipeline = pipeline; };
-      given = builtins.removeAttrs args (builtins.attrNames unsupported ++ resultArguments);
+      given = builtins.removeAttrs args (builtins.attrNames unsupported ++ resultArguments ++ [ "fromImage" ]);
+      fromImage = fromImageSource function (args.fromImage or null);
       parameters = builtins.listToAttrs (builtins.filter (f: f.value != null) (map
         (n: { name = fields.${n}; value = args.${n}; })
         (builtins.attrNames given)));
@@ -123,7 +134,8 @@ let
     else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet: leave it out"
     else {
       key = baseName;
-      parameters = parameters // layering // { inherit name contents config; };
+      parameters = parameters // layering // { inherit name contents config; }
+        // (if fromImage == null then { } else { from_image = fromImage; });
       roots = unique (map builtins.unsafeDiscardStringContext (contents ++ mentionedStorePaths (builtins.toJSON config)));
       result = builtins.intersectAttrs { passthru = null; meta = null; } args;
     };

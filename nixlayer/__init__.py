@@ -15,5 +15,7 @@ The core library. Nothing in this package imports Luigi: the tasks in ``tasks/``
 - ``mediatypes``: media types; ``atomic``: atomic outputs; ``layerstore``: layers kept on disk.
 - ``errors``: NixlayerError, the one error type for bad input and failed operations.
 - ``reference``: image name and tag checks (distribution reference grammar).
-- ``registry``: pushing to a registry (OCI distribution spec).
+- ``registry``: pushing to a registry and reading from one (OCI distribution spec).
+- ``base_image``: base images (``fromImage``): read from an archive, a layout or a registry,
+  their layers copied and checked, their config inherited.
 """

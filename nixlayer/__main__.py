@@ -16,10 +16,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nixlayer.base_image import read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count, size
-from nixlayer.image import config_store_paths
+from nixlayer.image import check_architecture, config_store_paths, host_architecture
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
 from nixlayer.spec import override_warning, read_spec
@@ -51,8 +52,9 @@ def _plan(args: argparse.Namespace) -> int:
     include_store_paths = True
     layering = args.layering or DEFAULT_LAYERING
     pipeline = args.layering_pipeline
+    base_layers = args.base_layers
     if args.spec is not None:
-        graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline = _spec_plan_inputs(args)
+        graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline, base_layers = _spec_plan_inputs(args)
     else:
         check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
         if not args.roots:
@@ -63,7 +65,7 @@ def _plan(args: argparse.Namespace) -> int:
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
-    plan = plan_image(graph, roots, config_paths, max_layers, include_store_paths=include_store_paths,
+    plan = plan_image(graph, roots, config_paths, max_layers, base_layers or 0, include_store_paths=include_store_paths,
                       layering=layering, pipeline=pipeline, previous=_previous_layers(args.previous))
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
@@ -87,11 +89,13 @@ def _previous_layers(path: str | None) -> list[list[str]] | None:
         raise NixlayerError(f"previous plan {path} is not a plan as plan --json prints it") from None
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any]:
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any, int]:
     """The closure graph, contents, config store paths, layer budget, include_store_paths,
-    layering and layering pipeline of ``--spec``'s image, as BuildImage takes them
+    layering, layering pipeline and base layers of ``--spec``'s image, as BuildImage takes them
     (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``, ``--layering`` and
-    ``--layering-pipeline`` override what the spec sets, with a warning line."""
+    ``--layering-pipeline`` override what the spec sets, with a warning line; ``--base-layers``,
+    else the layers of the image's base image, read (its manifest and config, kept in the
+    default layer store as a build keeps them)."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
         raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
     spec = read_spec(args.spec)
@@ -108,11 +112,16 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     if overrides:
         print(f"nixlayer: warning: {override_warning(args.spec, overrides)}", file=sys.stderr)
     store_dir = parameters["store_dir"]
+    base_layers = args.base_layers
+    if base_layers is None and parameters.get("from_image"):
+        architecture = parameters.get("architecture")
+        architecture = check_architecture(architecture) if architecture else host_architecture()
+        base_layers = len(read_base_image(parameters["from_image"], architecture, LayerStore(default_layer_store())).layers)
     roots = [resolve_store_path(path, store_dir) for path in parameters.get("contents", [])]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
             parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),
-            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"))
+            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"), base_layers)
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -157,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
     plan.add_argument("--previous", metavar="PLAN_JSON",
                       help="for --layering stable: the previous build's plan, as plan --json printed it")
+    plan.add_argument("--base-layers", type=int, default=None, metavar="N",
+                      help="layers of the base image, counted against max_layers (default: 0; with --spec, those"
+                           " of its image's base image, read: its manifest and config)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=_plan)
 

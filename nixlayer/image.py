@@ -138,17 +138,21 @@ def image_config(
     created: datetime,
     architecture: str,
     os: str = "linux",
+    base_history: Sequence[dict[str, Any]] = (),
+    base_layers: int = 0,
 ) -> bytes:
     """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
 
-    One ``history`` entry per layer carries the layer's comment. Returns canonical JSON bytes.
+    The first ``base_layers`` of ``layers`` are a base image's, whose ``base_history`` comes
+    first, as it is; then one ``history`` entry per layer of ours carries the layer's comment.
+    Returns canonical JSON bytes.
     """
     when = format_time(created)
     return canonical_json({
         "architecture": architecture,
         "config": config,
         "created": when,
-        "history": [{"created": when, "comment": layer.comment} for layer in layers],
+        "history": [*base_history, *({"created": when, "comment": layer.comment} for layer in layers[base_layers:])],
         "os": os,
         "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
     })

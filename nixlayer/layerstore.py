@@ -201,9 +201,11 @@ class LayerStore:
         layers = []
         for record in records[:-1]:  # the last is the customisation layer
             try:
-                layers.append(list(_load_record(os.path.join(self.root, record)).store_paths))
+                paths = list(_load_record(os.path.join(self.root, record)).store_paths)
             except _UNREADABLE:
                 return None
+            if paths:  # a base image's layer holds none
+                layers.append(paths)
         return layers
 
     def read(self, record_path: str) -> LayerRecord:

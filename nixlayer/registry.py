@@ -113,35 +113,54 @@ def parse_push_target(text: str) -> PushTarget:
     Returns a :class:`PushTarget`. Raises NixlayerError with a one-line message saying what is
     allowed.
     """
+    return _parse_reference(text, "push target", digest=False)[0]
+
+
+def parse_pull_reference(text: str) -> tuple[PushTarget, str | None]:
+    """Parse an image to read from a registry: ``docker://HOST[:PORT]/REPO[:TAG]`` or
+    ``docker://HOST[:PORT]/REPO@sha256:<64 hex>`` (skopeo's ``docker://`` transport; the prefix
+    is optional here). Returns the registry, repository and tag (``latest`` if none), and the
+    digest or None. Raises NixlayerError with a one-line message, as :func:`parse_push_target`.
+    """
+    return _parse_reference(text, "base image", digest=True)
+
+
+def _parse_reference(text: str, what: str, digest: bool) -> tuple[PushTarget, str | None]:
+    forms = _TARGET_FORMS + (", or @sha256:<64 hex digits> instead of the tag" if digest else "")
     if not isinstance(text, str) or not text.strip():
-        raise NixlayerError(f"push target {text!r} is empty: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} is empty: {forms}")
     rest = text.strip()
     if rest.startswith("docker://"):
         rest = rest[len("docker://") :]
     elif "://" in rest:
-        raise NixlayerError(f"push target {text!r} has an unsupported transport: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} has an unsupported transport: {forms}")
+    pinned = None
     if "@" in rest:
-        raise NixlayerError(f"push target {text!r} names a digest; a push needs a tag: {_TARGET_FORMS}")
+        if not digest:
+            raise NixlayerError(f"{what} {text!r} names a digest; a push needs a tag: {forms}")
+        rest, _, pinned = rest.partition("@")
+        if not _DIGEST.match(pinned):
+            raise NixlayerError(f"{what} {text!r} has an invalid digest {pinned!r}: expected sha256:<64 lowercase hex digits>")
     host, slash, path = rest.partition("/")
     if not slash or not path:
-        raise NixlayerError(f"push target {text!r} has no repository: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} has no repository: {forms}")
     looks_like_host = "." in host or ":" in host or host == "localhost" or host.startswith("[")
     if not looks_like_host or not HOST.match(host):
-        raise NixlayerError(f"push target {text!r} does not start with a registry host: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} does not start with a registry host: {forms}")
     _, port = _split_host_port(host)
     if port is not None and not 0 < port < 65536:
-        raise NixlayerError(f"push target {text!r} has an invalid port: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} has an invalid port: {forms}")
     repository, tag = path, DEFAULT_TAG
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         repository, _, tag = path.rpartition(":")
     if not REPOSITORY.match(repository):
-        raise NixlayerError(f"push target {text!r} has an invalid repository {repository!r}: {_TARGET_FORMS}")
+        raise NixlayerError(f"{what} {text!r} has an invalid repository {repository!r}: {forms}")
     if len(host) + 1 + len(repository) > NAME_MAX:
-        raise NixlayerError(f"push target {text!r} is longer than {NAME_MAX} characters")
+        raise NixlayerError(f"{what} {text!r} is longer than {NAME_MAX} characters")
     if not TAG.match(tag):
-        raise NixlayerError(f"push target {text!r} has an invalid tag {tag!r}: {_TARGET_FORMS}")
-    return PushTarget(host=host, repository=repository, tag=tag)
+        raise NixlayerError(f"{what} {text!r} has an invalid tag {tag!r}: {forms}")
+    return PushTarget(host=host, repository=repository, tag=tag), pinned
 
 
 # --- Values --------------------------------------------------------------------------------------
@@ -459,10 +478,12 @@ class _Client:
         body: Callable[[], object] | None = None,
         headers: Mapping[str, str] | None = None,
         allow_redirects: bool = True,
+        stream: bool = False,
     ) -> requests.Response:
         """One request (re-sent once after refreshing authentication on 401).
 
-        ``body`` makes a fresh request body for each send. Raises _Transient for 5xx, 429 and
+        ``body`` makes a fresh request body for each send; ``stream`` leaves the response's body
+        to be read (``iter_content``). Raises _Transient for 5xx, 429 and
         connection faults; returns any other response (including a 401 that survived
         re-authentication, which callers turn into an error via :meth:`check_auth`).
         """
@@ -473,7 +494,8 @@ class _Client:
             data = body() if body is not None else None
             try:
                 resp = self.session.request(
-                    method, url, data=data, headers=hdrs, timeout=self.retry.timeout, allow_redirects=allow_redirects
+                    method, url, data=data, headers=hdrs, timeout=self.retry.timeout, allow_redirects=allow_redirects,
+                    stream=stream,
                 )
             except requests.exceptions.SSLError as exc:
                 raise NixlayerError(
@@ -857,3 +879,78 @@ def push_image(
         present_bytes=counts["present"][1],
         mounted_from=mounted_from,
     )
+
+
+# --- Pull ----------------------------------------------------------------------------------------
+
+MANIFEST_ACCEPT = ", ".join(sorted(MANIFEST_MEDIA_TYPES))
+
+
+class RegistrySource:
+    """An image to read from a registry: its manifests by tag or digest and its blobs by digest
+    (OCI distribution spec "Pull": end-3 ``HEAD``/``GET /v2/<name>/manifests/<reference>``,
+    end-2 ``GET /v2/<name>/blobs/<digest>``), with the transport, credentials (pull scope) and
+    retries of a push. ``where`` names the image in messages.
+    """
+
+    def __init__(
+        self,
+        target: PushTarget,
+        where: str,
+        *,
+        insecure: bool = False,
+        auth_file: str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.where = where
+        self.client = _Client(
+            target, insecure=insecure, credentials=load_credentials(target.host, auth_file),
+            scopes=[f"repository:{target.repository}:pull"], retry=retry or RetryPolicy(), log=lambda message: None,
+        )
+
+    def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
+        resp = self.client.with_retries(lambda: self.client.send(method, self.client.url(path), **kwargs), what)
+        self.client.check_auth(resp)
+        return resp
+
+    def manifest_digest(self, reference: str) -> str | None:
+        """The digest of the manifest ``reference`` (a tag or digest) names, by a ``HEAD``
+        (nothing downloaded); None if the registry does not say it. Raises NixlayerError for a
+        missing tag or manifest."""
+        resp = self._request("HEAD", f"manifests/{reference}", f"{self.where}: checking {reference}",
+                             headers={"Accept": MANIFEST_ACCEPT})
+        self._check_found(resp, reference)
+        digest = resp.headers.get("Docker-Content-Digest")
+        return digest if digest and _DIGEST.match(digest) else None
+
+    def manifest(self, reference: str) -> tuple[bytes, str]:
+        """The manifest (or index) ``reference`` names: its bytes and media type
+        (``Content-Type``). Raises NixlayerError for a missing tag or manifest."""
+        resp = self._request("GET", f"manifests/{reference}", f"{self.where}: reading {reference}",
+                             headers={"Accept": MANIFEST_ACCEPT})
+        self._check_found(resp, reference)
+        return resp.content, resp.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def _check_found(self, resp: requests.Response, reference: str) -> None:
+        if resp.status_code == 404:
+            kind = "manifest" if _DIGEST.match(reference) else "tag"
+            raise NixlayerError(f"{self.where}: {self.client.where} has no {kind} {reference}")
+        if resp.status_code != 200:
+            raise NixlayerError(f"{self.where}: reading {reference} from {self.client.where} failed: {_registry_error(resp)}")
+
+    def read_blob(self, digest: str, consume: Callable[[bytes], None]) -> None:
+        """Stream the blob ``digest`` to ``consume``, chunk by chunk, in one download (a
+        redirect to other storage is followed). Raises NixlayerError if it is missing or the
+        connection drops midway (what was consumed cannot be taken back)."""
+        resp = self._request("GET", f"blobs/{digest}", f"{self.where}: downloading blob {digest}", stream=True)
+        with resp:
+            if resp.status_code == 404:
+                raise NixlayerError(f"{self.where}: {self.client.where} has no blob {digest}")
+            if resp.status_code != 200:
+                raise NixlayerError(f"{self.where}: downloading blob {digest} failed: {_registry_error(resp)}")
+            try:
+                for chunk in resp.iter_content(1 << 20):
+                    consume(chunk)
+            except requests.exceptions.RequestException as exc:
+                raise NixlayerError(f"{self.where}: downloading blob {digest} failed midway"
+                                    f" ({type(exc).__name__}); run again") from None

@@ -57,6 +57,7 @@ IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "gname": _STRING,
     "include_store_paths": ((bool,), "true or false"),
     "architecture": _STRING,
+    "from_image": _STRING,
     "format": _STRING,
     "compression": _STRING,
     "compression_level": _INTEGER,

@@ -4,9 +4,10 @@ The batch file is TOML. Its top-level keys are defaults for every image; each ``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
 ``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
 steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
-``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
+``created``, ``mtime``, ``format``, ``compression``, ``output``, ``from_image``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
-Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
+Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, the file of a
+``from_image`` such as ``docker-archive:base.tar``, and links among
 ``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
@@ -32,6 +33,7 @@ from typing import Iterator
 import luigi
 
 from nixlayer.atomic import atomic_file, check_writable
+from nixlayer.base_image import absolute_source
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count
@@ -117,6 +119,8 @@ def _image_params(settings: dict, directory: str) -> dict:
     for key in PATH_KEYS:
         if out.get(key) and not (key == "store_root" and out[key] == "/"):
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
+    if out.get("from_image"):  # docker-archive:base.tar is found beside the batch file
+        out["from_image"] = absolute_source(out["from_image"], directory)
     # A link such as ./result among the contents is found from the batch file too (its store
     # path is read when the image is planned, see ImageParameters).
     out["contents"] = [os.path.join(directory, path) if path and not path.startswith("/") else path

@@ -12,6 +12,7 @@ import sys
 import luigi
 
 from nixlayer.atomic import check_writable
+from nixlayer.base_image import absolute_source, inherit_config, read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
@@ -50,6 +51,14 @@ class StorePathsParameter(luigi.ListParameter):
                                   for p in x])
 
 
+class ImageSourceParameter(luigi.Parameter):
+    """A base image in skopeo's transport syntax; a relative path in it made absolute (as
+    StorePathsParameter's)."""
+
+    def normalize(self, x):
+        return absolute_source(x) if isinstance(x, str) and x else x
+
+
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
@@ -59,6 +68,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     layer), and a customisation layer links the contents into ``/``. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
+    With ``from_image``, the base image's layers come first and count against ``max_layers``,
+    and its config is inherited (``nixlayer.base_image``).
     """
 
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
@@ -92,6 +103,10 @@ class ImageParameters(NixlayerTask, abstract=True):
     store_dir = luigi.Parameter(default=DEFAULT_STORE_DIR, description="the Nix store directory the image's store paths are in")
     store_root = luigi.Parameter(default="/", description="where the store directory is on disk; not '/' means: scan it, no Nix")
     closure_graph = luigi.OptionalPathParameter(default=None, description="read the closure from this JSON (nix path-info --json) instead of asking Nix")
+    from_image = ImageSourceParameter(
+        default="", description="base image, whose layers come first and whose config is inherited:"
+                                " docker-archive:FILE, oci:DIR[:TAG], oci-archive:FILE[:TAG],"
+                                " docker://HOST/REPOSITORY[:TAG] or docker://HOST/REPOSITORY@sha256:DIGEST")
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
     spec = luigi.OptionalPathParameter(default=None, absolute=True, description="image spec (nix-build of nixlayer's Nix library): the image's parameters and closure; parameters given beside it override it")
     spec_image = luigi.OptionalParameter(default=None, description="the key of the image to build, in a spec of several images")
@@ -132,6 +147,9 @@ class ImageParameters(NixlayerTask, abstract=True):
         self.check()
         pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
+        architecture = check_architecture(self.architecture) if self.architecture else host_architecture()
+        base = read_base_image(self.from_image, architecture, layer_store,
+                               insecure=self.insecure_registry) if self.from_image else None
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.
         checked = _checker().submit(check_contents, contents, self.store_root, settings,
@@ -142,21 +160,23 @@ class ImageParameters(NixlayerTask, abstract=True):
             concurrent.futures.wait([checked])
         self._graph = graph
         previous = self.previous_layers(layer_store) if self.layering == "stable" else None
-        plan = plan_image(graph, contents, config_paths, self.max_layers, include_store_paths=self.include_store_paths,
-                          layering=self.layering, pipeline=pipeline, previous=previous)
+        plan = plan_image(graph, contents, config_paths, self.max_layers, len(base.layers) if base else 0,
+                          include_store_paths=self.include_store_paths, layering=self.layering, pipeline=pipeline,
+                          previous=previous)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
-            "contents": contents, "config": json.dumps(config, sort_keys=True),
-            "created": created.isoformat(),
-            "architecture": check_architecture(self.architecture) if self.architecture else host_architecture(),
+            "contents": contents, "config": json.dumps(inherit_config(base.config, config) if base else config, sort_keys=True),
+            "created": created.isoformat(), "architecture": architecture,
+            "base_image": base.to_json() if base else "",
         }
         # The default tag: a hash of everything that determines the image, as nixpkgs' output
         # hash (the name and the layer compression too: an OCI layout names images by tag alone).
         # The layering is in it through store_layers, the layers it made: two layerings that make
         # the same layers make the same image.
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
-                    "compression": [self.compression, self.compression_level]}
+                    "compression": [self.compression, self.compression_level],
+                    "base_image": base.identity() if base else ""}
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
         return {
             **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,

@@ -3,6 +3,7 @@
 - ``layers.StorePathLayer``: one store path's layer, keyed by its hash part.
 - ``layers.OverflowLayer``: the layer of the store paths past ``max_layers - 2``.
 - ``layers.CustomisationLayer``: root symlinks into ``contents``.
+- ``baseimage.BaseImageLayer``: one layer of a base image (``--from-image``), copied in.
 - ``assemble.AssembleImage``: docker-archive, OCI layout or oci-archive from those layers.
 - ``push.PushToRegistry``: push those layers and the manifest to a registry.
 - ``image.ImageTask``: what the image-level tasks share; ``config``: the ``[nixlayer]`` section

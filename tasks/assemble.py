@@ -40,6 +40,10 @@ class AssembleImage(BatchableTask, ImageTask):
         members = self.members()
         return super().requires() if members == [self] else [task for m in members for task in m.requires()]
 
+    def base_uncompressed(self) -> bool:
+        """A docker-archive holds tars: a base image's compressed layers are decompressed."""
+        return self.format == "docker-archive"
+
     def stamp(self) -> str:
         """Where this task records, in the layer store, the output it wrote."""
         return self.stamp_path("images", json.dumps(self.to_str_params(), sort_keys=True))

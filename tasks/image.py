@@ -6,17 +6,21 @@ import json
 
 import luigi
 
+from nixlayer.base_image import BaseImage
 from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
 from nixlayer.layerstore import read_json
 from tasks.base import json_list
+from tasks.baseimage import base_layer_tasks
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
 class ImageTask(LayerParameters, abstract=True):
-    """An image: its layer plan (``store_layers``, lists of store paths), contents and config.
+    """An image: its layer plan (``store_layers``, lists of store paths), contents and config,
+    on its base image (``base_image``, if any; ``config`` is merged with the base's already).
 
-    Requires one layer task per store layer plus the customisation layer, all with this task's
-    layer parameters, so tasks of several images that share a layer share its task.
+    Requires one task per base layer (``tasks.baseimage``), one layer task per store layer
+    plus the customisation layer, all with this task's layer parameters, so tasks of several
+    images that share a layer share its task.
 
     The image's own parameters gather when a subclass that is a ``tasks.base.BatchableTask``
     (AssembleImage) is handed out in batches: strings into a JSON list (no image name starts
@@ -31,6 +35,8 @@ class ImageTask(LayerParameters, abstract=True):
     architecture = luigi.Parameter(batch_method=json_list)
     store_layers = luigi.ListParameter(batch_method=tuple)
     contents = luigi.ListParameter(default=[], batch_method=tuple)
+    base_image = luigi.Parameter(default="", description="the base image's layers and history (BaseImage.to_json)",
+                                 batch_method=json_list)
     max_batch_size = 1
 
     def batch_values(self, *names: str) -> list[dict] | None:
@@ -48,10 +54,16 @@ class ImageTask(LayerParameters, abstract=True):
         layers = self.__dict__.get("_layer_tasks")
         if layers is None:
             params = self.layer_parameters()
-            layers = [layer_task(list(paths), **params) for paths in self.store_layers]
+            layers = base_layer_tasks(self.base_image, self.base_uncompressed(), self.layer_store_dir)
+            layers += [layer_task(list(paths), **params) for paths in self.store_layers]
             layers.append(CustomisationLayer(contents=list(self.contents), **params))
             self._layer_tasks = layers
         return list(layers)
+
+    def base_uncompressed(self) -> bool:
+        """Whether the base image's layers are needed as tars (compressed blobs are kept as
+        they are where the output takes them)."""
+        return False
 
     def image_layers(self) -> list[ImageLayer]:
         """The image's layers from the layer store (the required tasks must be complete)."""
@@ -60,7 +72,9 @@ class ImageTask(LayerParameters, abstract=True):
 
     def image_config(self, layers: list[ImageLayer]) -> bytes:
         """The image config JSON for ``layers``."""
-        return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+        base = BaseImage.from_json(self.base_image) if self.base_image else None
+        return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture,
+                            base_history=base.history if base else (), base_layers=len(base.layers) if base else 0)
 
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the

@@ -1,7 +1,8 @@
 """PushToRegistry: push an image's layers from the layer store, then its manifest.
 
 Only the blobs the registry lacks are uploaded; blobs this layer store pushed before to another
-repository of the same registry are mounted from there instead. A stamp in the layer store
+repository of the same registry, or of a base image in another repository there, are mounted
+from there instead. A stamp in the layer store
 records the manifest digest pushed to each target, so a push with nothing changed is complete.
 """
 
@@ -18,7 +19,10 @@ from nixlayer.atomic import atomic_file
 from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
-from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image, tagged_manifest_digest
+from nixlayer.base_image import BaseImage, parse_source
+from nixlayer.registry import (
+    Blob, PushTarget, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest,
+)
 from tasks import runlog
 from tasks.image import ImageTask
 
@@ -58,8 +62,14 @@ class PushToRegistry(ImageTask):
         return held == expected
 
     def _mount_sources(self, target: PushTarget) -> list[str]:
-        """Repositories of the same registry this layer store pushed to before."""
+        """Repositories of the same registry this layer store pushed to before, and the base
+        image's repository when it is on that registry."""
         sources = []
+        if self.base_image:
+            transport, reference, _ = parse_source(BaseImage.from_json(self.base_image).source)
+            base = parse_pull_reference(reference)[0] if transport == "docker" else None
+            if base is not None and base.host == target.host and base.repository != target.repository:
+                sources.append(base.repository)
         for path in sorted(glob.glob(os.path.join(self.layer_store().root, "pushes", "*.json"))):
             stamp = self.read_stamp(path, mark_used=False)  # looking at other pushes is not using them
             if stamp.get("host") == target.host and stamp.get("repository") != target.repository:

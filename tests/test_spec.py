@@ -88,7 +88,7 @@ def test_spec_keeps_its_store_paths_alive(vectors):
 
 
 @pytest.mark.parametrize("expression, message", [
-    ('nixlayer.buildLayeredImage { name = "x"; fromImage = vec.app; }', "'fromImage' (a dockerTools argument) is not supported yet: leave it out"),
+    ('nixlayer.buildLayeredImage { name = "x"; fromImage = "base.tar"; }', 'fromImage: expected a docker-archive file (a path or a derivation) or a base image such as'),
     ('nixlayer.buildLayeredImage { name = "x"; extraCommands = "mkdir tmp"; }', "'extraCommands' (a dockerTools argument) is not supported yet"),
     ('nixlayer.buildLayeredImage { name = "x"; fakeRootCommands = "chown 1 x"; }', "'fakeRootCommands'"),
     ('nixlayer.buildLayeredImage { name = "x"; includeNixDB = true; }', "'includeNixDB'"),

@@ -1,0 +1,529 @@
+"""Base images (nixpkgs' ``fromImage``): an image whose layers come first, unchanged, and
+whose config the new image inherits.
+
+A base image is named in skopeo's transport syntax (containers-transports(5)):
+
+- ``docker-archive:FILE[:NAME:TAG]``: a ``docker save`` / ``podman save`` tarball (or
+  nixlayer's, or nixpkgs' ``buildLayeredImage``);
+- ``oci:DIR[:TAG]``: an OCI image layout directory (image-layout.md), the image whose
+  ``org.opencontainers.image.ref.name`` is TAG (the only image if no TAG);
+- ``oci-archive:FILE[:TAG]``: that directory as a tar;
+- ``docker://HOST[:PORT]/REPO[:TAG]`` or ``docker://HOST[:PORT]/REPO@sha256:<hex>``: a registry,
+  read with the credentials, transport and retries of a push (``nixlayer.registry``).
+
+As in skopeo, the path ends at the first ``:`` after the transport. An index (OCI image index,
+Docker manifest list) is resolved to the manifest of this image's platform (``linux`` and its
+architecture). :func:`read_base_image` reads the manifest and the image config only (kept in
+the layer store, content-addressed, so a rebuild on a registry base asks for the tag's digest
+and downloads nothing); :func:`write_base_layer` copies one layer blob, streamed and verified
+against its digest and diff_id, from the layer store if it is there, else from the source.
+
+The new image (nixpkgs ``stream_layered_image.py``, extended): the base's layers first, same
+digests and diff_ids (compressed blobs kept as they are, their Docker media types named by
+their OCI equivalents; decompressed only for a docker-archive output, which holds tars); its
+history first, ours appended; its ``Env`` merged as nixpkgs merges it and its other config
+fields kept unless the new config sets them (:func:`inherit_config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import zlib
+from dataclasses import asdict, dataclass, replace
+from typing import Any, BinaryIO, Callable
+
+import zstandard
+
+from nixlayer.errors import NixlayerError
+from nixlayer.image import CONFIG_FIELDS, check_config
+from nixlayer.layer import COPY_BUFFER, LayerBlob
+from nixlayer.layerstore import LayerStore
+from nixlayer.mediatypes import (
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER,
+    MEDIA_TYPE_OCI_MANIFEST,
+)
+from nixlayer.registry import RegistrySource, parse_pull_reference
+
+TRANSPORTS = ("docker-archive", "oci", "oci-archive", "docker")
+_FORMS = ("use docker-archive:FILE, oci:DIR[:TAG], oci-archive:FILE[:TAG] or"
+          " docker://HOST[:PORT]/REPOSITORY[:TAG] (or @sha256:DIGEST)")
+_FILE_TRANSPORTS = ("docker-archive", "oci", "oci-archive")
+_REF_NAME = "org.opencontainers.image.ref.name"
+_INDEXES = (MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_DOCKER_MANIFEST_LIST)
+_MANIFESTS = (MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST)
+# Layer media types -> the OCI layer media type of the same bytes (OCI media-types.md,
+# "Compatibility Matrix"). Foreign and non-distributable layers are refused.
+_LAYER_TYPES = {
+    MEDIA_TYPE_OCI_LAYER: MEDIA_TYPE_OCI_LAYER,
+    MEDIA_TYPE_OCI_LAYER + "+gzip": MEDIA_TYPE_OCI_LAYER + "+gzip",
+    MEDIA_TYPE_OCI_LAYER + "+zstd": MEDIA_TYPE_OCI_LAYER + "+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": MEDIA_TYPE_OCI_LAYER,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": MEDIA_TYPE_OCI_LAYER + "+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": MEDIA_TYPE_OCI_LAYER + "+zstd",
+}
+_MAGIC = {b"\x1f\x8b": "+gzip", b"\x28\xb5\x2f\xfd": "+zstd"}
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BaseLayer:
+    """One layer of a base image: its blob as the source holds it (``digest``, ``blob_size``,
+    ``media_type``, an OCI layer media type), its ``diff_id``, and ``path``, where the blob is
+    in a file source (an archive member or a file of the layout; empty for a registry)."""
+
+    digest: str
+    media_type: str
+    blob_size: int
+    diff_id: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image, read: its ``source`` (transport syntax, paths absolute), the ``config``
+    object of its image config, its ``history`` and its ``layers``, bottom first; ``insecure``:
+    its registry is read over plain HTTP though not on loopback."""
+
+    source: str
+    config: dict[str, Any]
+    history: tuple[dict[str, Any], ...]
+    layers: tuple[BaseLayer, ...]
+    insecure: bool = False
+
+    def identity(self) -> list:
+        """What of it determines the new image: its layers' blobs and diff_ids, and its history
+        (not where it is read from)."""
+        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history)]
+
+    def to_json(self) -> str:
+        """What an image task needs of it (not the config, which the new image's merges), as
+        canonical JSON text: :meth:`from_json` reads it back."""
+        return json.dumps({"source": self.source, "history": list(self.history), "insecure": self.insecure,
+                           "layers": [asdict(layer) for layer in self.layers]}, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "BaseImage":
+        data = json.loads(text)
+        return BaseImage(data["source"], {}, tuple(data["history"]),
+                         tuple(BaseLayer(**layer) for layer in data["layers"]), data["insecure"])
+
+
+def parse_source(text: str) -> tuple[str, str, str]:
+    """Split a base image name into (transport, path or registry reference, tag or name:tag;
+    empty if none). Raises NixlayerError naming the forms allowed."""
+    transport, colon, rest = text.partition(":")
+    if transport == "docker" and rest.startswith("//"):
+        parse_pull_reference(text)  # raises for a bad reference
+        return "docker", text, ""
+    if not colon or transport not in _FILE_TRANSPORTS or not rest:
+        raise NixlayerError(f"base image {text!r} is not named in a transport nixlayer reads: {_FORMS}")
+    path, _, reference = rest.partition(":")
+    if not path:
+        raise NixlayerError(f"base image {text!r} has no path: {_FORMS}")
+    return transport, path, reference
+
+
+def absolute_source(text: str, directory: str | None = None) -> str:
+    """``text`` with the path of a file transport made absolute, relative to ``directory``
+    (else the working directory); anything else unchanged (refused later, when read)."""
+    transport, colon, rest = text.partition(":")
+    if not colon or transport not in _FILE_TRANSPORTS or not rest or rest.startswith("/"):
+        return text
+    path = os.path.expanduser(rest)
+    if path.startswith("/"):
+        return f"{transport}:{path}"
+    return f"{transport}:{os.path.normpath(os.path.join(directory or os.getcwd(), path))}"
+
+
+def inherit_config(base: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The new image's config object on the base's (image config ``config`` objects).
+
+    ``Env`` as nixpkgs' ``stream_layered_image.py`` merges it: the base's entries then the new
+    ones, one per variable name, a variable set in both taking the new value at the base's
+    place. Every other field of :data:`nixlayer.image.CONFIG_FIELDS` the base sets (not null)
+    is kept unless ``config`` sets it (nixpkgs keeps only ``Env``). Raises NixlayerError if the
+    result is not a valid config.
+    """
+    merged = {key: value for key, value in base.items() if key in CONFIG_FIELDS and value is not None}
+    merged.update(config)
+    env = [*(base.get("Env") or []), *config.get("Env", [])]
+    if env:
+        by_name = {}
+        for entry in env:
+            by_name[entry.split("=", 1)[0]] = entry
+        merged["Env"] = list(by_name.values())
+    return check_config(merged)
+
+
+# --- Reading -----------------------------------------------------------------------------------
+
+
+class _Files:
+    """The files of a local source: a directory (an OCI layout) or a tar (an archive), by
+    their paths in it. Raises NixlayerError naming the source for a file it lacks."""
+
+    def __init__(self, where: str, path: str, archive: bool) -> None:
+        self.where, self.path = where, path
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        try:
+            if archive:
+                self._tar = tarfile.open(path, "r:")
+                self._members = {os.path.normpath(m.name): m for m in self._tar.getmembers() if m.isfile()}
+            elif not os.path.isdir(path):
+                raise NotADirectoryError(20, "not a directory (an OCI layout is one)")
+        except (OSError, tarfile.TarError) as e:
+            raise NixlayerError(f"cannot read base image {where}: {getattr(e, 'strerror', None) or e}") from None
+
+    def open(self, name: str) -> BinaryIO:
+        name = os.path.normpath(name)
+        try:
+            if self._tar is None:
+                if name.startswith(".."):
+                    raise FileNotFoundError(2, "outside the layout")
+                return open(os.path.join(self.path, name), "rb")
+            member = self._members.get(name)
+            f = self._tar.extractfile(member) if member is not None else None
+            if f is None:
+                raise FileNotFoundError(2, "no such member")
+            return f  # type: ignore[return-value]
+        except OSError as e:
+            raise NixlayerError(f"cannot read base image {self.where}: {name}: {e.strerror or e}") from None
+
+    def size(self, name: str) -> int:
+        """The size of an archive member (the file must have been opened)."""
+        return self._members[os.path.normpath(name)].size
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+
+def _json(data: bytes, what: str, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise NixlayerError(f"base image {where}: {what} is not valid JSON") from None
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _verified(data: bytes, digest: str, where: str) -> bytes:
+    if _digest(data) != digest:
+        raise NixlayerError(f"base image {where}: blob {digest} does not match its digest (it is {_digest(data)})")
+    return data
+
+
+def read_base_image(
+    text: str,
+    architecture: str,
+    cache: LayerStore,
+    *,
+    insecure: bool = False,
+    auth_file: str | None = None,
+) -> BaseImage:
+    """Read the base image ``text`` (see the module docstring) for an image of
+    ``architecture`` (Go naming) on ``linux``: its manifest and image config, no layer blob.
+
+    ``cache`` keeps manifests and configs by digest: a registry base named by
+    a digest, or by a tag whose digest a ``HEAD`` gives, is not downloaded again.
+    ``insecure`` and ``auth_file`` as for a push (``nixlayer.registry``).
+
+    Raises NixlayerError, one line naming the base image: an unreadable file or directory, a
+    missing tag or digest, content that does not match its digest, an index without a
+    ``linux/<architecture>`` image, a base of another architecture or OS, or a manifest or
+    config nixlayer cannot read.
+    """
+    transport, path, reference = parse_source(text)
+    if transport == "docker":
+        target, pinned = parse_pull_reference(path)
+        registry = RegistrySource(target, f"base image {text}", insecure=insecure, auth_file=auth_file)
+
+        def fetch(digest: str) -> bytes:
+            kept = _cached(cache, digest)
+            if kept is None:
+                kept = _verified(registry.manifest(digest)[0], digest, text)
+                cache.put_bytes(kept)
+            return kept
+
+        def blob(digest: str) -> bytes:
+            kept = _cached(cache, digest)
+            if kept is None:
+                chunks: list[bytes] = []
+                registry.read_blob(digest, chunks.append)
+                kept = _verified(b"".join(chunks), digest, text)
+                cache.put_bytes(kept)
+            return kept
+
+        digest = pinned or registry.manifest_digest(target.tag)
+        if digest is not None:
+            top = fetch(digest)
+        else:  # the registry said no digest: read the manifest by tag
+            top, _ = registry.manifest(target.tag)
+            cache.put_bytes(top)
+        return replace(_from_manifest(text, top, architecture, fetch, blob, lambda layer: ""), insecure=insecure)
+    files = _Files(text, path, archive=transport != "oci")
+    try:
+        if transport == "docker-archive":
+            return _from_docker_archive(text, files, reference, architecture)
+        index = _json(files.read("index.json"), "index.json", text)
+        entries = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(entries, list):
+            raise NixlayerError(f"base image {text}: index.json is not an OCI image index")
+        tags = [e.get("annotations", {}).get(_REF_NAME) for e in entries if isinstance(e, dict)]
+        if reference:
+            chosen = [e for e, tag in zip(entries, tags) if tag == reference]
+            if not chosen:
+                raise NixlayerError(f"base image {text}: the layout has no image tagged {reference!r}"
+                                    f" (it has: {', '.join(t for t in tags if t) or 'no tags'})")
+        elif len(entries) != 1:
+            raise NixlayerError(f"base image {text}: the layout holds {len(entries)} images: name one,"
+                                f" {transport}:{path}:TAG (tags: {', '.join(t for t in tags if t) or 'none'})")
+        else:
+            chosen = entries
+
+        def blob(digest: str) -> bytes:
+            return _verified(files.read(_blob_path(digest)), digest, text)
+
+        return _from_manifest(text, _descriptor_bytes(chosen[0], blob, text), architecture, blob, blob,
+                              lambda layer: _blob_path(layer["digest"]))
+    finally:
+        files.close()
+
+
+def _cached(cache: LayerStore, digest: str) -> bytes | None:
+    try:
+        with open(cache.blob_path(digest), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if _digest(data) == digest else None
+
+
+def _blob_path(digest: str) -> str:
+    algorithm, _, hex_digest = str(digest).partition(":")
+    return f"blobs/{algorithm}/{hex_digest}"
+
+
+def _checked_digest(digest: Any, where: str) -> str:
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise NixlayerError(f"base image {where}: digest {digest!r} is not sha256:<64 lowercase hex digits>")
+    return digest
+
+
+def _descriptor_bytes(descriptor: Any, blob: Callable[[str], bytes], where: str) -> bytes:
+    if not isinstance(descriptor, dict):
+        raise NixlayerError(f"base image {where}: a descriptor that is not a JSON object")
+    return blob(_checked_digest(descriptor.get("digest"), where))
+
+
+def _platform(descriptor: dict) -> str:
+    platform = descriptor.get("platform") or {}
+    return f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+
+
+def _from_manifest(
+    where: str, data: bytes, architecture: str, fetch: Callable[[str], bytes], blob: Callable[[str], bytes],
+    layer_path: Callable[[dict], str],
+) -> BaseImage:
+    """The base image of a manifest or index (``data``): an index resolved to this platform's
+    manifest (``fetch`` reads manifests, ``blob`` the config, both verified)."""
+    manifest = _json(data, "its manifest", where)
+    if not isinstance(manifest, dict):
+        raise NixlayerError(f"base image {where}: its manifest is not a JSON object")
+    media_type = manifest.get("mediaType")
+    if media_type in _INDEXES or (media_type is None and "manifests" in manifest):
+        entries = [e for e in manifest.get("manifests") or [] if isinstance(e, dict)]
+        wanted = f"linux/{architecture}"
+        chosen = [e for e in entries if _platform(e) == wanted]
+        if not chosen:
+            have = sorted({_platform(e) for e in entries}) or ["none"]
+            raise NixlayerError(f"base image {where} is an index without a {wanted} image (it has: {', '.join(have)}):"
+                                " give --architecture, or another base image")
+        return _from_manifest(where, _descriptor_bytes(chosen[0], fetch, where), architecture, fetch, blob, layer_path)
+    if media_type not in _MANIFESTS and not (media_type is None and "layers" in manifest):
+        raise NixlayerError(f"base image {where}: manifest media type {media_type!r} is not one nixlayer reads"
+                            " (OCI image manifest, Docker manifest v2 schema 2)")
+    config = _json(_descriptor_bytes(manifest.get("config"), blob, where), "its image config", where)
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise NixlayerError(f"base image {where}: its manifest has no list of layers")
+    diff_ids = _check_image_config(config, len(layers), architecture, where)
+    result = []
+    for layer, diff_id in zip(layers, diff_ids):
+        kind = _LAYER_TYPES.get(layer.get("mediaType"))
+        if kind is None:
+            raise NixlayerError(f"base image {where}: layer {layer.get('digest')} has media type"
+                                f" {layer.get('mediaType')!r}, which nixlayer does not copy (foreign or unknown)")
+        if not isinstance(layer.get("size"), int):
+            raise NixlayerError(f"base image {where}: a layer descriptor without a size")
+        digest = _checked_digest(layer.get("digest"), where)
+        result.append(BaseLayer(digest, kind, layer["size"], diff_id, layer_path(layer)))
+    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result))
+
+
+def _check_image_config(config: Any, layers: int, architecture: str, where: str) -> list[str]:
+    """The diff_ids of a base's image config, once its platform and layers are checked."""
+    if not isinstance(config, dict):
+        raise NixlayerError(f"base image {where}: its image config is not a JSON object")
+    os_name, arch = config.get("os"), config.get("architecture")
+    if os_name != "linux" or arch != architecture:
+        raise NixlayerError(f"base image {where} is for {os_name}/{arch}, not linux/{architecture}: give"
+                            f" --architecture {arch} to build for it, or a base image for {architecture}")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != layers:
+        raise NixlayerError(f"base image {where}: its image config lists {len(diff_ids or [])} diff_ids for"
+                            f" {layers} layers")
+    for diff_id in diff_ids:
+        _checked_digest(diff_id, where)
+    if not isinstance(config.get("config") or {}, dict) or not isinstance(config.get("history") or [], list):
+        raise NixlayerError(f"base image {where}: its image config has a bad config or history field")
+    return diff_ids
+
+
+def _from_docker_archive(where: str, files: _Files, reference: str, architecture: str) -> BaseImage:
+    """A docker-archive's image (Docker image spec v1.2 ``manifest.json``): the one named
+    ``reference`` (``NAME:TAG`` among its RepoTags), or its only one."""
+    entries = _json(files.read("manifest.json"), "manifest.json", where)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise NixlayerError(f"base image {where}: manifest.json is not a docker-archive manifest")
+    names = [tag for e in entries for tag in e.get("RepoTags") or []]
+    if reference:
+        chosen = [e for e in entries if reference in (e.get("RepoTags") or [])]
+        if not chosen:
+            raise NixlayerError(f"base image {where}: the archive has no image {reference!r}"
+                                f" (it has: {', '.join(names) or 'no names'})")
+    elif len(entries) != 1:
+        raise NixlayerError(f"base image {where}: the archive holds {len(entries)} images: name one,"
+                            f" docker-archive:FILE:NAME:TAG (names: {', '.join(names) or 'none'})")
+    else:
+        chosen = entries
+    entry = chosen[0]
+    config = _json(files.read(str(entry.get("Config"))), "its image config", where)
+    paths = entry.get("Layers") or []
+    diff_ids = _check_image_config(config, len(paths), architecture, where)
+    layers = []
+    for path, diff_id in zip(paths, diff_ids):
+        with files.open(path) as f:
+            head = f.read(4)
+        kind = next((suffix for magic, suffix in _MAGIC.items() if head.startswith(magic)), "")
+        if kind:  # a compressed member (not what docker or podman write): its digest is read now
+            digest, size = _hash_file(files, path)
+        else:
+            digest, size = diff_id, files.size(path)
+        layers.append(BaseLayer(digest, MEDIA_TYPE_OCI_LAYER + kind, size, diff_id, os.path.normpath(path)))
+    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(layers))
+
+
+def _hash_file(files: _Files, path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with files.open(path) as f:
+        while chunk := f.read(COPY_BUFFER):
+            digest.update(chunk)
+            size += len(chunk)
+    return "sha256:" + digest.hexdigest(), size
+
+
+# --- Copying a layer ---------------------------------------------------------------------------
+
+
+def _decompressor(media_type: str) -> Callable[[bytes], bytes]:
+    """A function that decompresses a blob of ``media_type`` chunk by chunk (gzip members and
+    zstd frames one after another, as some tools write them)."""
+    if media_type.endswith("+gzip"):
+        state = [zlib.decompressobj(zlib.MAX_WBITS | 32)]
+
+        def gunzip(data: bytes) -> bytes:
+            out = []
+            while data:
+                d = state[0]
+                out.append(d.decompress(data))
+                data = d.unused_data if d.eof else b""
+                if d.eof:
+                    state[0] = zlib.decompressobj(zlib.MAX_WBITS | 32)
+            return b"".join(out)
+        return gunzip
+    if media_type.endswith("+zstd"):
+        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress
+    return lambda data: data
+
+
+def write_base_layer(
+    source: str,
+    layer: BaseLayer,
+    out: BinaryIO,
+    *,
+    uncompressed: bool,
+    kept: str | None = None,
+    insecure: bool = False,
+    auth_file: str | None = None,
+) -> LayerBlob:
+    """Copy the blob of ``layer`` of the base image ``source`` to ``out``: as it is, or
+    decompressed with ``uncompressed`` (a docker-archive holds tars). ``kept``: a file holding
+    the blob already (in the layer store), read instead of the source.
+
+    Everything read is checked: the blob against its digest and size, the tar in it against
+    the diff_id. Returns the LayerBlob written (its media type an OCI one). Raises
+    NixlayerError naming the base image and the blob when a check fails or the source cannot
+    be read; what was written to ``out`` is then to be thrown away.
+    """
+    blob_hash, diff_hash = hashlib.sha256(), hashlib.sha256()
+    sizes = [0, 0]  # blob, tar
+    decompress = _decompressor(layer.media_type)
+    broken: list[str] = []  # why the blob does not decompress: said if its digest is right
+
+    def consume(chunk: bytes) -> None:
+        blob_hash.update(chunk)
+        sizes[0] += len(chunk)
+        try:
+            tar = b"" if broken else decompress(chunk)
+        except (zlib.error, zstandard.ZstdError) as e:
+            broken.append(str(e))
+            tar = b""
+        diff_hash.update(tar)
+        sizes[1] += len(tar)
+        try:
+            out.write(tar if uncompressed else chunk)
+        except OSError as e:
+            raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
+
+    if kept is not None:
+        with open(kept, "rb") as f:
+            while chunk := f.read(COPY_BUFFER):
+                consume(chunk)
+    else:
+        transport, path, _ = parse_source(source)
+        if transport == "docker":
+            target, _ = parse_pull_reference(path)
+            RegistrySource(target, f"base image {source}", insecure=insecure,
+                           auth_file=auth_file).read_blob(layer.digest, consume)
+        else:
+            files = _Files(source, path, archive=transport != "oci")
+            try:
+                with files.open(layer.path) as f:
+                    while chunk := f.read(COPY_BUFFER):
+                        consume(chunk)
+            finally:
+                files.close()
+    digest, diff_id = "sha256:" + blob_hash.hexdigest(), "sha256:" + diff_hash.hexdigest()
+    if digest != layer.digest or sizes[0] != layer.blob_size:
+        raise NixlayerError(f"base image {source}: layer blob {layer.digest} does not match its digest and size"
+                            f" (read {digest}, {sizes[0]} bytes; expected {layer.blob_size})")
+    if broken:
+        raise NixlayerError(f"base image {source}: layer blob {layer.digest} is not valid {layer.media_type} ({broken[0]})")
+    if diff_id != layer.diff_id:
+        raise NixlayerError(f"base image {source}: layer {layer.digest} does not match its diff_id {layer.diff_id}"
+                            f" (its tar is {diff_id})")
+    if uncompressed:
+        return LayerBlob(diff_id, sizes[1], diff_id, sizes[1], MEDIA_TYPE_OCI_LAYER)
+    return LayerBlob(diff_id, sizes[1], digest, sizes[0], layer.media_type)

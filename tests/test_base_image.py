@@ -1,0 +1,250 @@
+"""Base images (--from-image, the Nix library's fromImage): a small base made by nixlayer itself
+(a static busybox, an Env and a WorkingDir), read from a docker-archive, an OCI layout, an
+oci-archive, a registry (through an index) and a spec, run in podman."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, nix_build, run_pipelines
+from nixlayer.__main__ import main
+from nixlayer.base_image import inherit_config
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
+from pipelines import BuildImage
+from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
+from test_registry import write_auth
+from test_build import PODMAN_RUN
+
+HELLO = REPO / "examples" / "hello.nix"
+BASE_CONFIG = {"Env": ["PATH=/bin", "GREETING=base"], "WorkingDir": "/srv", "Cmd": ["/bin/sh"], "User": "0"}
+# The app's program is the base's shell: its Env (GREETING, PATH) and WorkingDir come from the base.
+APP_CONFIG = {"Env": ["EXTRA=app"], "Cmd": ["/bin/sh", "-c", "cat /share/hello/greeting.txt; echo $GREETING $EXTRA; pwd"]}
+APP_OUTPUT = "Hello from a nixlayer image!\nbase app\n/srv\n"
+
+
+def skopeo(*args: str) -> str:
+    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True).stdout
+
+
+def inspect(ref: str, *flags: str) -> dict:
+    return json.loads(skopeo("inspect", "--tls-verify=false", *flags, ref) if ref.startswith("docker://")
+                      else skopeo("inspect", *flags, ref))
+
+
+def one_error(run: subprocess.CompletedProcess) -> str:
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert run.returncode != 0 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, registry) -> dict:
+    """The base image in every place a base is read from: ``archive`` (docker-archive),
+    ``layout`` (oci:DIR:TAG, gzip layers), ``oci_archive``, ``registry`` (an index of
+    linux/arm64 and linux/amd64 images, the arm64 one first) and ``arm_only`` (an OCI layout
+    tag naming an index of linux/arm64 alone); ``diff_ids`` and ``history`` of the base."""
+    root = tmp_path_factory.mktemp("base")
+    busybox = nix_build(HELLO, "busybox")
+    run = run_pipelines(["BuildImage", "--name", "base", "--tag", "1", "--contents", json.dumps([busybox]),
+                         "--config", json.dumps(BASE_CONFIG), "--output", str(root / "base.tar")], root / "store")
+    assert run.returncode == 0, run.stderr
+    layout = root / "layout"
+    skopeo("copy", f"docker-archive:{root / 'base.tar'}", f"oci:{layout}:b1")
+    skopeo("copy", f"docker-archive:{root / 'base.tar'}", f"oci-archive:{root / 'base.oci.tar'}:b1")
+    add_index(layout, "multi", ["arm64", "amd64"])
+    add_index(layout, "arm-only", ["arm64"])
+    skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:multi", f"docker://{registry.host}/team/base:1")
+    config = inspect(f"docker-archive:{root / 'base.tar'}", "--config")
+    return {
+        "root": root, "archive": f"docker-archive:{root / 'base.tar'}", "layout": f"oci:{layout}:b1",
+        "oci_archive": f"oci-archive:{root / 'base.oci.tar'}", "registry": f"docker://{registry.host}/team/base:1",
+        "arm_only": f"oci:{layout}:arm-only", "diff_ids": config["rootfs"]["diff_ids"], "history": config["history"],
+        "layout_layers": json.loads(skopeo("inspect", "--raw", f"oci:{layout}:b1"))["layers"],
+    }
+
+
+def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
+    """Tag in ``layout`` an OCI image index of the image ``b1`` for each of ``architectures``
+    (its image config's architecture changed: a real image of that platform, same layers)."""
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "b1")
+
+    def blob(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    manifest = json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes())
+    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    entries = []
+    for architecture in architectures:
+        manifest["config"].update(blob(json.dumps({**config, "architecture": architecture}).encode()))
+        entries.append({"mediaType": MEDIA_TYPE_OCI_MANIFEST, **blob(json.dumps(manifest).encode()),
+                        "platform": {"os": "linux", "architecture": architecture}})
+    data = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": entries}).encode()
+    index["manifests"].append({"mediaType": MEDIA_TYPE_OCI_INDEX, **blob(data),
+                               "annotations": {"org.opencontainers.image.ref.name": tag}})
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def build_app(tmp_path: Path, store: Path, source: str, *extra: str, output: str = "app.tar") -> subprocess.CompletedProcess:
+    greeting = nix_build(HELLO, "greeting")
+    return run_pipelines(["BuildImage", "--name", "app", "--tag", "1", "--from-image", source,
+                          "--contents", json.dumps([greeting]), "--config", json.dumps(APP_CONFIG),
+                          "--output", str(tmp_path / output), *extra], store)
+
+
+@pytest.mark.parametrize("where", ["archive", "layout", "oci_archive", "registry"])
+def test_an_image_on_a_base_runs_with_the_bases_env_and_workdir(tmp_path, base, where):
+    run = build_app(tmp_path, tmp_path / "store", base[where])
+    assert run.returncode == 0, run.stderr
+    config = inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")
+    assert config["rootfs"]["diff_ids"][:2] == base["diff_ids"]  # the base's layers first, unchanged
+    assert len(config["rootfs"]["diff_ids"]) == 4  # then greeting and the customisation layer
+    assert config["history"][:2] == base["history"] and len(config["history"]) == 4
+    assert config["config"] == {"Env": ["PATH=/bin", "GREETING=base", "EXTRA=app"], "WorkingDir": "/srv",
+                                "User": "0", "Cmd": APP_CONFIG["Cmd"]}
+    # Wherever the base is read from, the image is the same: its ID is the config's digest.
+    again = build_app(tmp_path, tmp_path / "store2", base["archive"], output="again.tar")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "app.tar").read_bytes() == (tmp_path / "again.tar").read_bytes()
+    subprocess.run(["podman", "load", "-i", str(tmp_path / "app.tar")], check=True, capture_output=True)
+    try:
+        out = subprocess.run([*PODMAN_RUN, "localhost/app:1"], capture_output=True, text=True, timeout=120)
+        assert out.stdout == APP_OUTPUT, out.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/app:1"], capture_output=True)
+
+
+def test_an_oci_output_keeps_the_bases_compressed_blobs(tmp_path, base):
+    run = build_app(tmp_path, tmp_path / "store", base["layout"], "--format", "oci", output="app-oci")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1"))
+    assert manifest["layers"][:2] == base["layout_layers"]  # digests, sizes, gzip media type
+    again = build_app(tmp_path, tmp_path / "store2", base["layout"], "--format", "oci", output="app-oci2")
+    assert again.returncode == 0, again.stderr
+    assert skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci2'}:1") == skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1")
+
+
+def test_a_rebuild_on_a_registry_base_downloads_nothing_and_a_push_mounts_its_blobs(tmp_path, base, registry):
+    store = tmp_path / "store"
+    first = registry.mark()
+    push = ["--push", f"docker://{registry.host}/team/app:1"]
+    run = build_app(tmp_path, store, base["registry"], *push)
+    assert run.returncode == 0, run.stderr
+    downloads = [r for r in registry.requests()[first:] if r.method == "GET" and "/blobs/" in r.path]
+    assert len(downloads) == 3  # the amd64 image's config and its two layers: not the arm64 config
+    pushed = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/team/app:1"))
+    base_layers = pushed["layers"][:2]
+    assert [layer["digest"] for layer in base_layers] == [layer["digest"] for layer in base["layout_layers"]]
+    assert set(registry.blob_activity("team/app", first)["mounted"]) >= {layer["digest"] for layer in base_layers}
+
+    mark = registry.mark()
+    (tmp_path / "app.tar").unlink()
+    again = build_app(tmp_path, store, base["registry"], *push)
+    assert again.returncode == 0, again.stderr
+    reads = [r for r in registry.requests()[mark:] if r.method == "GET" and r.path.startswith("/v2/team/base/")]
+    assert reads == []  # a HEAD for the tag's digest, nothing downloaded
+    assert (tmp_path / "app.tar").exists()
+
+
+def test_a_spec_and_a_batch_file_take_a_base_image(tmp_path, base, capsys):
+    greeting = nix_build(HELLO, "greeting")
+    shutil.copy(base["archive"].split(":", 1)[1], tmp_path / "base.tar")
+    (tmp_path / "image.nix").write_text(
+        f'(import {REPO / "nix"} {{ }}).buildLayeredImage {{ name = "app"; tag = "1"; fromImage = ./base.tar;'
+        f' contents = [ (import {HELLO}).greeting ]; config = builtins.fromJSON \'\'{json.dumps(APP_CONFIG)}\'\'; }}')
+    spec = subprocess.run(["nix-build", str(tmp_path / "image.nix"), "--no-out-link"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "spec.tar")], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    assert main(["plan", "--spec", spec, "--max-layers", "4", "--json"]) == 0  # the plan command counts them too
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["base_layers"] == 2 and len(plan["layers"]) == 1 and plan["customisation_layer_index"] == 3
+    (tmp_path / "batch.toml").write_text(
+        f'from_image = "docker-archive:base.tar"\n[[image]]\nname = "app"\ntag = "1"\ncontents = ["{greeting}"]\n'
+        f"output = \"batch.tar\"\nconfig = '{json.dumps(APP_CONFIG)}'\n"
+        f'[[image]]\nname = "plain"\nfrom_image = ""\ncontents = ["{greeting}"]\noutput = "plain.tar"\n')
+    run = run_pipelines(["BuildImages", "--batch-file", str(tmp_path / "batch.toml"),
+                         "--report", str(tmp_path / "report.json")], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    assert len(inspect(f"docker-archive:{tmp_path / 'plain.tar'}")["Layers"]) == 2  # its images batched, one on no base
+    direct = build_app(tmp_path, tmp_path / "store", base["archive"], output="direct.tar")
+    assert direct.returncode == 0, direct.stderr
+    digests = {name: inspect(f"docker-archive:{tmp_path / name}")["Digest"] for name in ("spec.tar", "batch.tar", "direct.tar")}
+    assert len(set(digests.values())) == 1, digests
+    assert inspect(f"docker-archive:{tmp_path / 'spec.tar'}", "--config")["rootfs"]["diff_ids"][:2] == base["diff_ids"]
+
+
+@pytest.mark.parametrize("layering", ["popularity", "auto", "pipeline", "stable"])
+def test_the_bases_layers_count_against_max_layers(tmp_path, base, layer_store, vectors, vectors_app, layering):
+    pipeline = json.dumps([["popularity_contest"], ["limit_layers", 2]]) if layering == "pipeline" else ""
+    image = BuildImage(name="vec", from_image=base["archive"], contents=[vectors_app], max_layers=5, layering=layering,
+                       layering_pipeline=pipeline, output=str(tmp_path / "vec.tar"))
+    layers = image.plan["store_layers"]
+    assert len(layers) <= 2 and sorted(p for layer in layers for p in layer) == sorted(vectors["store_paths"].values())
+    if layering == "pipeline":  # a pipeline that makes more layers than the base leaves
+        wide = BuildImage(name="vec", from_image=base["archive"], contents=[vectors_app], max_layers=5, layering=layering,
+                          layering_pipeline=json.dumps([["popularity_contest"], ["limit_layers", 3]]),
+                          output=str(tmp_path / "vec.tar"))
+        with pytest.raises(Exception, match="max_layers 5 leaves 2"):
+            wide.plan
+
+
+def test_errors_are_one_line_and_write_nothing(tmp_path, base, registry):
+    layout = Path(base["layout"].split(":")[1])
+    cases = {
+        "docker-archive:" + str(tmp_path / "missing.tar"): "cannot read base image docker-archive:",
+        f"docker://{registry.host}/team/base:missing": "has no tag missing",
+        f"docker://{registry.host}/team/base@sha256:{'0' * 64}": f"has no manifest sha256:{'0' * 64}",
+        f"docker://{registry.host}/team/base@sha256:abc": "has an invalid digest 'sha256:abc'",
+        f"oci:{layout}:missing": "the layout has no image tagged 'missing' (it has: b1, multi, arm-only)",
+        base["arm_only"]: "is an index without a linux/amd64 image (it has: linux/arm64)",
+        str(base["root"] / "base.tar"): "is not named in a transport nixlayer reads",
+    }
+    for source, message in cases.items():
+        assert message in one_error(build_app(tmp_path, tmp_path / "store", source)), source
+        assert not (tmp_path / "app.tar").exists()
+    other = one_error(build_app(tmp_path, tmp_path / "store", base["archive"], "--architecture", "arm64"))
+    assert "is for linux/amd64, not linux/arm64: give --architecture amd64" in other
+    # A layer blob that does not match its digest: found when copied, and nothing is written.
+    broken = tmp_path / "broken"
+    shutil.copytree(layout, broken)
+    blob = broken / "blobs" / "sha256" / base["layout_layers"][1]["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-10] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    message = one_error(build_app(tmp_path, tmp_path / "store", f"oci:{broken}:b1"))
+    assert f"layer blob {base['layout_layers'][1]['digest']} does not match its digest" in message
+    assert not (tmp_path / "app.tar").exists()
+    assert not list((tmp_path / "store" / "layers" / "base").glob(f"{blob.name}-*"))
+
+
+def test_config_inheritance_follows_nixpkgs_for_env_and_keeps_the_rest():
+    base = {"Env": ["PATH=/bin", "A=1", "B=2"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv", "Entrypoint": None,
+            "Labels": {"from": "base"}, "Hostname": "x"}
+    merged = inherit_config(base, {"Env": ["B=3", "C=4"], "Labels": {"app": "1"}})
+    assert merged == {"Env": ["PATH=/bin", "A=1", "B=3", "C=4"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv",
+                      "Labels": {"app": "1"}}
+    assert inherit_config({}, {"Cmd": ["/x"]}) == {"Cmd": ["/x"]}
+
+
+def test_a_base_in_a_registry_with_authentication_is_read_with_the_pushs_credentials(tmp_path, base, auth_registry,
+                                                                                     monkeypatch):
+    creds = f"--dest-creds={AUTH_USER}:{AUTH_PASSWORD}"
+    skopeo("copy", "--dest-tls-verify=false", creds, base["layout"], f"docker://{auth_registry.host}/team/base:1")
+    source = f"docker://{auth_registry.host}/team/base:1"
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "none.json"))
+    assert "authentication failed for 127.0.0.1" in one_error(build_app(tmp_path, tmp_path / "store", source))
+    write_auth(tmp_path / "auth.json", auth_registry.host, AUTH_USER, AUTH_PASSWORD)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    run = build_app(tmp_path, tmp_path / "store", source)
+    assert run.returncode == 0, run.stderr
+    assert inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"][:2] == base["diff_ids"]
