@@ -144,12 +144,22 @@ def inherit_config(base: dict[str, Any], config: dict[str, Any]) -> dict[str, An
 
     ``Env`` as nixpkgs' ``stream_layered_image.py`` merges it: the base's entries then the new
     ones, one per variable name, a variable set in both taking the new value at the base's
-    place. Every other field of :data:`nixlayer.image.CONFIG_FIELDS` the base sets (not null)
-    is kept unless ``config`` sets it (nixpkgs keeps only ``Env``). Raises NixlayerError if the
-    result is not a valid config.
+    place. The other fields of :data:`nixlayer.image.CONFIG_FIELDS` follow ``docker build`` on
+    a ``FROM`` (nixpkgs keeps only ``Env``): the object fields (``Labels``, ``ExposedPorts``,
+    ``Volumes``) are merged key by key, a key set in both taking the new value; any other field
+    the base sets (not null) is kept unless ``config`` sets it, except that a new
+    ``Entrypoint`` without a ``Cmd`` drops the base's ``Cmd`` (as a Dockerfile's
+    ``ENTRYPOINT`` resets the inherited ``CMD``). Raises NixlayerError if the result is not a
+    valid config.
     """
     merged = {key: value for key, value in base.items() if key in CONFIG_FIELDS and value is not None}
-    merged.update(config)
+    if "Entrypoint" in config and "Cmd" not in config:
+        merged.pop("Cmd", None)
+    for key, value in config.items():
+        if key in MERGED_OBJECT_FIELDS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     env = [*(base.get("Env") or []), *config.get("Env", [])]
     if env:
         by_name = {}
@@ -157,6 +167,9 @@ def inherit_config(base: dict[str, Any], config: dict[str, Any]) -> dict[str, An
             by_name[entry.split("=", 1)[0]] = entry
         merged["Env"] = list(by_name.values())
     return check_config(merged)
+
+# Config fields a base and a new image each add keys to, as Dockerfile instructions do.
+MERGED_OBJECT_FIELDS = ("Labels", "ExposedPorts", "Volumes")
 
 
 # --- Reading -----------------------------------------------------------------------------------

@@ -232,8 +232,20 @@ def test_config_inheritance_follows_nixpkgs_for_env_and_keeps_the_rest():
             "Labels": {"from": "base"}, "Hostname": "x"}
     merged = inherit_config(base, {"Env": ["B=3", "C=4"], "Labels": {"app": "1"}})
     assert merged == {"Env": ["PATH=/bin", "A=1", "B=3", "C=4"], "Cmd": ["/bin/sh"], "WorkingDir": "/srv",
-                      "Labels": {"app": "1"}}
+                      "Labels": {"from": "base", "app": "1"}}
     assert inherit_config({}, {"Cmd": ["/x"]}) == {"Cmd": ["/x"]}
+
+
+def test_config_inheritance_follows_docker_build_for_entrypoint_and_object_fields():
+    base = {"Cmd": ["bash"], "Entrypoint": ["/bin/sh", "-c"], "ExposedPorts": {"80/tcp": {}},
+            "Volumes": {"/data": {}}, "Labels": {"a": "base", "b": "base"}}
+    merged = inherit_config(base, {"Entrypoint": ["/bin/app"], "ExposedPorts": {"8080/tcp": {}},
+                                   "Labels": {"b": "app"}})
+    assert merged == {"Entrypoint": ["/bin/app"], "ExposedPorts": {"80/tcp": {}, "8080/tcp": {}},
+                      "Volumes": {"/data": {}}, "Labels": {"a": "base", "b": "app"}}
+    # Cmd given with the Entrypoint, even empty, is the new image's own.
+    assert inherit_config(base, {"Entrypoint": ["/bin/app"], "Cmd": []})["Cmd"] == []
+    assert inherit_config(base, {"WorkingDir": "/w"})["Cmd"] == ["bash"]
 
 
 def test_a_base_in_a_registry_with_authentication_is_read_with_the_pushs_credentials(tmp_path, base, auth_registry,
