@@ -60,10 +60,13 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 def check_architecture(name: str) -> str:
     """Return ``name`` if it is a Go architecture name (OCI config.md "architecture").
 
-    Raises NixlayerError listing the names allowed.
+    Raises NixlayerError listing the names allowed (and Go's name for a machine name such as
+    ``aarch64``).
     """
     if name not in ARCHITECTURES:
-        raise NixlayerError(f"unknown architecture {name!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
+        hint = f" (Go calls it {_GOARCH[name]})" if _GOARCH.get(name, name) != name else ""
+        raise NixlayerError(f"unknown architecture {name!r}{hint}: use a Go architecture name, one of"
+                            f" {', '.join(sorted(ARCHITECTURES))}")
     return name
 
 
@@ -138,10 +141,12 @@ def image_config(
     created: datetime,
     architecture: str,
     os: str = "linux",
+    variant: str = "",
 ) -> bytes:
     """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
 
-    One ``history`` entry per layer carries the layer's comment. Returns canonical JSON bytes.
+    One ``history`` entry per layer carries the layer's comment; ``variant`` ('' for none) is
+    the CPU variant (``v7`` of ``linux/arm/v7``). Returns canonical JSON bytes.
     """
     when = format_time(created)
     return canonical_json({
@@ -151,6 +156,7 @@ def image_config(
         "history": [{"created": when, "comment": layer.comment} for layer in layers],
         "os": os,
         "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
+        **({"variant": variant} if variant else {}),
     })
 
 
