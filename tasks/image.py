@@ -29,6 +29,7 @@ class ImageTask(LayerParameters, abstract=True):
     config = luigi.Parameter(default="{}", description="the image config object, as JSON", batch_method=json_list)
     created = luigi.Parameter(default=DEFAULT_CREATED, batch_method=json_list)
     architecture = luigi.Parameter(batch_method=json_list)
+    variant = luigi.Parameter(default="", description="the CPU variant (v7 of linux/arm/v7); '' for none", batch_method=json_list)
     store_layers = luigi.ListParameter(batch_method=tuple)
     contents = luigi.ListParameter(default=[], batch_method=tuple)
     max_batch_size = 1
@@ -60,7 +61,8 @@ class ImageTask(LayerParameters, abstract=True):
 
     def image_config(self, layers: list[ImageLayer]) -> bytes:
         """The image config JSON for ``layers``."""
-        return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+        return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture,
+                            variant=self.variant)
 
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the
