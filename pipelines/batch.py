@@ -3,12 +3,16 @@
 The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
 ``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
-steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
+steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``, ``platform``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
 ``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
+
+Images that share an ``output`` (oci or oci-archive) or a ``push`` target, with one ``name`` and
+``tag`` and each its own ``platform`` (``"linux/arm64"``, or a table of ``os``, ``architecture``,
+``variant``), are one multi-platform OCI image index (``pipelines.index``).
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
 (nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
@@ -227,8 +231,9 @@ class BuildImages(luigi.Task):
         runlog.state(self).setdefault("started", time.time())
         return runlog.state(self).get("reported", False)
 
-    def images(self) -> list[tuple[str, BuildImage]]:
-        """(entry, BuildImage) of each image; bad input is printed as one line, then raised.
+    def images(self) -> list[tuple[str, BuildImage | ImageIndex]]:
+        """(entry, BuildImage) of each image, the images of an index as one (entry, ImageIndex);
+        bad input is printed as one line, then raised.
 
         Every image is checked and planned before any work. The batch's output directories are
         made for it, as each image's output check needs them; if any image is bad, the

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi
+from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, parse_platform
 from pipelines import BuildImages
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_batch import run_batch_cli, write_batch
 from test_build import PODMAN_RUN
+from test_spec import spec_build
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -181,3 +182,28 @@ def test_parse_platform():
     for bad in ("linux/amd64/v7", "linux//arm64", "linux/arm64/v8/x", {"arch": "amd64"}, {"architecture": 1}):
         with pytest.raises(NixlayerError):
             parse_platform(bad)
+
+
+def test_nix_build_images_list_is_an_index(tmp_path, layer_store):
+    """buildImages { hello = [ amd64 arm/v7 ]; }: one index, written to the output named hello."""
+    file = tmp_path / "images.nix"
+    file.write_text(f"""let nixlayer = import {REPO / 'nix'} {{ }}; vec = import {FIXTURES / 'vectors.nix'};
+  image = platform: nixlayer.buildLayeredImage {{ name = "vec"; tag = "1"; format = "oci"; contents = [ vec.app ]; inherit platform; }};
+in nixlayer.buildImages {{ hello = [ (image "linux/amd64") (image {{ architecture = "arm"; variant = "v7"; }}) ]; }}""")
+    spec = spec_build(file)
+    keys = [(image["key"], image["index"], image["platform"]) for image in json.loads(Path(spec).read_text())["images"]]
+    assert keys == [("hello-1", "hello", "linux/amd64"), ("hello-2", "hello", {"architecture": "arm", "variant": "v7"})]
+    run_luigi(BuildImages(spec=spec, output_dir=str(tmp_path / "out"), report=str(tmp_path / "report.json")))
+    index = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'out' / 'hello'}:1"))
+    assert [m["platform"] for m in index["manifests"]] == [
+        {"architecture": "amd64", "os": "linux"}, {"architecture": "arm", "os": "linux", "variant": "v7"}]
+    assert picked(f"oci:{tmp_path / 'out' / 'hello'}:1", "arm", tmp_path, "--override-variant", "v7")["variant"] == "v7"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hello"]
+
+    # The same platform twice: one line, naming the spec's images, nothing written.
+    file.write_text(file.read_text().replace('{ architecture = "arm"; variant = "v7"; }', '"linux/amd64"'))
+    run = run_pipelines(["BuildImages", "--spec", spec_build(file), "--output-dir", str(tmp_path / "out2")], tmp_path / "store")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert run.returncode == 35 and len(errors) == 1, run.stderr
+    assert "image hello-2: platform linux/amd64 is also the platform of image hello-1" in errors[0], errors[0]
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "store").exists()
