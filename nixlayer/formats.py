@@ -1,4 +1,5 @@
-"""Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive.
+"""Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive;
+and a multi-platform image index (``nixlayer.index``) as oci or oci-archive.
 
 One entry point for every output. Archive files are written atomically (temporary path, then
 rename); ``-`` streams docker-archive or oci-archive to standard output. An OCI layout is

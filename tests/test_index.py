@@ -207,3 +207,19 @@ in nixlayer.buildImages {{ hello = [ (image "linux/amd64") (image {{ architectur
     assert run.returncode == 35 and len(errors) == 1, run.stderr
     assert "image hello-2: platform linux/amd64 is also the platform of image hello-1" in errors[0], errors[0]
     assert not (tmp_path / "out2").exists() and not (tmp_path / "store").exists()
+
+
+def test_one_image_of_a_platform_is_an_image_not_an_index(tmp_path, layer_store, vectors_app):
+    """BuildImage --platform (or a batch image alone at its output): the image config says the
+    platform; an image without one is as before (no variant, this machine's architecture)."""
+    from pipelines import BuildImage
+
+    run_luigi(BuildImage(name="vec", tag="1", contents=[vectors_app], platform="linux/arm/v7", format="oci",
+                         output=str(tmp_path / "arm")))
+    raw = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'arm'}:1"))
+    assert raw["mediaType"] == MANIFEST
+    config = json.loads(skopeo("inspect", "--config", f"oci:{tmp_path / 'arm'}:1"))
+    assert (config["os"], config["architecture"], config["variant"]) == ("linux", "arm", "v7")
+    run_luigi(BuildImage(name="vec", tag="1", contents=[vectors_app], format="oci", output=str(tmp_path / "host")))
+    config = json.loads(skopeo("inspect", "--config", f"oci:{tmp_path / 'host'}:1"))
+    assert (config["architecture"], "variant" in config) == ("amd64", False)
