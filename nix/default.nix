@@ -9,8 +9,9 @@
 # dockerTools.buildLayeredImage under the same names, plus nixlayer's own; it evaluates to a
 # derivation whose output is an image spec: one JSON file with the image's parameters and its
 # closure graph (exportReferencesGraph). buildImages takes an attribute set or a list of such
-# images and gives one spec of them all, for `BuildImages --spec`. The spec refers to every
-# store path of its images, so keeping it (a result link) keeps them alive.
+# images and gives one spec of them all, for `BuildImages --spec`; in the attribute set, a list
+# of images of one name, each with its own `platform`, is one multi-platform image index. The
+# spec refers to every store path of its images, so keeping it (a result link) keeps them alive.
 #
 # Builtins only: no nixpkgs. The builder is /bin/sh using shell built-ins only (read, printf),
 # so it also builds in Nix's sandbox, whose /bin/sh is a bare busybox shell.
@@ -43,6 +44,7 @@ let
     architecture = "architecture";
     fromImage = "from_image"; # see fromImageSource
     # nixlayer's own
+    platform = "platform"; # "linux/arm64", or { architecture = "arm"; variant = "v7"; }
     layering = "layering";
     format = "format";
     compression = "compression";
@@ -174,13 +176,24 @@ let
     if builtins.isAttrs value && value ? nixlayerImage then value.nixlayerImage
     else throw "nixlayer.buildImages: ${where} is not a nixlayer.buildLayeredImage image";
 
-  # One spec of several images: an attribute set (each image's key is its attribute name) or a
-  # list (each image's key is the last part of its name, which must then differ).
+  # The images of one multi-platform index called `index`: a list of images, each of its own
+  # platform; their keys are INDEX-1, INDEX-2, ... in the list's order.
+  indexImages = index: list:
+    if !(builtins.isList list) || list == [ ] then throw "nixlayer.buildImages: ${index}: expected an image or a non-empty list of images (one per platform)"
+    else builtins.genList (i:
+      let image = imageOf "element ${toString i} of ${index}" (builtins.elemAt list i);
+      in image // { key = "${index}-${toString (i + 1)}"; parameters = image.parameters // { inherit index; }; })
+      (builtins.length list);
+
+  # One spec of several images: an attribute set (each image's key is its attribute name; a list
+  # of images, one per platform, makes one multi-platform index of that name) or a list (each
+  # image's key is the last part of its name, which must then differ).
   buildImages = images:
     let
       described =
         if builtins.isAttrs images && !(images ? nixlayerImage) then
-          map (key: (imageOf key images.${key}) // { inherit key; }) (builtins.attrNames images)
+          builtins.concatMap (key: if builtins.isList images.${key} then indexImages key images.${key}
+            else [ ((imageOf key images.${key}) // { inherit key; }) ]) (builtins.attrNames images)
         else if builtins.isList images then
           builtins.genList (i: imageOf "element ${toString i} of the list" (builtins.elemAt images i)) (builtins.length images)
         else throw "nixlayer.buildImages: expected an attribute set or a list of images, got a ${builtins.typeOf images}";

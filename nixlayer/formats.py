@@ -1,4 +1,5 @@
-"""Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive.
+"""Writing an image in the format asked for: docker-archive, oci (a directory), oci-archive;
+and a multi-platform image index (``nixlayer.index``) as oci or oci-archive.
 
 One entry point for every output. Archive files are written atomically (temporary path, then
 rename); ``-`` streams docker-archive or oci-archive to standard output. An OCI layout is
@@ -11,14 +12,16 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import BinaryIO, NamedTuple, Sequence
+from typing import BinaryIO, Callable, NamedTuple, Sequence
 
 from nixlayer.atomic import atomic_file, remove_stale_temporaries
 from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer
+from nixlayer.index import PlatformImage
 from nixlayer.oci_layout import (
-    OCI_ARCHIVE_STAGING, check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_layout,
+    OCI_ARCHIVE_STAGING, check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_index,
+    write_oci_layout,
 )
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
@@ -74,45 +77,74 @@ def write_image(
     read or the output cannot be written.
     """
     check_format(format, layers[0].blob.media_type if layers else "", output)
+    if format == "docker-archive":
+        return _write(format, output, lambda out: write_docker_archive(out, layers, config, f"{name}:{tag}", mtime))
+    return _write_oci(format, output, lambda layout, ref_name: write_oci_layout(layout, layers, config, ref_name),
+                      name, tag, mtime, scratch)
+
+
+def write_index(
+    format: str, output: str, images: Sequence[PlatformImage], name: str, tag: str, mtime: int, scratch: str,
+) -> Written:
+    """Write the image index of ``images`` (one per platform, see ``nixlayer.index``) to
+    ``output``, an OCI layout (``oci``) or an ``oci-archive``, named as :func:`write_image`
+    names an image; return the index digest and the bytes written.
+
+    Raises NixlayerError for docker-archive (it holds images, not an index), two images of one
+    platform, or as :func:`write_image`.
+    """
+    if format == "docker-archive":
+        raise NixlayerError("format docker-archive cannot hold a multi-platform image index: use oci or oci-archive")
+    for image in images:
+        check_format(format, image.layers[0].blob.media_type if image.layers else "", output)
+    return _write_oci(format, output, lambda layout, ref_name: write_oci_index(layout, images, ref_name),
+                      name, tag, mtime, scratch)
+
+
+def _write_oci(format: str, output: str, add: Callable[[str, str], tuple[str, int]],
+               name: str, tag: str, mtime: int, scratch: str) -> Written:
+    """Write to ``output``, in ``format`` oci or oci-archive, what ``add(layout, ref_name)``
+    adds to an OCI layout (it returns the digest and the bytes written)."""
+    if format == "oci":
+        def to_layout() -> Written:
+            try:  # only the writer that made the directory removes it if its first image fails
+                os.mkdir(output)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                return Written(*add(output, tag))
+            except BaseException:
+                if created:
+                    remove_unfinished_layout(output)
+                raise
+        return _guarded(format, output, to_layout)
+
+    def to_archive(out: BinaryIO) -> str:
+        with tempfile.TemporaryDirectory(prefix=OCI_ARCHIVE_STAGING, dir=scratch) as layout:
+            remove_stale_temporaries(scratch, OCI_ARCHIVE_STAGING, layout)  # left by killed writers
+            digest, _ = add(layout, f"{name}:{tag}")
+            write_oci_archive(out, layout, mtime)
+        return digest
+    return _write(format, output, to_archive)
+
+
+def _write(format: str, output: str, write: Callable[[BinaryIO], str]) -> Written:
+    """Write an archive file (or standard output, ``-``) with ``write(file) -> digest``."""
+    def to_file() -> Written:
+        if output == STDOUT:
+            digest = write(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return Written(digest, None)
+        with atomic_file(output) as f:
+            return Written(write(f), f.tell())
+    return _guarded(format, output, to_file)
+
+
+def _guarded(format: str, output: str, write: Callable[[], Written]) -> Written:
+    """``write()``, an OSError raised as the NixlayerError naming the output (and file)."""
     try:
-        return _write(format, output, layers, config, name, tag, mtime, scratch)
+        return write()
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         raise NixlayerError(f"cannot write {format} {output}:{where} {e.strerror or e}") from None
-
-
-def _write(
-    format: str, output: str, layers: Sequence[ImageLayer], config: bytes,
-    name: str, tag: str, mtime: int, scratch: str,
-) -> Written:
-    if format == "oci":
-        try:  # only the writer that made the directory removes it if its first image fails
-            os.mkdir(output)
-            created = True
-        except FileExistsError:
-            created = False
-        try:
-            return Written(*write_oci_layout(output, layers, config, tag))
-        except BaseException:
-            if created:
-                remove_unfinished_layout(output)
-            raise
-    if output == STDOUT:
-        digest = _write_archive(sys.stdout.buffer, format, layers, config, name, tag, mtime, scratch)
-        sys.stdout.buffer.flush()
-        return Written(digest, None)
-    with atomic_file(output) as f:
-        return Written(_write_archive(f, format, layers, config, name, tag, mtime, scratch), f.tell())
-
-
-def _write_archive(
-    out: BinaryIO, format: str, layers: Sequence[ImageLayer], config: bytes,
-    name: str, tag: str, mtime: int, scratch: str,
-) -> str:
-    if format == "docker-archive":
-        return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
-    with tempfile.TemporaryDirectory(prefix=OCI_ARCHIVE_STAGING, dir=scratch) as layout:
-        remove_stale_temporaries(scratch, OCI_ARCHIVE_STAGING, layout)  # left by killed writers
-        digest, _ = write_oci_layout(layout, layers, config, f"{name}:{tag}")
-        write_oci_archive(out, layout, mtime)
-    return digest

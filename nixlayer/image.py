@@ -60,10 +60,13 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 def check_architecture(name: str) -> str:
     """Return ``name`` if it is a Go architecture name (OCI config.md "architecture").
 
-    Raises NixlayerError listing the names allowed.
+    Raises NixlayerError listing the names allowed (and Go's name for a machine name such as
+    ``aarch64``).
     """
     if name not in ARCHITECTURES:
-        raise NixlayerError(f"unknown architecture {name!r}: use one of {', '.join(sorted(ARCHITECTURES))}")
+        hint = f" (Go calls it {_GOARCH[name]})" if _GOARCH.get(name, name) != name else ""
+        raise NixlayerError(f"unknown architecture {name!r}{hint}: use a Go architecture name, one of"
+                            f" {', '.join(sorted(ARCHITECTURES))}")
     return name
 
 
@@ -140,12 +143,14 @@ def image_config(
     os: str = "linux",
     base_history: Sequence[dict[str, Any]] = (),
     base_layers: int = 0,
+    variant: str = "",
 ) -> bytes:
     """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
 
     The first ``base_layers`` of ``layers`` are a base image's, whose ``base_history`` comes
     first, as it is; then one ``history`` entry per layer of ours carries the layer's comment.
-    Returns canonical JSON bytes.
+    ``variant`` ('' for none) is the CPU variant (``v7`` of ``linux/arm/v7``). Returns canonical
+    JSON bytes.
     """
     when = format_time(created)
     return canonical_json({
@@ -155,6 +160,7 @@ def image_config(
         "history": [*base_history, *({"created": when, "comment": layer.comment} for layer in layers[base_layers:])],
         "os": os,
         "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
+        **({"variant": variant} if variant else {}),
     })
 
 

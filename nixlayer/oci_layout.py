@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterator, Sequence
 from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest, sha256_digest
+from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layer import COPY_BUFFER
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
@@ -160,18 +161,36 @@ def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes
     its file costs none), ``index.json`` and ``oci-layout``. Raises NixlayerError if
     ``directory`` holds other files (``check_layout_output``) or an unreadable ``index.json``.
     """
-    check_layout_output(directory)
     manifest = oci_manifest(config, layers)
-    files = [(blob_path(directory, layer.blob.digest), layer.file) for layer in layers]
+    return _add(directory, layers, [config, manifest], descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest), ref_name)
+
+
+def write_oci_index(directory: str, images: Sequence[PlatformImage], ref_name: str) -> tuple[str, int]:
+    """Add the image index of ``images`` (one per platform, see ``nixlayer.index``) to the OCI
+    layout ``directory`` as ``ref_name``: every image's blobs and manifest, a layer blob the
+    images share once, then the index, which ``index.json`` names. Returns the index digest and
+    the bytes written; raises NixlayerError as :func:`write_oci_layout`, or for two images of one
+    platform."""
+    index = oci_index(images)
+    documents = [document for image in images for document in (image.config, image.manifest)]
+    layers = [layer for image in images for layer in image.layers]
+    return _add(directory, layers, [*documents, index], descriptor(MEDIA_TYPE_OCI_INDEX, index), ref_name)
+
+
+def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes], entry: dict, ref_name: str) -> tuple[str, int]:
+    """Put the ``layers``' blobs and the ``documents`` (configs, manifests, an index) as blobs
+    into the layout ``directory``, then name ``entry`` (the descriptor of the last document)
+    ``ref_name`` in its ``index.json``; return the entry's digest and the bytes written."""
+    check_layout_output(directory)
+    files = sorted({(blob_path(directory, layer.blob.digest), layer.file) for layer in layers})
 
     def put_blobs(files: list[tuple[str, str]]) -> int:
         os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
         written = sum(_put_file(path, source) for path, source in files)
-        return written + _put_data(directory, config)[1] + _put_data(directory, manifest)[1]
+        return written + sum(_put_data(directory, document)[1] for document in documents)
 
     written = put_blobs(files)  # unlocked: blobs are content-addressed, and a copy can take long
-    entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest)
-    entry["annotations"] = {REF_NAME: ref_name}
+    entry = {**entry, "annotations": {REF_NAME: ref_name}}
     with _locked(directory):
         # A first writer that failed meanwhile removed the layout, blobs and all, under this
         # lock (it had no index.json yet): whatever is missing is put again before the index.

@@ -41,13 +41,13 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import requests
 
 from nixlayer.errors import NixlayerError
 from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
-from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES
+from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 _T = TypeVar("_T")
 
@@ -766,6 +766,30 @@ def tagged_manifest_digest(
     return resp.headers.get("Docker-Content-Digest")
 
 
+def _put_manifest(client: _Client, target: PushTarget, reference: str | None, manifest: bytes, media_type: str) -> str:
+    """PUT ``manifest`` under ``reference`` (a digest), or ``target.tag`` if None (distribution
+    spec end-7); return its digest, checked against ``Docker-Content-Digest`` when sent."""
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    what = f"pushing manifest {manifest_digest}" + ("" if reference else f" as tag {target.tag}")
+    resp = client.with_retries(
+        lambda: client.send(
+            "PUT",
+            client.url(f"manifests/{reference or target.tag}"),
+            body=lambda: manifest,
+            headers={"Content-Type": media_type},
+        ),
+        what,
+    )
+    client.check_auth(resp)
+    if resp.status_code not in (200, 201, 202):
+        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
+    echoed = resp.headers.get("Docker-Content-Digest")
+    if echoed and echoed != manifest_digest:
+        raise NixlayerError(f"{client.where} stored manifest {manifest_digest} under digest {echoed}")
+    client.log(f"manifest {manifest_digest} pushed as {target if reference is None else f'{target.host}/{target.repository}@{reference}'}")
+    return manifest_digest
+
+
 def push_image(
     target: PushTarget | str,
     manifest: bytes,
@@ -801,12 +825,52 @@ def push_image(
     bytes. Raises NixlayerError with one line naming the registry, the repository and, for blob
     faults, the blob digest and the HTTP status.
     """
-    if isinstance(target, str):
-        target = parse_push_target(target)
     if manifest_media_type not in MANIFEST_MEDIA_TYPES:
         raise NixlayerError(
             f"manifest media type {manifest_media_type!r} is not one of {', '.join(sorted(MANIFEST_MEDIA_TYPES))}"
         )
+    return _push(target, [config, *layers], [(None, manifest, manifest_media_type)], insecure=insecure,
+                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session)
+
+
+def push_index(
+    target: PushTarget | str,
+    images: Sequence[tuple[bytes, Blob, Sequence[Blob]]],
+    index: bytes,
+    **options: Any,
+) -> PushResult:
+    """Push a multi-platform image: each image's blobs and manifest, then the image ``index``
+    (OCI image-spec ``image-index.md``) under ``target.tag``.
+
+    ``images``: each image's OCI manifest bytes, config blob and layer blobs. A blob the images
+    share is uploaded once; each manifest goes by its digest (distribution spec end-7 with a
+    digest reference), the index last, so a failed push leaves the tag untouched. ``options``
+    as :func:`push_image`. Returns the :class:`PushResult` of the whole push (its
+    ``manifest_digest`` is the index digest). Raises NixlayerError as :func:`push_image`.
+    """
+    blobs = [blob for _, config, layers in images for blob in (config, *layers)]
+    manifests = [("sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, MEDIA_TYPE_OCI_MANIFEST)
+                 for manifest, _, _ in images]
+    return _push(target, blobs, [*manifests, (None, index, MEDIA_TYPE_OCI_INDEX)], **options)
+
+
+def _push(
+    target: PushTarget | str,
+    blobs_given: Sequence[Blob],
+    manifests: Sequence[tuple[str | None, bytes, str]],
+    *,
+    insecure: bool = False,
+    auth_file: str | os.PathLike[str] | None = None,
+    mount_from: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    log: Callable[[str], None] = lambda message: None,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+) -> PushResult:
+    """Push ``blobs_given`` (each missing one once), then ``manifests``, each (reference: a
+    digest, or None for ``target.tag``; bytes; media type), in order."""
+    if isinstance(target, str):
+        target = parse_push_target(target)
     if chunk_size is not None and chunk_size <= 0:
         raise NixlayerError(f"chunk size {chunk_size} must be a positive number of bytes")
     sources = []
@@ -825,10 +889,8 @@ def push_image(
         log=log,
         session=session,
     )
-    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-
     blobs: dict[str, Blob] = {}
-    for blob in [config, *layers]:
+    for blob in blobs_given:
         blobs.setdefault(blob.digest, blob)
 
     counts = {"uploaded": [0, 0], "mounted": [0, 0], "present": [0, 0]}
@@ -851,23 +913,8 @@ def push_image(
         counts[kind][0] += 1
         counts[kind][1] += blob.size
 
-    what = f"pushing manifest {manifest_digest} as tag {target.tag}"
-    resp = client.with_retries(
-        lambda: client.send(
-            "PUT",
-            client.url(f"manifests/{target.tag}"),
-            body=lambda: manifest,
-            headers={"Content-Type": manifest_media_type},
-        ),
-        what,
-    )
-    client.check_auth(resp)
-    if resp.status_code not in (200, 201, 202):
-        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
-    echoed = resp.headers.get("Docker-Content-Digest")
-    if echoed and echoed != manifest_digest:
-        raise NixlayerError(f"{client.where} stored manifest {manifest_digest} under digest {echoed}")
-    log(f"manifest {manifest_digest} pushed as {target}")
+    for reference, manifest, media_type in manifests:
+        manifest_digest = _put_manifest(client, target, reference, manifest, media_type)
     return PushResult(
         target=target,
         manifest_digest=manifest_digest,

@@ -10,7 +10,9 @@ writes beside them, are ignored):
 - ``images``: a non-empty list of objects, one per image, with the fields of
   :data:`IMAGE_FIELDS` (the ``BuildImage`` parameters of the same names); ``key`` (which image
   of the spec, a file name: letters, digits and ``. _ + -``) and ``name`` are required, every other field left out takes ``BuildImage``'s
-  default;
+  default; ``index`` (a file name too) makes the image one platform's image of the
+  multi-platform index of that name (``BuildImages --spec`` writes the images of one index, each
+  of its own ``platform``, to one output, see ``pipelines.index``);
 - ``closure``: the closure graph of every image's contents and of the store paths its config
   mentions, as nixpkgs ``exportReferencesGraph`` writes it: a list of ``{path, narSize,
   narHash, closureSize, references}``.
@@ -30,6 +32,7 @@ from typing import Any
 from nixlayer.closure import ClosureGraph, graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.image import config_store_paths
+from nixlayer.index import parse_platform
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.storepath import normalize_store_dir, on_disk
 
@@ -58,6 +61,8 @@ IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "include_store_paths": ((bool,), "true or false"),
     "architecture": _STRING,
     "from_image": _STRING,
+    "platform": ((str, dict), 'a platform such as "linux/arm64" or {"architecture": "arm", "variant": "v7"}'),
+    "index": _STRING,
     "format": _STRING,
     "compression": _STRING,
     "compression_level": _INTEGER,
@@ -69,11 +74,13 @@ checks them, when the image is planned."""
 
 @dataclass(frozen=True)
 class SpecImage:
-    """One image of a spec: its ``key`` and its ``parameters`` (every field but ``key``,
-    ``config`` as a dict, ``contents`` as a list of store paths)."""
+    """One image of a spec: its ``key``, its ``parameters`` (every field but ``key`` and
+    ``index``, ``config`` as a dict, ``contents`` as a list of store paths, ``platform`` as its
+    text ``os/architecture[/variant]``) and the ``index`` it is an image of (None: none)."""
 
     key: str
     parameters: Mapping[str, Any]
+    index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,11 @@ def _image(image: Any, graph: ClosureGraph, store_dir: str, keys: set[str]) -> S
         raise NixlayerError(f"key {image['key']!r} is not a file name of letters, digits and . _ + - (not starting with .)")
     if image["key"] in keys:
         raise NixlayerError(f"another image has the key {image['key']!r}")
+    if "index" in image and not _KEY.match(image["index"]):
+        raise NixlayerError(f"index {image['index']!r} is not a file name of letters, digits and . _ + - (not starting with .)")
+    parameters = {field: value for field, value in image.items() if field not in ("key", "index")}
+    if "platform" in image:
+        parameters["platform"] = str(parse_platform(image["platform"]))
     contents = image.get("contents", [])
     if not all(isinstance(path, str) for path in contents):
         raise NixlayerError(f"contents must be {IMAGE_FIELDS['contents'][1]}")
@@ -266,4 +278,4 @@ def _image(image: Any, graph: ClosureGraph, store_dir: str, keys: set[str]) -> S
     for path in [*contents, *config_store_paths(image.get("config", {}), store_dir)]:
         if path not in graph:
             raise NixlayerError(f"{path} is not in the spec's closure")
-    return SpecImage(image["key"], {field: value for field, value in image.items() if field != "key"})
+    return SpecImage(image["key"], parameters, image.get("index"))

@@ -3,13 +3,17 @@
 The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
 ``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
-steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
+steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``, ``platform``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ``from_image``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, the file of a
 ``from_image`` such as ``docker-archive:base.tar``, and links among
 ``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
+
+Images that share an ``output`` (oci or oci-archive) or a ``push`` target, with one ``name`` and
+``tag`` and each its own ``platform`` (``"linux/arm64"``, or a table of ``os``, ``architecture``,
+``variant``), are one multi-platform OCI image index (``pipelines.index``).
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
 (nixlayer's Nix function ``buildImages``; ``pipelines.spec``).
@@ -40,7 +44,9 @@ from nixlayer.human import count
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
+from pipelines.index import INDEX_FIELDS, ImageIndex, index_groups
 from pipelines.spec import spec_batch
+from nixlayer.index import parse_platform
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -63,6 +69,8 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, (dict, str)), "a table (or a JSON string)"
     elif key == "layering_pipeline":
         ok, kind = isinstance(value, (list, str)), "an array of steps (or a JSON string)"
+    elif key == "platform":
+        ok, kind = isinstance(value, (dict, str)), 'a string such as "linux/arm64" (or a table of os, architecture, variant)'
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
@@ -109,6 +117,8 @@ def _image_params(settings: dict, directory: str) -> dict:
     out = {k: v for k, v in settings.items() if k not in NIX_KEYS}
     if isinstance(out.get("config"), dict):
         out["config"] = json.dumps(out["config"], sort_keys=True)
+    if "platform" in out:  # a table or a string: the string BuildImage takes
+        out["platform"] = str(parse_platform(out["platform"]))
     if isinstance(out.get("layering_pipeline"), list):
         out["layering_pipeline"] = json.dumps(out["layering_pipeline"], sort_keys=True)
     check_layering(out.get("layering", DEFAULT_LAYERING), out.get("layering_pipeline"))
@@ -156,7 +166,7 @@ def load_batch(path: str) -> list[dict]:
         _check_keys(data)
     except NixlayerError as e:
         raise NixlayerError(f"{path}: defaults: {e}") from None
-    result, outputs = [], {}
+    result = []
     for number, image in enumerate(images, 1):
         entry = f"image {number}" + (f" ({image['name']})" if isinstance(image.get("name"), str) else "")
         try:
@@ -165,12 +175,11 @@ def load_batch(path: str) -> list[dict]:
             params = _image_params({**data, **image}, directory)
         except NixlayerError as e:
             raise NixlayerError(f"{path}: {entry}: {e}") from None
-        output = params.get("output")
-        if output and output in outputs:
-            raise NixlayerError(f"{path}: {entry}: output {output} is also the output of {outputs[output]}")
-        if output:
-            outputs[output] = entry
         result.append((entry, params))
+    try:
+        index_groups(result)  # images sharing an output or a target: one index, or an error now
+    except NixlayerError as e:
+        raise NixlayerError(f"{path}: {e}") from None
     return result
 
 
@@ -226,8 +235,9 @@ class BuildImages(luigi.Task):
         runlog.state(self).setdefault("started", time.time())
         return runlog.state(self).get("reported", False)
 
-    def images(self) -> list[tuple[str, BuildImage]]:
-        """(entry, BuildImage) of each image; bad input is printed as one line, then raised.
+    def images(self) -> list[tuple[str, BuildImage | ImageIndex]]:
+        """(entry, BuildImage) of each image, the images of an index as one (entry, ImageIndex);
+        bad input is printed as one line, then raised.
 
         Every image is checked and planned before any work. The batch's output directories are
         made for it, as each image's output check needs them; if any image is bad, the
@@ -248,6 +258,10 @@ class BuildImages(luigi.Task):
                 for entry, task in images:
                     with self._entry_errors(entry):
                         task.plan  # check every setting, plan the layers: before any work
+                with self._entry_errors(None):  # as a spec sets them too
+                    groups = index_groups([(entry, {field: getattr(task, field) for field in INDEX_FIELDS})
+                                           for entry, task in images])
+                images = _with_indexes(images, groups)
             except BaseException:
                 for directory in reversed(created):
                     try:
@@ -274,7 +288,7 @@ class BuildImages(luigi.Task):
         return str(self.batch_file if self.batch_file is not None else self.spec)
 
     @contextlib.contextmanager
-    def _entry_errors(self, entry: str) -> Iterator[None]:
+    def _entry_errors(self, entry: str | None) -> Iterator[None]:
         """Bad input of the batch file's ``entry`` as one NixlayerError naming it (a spec's
         error that names the spec already is left as it is, as BuildImage says it)."""
         try:
@@ -282,7 +296,7 @@ class BuildImages(luigi.Task):
         except (NixlayerError, ValueError) as e:  # ValueError: a value Luigi refused
             if self.spec is not None and str(e).startswith(f"spec {self.source}: "):
                 raise
-            raise NixlayerError(f"{self.source}: {entry}: {e}") from None
+            raise NixlayerError(f"{self.source}: {entry + ': ' if entry else ''}{e}") from None
 
     def requires(self) -> list[ImageTask]:
         """Each image's targets (AssembleImage, PushToRegistry), not its BuildImage: that task
@@ -332,6 +346,21 @@ class BuildImages(luigi.Task):
         }
 
 
+def _with_indexes(images: list[tuple[str, BuildImage]], groups: list[list[int]]) -> list[tuple[str, object]]:
+    """``images`` with each group of positions (``index_groups``) made one ImageIndex, in
+    the place of its first image, its entry naming them all."""
+    first_of = {group[0]: group for group in groups}
+    grouped = {position for group in groups for position in group}
+    result: list[tuple[str, object]] = []
+    for position, (entry, task) in enumerate(images):
+        if position in first_of:
+            group = first_of[position]
+            result.append((", ".join(images[p][0] for p in group), ImageIndex([images[p][1] for p in group])))
+        elif position not in grouped:
+            result.append((entry, task))
+    return result
+
+
 def _make_directories(directory: str, created: list[str]) -> None:
     """``os.makedirs(directory)``, adding the directories it makes to ``created`` (outermost
     first; added before they are made, so a failure half-way loses none of them)."""
@@ -351,12 +380,17 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+def _platforms(image: dict) -> str:
+    """`` (index of linux/amd64, linux/arm64)`` for a multi-platform index, else nothing."""
+    return f" (index of {', '.join(image['platforms'])})" if "platforms" in image else ""
+
+
 def format_summary(report: dict) -> str:
     """The report as the lines BuildImages prints."""
     lines = [f"nixlayer: batch {report['batch']}: {count(len(report['images']), 'image')} in {report['seconds']} s"]
     for image in report["images"]:
         lines.append(
-            f"  {image['name']}:{image['tag']} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
+            f"  {image['name']}:{image['tag']}{_platforms(image)} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
             f" {image['layers_reused']} reused; {console.size(image['bytes_written'])} written"
             + ("" if image["image_written"] else " (image unchanged)")
         )

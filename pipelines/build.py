@@ -20,6 +20,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
+from nixlayer.index import Platform, parse_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag
@@ -31,6 +32,7 @@ from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
+from tasks.index import AssembleIndex
 from tasks.layers import CustomisationLayer
 from tasks.push import PushToRegistry
 from pipelines.spec import load_spec, with_spec
@@ -95,6 +97,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                               description="false: only the customisation layer")
     architecture = luigi.Parameter(default="", description="Go architecture name; default: this machine's")
+    platform = luigi.Parameter(default="", description="os/architecture[/variant] as docker buildx --platform"
+                               " (linux/arm64, linux/arm/v7); default: linux/--architecture")
     compression = luigi.ChoiceParameter(
         choices=["auto", *NAMES], default="auto",
         description="layer compression; auto: none for docker-archive, gzip for OCI and registries",
@@ -128,8 +132,26 @@ class ImageParameters(NixlayerTask, abstract=True):
     def image_task(self, task: type[ImageTask], default_compression: str, **extra) -> ImageTask:
         """``task`` (AssembleImage, PushToRegistry) for this image, its layers compressed as
         ``compression_for(default_compression)`` says."""
+        return task(**self.image_parameters(default_compression), **extra)
+
+    def image_parameters(self, default_compression: str) -> dict:
+        """The ImageTask parameters of this image, its layers compressed as
+        ``compression_for(default_compression)`` says (an index names its images by them)."""
         compression = self.compression_for(default_compression)
-        return task(**self.plan, compression=compression.name, compression_level=self.compression_level, **extra)
+        return {**self.plan, "compression": compression.name, "compression_level": self.compression_level}
+
+    @functools.cached_property
+    def image_platform(self) -> Platform:
+        """The image's platform: ``platform``, else linux/``architecture`` (default this
+        machine's). Raises NixlayerError for a bad one, or an architecture that is not the
+        platform's."""
+        if not self.platform:
+            return Platform(check_architecture(self.architecture) if self.architecture else host_architecture())
+        platform = parse_platform(self.platform)
+        if self.architecture and self.architecture != platform.architecture:
+            raise NixlayerError(f"architecture {self.architecture} is not the architecture of platform {platform}:"
+                                " give one of them")
+        return platform
 
     @functools.cached_property
     def plan(self) -> dict:
@@ -147,8 +169,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         self.check()
         pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
-        architecture = check_architecture(self.architecture) if self.architecture else host_architecture()
-        base = read_base_image(self.from_image, architecture, layer_store,
+        base = read_base_image(self.from_image, self.image_platform.architecture, layer_store,
                                insecure=self.insecure_registry) if self.from_image else None
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.
@@ -167,7 +188,10 @@ class ImageParameters(NixlayerTask, abstract=True):
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(inherit_config(base.config, config) if base else config, sort_keys=True),
-            "created": created.isoformat(), "architecture": architecture,
+            "created": created.isoformat(),
+            "architecture": self.image_platform.architecture,
+            # A variant only where there is one: the default tag of every other image stays.
+            **({"variant": self.image_platform.variant} if self.image_platform.variant else {}),
             "base_image": base.to_json() if base else "",
         }
         # The default tag: a hash of everything that determines the image, as nixpkgs' output
@@ -230,39 +254,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         runlog.state(self)["ran"] = True
 
     def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
-        """This image in a run's report (see ``pipelines.batch``), its layers counted in its
-        output's (else its push's) layers.
-
-        ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
-        of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
-        in the run, else 0; path in the layer store) gets this image's layers added; a batch's
-        images share it. Adds
-        ``image_bytes_written``: the bytes of the image file(s) the run wrote.
-        """
-        task = self.image_tasks()[0]
-        assemble = task if isinstance(task, AssembleImage) else None
-        targets = [layer.output() for layer in task.requires()]
-        for target in targets:  # the blob sizes of the layers built (others may be gone since)
-            if target.path not in layers:
-                built_here = target.path in built_layers
-                layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
-        built = [t.path for t in targets if t.path in built_layers]
-        entry = written.get(assemble.output, {}) if assemble else {}
-        if assemble and not entry and assemble.output != STDOUT:
-            digest = assemble.read_stamp(assemble.stamp()).get("digest")
-        elif assemble:
-            digest = entry.get("digest")
-        else:
-            digest = task.read_stamp(task._stamp()).get("manifest_digest")
-        return {
-            "name": self.name, "tag": task.tag, "output": self.output or None,
-            "push": self.push or None, "format": self.format if self.output else None,
-            "digest": digest, "layers": len(targets),
-            "layers_built": len(built), "layers_reused": len(targets) - len(built),
-            "image_written": bool(entry),
-            "bytes_written": sum(layers[p][0] for p in built) + entry.get("bytes", 0),
-            "image_bytes_written": entry.get("bytes", 0),
-        }
+        """This image in a run's report (see :func:`image_report`)."""
+        return image_report(self, built_layers, written, layers)
 
     def announce(self, done: bool) -> None:
         """Print the plan line and show the build's progress (``tasks.console.plan``), the run
@@ -339,6 +332,43 @@ class ImageParameters(NixlayerTask, abstract=True):
             graph = graph.closure(roots)
         _GRAPHS.setdefault(source, []).append(graph)
         return graph
+
+
+def image_report(image, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+    """An image (a BuildImage, PushImage or ``pipelines.index.ImageIndex``: anything with a
+    ``name``, ``output``, ``push``, ``format`` and ``image_tasks()``) in a run's report (see
+    ``pipelines.batch``), its layers counted in its output's (else its push's) layers.
+
+    ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
+    of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
+    in the run, else 0; path in the layer store) gets this image's layers added; a batch's
+    images share it. Adds
+    ``image_bytes_written``: the bytes of the image file(s) the run wrote.
+    """
+    task = image.image_tasks()[0]
+    assemble = task if isinstance(task, (AssembleImage, AssembleIndex)) else None
+    targets = [layer.output() for layer in task.requires()]
+    for target in targets:  # the blob sizes of the layers built (others may be gone since)
+        if target.path not in layers:
+            built_here = target.path in built_layers
+            layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
+    built = [t.path for t in targets if t.path in built_layers]
+    entry = written.get(assemble.output, {}) if assemble else {}
+    if assemble and not entry and assemble.output != STDOUT:
+        digest = assemble.read_stamp(assemble.stamp()).get("digest")
+    elif assemble:
+        digest = entry.get("digest")
+    else:
+        digest = task.read_stamp(task._stamp()).get("manifest_digest")
+    return {
+        "name": image.name, "tag": task.tag, "output": image.output or None,
+        "push": image.push or None, "format": image.format if image.output else None,
+        "digest": digest, "layers": len(targets),
+        "layers_built": len(built), "layers_reused": len(targets) - len(built),
+        "image_written": bool(entry),
+        "bytes_written": sum(layers[p][0] for p in built) + entry.get("bytes", 0),
+        "image_bytes_written": entry.get("bytes", 0),
+    }
 
 
 def _to_stdout(task: ImageTask) -> bool:

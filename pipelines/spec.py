@@ -115,10 +115,12 @@ def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]],
 
 def spec_batch(path: str, output_dir: str) -> list[tuple[str, dict]]:
     """(entry, BuildImage parameters) of each image of the spec at ``path``, for BuildImages:
-    the image's key names its output in ``output_dir`` (``KEY.tar`` for docker-archive,
-    ``KEY.oci.tar`` for oci-archive, the directory ``KEY`` for oci). Raises NixlayerError."""
+    the image's key, or the name of the index it is an image of, names its output in
+    ``output_dir`` (``KEY.tar`` for docker-archive, ``KEY.oci.tar`` for oci-archive, the
+    directory ``KEY`` for oci): the images of one index share it. Raises NixlayerError."""
     spec = load_spec(path)
     return [(f"image {image.key}", {
         "spec": path, "spec_image": image.key,
-        "output": os.path.join(output_dir, image.key + OUTPUT_SUFFIXES.get(image.parameters.get("format", "docker-archive"), "")),
+        "output": os.path.join(output_dir, (image.index or image.key)
+                               + OUTPUT_SUFFIXES.get(image.parameters.get("format", "docker-archive"), "")),
     }) for image in spec.images]

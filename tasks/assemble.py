@@ -15,6 +15,18 @@ from tasks.base import BatchableTask, Report, json_list
 from tasks.image import ImageTask
 
 
+def output_signature(format: str, output: str, tag: str) -> list[int] | str | None:
+    """What identifies an output as written: an archive file's size, mtime and inode; for an
+    OCI layout, the digest its index names for the tag (other tags may come and go)."""
+    if format == "oci":
+        return layout_digest(output, tag)
+    try:
+        st = os.stat(output)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 class AssembleImage(BatchableTask, ImageTask):
     """Writes the image of ``store_layers`` plus the customisation layer to ``output``.
 
@@ -49,16 +61,7 @@ class AssembleImage(BatchableTask, ImageTask):
         return self.stamp_path("images", json.dumps(self.to_str_params(), sort_keys=True))
 
     def _output_signature(self) -> list[int] | str | None:
-        """What identifies the output as written: an archive file's size, mtime and inode; for
-        an OCI layout, the manifest digest its index names for the tag (other tags may come
-        and go)."""
-        if self.format == "oci":
-            return layout_digest(self.output, self.tag)
-        try:
-            st = os.stat(self.output)
-        except OSError:
-            return None
-        return [st.st_size, st.st_mtime_ns, st.st_ino]
+        return output_signature(self.format, self.output, self.tag)
 
     def complete(self) -> bool:
         members = self.members()

@@ -33,6 +33,7 @@ class ImageTask(LayerParameters, abstract=True):
     config = luigi.Parameter(default="{}", description="the image config object, as JSON", batch_method=json_list)
     created = luigi.Parameter(default=DEFAULT_CREATED, batch_method=json_list)
     architecture = luigi.Parameter(batch_method=json_list)
+    variant = luigi.Parameter(default="", description="the CPU variant (v7 of linux/arm/v7); '' for none", batch_method=json_list)
     store_layers = luigi.ListParameter(batch_method=tuple)
     contents = luigi.ListParameter(default=[], batch_method=tuple)
     base_image = luigi.Parameter(default="", description="the base image's layers and history (BaseImage.to_json)",
@@ -74,7 +75,8 @@ class ImageTask(LayerParameters, abstract=True):
         """The image config JSON for ``layers``."""
         base = BaseImage.from_json(self.base_image) if self.base_image else None
         return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture,
-                            base_history=base.history if base else (), base_layers=len(base.layers) if base else 0)
+                            base_history=base.history if base else (), base_layers=len(base.layers) if base else 0,
+                            variant=self.variant)
 
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the

@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import os
+from typing import Iterable
 
 import luigi
 
@@ -20,9 +21,8 @@ from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
 from nixlayer.base_image import BaseImage, parse_source
-from nixlayer.registry import (
-    Blob, PushTarget, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest,
-)
+from nixlayer.layerstore import read_json
+from nixlayer.registry import Blob, PushResult, PushTarget, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest
 from tasks import runlog
 from tasks.image import ImageTask
 
@@ -61,21 +61,6 @@ class PushToRegistry(ImageTask):
             return False  # unreachable now: run() will say so, in one line
         return held == expected
 
-    def _mount_sources(self, target: PushTarget) -> list[str]:
-        """Repositories of the same registry this layer store pushed to before, and the base
-        image's repository when it is on that registry."""
-        sources = []
-        if self.base_image:
-            transport, reference, _ = parse_source(BaseImage.from_json(self.base_image).source)
-            base = parse_pull_reference(reference)[0] if transport == "docker" else None
-            if base is not None and base.host == target.host and base.repository != target.repository:
-                sources.append(base.repository)
-        for path in sorted(glob.glob(os.path.join(self.layer_store().root, "pushes", "*.json"))):
-            stamp = self.read_stamp(path, mark_used=False)  # looking at other pushes is not using them
-            if stamp.get("host") == target.host and stamp.get("repository") != target.repository:
-                sources.append(stamp["repository"])
-        return sorted(set(sources))
-
     def run(self) -> None:
         target = self._target()
         manifest, config, layers = self._manifest()
@@ -84,18 +69,40 @@ class PushToRegistry(ImageTask):
         blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
         result = push_image(
             target, manifest, MEDIA_TYPE_OCI_MANIFEST, config_blob, blobs,
-            insecure=self.insecure_registry, mount_from=self._mount_sources(target), log=logger.info,
+            insecure=self.insecure_registry, mount_from=mount_sources(store.root, target, [self.base_image]), log=logger.info,
         )
-        message = (
-            f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
-            f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there"
-        )
-        self.set_status_message(message)  # the run's summary line says it too (pipelines.build)
-        runlog.append([{"pushed": self.target, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
-                        "mounted": result.mounted, "present": result.present}])
-        os.makedirs(os.path.dirname(self._stamp()), exist_ok=True)
-        with atomic_file(self._stamp()) as f:
-            f.write(json.dumps({
-                "target": str(target), "host": target.host, "repository": target.repository,
-                "manifest_digest": result.manifest_digest, "layers": self.layer_records(),
-            }).encode())
+        record_push(self, result, self._stamp(), self.layer_records())
+
+
+def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[str] = ()) -> list[str]:
+    """Repositories of ``target``'s registry the layer store at ``layer_store`` pushed to before,
+    and those of ``base_images`` (each ``BaseImage.to_json``, '' for none) on that registry."""
+    sources = []
+    for base_image in filter(None, base_images):
+        transport, reference, _ = parse_source(BaseImage.from_json(base_image).source)
+        base = parse_pull_reference(reference)[0] if transport == "docker" else None
+        if base is not None and base.host == target.host and base.repository != target.repository:
+            sources.append(base.repository)
+    for path in sorted(glob.glob(os.path.join(layer_store, "pushes", "*.json"))):
+        stamp = read_json(path, mark_used=False)  # looking at other pushes is not using them
+        if stamp.get("host") == target.host and stamp.get("repository") != target.repository:
+            sources.append(stamp["repository"])
+    return sorted(set(sources))
+
+
+def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records: list[str]) -> None:
+    """After ``task`` pushed (``result``): its status message, the run log's entry (the run's
+    summary line says it too, see ``pipelines.build``), and its stamp at ``stamp`` naming the
+    manifest digest pushed and the layer records it is made of."""
+    target = result.target
+    task.set_status_message(
+        f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
+        f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there")
+    runlog.append([{"pushed": task.target, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
+                    "mounted": result.mounted, "present": result.present}])
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with atomic_file(stamp) as f:
+        f.write(json.dumps({
+            "target": str(target), "host": target.host, "repository": target.repository,
+            "manifest_digest": result.manifest_digest, "layers": layer_records,
+        }).encode())
