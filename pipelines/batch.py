@@ -3,11 +3,13 @@
 The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
 ``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
-steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
+steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``, ``copy_to_root``,
+``extra_commands``, ``fake_root_commands``, ``perms`` (an array of tables, or its JSON text),
+``include_nix_db``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
 Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
-``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
+``contents`` and ``copy_to_root`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
 ``BuildImages --spec FILE --output-dir DIR`` builds every image of an image spec instead
@@ -35,6 +37,7 @@ from nixlayer.atomic import atomic_file, check_writable
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count
+from nixlayer.perms import parse_perms
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
@@ -61,6 +64,8 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, (dict, str)), "a table (or a JSON string)"
     elif key == "layering_pipeline":
         ok, kind = isinstance(value, (list, str)), "an array of steps (or a JSON string)"
+    elif key == "perms":
+        ok, kind = isinstance(value, (list, str)), "an array of tables (rules) (or a JSON string)"
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
@@ -109,6 +114,9 @@ def _image_params(settings: dict, directory: str) -> dict:
         out["config"] = json.dumps(out["config"], sort_keys=True)
     if isinstance(out.get("layering_pipeline"), list):
         out["layering_pipeline"] = json.dumps(out["layering_pipeline"], sort_keys=True)
+    if isinstance(out.get("perms"), list):
+        out["perms"] = json.dumps(out["perms"], sort_keys=True)
+    parse_perms(out.get("perms", ""))
     check_layering(out.get("layering", DEFAULT_LAYERING), out.get("layering_pipeline"))
     if not out.get("output") and not out.get("push"):
         raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
@@ -119,8 +127,9 @@ def _image_params(settings: dict, directory: str) -> dict:
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
     # A link such as ./result among the contents is found from the batch file too (its store
     # path is read when the image is planned, see ImageParameters).
-    out["contents"] = [os.path.join(directory, path) if path and not path.startswith("/") else path
-                       for path in out.get("contents", [])]
+    for key in ("contents", "copy_to_root"):
+        out[key] = [os.path.join(directory, path) if path and not path.startswith("/") else path
+                    for path in out.get(key, [])]
     if "nix_attrs" in settings:  # nix_file may be a default that other images do without
         nix_file, attrs = settings.get("nix_file"), settings["nix_attrs"]
         if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
