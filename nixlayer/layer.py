@@ -107,18 +107,16 @@ class Entry:
     gname: str | None = None
 
 
-def apply_perms(entries: Iterable[Entry], matcher: Matcher, source: str | None) -> Iterator[Entry]:
-    """``entries`` with what ``matcher``'s rules set on each (``source``: the store path they
-    come from, None for none); a symlink keeps its mode."""
-    for entry in entries:
-        owner = matcher.owner(entry.name, source) if matcher else None
-        if owner is None:
-            yield entry
-            continue
-        changes = {k: v for k, v in dataclasses.asdict(owner).items() if v is not None}
-        if entry.kind == "symlink":
-            changes.pop("mode", None)
-        yield dataclasses.replace(entry, **changes)
+def with_perms(entry: Entry, matcher: Matcher, source: str | None) -> Entry:
+    """``entry`` with what ``matcher``'s rules set on it (``source``: the store path it comes
+    from, None for none); a symlink keeps its mode."""
+    owner = matcher.owner(entry.name, source) if matcher else None
+    if owner is None:
+        return entry
+    changes = {k: v for k, v in dataclasses.asdict(owner).items() if v is not None}
+    if entry.kind == "symlink":
+        changes.pop("mode", None)
+    return dataclasses.replace(entry, **changes)
 
 
 class _DigestingWriter:
@@ -338,7 +336,7 @@ def write_store_layer(
     device file, or an unreadable file; the caller discards what was written to ``out``.
     """
     matcher = Matcher(perms)
-    entries: list[Entry] = list(apply_perms(parent_dirs(store_dir), matcher, None))
+    entries = [with_perms(entry, matcher, None) for entry in parent_dirs(store_dir)]
     for path in paths:
-        entries.extend(apply_perms(store_path_entries(path, store_root, store_dir), matcher, path))
+        entries.extend(with_perms(entry, matcher, path) for entry in store_path_entries(path, store_root, store_dir))
     return write_entries(entries, out, settings, compression, progress)

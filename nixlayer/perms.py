@@ -6,8 +6,8 @@ They follow nix2container's ``perms``: a list of rules, each an object with
 - ``regex`` (required): a Python regular expression searched (``re.search``) in each entry's
   name in the image, an absolute path such as ``/nix/store/HASH-app/bin/app`` or ``/tmp``;
 - ``path`` (optional): a store path; the rule then applies only to that store path's files:
-  in its store-path layer the names below it, in the customisation layer the tree it gives
-  through ``copy_to_root``;
+  in its store-path layer the names below it, in the customisation layer the entries it gives
+  there (a ``copy_to_root`` path's tree, a content's directories and symlinks);
 - at least one of ``mode`` (octal text such as ``"0644"`` or ``"1777"``, or a number; the
   permission bits), ``uid``, ``gid`` (numbers), ``uname``, ``gname`` (names stored in the tar).
 

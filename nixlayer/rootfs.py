@@ -15,9 +15,11 @@ root, commands run on its tree, a Nix database, permission rules.
    are read from fakeroot's saved state, so they go into the layer though nothing ran as root.
    The tree is then read again, without ``/proc``, ``/sys`` and the store directory (nixpkgs
    leaves them out too). The commands run with the host's ``PATH``, ``umask 022``,
-   ``SOURCE_DATE_EPOCH`` the layer's mtime, ``TZ=UTC`` and ``LC_ALL=C``;
-5. permission rules (``nixlayer.perms``), a rule with a ``path`` applying to the tree that
-   ``copy_to_root`` path gave.
+   ``SOURCE_DATE_EPOCH`` the layer's mtime, ``TZ=UTC``, ``LC_ALL=C`` and, as in a Nix build,
+   ``HOME=/homeless-shelter``;
+5. permission rules (``nixlayer.perms``), a rule with a ``path`` applying to the entries that
+   store path gave (a content's directories and symlinks, a copy_to_root path's tree; what
+   the commands made comes from none).
 
 Reproducible as every layer: the entries' mtimes are the layer's, owners the layer's unless
 fakeroot or a rule set them (fakeroot's are numeric: no user or group name, as nixpkgs writes
@@ -38,7 +40,7 @@ from typing import BinaryIO, Sequence
 from nixlayer.compression import Compression
 from nixlayer.customisation import content_entries
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import Entry, LayerBlob, LayerSettings, apply_perms, tree_entries, write_entries
+from nixlayer.layer import Entry, LayerBlob, LayerSettings, tree_entries, with_perms, write_entries
 from nixlayer.nixdb import nix_version, write_nix_db
 from nixlayer.perms import Matcher, PermRule, perms_json, rules_for
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
@@ -151,7 +153,7 @@ def _materialise(entries: list[Entry], root: str) -> None:
 
 
 def _run(what: str, argv: list[str], root: str, mtime: int) -> None:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": root, "SOURCE_DATE_EPOCH": str(mtime),
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/homeless-shelter", "SOURCE_DATE_EPOCH": str(mtime),
            "TZ": "UTC", "LC_ALL": "C"}
     try:
         done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, errors="replace")
@@ -238,7 +240,7 @@ def root_entries(contents: Sequence[str], tree: RootTree, work: str, settings: L
     else:
         listed = [merged[name] for name in names]
     matcher = Matcher(tree.perms)
-    return [next(apply_perms([entry], matcher, source)) for entry, source in listed]
+    return [with_perms(entry, matcher, source) for entry, source in listed]
 
 
 def write_root_layer(contents: Sequence[str], tree: RootTree, out: BinaryIO, settings: LayerSettings = LayerSettings(),

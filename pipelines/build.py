@@ -55,10 +55,13 @@ class StorePathsParameter(luigi.ListParameter):
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
-    The closure of the contents and of the store paths the config mentions is grouped into at
-    most ``max_layers - 1`` store layers as ``layering`` says (``nixlayer.plan``: by default by
-    popularity, the first ``max_layers - 2`` store paths a layer each and the rest one overflow
-    layer), and a customisation layer links the contents into ``/``. Bad input raises
+    The closure of the contents, the copy_to_root paths and the store paths the config mentions
+    is grouped into at most ``max_layers - 1`` store layers as ``layering`` says
+    (``nixlayer.plan``: by default by popularity, the first ``max_layers - 2`` store paths a
+    layer each and the rest one overflow layer), and a customisation layer links the contents
+    into ``/``, with what ``nixlayer.rootfs`` adds (copy_to_root trees, extra and fakeroot
+    commands, a Nix database); permission rules (``nixlayer.perms``) apply to every layer they
+    can touch. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     """
