@@ -216,3 +216,27 @@ def test_parse_perms_and_the_layers_a_rule_can_touch():
         parse_perms([{"path": "/etc", "regex": ".", "mode": 0o644}], "/nix/store")
     with pytest.raises(NixlayerError, match="perms rule 1: unknown field 'mod'"):
         parse_perms([{"regex": ".", "mod": "0644"}])
+
+
+def test_root_entries_merge_contents_and_copied_trees(tmp_path):
+    """The core alone, on a store under tmp_path: a directory a content and a copied tree both
+    hold is one, with the copied tree's mode; the content's files are symlinks, the copied ones
+    files; a rule with a path touches that store path's entries only."""
+    from nixlayer.layer import LayerSettings
+    from nixlayer.rootfs import RootTree, root_entries
+
+    content, copied = "/nix/store/" + "a" * 32 + "-app", "/nix/store/" + "b" * 32 + "-etc"
+    (tmp_path / content.lstrip("/") / "bin").mkdir(parents=True)
+    (tmp_path / content.lstrip("/") / "bin" / "app").write_text("app")
+    (tmp_path / copied.lstrip("/") / "bin").mkdir(parents=True)
+    (tmp_path / copied.lstrip("/") / "etc").mkdir()
+    (tmp_path / copied.lstrip("/") / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    (tmp_path / copied.lstrip("/") / "bin").chmod(0o555)
+    rules = parse_perms([{"path": copied, "regex": ".", "uid": 7}])
+    work = tmp_path / "work"
+    work.mkdir()
+    entries = root_entries([content], RootTree((copied,), perms=rules), str(work), LayerSettings(), str(tmp_path))
+    assert [(e.name, e.kind, oct(e.mode), e.uid) for e in entries] == [
+        ("/bin", "dir", "0o555", 7), ("/bin/app", "symlink", "0o777", None),
+        ("/etc", "dir", "0o755", 7), ("/etc/passwd", "file", "0o644", 7)]
+    assert entries[1].target == content + "/bin/app"
