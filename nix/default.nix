@@ -6,7 +6,8 @@
 # then `nix-build` it and `luigi --module pipelines BuildImage --spec ./result --output hello.tar`.
 #
 # buildLayeredImage (and its alias streamLayeredImage) takes the arguments of nixpkgs
-# dockerTools.buildLayeredImage under the same names, plus nixlayer's own; it evaluates to a
+# dockerTools.buildLayeredImage under the same names (extraCommands, fakeRootCommands and
+# includeNixDB too), nix2container's copyToRoot and perms, plus nixlayer's own; it evaluates to a
 # derivation whose output is an image spec: one JSON file with the image's parameters and its
 # closure graph (exportReferencesGraph). buildImages takes an attribute set or a list of such
 # images and gives one spec of them all, for `BuildImages --spec`; in the attribute set, a list
@@ -43,6 +44,12 @@ let
     includeStorePaths = "include_store_paths";
     architecture = "architecture";
     fromImage = "from_image"; # see fromImageSource
+    extraCommands = "extra_commands";
+    fakeRootCommands = "fake_root_commands";
+    includeNixDB = "include_nix_db";
+    # as nix2container
+    copyToRoot = "copy_to_root";
+    perms = "perms";
     # nixlayer's own
     platform = "platform"; # "linux/arm64", or { architecture = "arm"; variant = "v7"; }
     layering = "layering";
@@ -57,10 +64,7 @@ let
   # nixpkgs arguments nixlayer does not support yet, each with the value that leaves it unused
   # (given that value, the image is the same; given another, evaluation fails naming it).
   unsupported = {
-    extraCommands = "";
-    fakeRootCommands = "";
     enableFakechroot = false;
-    includeNixDB = false;
     debug = false;
     compressor = "none"; # nixlayer's docker-archive is an uncompressed tar, as streamLayeredImage's
   };
@@ -71,15 +75,26 @@ let
   lower = [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
   toLower = builtins.replaceStrings upper lower;
 
-  # The store path of one `contents` item: a derivation (its default output), a path (copied
-  # into the store) or a string naming a store path.
-  contentPath = function: item:
+  # What to say instead of "not supported yet" for an unsupported argument.
+  unsupportedWhy = {
+    enableFakechroot = "'enableFakechroot' is not supported: fakeRootCommands run under fakeroot in a copy of the customisation layer's tree, without a chroot (store paths are reached through the host's store); leave it out";
+  };
+
+  # The store path of one `contents` (or `copyToRoot`) item: a derivation (its default output),
+  # a path (copied into the store) or a string naming a store path.
+  contentPath = function: argument: item:
     let
       path = if builtins.isAttrs item || builtins.isPath item || builtins.isString item then "${item}"
-        else fail function "contents: expected derivations or store paths, got a ${builtins.typeOf item}";
+        else fail function "${argument}: expected derivations or store paths, got a ${builtins.typeOf item}";
     in
     if builtins.match storePathPattern path != null then path
-    else fail function "contents: ${path} is not a store path (${storeDir}/HASH-NAME)";
+    else fail function "${argument}: ${path} is not a store path (${storeDir}/HASH-NAME)";
+
+  # nix2container's perms: a list of rules; a rule's `path` (a derivation or store path) as its
+  # store path. The rest is checked by nixlayer when the spec is read.
+  permRule = function: rule:
+    if !(builtins.isAttrs rule) then fail function "perms: expected a list of attribute sets (rules), got a ${builtins.typeOf rule} in it"
+    else rule // (if rule ? path then { path = contentPath function "perms: path" rule.path; } else { });
 
   # fromImage: as in nixpkgs, a docker-archive file (a path, or a derivation such as
   # dockerTools.pullImage's or another image's); or a base image in skopeo's transport syntax
@@ -107,11 +122,16 @@ let
       used = builtins.filter (n: unsupported ? ${n} && args.${n} != unsupported.${n}) names;
       name = if builtins.isString (args.name or null) then toLower args.name
         else fail function "name: expected a string (the image name), got ${if args ? name then "a ${builtins.typeOf args.name}" else "none"}";
-      contentsList = let c = args.contents or [ ]; in if builtins.isList c then c else [ c ];
+      asList = c: if builtins.isList c then c else [ c ];
+      contentsList = asList (args.contents or [ ]);
       config = if args.config or null == null then { }
         else if builtins.isAttrs args.config then args.config
         else fail function "config: expected an attribute set (the image config), got a ${builtins.typeOf args.config}";
-      contents = map (contentPath function) contentsList;
+      contents = map (contentPath function "contents") contentsList;
+      copyToRoot = map (contentPath function "copyToRoot") (asList (args.copyToRoot or [ ]));
+      perms = let p = args.perms or [ ]; in
+        if builtins.isList p then map (permRule function) p
+        else fail function "perms: expected a list of rules, got a ${builtins.typeOf p}";
       # nixpkgs' layeringPipeline: a list of steps, or a JSON file of one (a path or a store
       # path, read as nixpkgs' make-layers.nix does with jq). Giving one means the pipeline
       # layering, as in nixpkgs.
@@ -133,12 +153,15 @@ let
       baseName = builtins.replaceStrings [ ":" ] [ "-" ] (baseNameOf name);
     in
     if unknown != [ ] then fail function "unknown argument '${builtins.head unknown}'"
-    else if used != [ ] then fail function "'${builtins.head used}' (a dockerTools argument) is not supported yet: leave it out"
+    else if used != [ ] then
+      fail function (unsupportedWhy.${builtins.head used} or "'${builtins.head used}' (a dockerTools argument) is not supported yet: leave it out")
     else {
       key = baseName;
       parameters = parameters // layering // { inherit name contents config; }
-        // (if fromImage == null then { } else { from_image = fromImage; });
-      roots = unique (map builtins.unsafeDiscardStringContext (contents ++ mentionedStorePaths (builtins.toJSON config)));
+        // (if fromImage == null then { } else { from_image = fromImage; })
+        // (if args ? copyToRoot then { copy_to_root = copyToRoot; } else { })
+        // (if args ? perms then { inherit perms; } else { });
+      roots = unique (map builtins.unsafeDiscardStringContext (contents ++ copyToRoot ++ mentionedStorePaths (builtins.toJSON config)));
       result = builtins.intersectAttrs { passthru = null; meta = null; } args;
     };
 

@@ -117,7 +117,8 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
         architecture = parameters.get("architecture")
         architecture = check_architecture(architecture) if architecture else host_architecture()
         base_layers = len(read_base_image(parameters["from_image"], architecture, LayerStore(default_layer_store())).layers)
-    roots = [resolve_store_path(path, store_dir) for path in parameters.get("contents", [])]
+    roots = [resolve_store_path(path, store_dir)  # copy_to_root paths are roots as contents are
+             for path in [*parameters.get("contents", []), *parameters.get("copy_to_root", [])]]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
             parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),

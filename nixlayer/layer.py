@@ -11,6 +11,9 @@ store paths and settings give the same bytes and diff_id as nixpkgs:
 - every entry gets the settings' mtime, uid, gid, uname and gname; file modes are kept;
 - hard links are stored as regular files.
 
+Permission rules (``nixlayer.perms``, nix2container's ``perms``) may then set the mode and owner
+of the entries whose names they match, as the tar is written.
+
 Unlike nixpkgs, which tars each layer twice (once to learn its size and checksum), the tar is
 written once: the diff_id (sha256 of the uncompressed tar) and size, and the compressed blob's
 digest and size, are computed while the bytes stream to the output.
@@ -18,16 +21,18 @@ digest and size, are computed while the bytes stream to the output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import posixpath
 import stat
 import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
+from nixlayer.perms import Matcher, PermRule
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
@@ -84,7 +89,11 @@ class LayerBlob:
 
 @dataclass(frozen=True)
 class Entry:
-    """One tar member to write: its name in the image and, for files and symlinks, its source."""
+    """One tar member to write: its name in the image and, for files and symlinks, its source.
+
+    ``uid``, ``gid``, ``uname``, ``gname``: its own owner, where it has one (permission rules,
+    fakeroot); None takes the layer settings'.
+    """
 
     name: str
     kind: str  # "dir", "file" or "symlink"
@@ -92,6 +101,22 @@ class Entry:
     size: int = 0
     source: str | None = None
     target: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    uname: str | None = None
+    gname: str | None = None
+
+
+def with_perms(entry: Entry, matcher: Matcher, source: str | None) -> Entry:
+    """``entry`` with what ``matcher``'s rules set on it (``source``: the store path it comes
+    from, None for none); a symlink keeps its mode."""
+    owner = matcher.owner(entry.name, source) if matcher else None
+    if owner is None:
+        return entry
+    changes = {k: v for k, v in dataclasses.asdict(owner).items() if v is not None}
+    if entry.kind == "symlink":
+        changes.pop("mode", None)
+    return dataclasses.replace(entry, **changes)
 
 
 class _DigestingWriter:
@@ -151,11 +176,13 @@ def store_path_entries(
     store_dir = normalize_store_dir(store_dir)
     if posixpath.dirname(posixpath.normpath(path)) != store_dir:
         raise NixlayerError(f"{path} is not in the store directory {store_dir}")
-    yield from _walk(path, on_disk(store_root, path))
+    yield from tree_entries(path, on_disk(store_root, path))
 
 
-
-def _walk(name: str, disk: str) -> Iterator[Entry]:
+def tree_entries(name: str, disk: str) -> Iterator[Entry]:
+    """The entries of the file tree at ``disk`` (a file, symlink or directory), named ``name``
+    and below in the image: itself, then depth-first by name; modes kept, symlinks not
+    followed. Raises NixlayerError for a missing or unreadable file, a FIFO, socket or device."""
     try:
         st = os.lstat(disk)
     except FileNotFoundError:
@@ -174,9 +201,9 @@ def _walk(name: str, disk: str) -> Iterator[Entry]:
         except OSError as e:
             raise NixlayerError(f"cannot read directory {disk}: {e.strerror}") from None
         for child in children:
-            yield from _walk(f"{name}/{child}", os.path.join(disk, child))
+            yield from tree_entries(f"{name}/{child}", os.path.join(disk, child))
     else:
-        raise NixlayerError(f"{disk} is a FIFO, socket or device file; store paths cannot hold one")
+        raise NixlayerError(f"{disk} is a FIFO, socket or device file; a layer cannot hold one")
 
 
 def parent_dirs(store_dir: str = DEFAULT_STORE_DIR) -> list[Entry]:
@@ -189,8 +216,10 @@ def _tarinfo(entry: Entry, settings: LayerSettings) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.name)
     info.mode = entry.mode
     info.mtime = settings.mtime
-    info.uid, info.gid = settings.uid, settings.gid
-    info.uname, info.gname = settings.uname, settings.gname
+    info.uid = settings.uid if entry.uid is None else entry.uid
+    info.gid = settings.gid if entry.gid is None else entry.gid
+    info.uname = settings.uname if entry.uname is None else entry.uname
+    info.gname = settings.gname if entry.gname is None else entry.gname
     if entry.kind == "dir":
         info.type = tarfile.DIRTYPE
     elif entry.kind == "symlink":
@@ -297,14 +326,17 @@ def write_store_layer(
     store_root: str = "/",
     store_dir: str = DEFAULT_STORE_DIR,
     progress: Progress | None = None,
+    perms: Sequence[PermRule] = (),
 ) -> LayerBlob:
     """Write the layer of ``paths`` (store paths, in layer order) to ``out``; see the module doc.
+    ``perms``: the permission rules to apply (``nixlayer.perms``).
 
     Returns the LayerBlob (diff_id, size, digest, blob_size, media_type). Raises NixlayerError
     naming the culprit for a path outside ``store_dir``, a missing path, a FIFO, socket or
     device file, or an unreadable file; the caller discards what was written to ``out``.
     """
-    entries: list[Entry] = parent_dirs(store_dir)
+    matcher = Matcher(perms)
+    entries = [with_perms(entry, matcher, None) for entry in parent_dirs(store_dir)]
     for path in paths:
-        entries.extend(store_path_entries(path, store_root, store_dir))
+        entries.extend(with_perms(entry, matcher, path) for entry in store_path_entries(path, store_root, store_dir))
     return write_entries(entries, out, settings, compression, progress)

@@ -133,6 +133,15 @@ def paths_layer_key(kind: str, store_paths: Sequence[str]) -> str:
     return f"{kind}-" + hashlib.sha256("\n".join(store_paths).encode()).hexdigest()[:32]
 
 
+def customisation_layer_key(contents: Sequence[str], tree: dict) -> str:
+    """The record name of a customisation layer: that of its contents (``paths_layer_key``)
+    when it holds nothing else (``tree``, ``nixlayer.rootfs.RootTree.key``, is empty), else
+    ``customisation-`` and the sha256 of the contents and ``tree``."""
+    if not tree:
+        return paths_layer_key("customisation", contents)
+    return "customisation-" + hashlib.sha256(json.dumps([list(contents), tree], sort_keys=True).encode()).hexdigest()[:32]
+
+
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError)  # what _load_record raises
 
 

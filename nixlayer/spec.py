@@ -33,6 +33,7 @@ from nixlayer.closure import ClosureGraph, graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.image import config_store_paths
 from nixlayer.index import parse_platform
+from nixlayer.perms import parse_perms
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.storepath import normalize_store_dir, on_disk
 
@@ -59,6 +60,11 @@ IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "uname": _STRING,
     "gname": _STRING,
     "include_store_paths": ((bool,), "true or false"),
+    "copy_to_root": ((list,), "a list of store paths"),
+    "extra_commands": _STRING,
+    "fake_root_commands": _STRING,
+    "perms": ((list,), "a list of permission rules"),
+    "include_nix_db": ((bool,), "true or false"),
     "architecture": _STRING,
     "from_image": _STRING,
     "platform": ((str, dict), 'a platform such as "linux/arm64" or {"architecture": "arm", "variant": "v7"}'),
@@ -75,8 +81,9 @@ checks them, when the image is planned."""
 @dataclass(frozen=True)
 class SpecImage:
     """One image of a spec: its ``key``, its ``parameters`` (every field but ``key`` and
-    ``index``, ``config`` as a dict, ``contents`` as a list of store paths, ``platform`` as its
-    text ``os/architecture[/variant]``) and the ``index`` it is an image of (None: none)."""
+    ``index``, ``config`` as a dict, ``contents`` and ``copy_to_root`` as lists of store paths,
+    ``perms`` as a list of rules, ``platform`` as its text ``os/architecture[/variant]``) and
+    the ``index`` it is an image of (None: none)."""
 
     key: str
     parameters: Mapping[str, Any]
@@ -271,11 +278,15 @@ def _image(image: Any, graph: ClosureGraph, store_dir: str, keys: set[str]) -> S
     if "platform" in image:
         parameters["platform"] = str(parse_platform(image["platform"]))
     contents = image.get("contents", [])
-    if not all(isinstance(path, str) for path in contents):
-        raise NixlayerError(f"contents must be {IMAGE_FIELDS['contents'][1]}")
+    copy_to_root = image.get("copy_to_root", [])
+    for field, paths in (("contents", contents), ("copy_to_root", copy_to_root)):
+        if not all(isinstance(path, str) for path in paths):
+            raise NixlayerError(f"{field} must be {IMAGE_FIELDS[field][1]}")
+    if "perms" in image:
+        parse_perms(image["perms"], store_dir)
     if "layering" in image or "layering_pipeline" in image:  # a bad pipeline: now, before any work
         check_layering(image.get("layering", DEFAULT_LAYERING), image.get("layering_pipeline"))
-    for path in [*contents, *config_store_paths(image.get("config", {}), store_dir)]:
+    for path in [*contents, *copy_to_root, *config_store_paths(image.get("config", {}), store_dir)]:
         if path not in graph:
             raise NixlayerError(f"{path} is not in the spec's closure")
     return SpecImage(image["key"], parameters, image.get("index"))

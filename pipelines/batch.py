@@ -3,12 +3,14 @@
 The batch file is TOML. Its top-level keys are defaults for every image; each ``[[image]]``
 table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``contents``,
 ``config`` as a TOML table, ``max_layers``, ``layering``, ``layering_pipeline`` (an array of
-steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``, ``platform``,
-``created``, ``mtime``, ``format``, ``compression``, ``output``, ``from_image``, ...) plus ``nix_file`` and
-``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
-Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, the file of a
-``from_image`` such as ``docker-archive:base.tar``, and links among
-``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
+steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``, ``platform``, ``copy_to_root``,
+``extra_commands``, ``fake_root_commands``, ``perms`` (an array of tables, or its JSON text),
+``include_nix_db``, ``created``, ``mtime``, ``format``, ``compression``, ``output``,
+``from_image``, ...) plus ``nix_file`` and ``nix_attrs``: store paths built with
+``nix-build NIX_FILE -A ATTR`` and added to ``contents``. Relative paths (``output``,
+``nix_file``, ``closure_graph``, ``store_root``, the file of a ``from_image`` such as
+``docker-archive:base.tar``, and links among ``contents`` and ``copy_to_root`` such as
+``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
 Images that share an ``output`` (oci or oci-archive) or a ``push`` target, with one ``name`` and
@@ -41,6 +43,7 @@ from nixlayer.base_image import absolute_source
 from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count
+from nixlayer.perms import parse_perms
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
 from nixlayer.formats import STDOUT
 from pipelines.build import BuildImage, layer_plan
@@ -71,6 +74,8 @@ def _check_type(key: str, value, parameter: luigi.Parameter) -> None:
         ok, kind = isinstance(value, (list, str)), "an array of steps (or a JSON string)"
     elif key == "platform":
         ok, kind = isinstance(value, (dict, str)), 'a string such as "linux/arm64" (or a table of os, architecture, variant)'
+    elif key == "perms":
+        ok, kind = isinstance(value, (list, str)), "an array of tables (rules) (or a JSON string)"
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
@@ -121,6 +126,9 @@ def _image_params(settings: dict, directory: str) -> dict:
         out["platform"] = str(parse_platform(out["platform"]))
     if isinstance(out.get("layering_pipeline"), list):
         out["layering_pipeline"] = json.dumps(out["layering_pipeline"], sort_keys=True)
+    if isinstance(out.get("perms"), list):
+        out["perms"] = json.dumps(out["perms"], sort_keys=True)
+    parse_perms(out.get("perms", ""))
     check_layering(out.get("layering", DEFAULT_LAYERING), out.get("layering_pipeline"))
     if not out.get("output") and not out.get("push"):
         raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
@@ -133,8 +141,9 @@ def _image_params(settings: dict, directory: str) -> dict:
         out["from_image"] = absolute_source(out["from_image"], directory)
     # A link such as ./result among the contents is found from the batch file too (its store
     # path is read when the image is planned, see ImageParameters).
-    out["contents"] = [os.path.join(directory, path) if path and not path.startswith("/") else path
-                       for path in out.get("contents", [])]
+    for key in ("contents", "copy_to_root"):
+        out[key] = [os.path.join(directory, path) if path and not path.startswith("/") else path
+                    for path in out.get(key, [])]
     if "nix_attrs" in settings:  # nix_file may be a default that other images do without
         nix_file, attrs = settings.get("nix_file"), settings["nix_attrs"]
         if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):

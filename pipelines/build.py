@@ -18,6 +18,8 @@ from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
+from nixlayer.perms import parse_perms, perms_json
+from nixlayer.rootfs import RootTree, check_root_tree, layer_tree
 from nixlayer.oci_layout import check_layout_writable
 from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.index import Platform, parse_platform
@@ -64,10 +66,13 @@ class ImageSourceParameter(luigi.Parameter):
 class ImageParameters(NixlayerTask, abstract=True):
     """The parameters of one image, as nixpkgs ``buildLayeredImage``, and its layer plan.
 
-    The closure of the contents and of the store paths the config mentions is grouped into at
-    most ``max_layers - 1`` store layers as ``layering`` says (``nixlayer.plan``: by default by
-    popularity, the first ``max_layers - 2`` store paths a layer each and the rest one overflow
-    layer), and a customisation layer links the contents into ``/``. Bad input raises
+    The closure of the contents, the copy_to_root paths and the store paths the config mentions
+    is grouped into at most ``max_layers - 1`` store layers as ``layering`` says
+    (``nixlayer.plan``: by default by popularity, the first ``max_layers - 2`` store paths a
+    layer each and the rest one overflow layer), and a customisation layer links the contents
+    into ``/``, with what ``nixlayer.rootfs`` adds (copy_to_root trees, extra and fakeroot
+    commands, a Nix database); permission rules (``nixlayer.perms``) apply to every layer they
+    can touch. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     With ``from_image``, the base image's layers come first and count against ``max_layers``,
@@ -96,6 +101,15 @@ class ImageParameters(NixlayerTask, abstract=True):
     gname = luigi.Parameter(default="root", description="group name in the layers")
     include_store_paths = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                               description="false: only the customisation layer")
+    copy_to_root = StorePathsParameter(default=[], description="store paths (directories) whose trees are copied to /"
+                                                               " in the customisation layer, as a JSON list")
+    extra_commands = luigi.Parameter(default="", description="shell commands run in the customisation layer's tree")
+    fake_root_commands = luigi.Parameter(default="", description="shell commands run in the customisation layer's tree"
+                                                                 " under fakeroot (chown, chmod persist)")
+    perms = luigi.Parameter(default="", description='permission rules, a JSON list such as [{"regex": "^/tmp$",'
+                                                    ' "mode": "1777"}] (regex, path, mode, uid, gid, uname, gname)')
+    include_nix_db = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                         description="a Nix database of the image's store paths in /nix/var/nix/db")
     architecture = luigi.Parameter(default="", description="Go architecture name; default: this machine's")
     platform = luigi.Parameter(default="", description="os/architecture[/variant] as docker buildx --platform"
                                " (linux/arm64, linux/arm/v7); default: linux/--architecture")
@@ -163,6 +177,8 @@ class ImageParameters(NixlayerTask, abstract=True):
             check_tag(self.tag)
         store_dir = normalize_store_dir(self.store_dir)
         contents, config, config_paths = self._inputs
+        copy_to_root = self._copy_to_root
+        rules = parse_perms(self.perms, store_dir)
         created = parse_time(self.created, what="--created")
         mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
@@ -173,21 +189,29 @@ class ImageParameters(NixlayerTask, abstract=True):
                                insecure=self.insecure_registry) if self.from_image else None
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.
-        checked = _checker().submit(check_contents, contents, self.store_root, settings,
-                                    layer_store.fragments_dir(settings, store_dir))
+        tree = layer_tree(RootTree(tuple(copy_to_root), self.extra_commands, self.fake_root_commands, rules), contents)
+        if tree or self.include_nix_db:
+            checked = _checker().submit(check_root_tree, contents, tree, self.store_root, self.include_nix_db)
+        else:
+            checked = _checker().submit(check_contents, contents, self.store_root, settings,
+                                        layer_store.fragments_dir(settings, store_dir))
         try:
             graph = self.read_graph(self.roots())
         finally:
             concurrent.futures.wait([checked])
         self._graph = graph
         previous = self.previous_layers(layer_store) if self.layering == "stable" else None
-        plan = plan_image(graph, contents, config_paths, self.max_layers, len(base.layers) if base else 0,
+        # copy_to_root paths are in the customisation layer as the contents are: roots alike.
+        plan = plan_image(graph, [*contents, *copy_to_root], config_paths, self.max_layers, len(base.layers) if base else 0,
                           include_store_paths=self.include_store_paths, layering=self.layering, pipeline=pipeline,
                           previous=previous)
         checked.result()
         image = {
             "store_layers": [list(layer.store_paths) for layer in plan.layers],
             "contents": contents, "config": json.dumps(inherit_config(base.config, config) if base else config, sort_keys=True),
+            "copy_to_root": copy_to_root, "extra_commands": self.extra_commands,
+            "fake_root_commands": self.fake_root_commands, "perms": perms_json(rules),
+            "include_nix_db": self.include_nix_db,
             "created": created.isoformat(),
             "architecture": self.image_platform.architecture,
             # A variant only where there is one: the default tag of every other image stays.
@@ -302,12 +326,19 @@ class ImageParameters(NixlayerTask, abstract=True):
             raise NixlayerError(f"--config is not valid JSON: {e}") from None
         return contents, config, config_store_paths(config, store_dir)
 
-    def roots(self) -> list[str]:
-        """The image's roots: its contents and the store paths its config mentions, sorted.
+    @functools.cached_property
+    def _copy_to_root(self) -> list[str]:
+        """The checked copy_to_root store paths (links resolved)."""
+        store_dir = normalize_store_dir(self.store_dir)
+        return [resolve_store_path(p, store_dir) for p in self.copy_to_root]
 
-        Raises NixlayerError for a bad contents path or config."""
+    def roots(self) -> list[str]:
+        """The image's roots: its contents, its copy_to_root paths (their closures hold what
+        their trees link to) and the store paths its config mentions, sorted.
+
+        Raises NixlayerError for a bad contents or copy_to_root path, or config."""
         contents, _, config_paths = self._inputs
-        return sorted(set(contents) | set(config_paths))
+        return sorted(set(contents) | set(self._copy_to_root) | set(config_paths))
 
     def read_graph(self, roots: list[str]) -> ClosureGraph:
         """The closure of ``roots``, read as this image's parameters say (its spec, a JSON graph, a store

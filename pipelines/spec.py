@@ -51,7 +51,7 @@ def _given(param: luigi.Parameter, family: str, name: str) -> bool:
 
 
 # Fields a spec holds as JSON values and the parameters take as JSON text.
-_JSON_FIELDS = ("config", "layering_pipeline")
+_JSON_FIELDS = ("config", "layering_pipeline", "perms")
 
 
 def _spec_value(name: str, value: Any) -> Any:
@@ -62,11 +62,13 @@ def _spec_value(name: str, value: Any) -> Any:
 def _as_in_spec(name: str, value: Any) -> Any:
     """A parameter's value as a spec holds that field's (``ImageSpec.parameters``)."""
     if name in _JSON_FIELDS:
+        if name == "perms" and value == "":
+            return []
         try:
             return json.loads(value)
         except (TypeError, ValueError):
             return value  # not JSON: another value, refused when the image is planned
-    return list(value) if name == "contents" else value
+    return list(value) if name in ("contents", "copy_to_root") else value
 
 
 def with_spec(task: type[luigi.Task], params: list[tuple[str, luigi.Parameter]], kwargs: dict) -> dict:

@@ -9,6 +9,7 @@ import luigi
 from nixlayer.base_image import BaseImage
 from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
 from nixlayer.layerstore import read_json
+from nixlayer.perms import perms_json, rules_for
 from tasks.base import json_list
 from tasks.baseimage import base_layer_tasks
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
@@ -38,6 +39,12 @@ class ImageTask(LayerParameters, abstract=True):
     contents = luigi.ListParameter(default=[], batch_method=tuple)
     base_image = luigi.Parameter(default="", description="the base image's layers and history (BaseImage.to_json)",
                                  batch_method=json_list)
+    # What the customisation layer holds beyond the contents' symlinks (nixlayer.rootfs);
+    # ``perms`` (a layer parameter) is here every rule of the image.
+    copy_to_root = luigi.ListParameter(default=[])
+    extra_commands = luigi.Parameter(default="")
+    fake_root_commands = luigi.Parameter(default="")
+    include_nix_db = luigi.BoolParameter(default=False)
     max_batch_size = 1
 
     def batch_values(self, *names: str) -> list[dict] | None:
@@ -55,9 +62,18 @@ class ImageTask(LayerParameters, abstract=True):
         layers = self.__dict__.get("_layer_tasks")
         if layers is None:
             params = self.layer_parameters()
+            rules = self.perm_rules()
+
+            def perms(store_paths) -> dict:  # each layer task gets the rules that can touch it
+                return {**params, "perms": perms_json(rules_for(rules, store_paths))}
+
             layers = base_layer_tasks(self.base_image, self.base_uncompressed(), self.layer_store_dir)
-            layers += [layer_task(list(paths), **params) for paths in self.store_layers]
-            layers.append(CustomisationLayer(contents=list(self.contents), **params))
+            layers += [layer_task(list(paths), **perms(paths)) for paths in self.store_layers]
+            nix_db = sorted({path for paths in self.store_layers for path in paths}) if self.include_nix_db else []
+            layers.append(CustomisationLayer(
+                contents=list(self.contents), copy_to_root=list(self.copy_to_root), extra_commands=self.extra_commands,
+                fake_root_commands=self.fake_root_commands, nix_db=nix_db,
+                **perms([*self.contents, *self.copy_to_root])))
             self._layer_tasks = layers
         return list(layers)
 

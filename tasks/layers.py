@@ -2,7 +2,9 @@
 
 A layer's record path depends on every setting that changes its bytes (see
 ``nixlayer.layerstore.settings_key``) and on what it holds: a store path's hash part, or a hash
-of the ordered store paths (overflow) or of the contents (customisation).
+of the ordered store paths (overflow) or of the contents and everything else the customisation
+layer holds (``nixlayer.rootfs.RootTree``); and on the permission rules that can touch it
+(``nixlayer.perms``: each layer task gets only those).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import luigi
 from nixlayer.compression import NAMES, Compression
 from nixlayer.customisation import write_customisation_layer
 from nixlayer.layer import LayerBlob, LayerSettings, write_store_layer
+from nixlayer.perms import PermRule, parse_perms, perms_key
+from nixlayer.rootfs import RootTree, write_root_layer
 from nixlayer.storepath import DEFAULT_STORE_DIR
 from nixlayer.layerstore import (
-    LayerRecord, LayerStore, paths_layer_key, record_name, settings_key, store_path_layer_key,
+    LayerRecord, LayerStore, customisation_layer_key, paths_layer_key, record_name, settings_key,
+    store_path_layer_key,
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import BatchableTask, NixlayerTask, json_list
@@ -80,12 +85,17 @@ class LayerParameters(NixlayerTask, abstract=True):
     # Part of every task's id: one luigid can serve builds into different layer stores (a layer
     # written into one is not done for another), and machines sharing one mount it at one path.
     layer_store_dir = luigi.Parameter(description="the layer store directory, absolute")
+    # A layer task gets the rules that can touch it (nixlayer.perms.rules_for), as canonical JSON.
+    perms = luigi.Parameter(default="", description="permission rules, a JSON list (nixlayer.perms)")
 
     def settings(self) -> LayerSettings:
         return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
 
     def compressor(self) -> Compression:
         return Compression(self.compression, self.compression_level)
+
+    def perm_rules(self) -> tuple[PermRule, ...]:
+        return parse_perms(self.perms)
 
     def layer_store(self) -> LayerStore:
         return LayerStore(self.layer_store_dir)
@@ -128,7 +138,7 @@ class LayerTask(LayerParameters, abstract=True):
     def write_blob(self, out: BinaryIO) -> LayerBlob:
         return write_store_layer(
             self.store_paths(), out, self.settings(), self.compressor(),
-            self.store_root, self.store_dir, progress=self._progress,
+            self.store_root, self.store_dir, progress=self._progress, perms=self.perm_rules(),
         )
 
     def run(self) -> None:
@@ -211,7 +221,7 @@ class StorePathLayer(BatchableLayer):
         return [{"store_path": path} for path in json.loads(self.store_path)]
 
     def layer_key(self) -> str:
-        return store_path_layer_key(self.store_path)
+        return store_path_layer_key(self.store_path) + perms_key(self.perm_rules())
 
     def store_paths(self) -> list[str]:
         return [self.store_path]
@@ -234,20 +244,29 @@ class OverflowLayer(LayerTask):
         return len(self.paths)
 
     def layer_key(self) -> str:
-        return paths_layer_key("overflow", self.store_paths())
+        return paths_layer_key("overflow", self.store_paths()) + perms_key(self.perm_rules())
 
     def store_paths(self) -> list[str]:
         return list(self.paths)
 
 
 class CustomisationLayer(BatchableLayer):
-    """The customisation layer: symlinks at / into each contents store path.
+    """The customisation layer: symlinks at / into each contents store path, and what
+    ``nixlayer.rootfs`` adds (copy_to_root trees, commands, a Nix database, permission rules).
 
     A batch (see BatchableLayer; one per image in a batch of images) has the contents of its
     members in ``contents``, a list of lists.
     """
 
     contents = luigi.ListParameter(batch_method=tuple)
+    copy_to_root = luigi.ListParameter(default=[])
+    extra_commands = luigi.Parameter(default="")
+    fake_root_commands = luigi.Parameter(default="")
+    nix_db = luigi.ListParameter(default=[], description="the store paths a Nix database registers (none: no database)")
+
+    def tree(self) -> RootTree:
+        return RootTree(tuple(self.copy_to_root), self.extra_commands, self.fake_root_commands,
+                        self.perm_rules(), tuple(self.nix_db))
 
     def batch_members(self) -> list[dict] | None:
         # One layer's contents are store paths (strings); a batch's are lists of them.
@@ -255,7 +274,7 @@ class CustomisationLayer(BatchableLayer):
         return [{"contents": contents} for contents in self.contents] if batched else None
 
     def layer_key(self) -> str:
-        return paths_layer_key("customisation", self.store_paths())
+        return customisation_layer_key(self.store_paths(), self.tree().key())
 
     def describe(self) -> str:
         return f"the customisation layer of {len(self.contents)} contents"
@@ -264,6 +283,10 @@ class CustomisationLayer(BatchableLayer):
         return list(self.contents)
 
     def write_blob(self, out: BinaryIO) -> LayerBlob:
+        tree = self.tree()
+        if tree:
+            return write_root_layer(self.store_paths(), tree, out, self.settings(), self.compressor(),
+                                    self.store_root, self.store_dir)
         return write_customisation_layer(
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
             self.layer_store().fragments_dir(self.settings(), self.store_dir),

@@ -369,9 +369,10 @@ def test_tasks_made_with_every_parameter_named_get_luigis_values():
     from tasks.layers import CustomisationLayer, StorePathLayer
 
     settings = dict(mtime=1, uid=0, gid=0, uname="root", gname="root", compression="none", compression_level=None,
-                    store_dir="/nix/store", store_root="/", layer_store_dir="/var/cache/nixlayer")
+                    store_dir="/nix/store", store_root="/", layer_store_dir="/var/cache/nixlayer", perms="")
     for cls, own in ((StorePathLayer, {"store_path": "/nix/store/" + "a" * 32 + "-x"}),
-                     (CustomisationLayer, {"contents": ["/nix/store/" + "b" * 32 + "-y"]})):
+                     (CustomisationLayer, {"contents": ["/nix/store/" + "b" * 32 + "-y"], "copy_to_root": [],
+                                           "extra_commands": "", "fake_root_commands": "", "nix_db": []})):
         params, kwargs = cls.get_params(), {**settings, **own}
         ours = cls.get_param_values(params, (), kwargs)
         assert ours == luigi.Task.get_param_values.__func__(cls, params, (), kwargs)

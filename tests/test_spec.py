@@ -89,9 +89,11 @@ def test_spec_keeps_its_store_paths_alive(vectors):
 
 @pytest.mark.parametrize("expression, message", [
     ('nixlayer.buildLayeredImage { name = "x"; fromImage = "base.tar"; }', 'fromImage: expected a docker-archive file (a path or a derivation) or a base image such as'),
-    ('nixlayer.buildLayeredImage { name = "x"; extraCommands = "mkdir tmp"; }', "'extraCommands' (a dockerTools argument) is not supported yet"),
-    ('nixlayer.buildLayeredImage { name = "x"; fakeRootCommands = "chown 1 x"; }', "'fakeRootCommands'"),
-    ('nixlayer.buildLayeredImage { name = "x"; includeNixDB = true; }', "'includeNixDB'"),
+    ('nixlayer.buildLayeredImage { name = "x"; enableFakechroot = true; }',
+     "'enableFakechroot' is not supported: fakeRootCommands run under fakeroot"),
+    ('nixlayer.buildLayeredImage { name = "x"; copyToRoot = [ "/etc" ]; }', "copyToRoot: /etc is not a store path"),
+    ('nixlayer.buildLayeredImage { name = "x"; perms = { regex = "x"; }; }', "perms: expected a list of rules"),
+    ('nixlayer.buildLayeredImage { name = "x"; perms = [ "x" ]; }', "perms: expected a list of attribute sets"),
     ('nixlayer.buildLayeredImage { name = "x"; layeringPipeline = [ ]; }', "layeringPipeline is empty"),
     ('nixlayer.buildLayeredImage { name = "x"; layering = "auto"; layeringPipeline = [ [ "flatten" ] ]; }',
      'layeringPipeline is given, but layering is "auto"'),
@@ -111,8 +113,8 @@ def test_what_nixlayer_cannot_do_fails_evaluation_naming_it(tmp_path, expression
 
 def test_unsupported_arguments_at_their_unused_values_are_accepted(tmp_path):
     file = tmp_path / "image.nix"
-    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "MyApp"; fromImage = null; extraCommands = "";'
-                    ' includeNixDB = false; passthru.answer = 42; }')
+    file.write_text(f'(import {NIXLAYER} {{ }}).buildLayeredImage {{ name = "MyApp"; fromImage = null; enableFakechroot = false;'
+                    ' debug = false; passthru.answer = 42; }')
     spec = read_spec(spec_build(file))
     assert spec.image().parameters == {"name": "myapp", "contents": [], "config": {}}  # lower case, as nixpkgs
     answer = subprocess.run(["nix-instantiate", "--eval", "-E", f"(import {file}).answer"], capture_output=True, text=True)
