@@ -7,9 +7,10 @@ left out) into ``$out`` and writes the store paths of its dependencies (``${dep}
 broken (the edge that closes a cycle in a depth-first walk is dropped). The image's contents
 are the packages nothing else depends on.
 
-Each package also has a revision (``nix-support/revision``, 0 unless raised by the
+Each package also has a revision (``nix-support/revision-NAME``, 0 unless raised by the
 ``revisions`` argument) and grows by ``growth_percent`` of its files' bytes per revision
-(``nix-support/revision-data``): raising a package's revision gives it and every package that
+(``nix-support/revision-data-NAME``; file names of their own, as the image's customisation
+layer links every content's files into ``/``): raising a package's revision gives it and every package that
 depends on it new store paths, as an update does in Nix. The derivations are input-addressed,
 so a rerun builds nothing. Used by ``bench_build.py`` and ``bench_layering.py``.
 """
@@ -141,8 +142,8 @@ def write_closure_nix(work: Path, dag: Mapping[str, list[str]], growth_percent: 
         "      tar -C / --no-recursion --verbatim-files-from -cf - -T ${files} | tar -C $out -xf - --no-same-owner --no-same-permissions",
         "      chmod -R u+w,go-w,ugo-s $out",
         "      printf '%s\\n' ${toString deps} > $out/nix-support/depends-${name}",
-        "      printf '%s\\n' ${toString (revisions.${name} or 0)} > $out/nix-support/revision",
-        "      head -c ${toString (growth * (revisions.${name} or 0))} /dev/zero > $out/nix-support/revision-data",
+        "      printf '%s\\n' ${toString (revisions.${name} or 0)} > $out/nix-support/revision-${name}",
+        "      head -c ${toString (growth * (revisions.${name} or 0))} /dev/zero > $out/nix-support/revision-data-${name}",
         "    '' ];",
         "  };",
         "  pkgs = {",
