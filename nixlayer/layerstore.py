@@ -181,8 +181,8 @@ class LayerStore:
         """Write the image stamp ``stamp`` (a path under ``images/``) holding ``data`` (its
         ``output``, ``name`` and ``layers`` records among others), then the pointer to it for
         its output and name (:meth:`latest_path`), each atomically."""
-        for path, content in ((stamp, data),
-                              (self.latest_path(data["output"], data["name"]), {"stamp": os.path.relpath(stamp, self.root)})):
+        pointer = {"stamp": os.path.relpath(stamp, self.root)}
+        for path, content in ((stamp, data), (self.latest_path(data["output"], data["name"]), pointer)):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_file(path) as f:
                 f.write(json.dumps(content).encode())

@@ -17,9 +17,9 @@ gives it and every package that depends on it new store paths). So:
   no more than ``auto`` on any update; at 100 layers all three moved 1.00 times.
 - Groups are made by merging, from small units (a store path each, or for more store paths
   than :data:`UNITS_PER_LAYER` per layer, nixpkgs' auto-layer groups), the two groups whose
-  merge adds the least to that cost, until they fit the layer limit (:func:`group_by_change`). Store paths
-  that change together (a library and the program only it serves) merge first; a large store
-  path that rarely changes stays apart from small ones that change often.
+  merge adds the least to that cost, until they fit the layer limit (:func:`group_by_change`).
+  Store paths that change together (a library and the program only it serves) merge first; a
+  large store path that rarely changes stays apart from small ones that change often.
 
 The first build of an image is grouped so. A rebuild keeps the previous build's layers:
 
@@ -52,10 +52,10 @@ MAX_UNITS = 400
 at most ``MAX_UNITS``. More store paths than that are first grouped into this many by nixpkgs'
 auto-layer (each large store path with the dependencies only it needs). Over the updates of
 ``bench/bench_layering.py`` at 20 layers, 4 units per layer moved the fewest bytes (1.10 times
-the new store paths'; one group per store path 1.13, 2 per layer 1.24, 3 1.12, 5 1.13, 6 1.12)
-and was the only one to move no more than ``auto`` on any update (one group per store path put
-a large, rarely changing data package with libc, which a libc update then dragged along). The
-cap keeps planning a 20,000-store-path closure to seconds."""
+the new store paths'; one group per store path 1.13, 2 per layer 1.24, 3 1.12, 5 1.13, 6 1.12);
+only 3 and 4 moved no more than ``auto`` on every update (one group per store path put a large,
+rarely changing data package with libc, which a libc update then dragged along). The cap keeps
+planning a 20,000-store-path closure to seconds (a few on a loaded 2-core machine)."""
 
 
 def _reachable(start: int, edges: Sequence[set[int]]) -> frozenset[int]:

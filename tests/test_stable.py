@@ -262,7 +262,8 @@ def test_plan_command_previous(tmp_path, capsys):
     old = json.loads(previous.read_text())
     assert [layer["store_paths"] for layer in plan["layers"]] == [
         [v2["tool"] if p == v1["tool"] else p for p in layer["store_paths"]] for layer in old["layers"]]
-    assert {layer["reason"] for layer in plan["layers"]} <= {"stable: kept", "stable: changed, grouped by what changes together"}
+    assert {layer["reason"] for layer in plan["layers"]} <= {
+        "stable: kept", "stable: changed, grouped by what changes together"}
     (tmp_path / "bad.json").write_text("[]")
     assert main(["plan", "--layering", "stable", "--previous", str(tmp_path / "bad.json"), v1["app"]]) == 2
     assert "is not a plan as plan --json prints it" in capsys.readouterr().err
