@@ -214,7 +214,7 @@ def _incremental(version: str) -> dict[str, str]:
 
 def test_rebuild_keeps_the_layers_of_the_last_build_to_the_same_output(tmp_path, layer_store):
     v1, v2 = _incremental("1"), _incremental("2")
-    params = dict(name="inc", layering="stable", max_layers=3, output=str(tmp_path / "inc.tar"))
+    params = dict(name="inc", max_layers=3, output=str(tmp_path / "inc.tar"))  # stable: the default layering
     first = BuildImage(contents=[v1["app"], v1["tool"]], **params)
     # No previous build in the layer store: a first build.
     first_layers = first.plan["store_layers"]
