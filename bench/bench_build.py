@@ -1,14 +1,11 @@
 """Benchmark: `luigi --module pipelines BuildImage` on a realistic closure, against a tar floor.
 
-The closure is made offline from installed Debian packages: the dependency closure of a few
-root packages (``--roots``) becomes one Nix derivation per package (builder /bin/sh), which
-copies the package's world-readable regular files (``dpkg -L``, /etc and /var left out) into
-``$out`` and writes the store paths of its dependencies (``${dep}``) into
-``$out/nix-support/depends-NAME``, so Nix records them as references. Dependency cycles are
-broken (the edge that closes a cycle in a depth-first walk is dropped). The image's contents
-are the packages nothing else depends on. One of them, ``--leaf``, has a second version that
-differs in one file; being a leaf, nothing else's hash changes with it. The generated .nix file
-lives in a temporary directory; the derivations are input-addressed, so a rerun builds nothing.
+The closure is made offline from installed Debian packages (``debian_closure.py``): the
+dependency closure of a few root packages (``--roots``), one Nix derivation per package. The
+image's contents are the packages nothing else depends on. One of them, ``--leaf``, has a
+second version (its revision raised) that differs in one file; being a leaf, nothing else's
+hash changes with it. The generated .nix file lives in a temporary directory; the derivations
+are input-addressed, so a rerun builds nothing.
 
 Two scenarios, each on its own closure. Every build is a subprocess `python -m luigi --module
 pipelines BuildImage ...` (the luigi command without a version manager's shim in front) with a
@@ -21,8 +18,8 @@ the incremental scenario also times its no-op and one-leaf rebuilds (oci, ``--wo
 ``--python current``'s interpreter (the one running this script), and ``--python current`` runs
 every build with it.
 
-1. Default (``--roots``, 142 store paths, 547 MiB): nixpkgs' default ``--max-layers 100`` and
-   docker-archive output. Cold build (empty layer store) with ``--workers 1`` and ``--workers
+1. Default (``--roots``, 142 store paths, 547 MiB): nixpkgs' default ``--max-layers 100``,
+   ``--layering popularity`` (nixpkgs 2018-2024) and docker-archive output. Cold build (empty layer store) with ``--workers 1`` and ``--workers
    2`` (same bytes?), the no-op rebuild, and the rebuild after the leaf changed (``--workers 2``,
    on a hard-linked copy of the cold build's layer store); peak RSS of the cold builds (wait4
    rusage of luigi and what it waited for).
@@ -63,10 +60,8 @@ generated store paths (~2.4 GB) are kept for the next run unless ``--delete-stor
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -75,158 +70,20 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from debian_closure import contents_of, dependency_dag, nix_build, write_closure_nix  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOTS = "git,python3.11,vim,postgresql-15,cmake,curl,openssh-client,gdb"
 DEFAULT_MAX_LAYERS = 100  # BuildImage's default, as nixpkgs
+# The default scenario's layering: nixpkgs' 2018-2024 one, where the leaf is the least popular
+# store path, in the overflow layer (not BuildImage's default, stable: see bench_layering.py).
+DEFAULT_SCENARIO = ("--layering", "popularity")
 # 107 store paths, 2.1 GiB of files: large next to a run's fixed cost, and few enough for a
 # layer each under --max-layers 125.
 INCREMENTAL_ROOTS = ("kubectl,google-cloud-cli-anthoscli,google-cloud-cli-spanner-emulator,google-cloud-cli-kpt,"
                      "google-cloud-cli-local-extract,google-cloud-cli-cbt,llvm-14-dev,nodejs,curl")
-SKIPPED_DIRS = ("/etc/", "/var/", "/proc/", "/sys/", "/dev/", "/run/", "/tmp/")
-NAME_OK = re.compile(r"^[A-Za-z0-9+._-]+$")
-
-
-# --- The closure: Debian packages as Nix store paths ---------------------------------------
-
-def installed_packages() -> tuple[dict[str, list[list[str]]], dict[str, list[str]]]:
-    """Installed package -> its Depends and Pre-Depends (clauses of alternatives); virtual
-    package -> the installed packages that provide it."""
-    fmt = "${Package}\t${db:Status-Abbrev}\t${Provides}\t${Depends}, ${Pre-Depends}\n"
-    out = subprocess.run(["dpkg-query", "-W", "-f=" + fmt], check=True, capture_output=True, text=True).stdout
-    depends: dict[str, list[list[str]]] = {}
-    provides: dict[str, list[str]] = collections.defaultdict(list)
-    for line in out.splitlines():
-        name, status, provided, deps = line.split("\t")
-        if not status.startswith("ii"):
-            continue
-        depends[name] = [
-            [alt.strip().split(" ")[0].split(":")[0] for alt in clause.split("|")]
-            for clause in deps.split(",") if clause.strip()
-        ]
-        for virtual in provided.split(","):
-            if virtual.strip():
-                provides[virtual.strip().split(" ")[0]].append(name)
-    return depends, provides
-
-
-def dependency_dag(roots: list[str]) -> dict[str, list[str]]:
-    """The dependency closure of ``roots`` among installed packages, cycles broken: package ->
-    the packages it depends on (first installed alternative; virtual packages resolved)."""
-    depends, provides = installed_packages()
-    for root in roots:
-        if root not in depends:
-            raise SystemExit(f"bench_build: package {root} is not installed")
-
-    def resolve(name: str) -> list[str]:
-        found = []
-        for clause in depends[name]:
-            for alt in clause:
-                if alt in depends:
-                    found.append(alt)
-                    break
-                if alt in provides:
-                    found.append(sorted(provides[alt])[0])
-                    break
-        return sorted(set(found) - {name})
-
-    dag: dict[str, list[str]] = {}
-    state: dict[str, int] = {}  # 1: on the stack, 2: done
-
-    def visit(name: str) -> None:
-        state[name] = 1
-        kept = []
-        for dep in resolve(name):
-            if state.get(dep) == 1:
-                continue  # this edge closes a cycle: drop it
-            if dep not in state:
-                visit(dep)
-            kept.append(dep)
-        dag[name] = kept
-        state[name] = 2
-
-    sys.setrecursionlimit(10000)
-    for root in sorted(roots):
-        if root not in state:
-            visit(root)
-    return dag
-
-
-def package_files(name: str) -> list[str]:
-    """The package's world-readable regular files, as paths relative to /."""
-    out = subprocess.run(["dpkg", "-L", name], capture_output=True, text=True, errors="surrogateescape").stdout
-    files = []
-    for path in out.splitlines():
-        if not path.startswith("/") or path.startswith(SKIPPED_DIRS) or "\\" in path:
-            continue
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o004:
-            files.append(path.lstrip("/"))
-    return sorted(set(files))
-
-
-def nix_string(s: str) -> str:
-    return json.dumps(s).replace("${", "\\${")
-
-
-def write_closure_nix(work: Path, dag: dict[str, list[str]], contents: list[str], leaf: str) -> Path:
-    """Write closure.nix (and one file list per package) into ``work``."""
-    lists = work / "lists"
-    lists.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Generated by bench/bench_build.py: Debian packages as Nix store paths.",
-        '{ leafVersion ? "1" }:',
-        "let",
-        "  mk = name: deps: files: extra: derivation {",
-        '    name = "deb-" + name;',
-        "    system = builtins.currentSystem;",
-        '    builder = "/bin/sh";',
-        '    args = [ "-c" (\'\'',
-        "      PATH=/usr/bin:/bin",
-        "      set -e",
-        "      umask 022",
-        "      mkdir -p $out/nix-support",
-        "      tar -C / --no-recursion --verbatim-files-from -cf - -T ${files} | tar -C $out -xf - --no-same-owner --no-same-permissions",
-        "      chmod -R u+w,go-w,ugo-s $out",
-        "      printf '%s\\n' ${toString deps} > $out/nix-support/depends-${name}",
-        "    '' + extra) ];",
-        "  };",
-        "  pkgs = {",
-    ]
-    for name in sorted(dag):
-        if not NAME_OK.match(name):
-            raise SystemExit(f"bench_build: package name {name!r} is not a store path name")
-        (lists / f"{name}.files").write_text("".join(f + "\n" for f in package_files(name)))
-        deps = " ".join(f"pkgs.{nix_string(d)}" for d in dag[name])
-        extra = '""'
-        if name == leaf:
-            extra = f'"printf \'%s\\\\n\' ${{leafVersion}} > $out/nix-support/version-{name}\\n"'
-        lines.append(f"    {nix_string(name)} = mk {nix_string(name)} [ {deps} ] ./lists/{name}.files {extra};")
-    lines += [
-        "  };",
-        "in {",
-        "  inherit pkgs;",
-        "  contents = [ " + " ".join(f"pkgs.{nix_string(c)}" for c in contents) + " ];",
-        f"  leaf = pkgs.{nix_string(leaf)};",
-        "}",
-    ]
-    path = work / "closure.nix"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def nix_build(nix_file: Path, attr: str, leaf_version: str) -> list[str]:
-    out = subprocess.run(
-        ["nix-build", str(nix_file), "-A", attr, "--argstr", "leafVersion", leaf_version,
-         "--no-out-link", "--max-jobs", "2", "--quiet"],
-        capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"bench_build: nix-build -A {attr} failed:\n{out.stderr[-3000:]}")
-    return out.stdout.split()
-
-
 def requisites(paths: list[str]) -> list[str]:
     out = subprocess.run(["nix-store", "--query", "--requisites", *paths], check=True,
                          capture_output=True, text=True).stdout
@@ -392,17 +249,16 @@ class Closure:
         start = time.perf_counter()
         self.roots, self.leaf = roots, leaf
         dag = dependency_dag(roots)
-        referenced = {dep for deps in dag.values() for dep in deps}
-        content_names = sorted(set(dag) - referenced)
+        content_names = contents_of(dag)
         if leaf not in content_names:
             raise SystemExit(f"bench_build: --leaf {leaf} is not a leaf of the closure of {','.join(roots)}; "
                              f"leaves: {' '.join(content_names)}")
         work.mkdir(parents=True, exist_ok=True)
-        nix_file = write_closure_nix(work, dag, content_names, leaf)
-        self.contents = nix_build(nix_file, "contents", "1")
-        (self.leaf2,) = nix_build(nix_file, "leaf", "2")
+        nix_file = write_closure_nix(work, dag)
+        self.contents = nix_build(nix_file, "contents", {})
+        self.contents2 = nix_build(nix_file, "contents", {leaf: 1})
         self.leaf1 = self.contents[content_names.index(leaf)]
-        self.contents2 = [self.leaf2 if p == self.leaf1 else p for p in self.contents]
+        self.leaf2 = self.contents2[content_names.index(leaf)]
         self.paths = requisites(self.contents)
         paths2 = requisites(self.contents2)
         assert set(self.paths) - set(paths2) == {self.leaf1} and set(paths2) - set(self.paths) == {self.leaf2}, \
@@ -418,15 +274,16 @@ class Closure:
                 f"(roots: {','.join(self.roots)}); generated and built in {self.seconds:.1f} s\n"
                 f"changed leaf: {self.leaf} ({self.leaf1} -> {self.leaf2}), {self.leaf_bytes} bytes of files")
 
-    def plan(self, max_layers: int) -> list[dict]:
-        """The store-path layers `python3 -m nixlayer plan` gives for the contents."""
+    def plan(self, max_layers: int, extra: tuple[str, ...] = ()) -> list[dict]:
+        """The store-path layers `python3 -m nixlayer plan` gives for the contents (a first
+        build), with ``extra`` arguments (``--layering``)."""
         out = subprocess.run([sys.executable, "-m", "nixlayer", "plan", "--json", "--max-layers", str(max_layers),
-                              *self.contents], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+                              *extra, *self.contents], cwd=ROOT, check=True, capture_output=True, text=True).stdout
         return json.loads(out)["layers"]
 
-    def leaf_layer(self, max_layers: int) -> str:
+    def leaf_layer(self, max_layers: int, extra: tuple[str, ...] = ()) -> str:
         """Which layer the changed leaf is in, and how big that layer is."""
-        layers = self.plan(max_layers)
+        layers = self.plan(max_layers, extra)
         (index, layer), = [(i, layer) for i, layer in enumerate(layers) if self.leaf1 in layer["store_paths"]]
         return (f"store-path layer {index + 1} of {len(layers)}, holding {len(layer['store_paths'])} store path(s), "
                 f"NAR {layer['nar_size'] / 2**20:.1f} MiB")
@@ -532,11 +389,12 @@ def delete_store_paths(paths: list[str]) -> None:
 
 def bench_default(work: Path, roots: list[str], leaf: str, repeat: int, keep: bool, made: list[str]) -> int:
     """nixpkgs' default layering (--max-layers 100) and docker-archive; returns counted targets missed."""
-    print(f"== default scenario: --max-layers {DEFAULT_MAX_LAYERS} (nixpkgs' default), docker-archive")
+    print(f"== default scenario: --max-layers {DEFAULT_MAX_LAYERS} (nixpkgs' default), {' '.join(DEFAULT_SCENARIO)},"
+          " docker-archive")
     c = Closure(work, roots, leaf)
     made += [*c.paths, c.leaf2]
     print(c.describe())
-    print(f"the changed leaf's layer: {c.leaf_layer(DEFAULT_MAX_LAYERS)}")
+    print(f"the changed leaf's layer: {c.leaf_layer(DEFAULT_MAX_LAYERS, DEFAULT_SCENARIO)}")
 
     floor = floor_seconds(c.paths)
 
@@ -544,7 +402,8 @@ def bench_default(work: Path, roots: list[str], leaf: str, repeat: int, keep: bo
         runs = []
         for i in range(repeat):
             shutil.rmtree(work / f"store-w{workers}", ignore_errors=True)
-            runs.append(run_build(work, work / f"store-w{workers}", c.contents, work / f"w{workers}.tar", workers))
+            runs.append(run_build(work, work / f"store-w{workers}", c.contents, work / f"w{workers}.tar", workers,
+                                  DEFAULT_SCENARIO))
         return best(runs)
 
     def after_leaf_change() -> Build:  # each from a copy of the layer store of the cold build
@@ -552,7 +411,7 @@ def bench_default(work: Path, roots: list[str], leaf: str, repeat: int, keep: bo
         for i in range(repeat):
             copy = work / f"store-leaf{i}"
             subprocess.run(["cp", "-al", str(work / "store-w2"), str(copy)], check=True)
-            runs.append(run_build(work, copy, c.contents2, work / "w2.tar", 2))
+            runs.append(run_build(work, copy, c.contents2, work / "w2.tar", 2, DEFAULT_SCENARIO))
         return best(runs)
 
     cold1 = cold(1)
@@ -561,7 +420,8 @@ def bench_default(work: Path, roots: list[str], leaf: str, repeat: int, keep: bo
     same = (work / "w1.tar").stat().st_size == (work / "w2.tar").stat().st_size and \
         subprocess.run(["cmp", "-s", str(work / "w1.tar"), str(work / "w2.tar")]).returncode == 0
     (work / "w1.tar").unlink()
-    noop = best([run_build(work, work / "store-w2", c.contents, work / "w2.tar", 2) for _ in range(repeat)])
+    noop = best([run_build(work, work / "store-w2", c.contents, work / "w2.tar", 2, DEFAULT_SCENARIO)
+                 for _ in range(repeat)])
     leafbuild = after_leaf_change()
     image_bytes = (work / "w2.tar").stat().st_size
     if not keep:

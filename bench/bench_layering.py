@@ -1,39 +1,47 @@
-"""Benchmark: what each layering makes a host pull after updates of different depths.
+"""Benchmark: what each layering makes a host pull after updates of different depths, and the
+time of an update build against a tar floor.
 
-The closure is made as ``bench_build.py`` makes one, from installed Debian packages
-(``--roots``), one Nix derivation per package; each package also records a revision
-(``nix-support/revision``, 0 unless an update raised it) and grows by 3 % of its files' bytes
-per revision (``nix-support/revision-data``), so an update of a package gives it and every
-package that depends on it new store paths, as in Nix, and changes its size, as new versions
-do. The updates (``UPDATES``)
+The closure is made from installed Debian packages by ``debian_closure.py`` (``--roots``: 152
+store paths, about 560 MiB), one Nix derivation per package; an update raises a package's
+revision, which grows it by 3 % of its files' bytes (as new versions change sizes) and gives it
+and every package that depends on it new store paths, as in Nix. The updates (``UPDATES``)
 change packages at the top (applications), in the middle (OpenSSL, GnuTLS, SQLite) and deep
 (zlib, libc), one after the other.
 
-For each layering and ``--max-layers`` (100 and 20) every update's image is planned
-(``nixlayer.plan.plan_image``, the ``stable`` layering with the previous update's plan as its
-previous build), and compared with the previous update's image of the same layering:
+1. Pulled bytes. For each layering and ``--max-layers`` (100 and 20) every update's image is
+   planned (``nixlayer.plan.plan_image``; ``stable`` with the previous update's plan as its
+   previous build, as the layer store gives it), and compared with the previous update's
+   image of the same layering:
 
-- pulled: the bytes of the layers of the new image the previous image did not have (a layer is
-  the same when it holds the same store paths in the same order: its key, hence its bytes);
-  a layer's bytes are taken as its store paths' NAR sizes (a layer's tar is within a few per
-  cent of them), the customisation layer left out (a few KB);
-- new: the NAR bytes of the store paths new in this update, which no layering can avoid;
-- the ratio pulled / new (1.00 is the floor) and the number of store layers.
+   - pulled: the bytes of the layers of the new image the previous image did not have (a layer
+     is the same when it holds the same store paths in the same order: its key, hence its
+     bytes); a layer's bytes are taken as its store paths' NAR sizes (a layer's tar is within
+     a few per cent of them), the customisation layer left out (a few KB);
+   - new: the NAR bytes of the store paths new in this update, which no layering can avoid;
+   - the ratio pulled / new (1.00 is the floor) and the number of store layers.
 
-It prints a table per ``--max-layers``: per update and in total, each layering's ratio and
-layers. Nothing is built but the closure (the first run copies the packages' files into the
-Nix store: a few minutes; later runs reuse them). Not measured here: the time of an update
-build (issue 15 asks for it within 1.3 times ``tar -c | sha256sum`` of the new store paths).
+   It prints a table per ``--max-layers``: per update and in total, each layering's ratio and
+   layers.
+2. Update builds (unless ``--no-builds``): ``luigi --module pipelines BuildImage`` with the
+   default layering and ``--max-layers``, ``--format oci --compression none`` (the OCI layout
+   hard-links the layer blobs of the layer store), ``--workers 2``, one layer store and output
+   for the whole sequence: the first image (not timed), then each update, timed, against the
+   floor ``tar -c <the update's new store paths> | sha256sum`` (best of two), measured in the
+   same run. Printed per update and in total (the sum of the builds' seconds over the sum of
+   the floors; target 1.3), with the layers built and reused; also the no-op rebuild's seconds
+   (what every build pays before its layers: Luigi, Nix's closure, the plan, the layer store)
+   and each build's seconds less those against the floor.
 
-    python3 bench/bench_layering.py [--roots git,python3.11,...] [--max-layers 100,20]
+The first run copies the packages' files into the Nix store (a few minutes); later runs reuse
+them. About 2 minutes then on 2 cores.
+
+    python3 bench/bench_layering.py [--roots git,python3.11,...] [--max-layers 100,20] [--no-builds]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,13 +49,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_build import DEFAULT_ROOTS, NAME_OK, dependency_dag, nix_string, package_files  # noqa: E402
+from bench_build import DEFAULT_ROOTS, floor_seconds, run_build  # noqa: E402
+from debian_closure import contents_of, dependency_dag, nix_build, write_closure_nix  # noqa: E402
 from nixlayer.closure import graph_from_nix  # noqa: E402
-from nixlayer.plan import plan_image  # noqa: E402
+from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, plan_image  # noqa: E402
 
-ROOTS = DEFAULT_ROOTS + ",wget,jq,less"
+ROOTS = DEFAULT_ROOTS + ",wget,jq,less,file,zstd,bzip2"
 LAYERINGS = ("popularity", "auto", "stable")
 GROWTH_PERCENT = 3  # what each revision adds to a package, of its files' bytes
+BUILD_TARGET = 1.3  # an update build's seconds / the floor's, in total
 # (what changes, its depth): applied in this order, each on top of the previous ones.
 UPDATES = [
     ("curl", "top"), ("libssl3", "middle"), ("git", "top"), ("zlib1g", "deep"),
@@ -55,93 +65,19 @@ UPDATES = [
 ]
 
 
-def write_closure_nix(work: Path, dag: dict[str, list[str]], contents: list[str]) -> Path:
-    """closure.nix in ``work``: a derivation per package, taking ``revisions`` (package ->
-    revision number) as its argument."""
-    lists = work / "lists"
-    lists.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Generated by bench/bench_layering.py: Debian packages as Nix store paths, with revisions.",
-        "{ revisions ? { } }:",
-        "let",
-        "  mk = name: deps: files: growth: derivation {",
-        '    name = "deb-" + name;',
-        "    system = builtins.currentSystem;",
-        '    builder = "/bin/sh";',
-        "    args = [ \"-c\" ''",
-        "      PATH=/usr/bin:/bin",
-        "      set -e",
-        "      umask 022",
-        "      mkdir -p $out/nix-support",
-        "      tar -C / --no-recursion --verbatim-files-from -cf - -T ${files} | tar -C $out -xf - --no-same-owner --no-same-permissions",
-        "      chmod -R u+w,go-w,ugo-s $out",
-        "      printf '%s\\n' ${toString deps} > $out/nix-support/depends-${name}",
-        "      printf '%s\\n' ${toString (revisions.${name} or 0)} > $out/nix-support/revision",
-        "      head -c ${toString (growth * (revisions.${name} or 0))} /dev/zero > $out/nix-support/revision-data",
-        "    '' ];",
-        "  };",
-        "  pkgs = {",
-    ]
-    for name in sorted(dag):
-        if not NAME_OK.match(name):
-            raise SystemExit(f"bench_layering: package name {name!r} is not a store path name")
-        files = package_files(name)
-        (lists / f"{name}.files").write_text("".join(f + "\n" for f in files))
-        deps = " ".join(f"pkgs.{nix_string(d)}" for d in dag[name])
-        growth = sum(os.lstat("/" + f).st_size for f in files) * GROWTH_PERCENT // 100
-        lines.append(f"    {nix_string(name)} = mk {nix_string(name)} [ {deps} ] ./lists/{name}.files {growth};")
-    lines += ["  };", "in {", "  contents = [ " + " ".join(f"pkgs.{nix_string(c)}" for c in contents) + " ];", "}"]
-    path = work / "closure.nix"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def build(nix_file: Path, revisions: dict[str, int]) -> list[str]:
-    """The contents' store paths, built with ``revisions``."""
-    arg = "{ " + " ".join(f"{nix_string(name)} = {rev};" for name, rev in revisions.items()) + " }"
-    out = subprocess.run(["nix-build", str(nix_file), "-A", "contents", "--arg", "revisions", arg,
-                          "--no-out-link", "--max-jobs", "2", "--quiet"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"bench_layering: nix-build failed:\n{out.stderr[-3000:]}")
-    return out.stdout.split()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--roots", default=ROOTS)
-    parser.add_argument("--max-layers", default="100,20")
-    args = parser.parse_args(argv)
-    roots = args.roots.split(",")
-    dag = dependency_dag(roots)
-    referenced = {dep for deps in dag.values() for dep in deps}
-    contents = sorted(set(dag) - referenced)
-    for name, _ in UPDATES:
-        if name not in dag:
-            raise SystemExit(f"bench_layering: {name} (an update) is not in the closure of {args.roots}")
-    with tempfile.TemporaryDirectory(prefix="bench-layering-") as work:
-        nix_file = write_closure_nix(Path(work), dag, contents)
-        revisions: dict[str, int] = {}
-        graphs = [graph_from_nix(build(nix_file, revisions))]
-        for number, (name, _) in enumerate(UPDATES, 1):
-            revisions[name] = number
-            graphs.append(graph_from_nix(build(nix_file, revisions)))
-    first = graphs[0]
-    total_bytes = sum(first.nar_size(p) or 0 for p in first)
-    print(f"closure: {len(first)} store paths, {total_bytes / 2**20:.0f} MiB; roots {args.roots}")
-    status = 0
-    for max_layers in map(int, args.max_layers.split(",")):
+def pulled_bytes(graphs: list, max_layers_list: list[int]) -> None:
+    """Print, per max_layers, each layering's pulled bytes / new bytes per update and in total."""
+    for max_layers in max_layers_list:
         print(f"\nmax_layers {max_layers}: pulled bytes / bytes of new store paths (layers)")
         print(f"{'update':<26} {'new store paths':>22}  " + "  ".join(f"{name:>16}" for name in LAYERINGS))
-        plans = {name: [] for name in LAYERINGS}
+        plans: dict[str, list[list[list[str]]]] = {name: [] for name in LAYERINGS}
         for name in LAYERINGS:
             previous = None
             for graph in graphs:
-                roots = list(graph.roots())
-                plan = plan_image(graph, roots, max_layers=max_layers, layering=name, previous=previous)
-                layers = [list(layer.store_paths) for layer in plan.layers]
-                plans[name].append(layers)
-                previous = layers
-        totals = {name: 0 for name in LAYERINGS}
+                plan = plan_image(graph, list(graph.roots()), max_layers=max_layers, layering=name, previous=previous)
+                previous = [list(layer.store_paths) for layer in plan.layers]
+                plans[name].append(previous)
+        totals = dict.fromkeys(LAYERINGS, 0)
         total_new = 0
         for step in range(1, len(graphs)):
             old, new = graphs[step - 1], graphs[step]
@@ -160,7 +96,74 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'total':<26} {'':>5} {total_new / 2**20:>9.1f} MiB    "
               + "  ".join(f"{totals[name] / total_new:>10.2f}      " for name in LAYERINGS))
         print(json.dumps({"max_layers": max_layers, "ratios": {n: round(totals[n] / total_new, 3) for n in LAYERINGS}}))
-    return status
+
+
+def layers_line(stderr: str) -> str:
+    """What a build says it did with its layers (``2 built, 98 reused``), from its last line."""
+    wrote = [line for line in stderr.splitlines() if line.startswith("nixlayer: wrote")]
+    return wrote[-1].rsplit("layers: ", 1)[-1].split(";")[0] if wrote else "?"
+
+
+def update_builds(work: Path, steps: list[list[str]], graphs: list) -> None:
+    """Print the seconds of each update build against its floor (see the module docstring)."""
+    print(f"\nupdate builds: BuildImage --layering {DEFAULT_LAYERING} (the default) --max-layers {DEFAULT_MAX_LAYERS}"
+          " --format oci --compression none --workers 2, against tar -c <new store paths> | sha256sum")
+    options = ("--format", "oci", "--compression", "none")
+    store, output = work / "store", work / "image"
+    run_build(work, store, steps[0], output, 2, options)  # the first image, not timed
+    noop = min(run_build(work, store, steps[0], output, 2, options).seconds for _ in range(2))
+    print(f"no-op rebuild (nothing changed; what every build pays before its layers): {noop:.2f} s")
+    print(f"{'update':<26} {'new store paths':>22}  {'build s':>8} {'floor s':>8} {'ratio':>7}"
+          f" {'build - no-op':>14} {'ratio':>6}  layers")
+    build_total = floor_total = 0.0
+    for step in range(1, len(steps)):
+        fresh = [p for p in graphs[step] if p not in graphs[step - 1]]
+        new_bytes = sum(graphs[step].nar_size(p) or 0 for p in fresh)
+        build = run_build(work, store, steps[step], output, 2, options)
+        floor = floor_seconds(fresh)
+        build_total += build.seconds
+        floor_total += floor
+        label = f"{UPDATES[step - 1][0]} ({UPDATES[step - 1][1]})"
+        work_seconds = build.seconds - noop
+        print(f"{label:<26} {len(fresh):>5} {new_bytes / 2**20:>9.1f} MiB    {build.seconds:>8.2f} {floor:>8.2f}"
+              f" {build.seconds / floor:>7.2f} {work_seconds:>14.2f} {work_seconds / floor:>6.2f}  {layers_line(build.stderr)}")
+    updates = len(steps) - 1
+    ratio = build_total / floor_total
+    work_ratio = (build_total - updates * noop) / floor_total
+    print(f"{'total':<26} {'':>22}    {build_total:>8.2f} {floor_total:>8.2f} {ratio:>7.2f}"
+          f" {build_total - updates * noop:>14.2f} {work_ratio:>6.2f}  target {BUILD_TARGET}:"
+          f" {'MET' if ratio <= BUILD_TARGET else 'MISSED'}")
+    print(json.dumps({"update_builds": {"seconds": round(build_total, 2), "floor_seconds": round(floor_total, 2),
+                                        "ratio": round(ratio, 3), "noop_seconds": round(noop, 2),
+                                        "ratio_less_noop": round(work_ratio, 3)}}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--roots", default=ROOTS)
+    parser.add_argument("--max-layers", default="100,20")
+    parser.add_argument("--no-builds", action="store_true", help="plan only: no update builds timed")
+    args = parser.parse_args(argv)
+    dag = dependency_dag(args.roots.split(","))
+    for name, _ in UPDATES:
+        if name not in dag:
+            raise SystemExit(f"bench_layering: {name} (an update) is not in the closure of {args.roots}")
+    with tempfile.TemporaryDirectory(prefix="bench-layering-") as work:
+        nix_file = write_closure_nix(Path(work), dag, GROWTH_PERCENT)
+        revisions: dict[str, int] = {}
+        steps = [nix_build(nix_file, "contents", revisions)]
+        for number, (name, _) in enumerate(UPDATES, 1):
+            revisions[name] = number
+            steps.append(nix_build(nix_file, "contents", revisions))
+        graphs = [graph_from_nix(contents) for contents in steps]
+        first = graphs[0]
+        total_bytes = sum(first.nar_size(p) or 0 for p in first)
+        print(f"closure: {len(first)} store paths, {total_bytes / 2**20:.0f} MiB, {len(contents_of(dag))} contents;"
+              f" roots {args.roots}")
+        pulled_bytes(graphs, [int(n) for n in args.max_layers.split(",")])
+        if not args.no_builds:
+            update_builds(Path(work), steps, graphs)
+    return 0
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = subcommands.add_parser(
         "plan",
         help="show which store paths go into which layer",
-        description="Group the image's store paths into layers as nixpkgs streamLayeredImage does (--layering).",
+        description="Group the image's store paths into layers (--layering: stable, the default, or nixpkgs'"
+                    " popularity, auto or pipeline, as streamLayeredImage does).",
     )
     plan.add_argument("roots", nargs="*", metavar="ROOT", help="store paths of the image contents, or links to them such as ./result")
     plan.add_argument("--spec", metavar="FILE",

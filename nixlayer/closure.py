@@ -122,7 +122,8 @@ class ClosureGraph:
             size = self.nar_size(path)
             if size is None:
                 raise NixlayerError(f"the {layering} layering needs every store path's NAR size; {path} has none"
-                                    " (read the closure from Nix, a spec or nix path-info --json)")
+                                    " (read the closure from Nix, a spec or nix path-info --json; or use --layering popularity,"
+                                    " which needs none)")
             sizes[path] = size
         return paths, sizes
 

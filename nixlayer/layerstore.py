@@ -11,6 +11,8 @@ Layout under the store's root directory:
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
   Luigi tasks), naming what was written (an image stamp its output and image name too) and its
   layer records: the ``stable`` layering reads them (:meth:`LayerStore.previous_layers`);
+- ``latest/<key>.json``: for each output and image name, the image stamp last written there
+  (``{"stamp": "images/<key>.json"}``), so the ``stable`` layering reads one stamp, not all;
 - ``tmp/``: the temporaries of blobs and records being written, renamed into place when whole.
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
@@ -179,29 +181,39 @@ class LayerStore:
         under ``key`` lives: ``KIND/<sha256 of key, 32 hex digits>.json``."""
         return os.path.join(self.root, kind, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
+    def latest_path(self, output: str, name: str) -> str:
+        """Where the pointer to the stamp of the image last written to ``output`` under ``name``
+        lives (``latest/``): written with each image stamp (:meth:`write_image_stamp`)."""
+        return self.stamp_path("latest", json.dumps([output, name]))
+
+    def write_image_stamp(self, stamp: str, data: dict) -> None:
+        """Write the image stamp ``stamp`` (a path under ``images/``) holding ``data`` (its
+        ``output``, ``name`` and ``layers`` records among others), then the pointer to it for
+        its output and name (:meth:`latest_path`), each atomically."""
+        pointer = {"stamp": os.path.relpath(stamp, self.root)}
+        for path, content in ((stamp, data), (self.latest_path(data["output"], data["name"]), pointer)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_file(path) as f:
+                f.write(json.dumps(content).encode())
+
     def previous_layers(self, *, output: str | None = None, name: str | None = None,
                         target: str | None = None) -> list[list[str]] | None:
         """The store layers (each a list of store paths, bottom first) of the image this store
-        last wrote to ``output`` under ``name`` (the newest image stamp naming both), else last
-        pushed to ``target``: what the ``stable`` layering keeps.
+        last wrote to ``output`` under ``name`` (the stamp its ``latest/`` pointer names: one
+        file read, however many images the store holds), else last pushed to ``target``: what
+        the ``stable`` layering keeps.
 
         Returns None when there is no such stamp, or a layer record it names cannot be read
         (gone with a garbage collection): the next build is then planned as a first one.
         Looking does not mark anything used.
         """
         stamp: dict = {}
-        if output is not None:
-            newest = -1
-            for path in _files(os.path.join(self.root, "images"), depth=1):
-                candidate = read_json(path, mark_used=False)
-                if candidate.get("output") != output or candidate.get("name") != name:
-                    continue
-                try:
-                    written = os.stat(path).st_mtime_ns
-                except OSError:
-                    continue
-                if written > newest:
-                    stamp, newest = candidate, written
+        if output is not None and name is not None:
+            pointer = read_json(self.latest_path(output, name), mark_used=False).get("stamp")
+            if isinstance(pointer, str):
+                candidate = read_json(os.path.join(self.root, pointer), mark_used=False)
+                if candidate.get("output") == output and candidate.get("name") == name:
+                    stamp = candidate
         if not stamp and target is not None:
             stamp = read_json(self.stamp_path("pushes", target), mark_used=False)
         records = stamp.get("layers")
@@ -349,6 +361,11 @@ class LayerStore:
                 layers = read_json(stamp, mark_used=False).get("layers")
                 if isinstance(layers, list):
                     named.update(p for p in layers if isinstance(p, str))
+        for pointer in _files(os.path.join(self.root, "latest"), depth=1):  # a few bytes each: not counted
+            stamp = read_json(pointer, mark_used=False).get("stamp")
+            if not dry_run and not (isinstance(stamp, str) and os.path.isfile(os.path.join(self.root, stamp))):
+                with contextlib.suppress(OSError):
+                    os.unlink(pointer)
         for fragment in _files(os.path.join(self.root, "customisation"), depth=2):
             st = unused(fragment)
             if st is not None:

@@ -12,8 +12,8 @@ the customisation layer (the symlinks of ``contents`` into the image root; no st
   with ``available`` as its limit, as nixpkgs' ``availableLayers``;
 - ``pipeline`` (nixpkgs' ``layeringPipeline``): :mod:`nixlayer.pipeline`; the layers it makes
   must fit in ``available`` (nixpkgs does not check);
-- ``stable`` (nixlayer's): :mod:`nixlayer.stable`, the previous build's layers kept, new
-  versions where the old ones were; a first build as ``auto``.
+- ``stable`` (nixlayer's, the default): :mod:`nixlayer.stable`, store paths grouped by what
+  changes together, the previous build's unchanged layers kept whole.
 
 A plan is a list of layers, each a list of store paths: the image, its layer keys and its
 default tag follow from that list alone, so two layerings that make the same list make the same
@@ -38,8 +38,11 @@ DEFAULT_MAX_LAYERS = 100
 DOCKER_LAYER_LIMIT = 127  # overlay mounts fail beyond this: "max depth exceeded"
 DOCKER_SAFE_LAYERS = 125
 
-LAYERINGS = ("popularity", "auto", "pipeline", "stable")
-"""The layerings nixlayer knows, the default first."""
+LAYERINGS = ("stable", "popularity", "auto", "pipeline")
+"""The layerings nixlayer knows, the default first: ``stable`` moved the fewest bytes over the
+updates of ``bench/bench_layering.py`` (1.00 and 1.09 times the new store paths' bytes at 100
+and 20 layers; ``auto`` 1.01 and 1.37, ``popularity`` 2.56 and 3.32), no update more than
+``auto``."""
 DEFAULT_LAYERING = LAYERINGS[0]
 
 
@@ -78,7 +81,7 @@ class LayerPlan:
     layers: tuple[PlannedLayer, ...]
     max_layers: int
     base_layers: int
-    layering: str = DEFAULT_LAYERING
+    layering: str
 
     @property
     def store_paths(self) -> tuple[str, ...]:
@@ -171,7 +174,7 @@ def plan_layers(
                    f" max_layers - {max_layers - available + 1}" if len(order) > available
                    else f"popularity rank {available}")
     layers = [_planned(group, nar_sizes, popularities, reason) for group, reason in zip(groups, reasons) if group]
-    return LayerPlan(tuple(layers), max_layers, base_layers)
+    return LayerPlan(tuple(layers), max_layers, base_layers, "popularity")
 
 
 def _planned(store_paths: Sequence[str], nar_sizes: Mapping[str, int | None] | None,

@@ -1,62 +1,135 @@
-"""The ``stable`` layering: a rebuild keeps the layers of the previous build of the same image.
+"""The ``stable`` layering: layers grouped by what changes together, kept from build to build.
 
-An update of a closure changes some store paths (a changed package and everything that depends
-on it get new store paths, as in Nix) and leaves the others. What a host holding the previous
-image pulls is every layer whose bytes changed; a layer's bytes change as soon as one of its
-store paths does. So instead of grouping the new closure afresh (where one changed path can
-move the boundaries of many layers), ``stable`` starts from the previous build's layers:
+What a host holding an image's previous version pulls after an update is every layer whose
+bytes changed, and a layer's bytes change as soon as one of its store paths does. In Nix a
+store path changes when it or anything in its closure changes (a new version of a package
+gives it and every package that depends on it new store paths). So:
 
-1. Each store path still in the closure stays in its layer, in its place.
-2. A new store path that is a new version of a store path gone from the closure (the same
-   package name and output, :func:`package_key`) takes that path's place, so new versions land
-   where the old ones were, and only the layers holding changed packages change.
-3. The other new store paths get layers of their own, as many as the layer limit leaves
-   (grouped among themselves by :func:`nixlayer.autolayer.auto_layers`), on top of the kept
-   layers; with no layer left, they join the smallest layer that changes anyway (else the
-   smallest layer).
-4. Layers left empty are dropped. Over the limit (a lower ``max_layers``), the smallest layers
-   are merged into one, in their image order, until the layers fit.
+- A layer costs, over updates to come, its bytes each time something in the closure of one of
+  its store paths changes. ``stable`` estimates that as ``bytes x weight`` where the weight sums,
+  over the store paths an update of which changes the layer (the union of its store paths'
+  closures), ``1 / sqrt(B)``, B being the bytes such an update changes at least (the store
+  path and everything depending on it in the image). Weighing by ``1 / B`` would count every
+  update alike, however small (the ratio a host sees); by ``1``, every byte alike (a large
+  update then hides the small ones it drags along); the square root is the middle. Over the
+  updates of ``bench/bench_layering.py`` at 20 layers it moved the fewest bytes of the three
+  (1.10 times the new store paths'; ``1 / B`` 1.16, ``1`` 1.12) and was the only one to move
+  no more than ``auto`` on any update; at 100 layers all three moved 1.00 times.
+- Groups are made by merging, from small units (a store path each, or for more store paths
+  than :data:`UNITS_PER_LAYER` per layer, nixpkgs' auto-layer groups), the two groups whose
+  merge adds the least to that cost, until they fit the layer limit (:func:`group_by_change`).
+  Store paths that change together (a library and the program only it serves) merge first; a
+  large store path that rarely changes stays apart from small ones that change often.
 
-A layer none of whose store paths changed keeps its store paths in their order, so its bytes,
-key and digest are the previous build's. With no previous build, the layers are the ``first``
-layering's (:data:`FIRST_BUILD_LAYERING`): nothing is known yet about what changes together.
-Planning twice in a row gives the same layers (a build's own plan, taken as the previous one,
-is kept whole).
+The first build of an image is grouped so. A rebuild keeps the previous build's layers:
+
+1. A layer none of whose store paths changed (all still in the closure) is kept whole, in its
+   place: its bytes, key and digest are the previous build's.
+2. The layers that change anyway (a store path of theirs left the closure) are pulled whole, so
+   their remaining store paths and the store paths new in the closure can be grouped afresh at
+   no extra cost: they are, as above, into as many layers as the kept ones leave under the
+   limit, in the changed layers' places (the ones least likely to change lowest), any more on top.
+3. When no layer is left for them (a lower ``max_layers``, or new store paths and no changed
+   layer), the smallest kept layers join them, as few as needed.
+
+So an update changes only the layers that held changed store paths, and leaves behind layers
+grouped to change less next time. Planning twice in a row gives the same layers.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 from nixlayer.autolayer import auto_layers, name_then_hash
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
 
-FIRST_BUILD_LAYERING = "auto"
-"""What ``stable`` does for an image's first build: nixpkgs' auto-layer, which moved the fewest
-bytes of nixpkgs' layerings in the figures of issue 15 (1.04 and 1.23 times the new store
-paths' bytes at 100 and 20 layers, popularity 1.38 and 1.56); the benchmark of that issue is to
-confirm it."""
+UNITS_PER_LAYER = 4
+MAX_UNITS = 400
+"""The most groups :func:`group_by_change` starts from: ``UNITS_PER_LAYER`` per layer to make,
+at most ``MAX_UNITS``. More store paths than that are first grouped into this many by nixpkgs'
+auto-layer (each large store path with the dependencies only it needs). Over the updates of
+``bench/bench_layering.py`` at 20 layers, 4 units per layer moved the fewest bytes (1.10 times
+the new store paths'; one group per store path 1.13, 2 per layer 1.24, 3 1.12, 5 1.13, 6 1.12);
+only 3 and 4 moved no more than ``auto`` on every update (one group per store path put a large,
+rarely changing data package with libc, which a libc update then dragged along). The cap keeps
+planning a 20,000-store-path closure to seconds (a few on a loaded 2-core machine)."""
 
-# Nix's parseDrvName: the version starts at the first dash followed by a character that is not
-# a letter.
-_VERSION_START = re.compile(r"-(?=[^A-Za-z])")
+
+def _reachable(start: int, edges: Sequence[set[int]]) -> frozenset[int]:
+    seen = {start}
+    pending = [start]
+    while pending:
+        for node in edges[pending.pop()] - seen:
+            seen.add(node)
+            pending.append(node)
+    return frozenset(seen)
 
 
-def package_key(path: str) -> tuple[str, str]:
-    """What stays when a package gets a new version: its name without the version (as Nix's
-    ``builtins.parseDrvName``), and its output when the store path name ends with one
-    (``/nix/store/...-openssl-3.0.13-bin`` -> ``("openssl", "bin")``, ``...-zlib-1.3`` ->
-    ``("zlib", "")``, ``...-hello`` -> ``("hello", "")``)."""
-    name = name_then_hash(path)[0]
-    match = _VERSION_START.search(name)
-    if match is None:
-        return name, ""
-    version = name[match.end():]
-    last = version.rsplit("-", 1)
-    output = last[1] if len(last) == 2 and last[1].isalpha() else ""
-    return name[:match.start()], output
+def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: Iterable[str],
+                    fixed: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
+    """Group the store paths ``groupable`` into at most ``limit`` layers that change rarely
+    (the cost in the module docstring), the layers ``fixed`` being left as they are.
+
+    Args:
+        graph: the image's closure; ``sizes``: every store path's NAR size.
+        groupable: the store paths to group; with ``fixed``, every store path of ``graph``.
+        fixed: layers kept as they are (each counts as one store path here).
+        limit: the most layers to make, at least 1.
+    Returns:
+        The layers, each sorted by :func:`name_then_hash`, in ascending order of the weight
+        of what changes them (then by store paths).
+    """
+    groupable = sorted(groupable, key=name_then_hash)
+    most_units = min(UNITS_PER_LAYER * limit, MAX_UNITS)
+    if len(groupable) > most_units:
+        members = set(groupable)
+        own = ClosureGraph({path: graph.references(path) & members for path in groupable},
+                           {path: sizes[path] for path in groupable}, graph.store_dir)
+        units = [list(layer.store_paths) for layer in auto_layers(own, most_units)]
+    else:
+        units = [[path] for path in groupable]
+    nodes = units + [list(layer) for layer in fixed]
+    node_of = {path: i for i, node in enumerate(nodes) for path in node}
+    edges = [{node_of[ref] for path in node for ref in graph.references(path)} for node in nodes]
+    node_bytes = [sum(sizes[path] for path in node) for node in nodes]
+    closures = [_reachable(i, edges) for i in range(len(nodes))]
+    changed_bytes = [0] * len(nodes)  # what an update of a node changes: it and its dependents
+    for i, closure in enumerate(closures):
+        for node in closure:
+            changed_bytes[node] += node_bytes[i]
+    weights = [1 / math.sqrt(max(changed, 1)) for changed in changed_bytes]
+
+    # group id -> (bytes, closure, weight of the closure, unit indexes)
+    groups = {i: (node_bytes[i], closures[i], sum(weights[n] for n in closures[i]), [i]) for i in range(len(units))}
+
+    def added_cost(a: int, b: int) -> float:
+        bytes_a, closure_a, weight_a, _ = groups[a]
+        bytes_b, closure_b, weight_b, _ = groups[b]
+        weight = weight_a + sum(weights[n] for n in closure_b - closure_a)
+        return (bytes_a + bytes_b) * weight - bytes_a * weight_a - bytes_b * weight_b
+
+    heap = [(added_cost(a, b), a, b) for a in groups for b in groups if a < b]
+    heapq.heapify(heap)
+    next_id = len(units)
+    while len(groups) > limit:
+        _, a, b = heapq.heappop(heap)
+        if a not in groups or b not in groups:
+            continue
+        bytes_a, closure_a, weight_a, units_a = groups.pop(a)
+        bytes_b, closure_b, weight_b, units_b = groups.pop(b)
+        groups[next_id] = (bytes_a + bytes_b, closure_a | closure_b,
+                           weight_a + sum(weights[n] for n in closure_b - closure_a), units_a + units_b)
+        for other in groups:
+            if other != next_id:
+                heapq.heappush(heap, (added_cost(other, next_id), other, next_id))
+        next_id += 1
+    layers = [(weight, sorted((path for unit in group_units for path in units[unit]), key=name_then_hash))
+              for _, _, weight, group_units in groups.values()]
+    layers.sort(key=lambda layer: (layer[0], [name_then_hash(path) for path in layer[1]]))
+    return [paths for _, paths in layers]
 
 
 def stable_layers(
@@ -72,60 +145,52 @@ def stable_layers(
         previous: the store layers of the previous build of this image, bottom first, each a
             list of store paths; None (or empty) for a first build.
     Returns:
-        The layers, bottom first, each as (its store paths, why they are there): ``kept`` (no
-        store path changed), ``kept, with new versions`` (some did), ``new store paths``,
-        ``merged to fit the limit``, or for a first build the ``auto`` reasons.
+        The layers, bottom first, each as (its store paths, why they are there): ``first
+        build, grouped by what changes together``, ``kept`` (no store path changed),
+        ``changed, grouped by what changes together``.
     Raises:
         NixlayerError: ``limit`` below 1, a store path without a NAR size, or a store path
             listed twice in ``previous``.
     """
     if not isinstance(limit, int) or limit < 1:
         raise NixlayerError(f"the stable layering needs a layer limit of at least 1, not {limit!r}")
+    _, sizes = graph.sized_paths(None, "stable")
     if not previous:
-        return [(list(layer.store_paths), f"first build, {layer.reason}") for layer in auto_layers(graph, limit)]
-    current = set(graph.paths)
+        return [(paths, "first build, grouped by what changes together")
+                for paths in group_by_change(graph, sizes, graph.paths, [], limit)]
     seen: set[str] = set()
     for layer in previous:
         for path in layer:
             if path in seen:
                 raise NixlayerError(f"store path {path} is in two layers of the previous build")
             seen.add(path)
-    sizes = {path: graph.nar_size(path) for path in graph.paths}
-    if None in sizes.values():
-        missing = next(path for path, size in sizes.items() if size is None)
-        raise NixlayerError(f"the stable layering needs every store path's NAR size; {missing} has none")
 
-    # New versions take the places of the store paths they replace.
-    gone = {package_key(path): path for path in sorted(seen - current, key=name_then_hash)}
-    replacing: dict[str, list[str]] = {}
-    unplaced = []
-    for path in sorted(current - seen, key=name_then_hash):
-        old = gone.get(package_key(path))
-        if old is None:
-            unplaced.append(path)
+    kept: list[int] = []  # indexes into ``previous`` of the layers kept whole
+    regroup = [path for path in graph.paths if path not in seen]
+    for i, layer in enumerate(previous):
+        paths = [path for path in layer if path in sizes]
+        if len(paths) == len(layer):
+            kept.append(i)
         else:
-            replacing.setdefault(old, []).append(path)
+            regroup += paths
+    free = limit - len(kept)
+    while kept and free < (1 if regroup else 0):  # the smallest kept layers join the changed ones
+        smallest = min(kept, key=lambda i: (sum(sizes[path] for path in previous[i]), i))
+        kept.remove(smallest)
+        regroup += previous[smallest]
+        free += 1
+    if not regroup:
+        return [(list(previous[i]), "kept") for i in kept]
+    groups = group_by_change(graph, sizes, regroup, [previous[i] for i in kept], free)
+    # Kept layers in their places; the new groups in the places of the layers not kept (the
+    # groups least likely to change lowest), any more on top.
     layers: list[tuple[list[str], str]] = []
-    for layer in previous:
-        paths = [new for path in layer for new in ([path] if path in current else replacing.get(path, []))]
-        if paths:
-            layers.append((paths, "kept" if list(layer) == paths else "kept, with new versions"))
-
-    if unplaced:
-        free = limit - len(layers)
-        if free >= 1:
-            own = ClosureGraph({path: graph.references(path) & set(unplaced) for path in unplaced},
-                               {path: sizes[path] for path in unplaced}, graph.store_dir)
-            layers += [(list(layer.store_paths), "new store paths") for layer in auto_layers(own, free)]
-        else:
-            changed = [i for i, (_, why) in enumerate(layers) if why != "kept"] or range(len(layers))
-            at = min(changed, key=lambda i: sum(sizes[path] for path in layers[i][0]))
-            layers[at] = (layers[at][0] + unplaced, "kept, with new store paths")
-
-    if len(layers) > limit:  # fewer layers than before: merge the smallest, in image order
-        by_size = sorted(range(len(layers)), key=lambda i: (sum(sizes[path] for path in layers[i][0]), i))
-        merged = sorted(by_size[:len(layers) - limit + 1])
-        union = [path for i in merged for path in layers[i][0]]
-        layers = [(union, "merged to fit the limit") if i == merged[0] else layer
-                  for i, layer in enumerate(layers) if i == merged[0] or i not in merged]
-    return layers
+    for i, layer in enumerate(previous):
+        if i in kept:
+            layers.append((list(layer), "kept"))
+        elif groups:
+            layers.append((groups.pop(0), ""))
+    layers += [(group, "") for group in groups]
+    before = {tuple(layer) for layer in previous}
+    return [(paths, why or ("kept" if tuple(paths) in before else "changed, grouped by what changes together"))
+            for paths, why in layers]

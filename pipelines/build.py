@@ -68,11 +68,11 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     The closure of the contents, the copy_to_root paths and the store paths the config mentions
     is grouped into at most ``max_layers - 1`` store layers as ``layering`` says
-    (``nixlayer.plan``: by default by popularity, the first ``max_layers - 2`` store paths a
-    layer each and the rest one overflow layer), and a customisation layer links the contents
-    into ``/``, with what ``nixlayer.rootfs`` adds (copy_to_root trees, extra and fakeroot
-    commands, a Nix database); permission rules (``nixlayer.perms``) apply to every layer they
-    can touch. Bad input raises
+    (``nixlayer.plan``: by default ``stable``, grouped by what changes together, the previous
+    build's unchanged layers kept; ``popularity`` is nixpkgs' 2018-2024 layering bit for bit),
+    and a customisation layer links the contents into ``/``, with what ``nixlayer.rootfs`` adds
+    (copy_to_root trees, extra and fakeroot commands, a Nix database); permission rules
+    (``nixlayer.perms``) apply to every layer they can touch. Bad input raises
     NixlayerError (printed as one line, ``nixlayer: error: ...``) before any layer is written.
     With ``spec``, the parameters the spec sets and the closure come from it (``pipelines.spec``).
     With ``from_image``, the base image's layers come first and count against ``max_layers``,
@@ -88,9 +88,9 @@ class ImageParameters(NixlayerTask, abstract=True):
     max_layers = luigi.IntParameter(default=100, description="layers of the image, the customisation layer included (2 to 127)")
     layering = luigi.ChoiceParameter(
         choices=LAYERINGS, default=DEFAULT_LAYERING,
-        description="how store paths are grouped into layers: popularity (nixpkgs 2018-2024), auto (nixpkgs'"
-                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline), stable (the"
-                    " previous build's layers kept, new versions where the old ones were)",
+        description="how store paths are grouped into layers: stable (the default: by what changes together,"
+                    " the previous build's unchanged layers kept), popularity (nixpkgs 2018-2024), auto (nixpkgs'"
+                    " auto-layer), pipeline (nixpkgs' layeringPipeline, given as --layering-pipeline)",
     )
     layering_pipeline = luigi.Parameter(
         default="", description='for --layering pipeline: nixpkgs\' layeringPipeline, a JSON list of steps such as'

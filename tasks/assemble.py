@@ -7,7 +7,6 @@ import os
 
 import luigi
 
-from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, Written, write_image
 from nixlayer.oci_layout import layout_digest
 from tasks import runlog
@@ -84,14 +83,10 @@ class AssembleImage(BatchableTask, ImageTask):
         report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
         self._written.append(member.output)
         if member.output != STDOUT:
-            stamp = member.stamp()
-            os.makedirs(os.path.dirname(stamp), exist_ok=True)
-            with atomic_file(stamp) as f:
-                f.write(json.dumps({
-                    "output": member.output, "name": member.name, "digest": digest,
-                    "signature": member._output_signature(),
-                    "bytes": written, "layers": member.layer_records(),
-                }).encode())
+            member.layer_store().write_image_stamp(member.stamp(), {
+                "output": member.output, "name": member.name, "digest": digest,
+                "signature": member._output_signature(), "bytes": written, "layers": member.layer_records(),
+            })
 
     def write(self) -> Written:
         """Write the image to ``output`` (its layers must be complete); return its digest and

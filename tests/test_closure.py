@@ -39,7 +39,7 @@ def check_vectors(graph: ClosureGraph, vectors: dict) -> None:
     app = vectors["store_paths"]["app"]
     assert popularity_order(graph) == vectors["popularity_order"]
     for max_layers, layers in vectors["image_store_layers_by_max_layers"].items():
-        plan = plan_image(graph, [app], max_layers=int(max_layers))
+        plan = plan_image(graph, [app], max_layers=int(max_layers), layering="popularity")
         assert [list(layer.store_paths) for layer in plan.layers] == [layer["paths"] for layer in layers]
 
 

@@ -75,7 +75,7 @@ def test_luigi_build_image_layering_pipeline(tmp_path, vectors_app, paths):
      " makes (main, common, rest)"),
     (["--layering", "pipeline"], "nixlayer: error: the pipeline layering needs a layering pipeline"),
     (["--layering-pipeline", '[["popularity_contest"]]'],
-     "nixlayer: error: a layering pipeline is given, but the layering is popularity"),
+     "nixlayer: error: a layering pipeline is given, but the layering is stable"),  # (the default)
     (["--layering", "pipeline", "--layering-pipeline", '[["split_every", 1]]', "--max-layers", "3"],
      "nixlayer: error: the layering pipeline makes 5 layers, but max_layers 3 leaves 2 beside the customisation layer"),
 ])
@@ -109,7 +109,7 @@ def test_the_default_tag_covers_the_layering_where_it_changes_the_layers(layer_s
     def plan(**changed) -> dict:
         return BuildImage(name="vec", contents=[vectors_app], output=str(tmp_path / "x.tar"), **changed).plan
 
-    popularity, auto = plan(max_layers=4), plan(max_layers=4, layering="auto")
+    popularity, auto = plan(max_layers=4, layering="popularity"), plan(max_layers=4, layering="auto")
     assert popularity["store_layers"] != auto["store_layers"] and popularity["tag"] != auto["tag"]
     # One pipeline that makes popularity's layers makes popularity's image, tag and all.
     same = plan(max_layers=4, layering="pipeline", layering_pipeline='[["popularity_contest"], ["limit_layers", 3]]')
@@ -224,7 +224,11 @@ def test_spec_with_a_bad_pipeline_is_refused_when_read(tmp_path, vectors_app):
 
 
 def test_plan_table_says_why_and_totals(vectors_app, paths, capsys):
-    assert main(["plan", "--max-layers", "3", vectors_app]) == 0
+    assert main(["plan", "--max-layers", "3", vectors_app]) == 0  # the default layering, stable
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("  (stable: first build, grouped by what changes together)")
+    assert lines[-1] == "total: 5 store paths (6.7 kB) in 2 store layers of max_layers 3, stable layering"
+    assert main(["plan", "--max-layers", "3", "--layering", "popularity", vectors_app]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].endswith(f"{paths['libc']}  (popularity rank 1)")
     assert lines[2].endswith(f"{paths['zlib']}  (popularity ranks 2-5: past the 1 single-path layers, max_layers - 2)")

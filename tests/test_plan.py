@@ -31,12 +31,15 @@ def test_groups_around_the_layer_budget(count):
     assert plan.customisation_layer_index == 1 + len(expected)
 
 
+@pytest.mark.parametrize("layering", ["stable", "popularity", "auto"])
 @settings(max_examples=100, deadline=None)
 @given(dag_references(), st.integers(2, 12), st.data())
-def test_every_path_in_exactly_one_layer(references, max_layers, data):
-    graph = ClosureGraph(references)
+def test_every_path_in_exactly_one_layer(layering, references, max_layers, data):
+    sizes = data.draw(st.lists(st.integers(0, 10**6), min_size=len(references), max_size=len(references)))
+    graph = ClosureGraph(references, dict(zip(references, sizes)))
     contents = data.draw(st.lists(st.sampled_from(list(references)), min_size=1, unique=True))
-    plan = plan_image(graph, contents, max_layers=max_layers)
+    plan = plan_image(graph, contents, max_layers=max_layers, layering=layering)
+    assert plan.layering == layering
     assert sorted(plan.store_paths) == sorted(graph.closure(contents).paths)
     assert len(plan.layers) <= max_layers - 1
     assert all(layer.store_paths for layer in plan.layers)
@@ -96,7 +99,7 @@ def expected_json_groups(vectors, max_layers):
 @pytest.mark.parametrize("source", ["graph", "scan", "nix"])
 def test_cli_plan_json(source, graph_file, vectors_app, vectors, capsys):
     options = {"graph": ["--graph", str(graph_file)], "scan": ["--store-dir-scan", "/"], "nix": []}[source]
-    assert main(["plan", *options, "--max-layers", "4", "--json", vectors_app]) == 0
+    assert main(["plan", *options, "--max-layers", "4", "--layering", "popularity", "--json", vectors_app]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [layer["store_paths"] for layer in plan["layers"]] == expected_json_groups(vectors, 4)
     assert plan["customisation_layer_index"] == 3
@@ -104,7 +107,7 @@ def test_cli_plan_json(source, graph_file, vectors_app, vectors, capsys):
 
 def test_cli_plan_table_from_stdin(graph_file, vectors_app, vectors, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(graph_file.read_bytes())))
-    assert main(["plan", "--graph", "-", "--max-layers", "3", vectors_app]) == 0
+    assert main(["plan", "--graph", "-", "--max-layers", "3", "--layering", "popularity", vectors_app]) == 0
     lines = capsys.readouterr().out.splitlines()
     libc = vectors["store_paths"]["libc"]
     assert lines[1].split()[:4] == ["1", "1248", "10", libc]

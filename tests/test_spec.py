@@ -126,7 +126,7 @@ def test_unsupported_arguments_at_their_unused_values_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("max_layers", ["3", "4", "100"])
 def test_spec_image_has_the_store_layers_of_contents_without_asking_nix(tmp_path, vectors, vectors_app, max_layers):
-    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", max_layers)
+    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", max_layers, "--argstr", "layering", "popularity")
     path, mark = no_nix_path(tmp_path)
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "spec.tar")], tmp_path / "store", path=path)
     assert run.returncode == 0, run.stderr
@@ -136,7 +136,8 @@ def test_spec_image_has_the_store_layers_of_contents_without_asking_nix(tmp_path
     assert config["rootfs"]["diff_ids"][:-1] == [layer["diff_id"] for layer in expected]
     # The same image, byte for byte, as from --contents with the same parameters.
     run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "spec", "--contents", json.dumps([vectors_app]),
-                         "--max-layers", max_layers, "--output", str(tmp_path / "contents.tar")], tmp_path / "store")
+                         "--max-layers", max_layers, "--layering", "popularity", "--output", str(tmp_path / "contents.tar")],
+                         tmp_path / "store")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "spec.tar").read_bytes() == (tmp_path / "contents.tar").read_bytes()
 
@@ -349,7 +350,7 @@ def test_parse_spec_checks_every_field(vectors_app):
 
 
 def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
-    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", "4")
+    spec = spec_build(IMAGES, "app", "--arg", "maxLayers", "4", "--argstr", "layering", "popularity")
     path, mark = no_nix_path(tmp_path)
     run = run_pipelines(["PushImage", "--spec", spec, "--target", f"docker://{registry.host}/spec/vec:pushed"],
                         tmp_path / "store", path=path)

@@ -13,7 +13,8 @@ from nixlayer.__main__ import main
 from nixlayer.autolayer import auto_layers
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
-from nixlayer.stable import package_key, stable_layers
+from nixlayer.layerstore import LayerStore
+from nixlayer.stable import MAX_UNITS, stable_layers
 from nixlayer.storepath import NIX_BASE32
 from pipelines import BuildImage
 
@@ -63,18 +64,32 @@ def updated(**changes) -> dict:
 
 @pytest.fixture
 def before():
-    """The first build at limit 4: auto layers, then that build's plan."""
+    """The first build at limit 4, and that build's plan."""
     graph, paths = closure(PACKAGES)
     layers = stable_layers(graph, 4, None)
     return graph, paths, [paths_of for paths_of, _ in layers]
 
 
-def test_first_build_is_auto(before):
+def pulled(layers, previous, graph) -> int:
+    """The NAR bytes of the layers a host holding ``previous`` pulls."""
+    before = {tuple(layer) for layer in previous}
+    return sum(graph.nar_size(path) for paths, _ in layers if tuple(paths) not in before for path in paths)
+
+
+def test_first_build_groups_by_what_changes_together(before):
     graph, paths, previous = before
-    assert previous == [list(layer.store_paths) for layer in auto_layers(graph, 4)]
-    # python3 takes libc, zlib and openssl first; libc then takes itself, openssl takes zlib.
-    assert names(stable_layers(graph, 4, None), paths) == [["libc"], ["openssl", "zlib"], ["python3"],
+    # python3 (60 MB) changes with libc, zlib and openssl only, as openssl and zlib do (libc
+    # is 30 MB, alone below them); tzdata changes with nothing else; app and curl, small,
+    # change with almost anything. Auto puts tzdata with them, its leftover layer.
+    assert names(stable_layers(graph, 4, None), paths) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"],
+                                                            ["app", "curl"]]
+    assert [list(layer.store_paths) for layer in auto_layers(graph, 4)][-1] == [
+        paths["app"], paths["curl"], paths["tzdata"]]
+    assert {why for _, why in stable_layers(graph, 4, None)} == {"first build, grouped by what changes together"}
+    # Fewer layers: the rarely changing large ones take the rest in; more: each its own.
+    assert names(stable_layers(graph, 2, None), paths) == [["libc", "openssl", "python3", "zlib"],
                                                             ["app", "curl", "tzdata"]]
+    assert len(stable_layers(graph, 7, None)) == 7
 
 
 def test_the_same_closure_keeps_every_layer(before):
@@ -88,68 +103,93 @@ def test_leaf_update_changes_only_the_leafs_layer(before):
     _, old, previous = before
     graph, new = closure(updated(app=("1.1", 510_000, ["curl", "python3", "tzdata"])))
     layers = stable_layers(graph, 4, previous)
-    assert names(layers, new) == names([(p, "") for p in previous], old)  # app in its old place
-    assert [why for _, why in layers] == ["kept", "kept", "kept", "kept, with new versions"]
     assert [paths for paths, _ in layers][:3] == previous[:3]
+    assert names(layers, new) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"], ["app", "curl"]]
+    assert [why for _, why in layers] == ["kept"] * 3 + ["changed, grouped by what changes together"]
+    assert pulled(layers, previous, graph) == 510_000 + 1_500_000
 
 
-def test_deep_update_puts_each_new_version_where_the_old_one_was(before):
+def test_deep_update_changes_only_the_layers_holding_changed_store_paths(before):
     _, old, previous = before
     # zlib changes: it and everything depending on it get new store paths; libc and tzdata not.
     graph, new = closure(updated(zlib=("1.3.1", 201_000, ["libc"])))
     assert {n for n in new if new[n] != old[n]} == {"zlib", "openssl", "curl", "python3", "app"}
     layers = stable_layers(graph, 4, previous)
-    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["python3"], ["app", "curl", "tzdata"]]
-    assert [why for _, why in layers] == ["kept"] + ["kept, with new versions"] * 3
-    assert layers[0][0] == previous[0]
+    assert names(layers, new) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"], ["app", "curl"]]
+    assert [why for _, why in layers] == ["kept", "changed, grouped by what changes together", "kept",
+                                          "changed, grouped by what changes together"]
+    assert [layers[0][0], layers[2][0]] == [previous[0], previous[2]]
     assert sorted(p for paths, _ in layers for p in paths) == list(graph.paths)
+    assert pulled(layers, previous, graph) == 201_000 + 6_000_000 + 60_000_000 + 1_500_000 + 500_000
 
 
-def test_a_store_path_removed_leaves_its_layer(before):
+def test_a_changed_layer_is_split_so_that_the_next_update_moves_less():
+    # A previous build (an auto one, say) with python3 sharing the top layer with app and curl.
+    graph, old = closure(PACKAGES)
+    previous = [[old["libc"]], [old["openssl"], old["zlib"]], [old["app"], old["curl"], old["python3"], old["tzdata"]]]
+    assert [p for p, _ in stable_layers(graph, 5, previous)] == previous  # nothing changed, nothing moves
+    # curl changes: the top layer is pulled whole anyway, and split into the three layers free.
+    curl = ("8.6.0", 1_500_000, ["libc", "zlib", "openssl"])
+    graph, new = closure(updated(curl=curl))
+    layers = stable_layers(graph, 5, previous)
+    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["python3"], ["tzdata"], ["app", "curl"]]
+    assert pulled(layers, previous, graph) == 500_000 + 1_500_000 + 60_000_000 + 3_000_000
+    # curl again: python3 and tzdata stay where they are now.
+    graph, _ = closure(updated(curl=("8.7.0", *curl[1:])))
+    again = stable_layers(graph, 5, [p for p, _ in layers])
+    assert pulled(again, [p for p, _ in layers], graph) == 500_000 + 1_500_000
+
+
+def test_a_store_path_removed_changes_its_layer(before):
     _, old, previous = before
     graph, new = closure(updated(python3=None, app=("1.0", 500_000, ["curl", "tzdata"])))
     layers = stable_layers(graph, 4, previous)
-    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["app", "curl", "tzdata"]]
-    assert [why for _, why in layers] == ["kept", "kept", "kept, with new versions"]
-    assert [paths for paths, _ in layers][:2] == previous[:2]
+    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["tzdata"], ["app", "curl"]]
+    assert [why for _, why in layers] == ["kept", "changed, grouped by what changes together", "kept",
+                                          "changed, grouped by what changes together"]
+    assert [layers[0][0], layers[2][0]] == [previous[0], previous[2]]
 
 
 def test_a_store_path_added_gets_a_free_layer_or_joins_a_changed_one(before):
     _, _, previous = before
     packages = updated(jq=("1.7", 400_000, ["libc"]), app=("1.0", 500_000, ["curl", "python3", "tzdata", "jq"]))
     graph, new = closure(packages)
-    # A fifth layer is free at limit 5: jq gets it, on top.
+    # A fifth layer is free at limit 5: the changed layer and jq share two.
     layers = stable_layers(graph, 5, previous)
-    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["python3"], ["app", "curl", "tzdata"], ["jq"]]
-    assert layers[-1][1] == "new store paths"
+    assert names(layers, new) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"], ["curl"], ["app", "jq"]]
     # At limit 4 no layer is free: jq joins app's layer, which changes anyway.
     layers = stable_layers(graph, 4, previous)
-    assert names(layers, new) == [["libc"], ["openssl", "zlib"], ["python3"], ["app", "curl", "tzdata", "jq"]]
+    assert names(layers, new) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"], ["app", "curl", "jq"]]
     assert [paths for paths, _ in layers][:3] == previous[:3]
+    # jq alone added (no layer changes) and no layer free: the smallest layer (app and curl,
+    # 2 MB) takes it in.
+    graph, new = closure(updated(jq=("1.7", 400_000, ["libc"])))
+    layers = stable_layers(graph, 4, previous)
+    assert names(layers, new) == [["libc"], ["openssl", "python3", "zlib"], ["tzdata"], ["app", "curl", "jq"]]
+    assert [why for _, why in layers] == ["kept"] * 3 + ["changed, grouped by what changes together"]
 
 
 def test_a_lower_max_layers_merges_the_smallest_layers(before):
     graph, paths, previous = before
     layers = stable_layers(graph, 3, previous)
-    # By size: openssl+zlib 6.2 MB and app+curl+tzdata 5.0 MB are the two smallest.
-    assert names(layers, paths) == [["libc"], ["openssl", "zlib", "app", "curl", "tzdata"], ["python3"]]
-    assert [why for _, why in layers] == ["kept", "merged to fit the limit", "kept"]
-    assert stable_layers(graph, 1, previous)[0][0] == [p for layer in previous for p in layer]
+    # By size: app+curl 2.0 MB and tzdata 3.0 MB are the two smallest.
+    assert names(layers, paths) == [["libc"], ["openssl", "python3", "zlib"], ["app", "curl", "tzdata"]]
+    assert [why for _, why in layers] == ["kept", "kept", "changed, grouped by what changes together"]
+    assert sorted(stable_layers(graph, 1, previous)[0][0]) == list(graph.paths)
     # A higher one changes nothing; planning again keeps the merged layers.
     assert [p for p, _ in stable_layers(graph, 10, previous)] == previous
     assert [p for p, _ in stable_layers(graph, 3, [p for p, _ in layers])] == [p for p, _ in layers]
 
 
-@pytest.mark.parametrize("path, key", [
-    ("/nix/store/abc-openssl-3.0.13-bin", ("openssl", "bin")),
-    ("/nix/store/abc-zlib-1.3", ("zlib", "")),
-    ("/nix/store/abc-hello", ("hello", "")),
-    ("/nix/store/abc-glibc-2.39-52", ("glibc", "")),
-    ("/nix/store/abc-python3.11-requests-2.31.0", ("python3.11-requests", "")),
-    ("/nix/store/abc-tzdata-2024a", ("tzdata", "")),
-])
-def test_package_key(path, key):
-    assert package_key(path) == key
+def test_many_store_paths_are_grouped_from_auto_layers_first():
+    # More store paths than MAX_UNITS: planned in seconds, every store path in one layer.
+    count = MAX_UNITS * 3
+    packages = {f"lib{i}": ("1.0", 1000 + i * 37 % 5000, [f"lib{j}" for j in (i // 2, i // 3) if j < i])
+                for i in range(count)}
+    graph, paths = closure(packages)
+    layers = stable_layers(graph, 20, None)
+    assert len(layers) == 20
+    assert sorted(p for layer, _ in layers for p in layer) == list(graph.paths)
 
 
 def test_bad_input():
@@ -174,16 +214,33 @@ def _incremental(version: str) -> dict[str, str]:
 
 def test_rebuild_keeps_the_layers_of_the_last_build_to_the_same_output(tmp_path, layer_store):
     v1, v2 = _incremental("1"), _incremental("2")
-    params = dict(name="inc", layering="stable", max_layers=3, output=str(tmp_path / "inc.tar"))
+    params = dict(name="inc", max_layers=3, output=str(tmp_path / "inc.tar"))  # stable: the default layering
     first = BuildImage(contents=[v1["app"], v1["tool"]], **params)
-    # No previous build in the layer store: the first build's layers are auto's.
+    # No previous build in the layer store: a first build.
     first_layers = first.plan["store_layers"]
-    assert first_layers == [list(layer.store_paths) for layer in auto_layers(first._graph, 2)]
+    assert first_layers == [paths for paths, _ in stable_layers(first._graph, 2, None)]
     run_luigi(first)
 
+    # The previous build is found through the pointer for its output and name (latest/), not by
+    # reading every image stamp: many other stamps, even ones naming the same output and name
+    # with other layers, change nothing.
+    (stamp,) = layer_store.glob("images/*.json")
+    decoy = {**json.loads(stamp.read_text()), "layers": json.loads(stamp.read_text())["layers"][-1:] * 2}
+    for i in range(300):
+        (layer_store / "images" / f"decoy{i}.json").write_text(json.dumps(decoy))
     second = BuildImage(contents=[v1["app"], v2["tool"]], **params)
     expected = [[v2["tool"] if path == v1["tool"] else path for path in layer] for layer in first_layers]
     assert second.plan["store_layers"] == expected
+    (pointer,) = layer_store.glob("latest/*.json")
+    assert json.loads(pointer.read_text()) == {"stamp": str(stamp.relative_to(layer_store))}
+    store = LayerStore(str(layer_store))
+    assert store.previous_layers(output=params["output"], name="inc") == first_layers
+    saved = pointer.read_bytes()
+    pointer.unlink()  # without it, no previous build: the stamps are not searched
+    assert store.previous_layers(output=params["output"], name="inc") is None
+    pointer.write_bytes(saved)
+    for i in range(300):
+        (layer_store / "images" / f"decoy{i}.json").unlink()
     ran = run_luigi(second)["ran_tasks"]
     # Only the layer that held the tool is written again (with the customisation layer).
     written = [task for task in ran if task.task_family in ("StorePathLayer", "OverflowLayer")]
@@ -191,7 +248,7 @@ def test_rebuild_keeps_the_layers_of_the_last_build_to_the_same_output(tmp_path,
 
     # Another output, or another name, is another image: a first build.
     other = BuildImage(contents=[v1["app"], v2["tool"]], **{**params, "output": str(tmp_path / "other.tar")})
-    assert other.plan["store_layers"] == [list(layer.store_paths) for layer in auto_layers(other._graph, 2)]
+    assert other.plan["store_layers"] == [paths for paths, _ in stable_layers(other._graph, 2, None)]
 
 
 def test_plan_command_previous(tmp_path, capsys):
@@ -205,7 +262,8 @@ def test_plan_command_previous(tmp_path, capsys):
     old = json.loads(previous.read_text())
     assert [layer["store_paths"] for layer in plan["layers"]] == [
         [v2["tool"] if p == v1["tool"] else p for p in layer["store_paths"]] for layer in old["layers"]]
-    assert {layer["reason"] for layer in plan["layers"]} <= {"stable: kept", "stable: kept, with new versions"}
+    assert {layer["reason"] for layer in plan["layers"]} <= {
+        "stable: kept", "stable: changed, grouped by what changes together"}
     (tmp_path / "bad.json").write_text("[]")
     assert main(["plan", "--layering", "stable", "--previous", str(tmp_path / "bad.json"), v1["app"]]) == 2
     assert "is not a plan as plan --json prints it" in capsys.readouterr().err
