@@ -23,6 +23,7 @@ from nixlayer.layerstore import (
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import BatchableTask, NixlayerTask, json_list
+from tasks.config import compression_threads
 from tasks import console, runlog
 from tasks.errors import PREFIX
 
@@ -85,7 +86,8 @@ class LayerParameters(NixlayerTask, abstract=True):
         return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
 
     def compressor(self) -> Compression:
-        return Compression(self.compression, self.compression_level)
+        """The layer compression, on ``[nixlayer] compression_threads`` threads."""
+        return Compression(self.compression, self.compression_level, compression_threads())
 
     def layer_store(self) -> LayerStore:
         return LayerStore(self.layer_store_dir)
