@@ -21,10 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import queue
 import stat
 import tarfile
-import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -33,7 +31,6 @@ from nixlayer.errors import NixlayerError
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
-HAND_OVER = 1 << 20  # tar bytes the digesting thread takes at once (see _DigestingWriter)
 TAR_ENCODING = "utf-8"
 MAX_ID = 2**32 - 1  # the largest uid or gid Linux (uid_t, gid_t) has
 Progress = Callable[[int, int], None]
@@ -98,14 +95,7 @@ class Entry:
 
 
 class _DigestingWriter:
-    """The file object tarfile writes to: hashes the tar, compresses it, hashes the blob.
-
-    The tar is gathered into pieces of ``HAND_OVER`` bytes, which a thread of its own (started
-    with the first piece) hashes, compresses, hashes again and writes to ``out`` while the
-    caller's thread goes on making the tar; at most four pieces wait for it. Its errors (a full
-    disk) are raised in the caller's thread, at its next piece or at ``finish``. Use it as a
-    context manager: leaving stops the thread.
-    """
+    """The file object tarfile writes to: hashes the tar, compresses it, hashes the blob."""
 
     def __init__(self, out: BinaryIO, compression: Compression) -> None:
         self._out = out
@@ -116,45 +106,16 @@ class _DigestingWriter:
         self._blob = self._diff if compression.name == "none" else hashlib.sha256()
         self.size = 0
         self.blob_size = 0
-        self._pending = bytearray()
-        self._pieces: queue.Queue[bytes | None] = queue.Queue(4)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> _DigestingWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop()
 
     def tell(self) -> int:
         """Bytes of tar written so far (TarFile in mode "w" asks once, at the start)."""
         return self.size
 
     def write(self, data: bytes) -> int:
+        self._diff.update(data)
         self.size += len(data)
-        self._pending += data
-        if len(self._pending) >= HAND_OVER:
-            if self._error is not None:
-                raise self._error
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._digest_pieces, name="layer-digest", daemon=True)
-                self._thread.start()
-            self._pieces.put(bytes(self._pending))
-            self._pending.clear()
+        self._emit(self._compressor.compress(data))
         return len(data)
-
-    def _digest_pieces(self) -> None:
-        while (piece := self._pieces.get()) is not None:
-            if self._error is None:  # after an error, only take the pieces, so write never waits
-                try:
-                    self._digest(piece)
-                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
-                    self._error = e
-
-    def _digest(self, piece: bytes) -> None:
-        self._diff.update(piece)
-        self._emit(self._compressor.compress(piece))
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -166,19 +127,8 @@ class _DigestingWriter:
             except OSError as e:  # the blob's side (a full disk), not the store path's
                 raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
 
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._pieces.put(None)
-            self._thread.join()
-            self._thread = None
-
     def finish(self) -> LayerBlob:
-        """Digest what is left, flush the compressor; the layer's digests and sizes."""
-        self._stop()
-        if self._error is not None:
-            raise self._error
-        self._digest(bytes(self._pending))
-        self._pending.clear()
+        """Flush the compressor; the layer's digests and sizes."""
         self._emit(self._compressor.flush())
         return LayerBlob(
             diff_id="sha256:" + self._diff.hexdigest(),
@@ -277,11 +227,11 @@ def write_encoded(members: Iterable[bytes], out: BinaryIO, compression: Compress
     return the layer's digests. The archive ends as Python's tarfile ends one (:func:`tar_end`),
     so the bytes equal those ``write_entries`` gives for the same entries. Raises NixlayerError
     when ``out`` fails."""
-    with _DigestingWriter(out, compression) as writer:
-        for member in members:
-            writer.write(member)
-        writer.write(tar_end(writer.size))
-        return writer.finish()
+    writer = _DigestingWriter(out, compression)
+    for member in members:
+        writer.write(member)
+    writer.write(tar_end(writer.size))
+    return writer.finish()
 
 
 def write_entries(
@@ -305,22 +255,24 @@ def write_entries(
     entries = list(entries)
     total = sum(e.size for e in entries)
     done = 0
-    with _DigestingWriter(out, compression) as writer:
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding=TAR_ENCODING) as tar:
-            tar.copybufsize = COPY_BUFFER
-            for entry in entries:
-                info = _tarinfo(entry, settings)
-                if entry.kind != "file":
-                    tar.addfile(info)
-                    continue
-                assert entry.source is not None
-                try:
-                    with open(entry.source, "rb") as f:
-                        tar.addfile(info, f if progress is None else _ProgressReader(f, done, total, progress))
-                except OSError as e:
-                    raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
-                done += entry.size
-        return writer.finish()
+    writer = _DigestingWriter(out, compression)
+    with tarfile.open(
+        fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, encoding=TAR_ENCODING
+    ) as tar:
+        tar.copybufsize = COPY_BUFFER
+        for entry in entries:
+            info = _tarinfo(entry, settings)
+            if entry.kind != "file":
+                tar.addfile(info)
+                continue
+            assert entry.source is not None
+            try:
+                with open(entry.source, "rb") as f:
+                    tar.addfile(info, f if progress is None else _ProgressReader(f, done, total, progress))
+            except OSError as e:
+                raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
+            done += entry.size
+    return writer.finish()
 
 
 class _ProgressReader:

@@ -9,7 +9,6 @@ import io
 import json
 import random
 import subprocess
-import threading
 
 import pytest
 import zstandard
@@ -82,21 +81,6 @@ def test_the_blob_does_not_depend_on_how_the_input_is_cut(name):
         compressor = Compression(name, threads=2).compressor()
         blob = compressor.compress(data[:size]) + compressor.flush()
         assert (gzip.decompress(blob) if name == "gzip" else zstandard.ZstdDecompressor().decompressobj().decompress(blob)) == data[:size]
-
-
-@pytest.mark.parametrize("name", ["none", "gzip", "zstd"])
-def test_a_full_disk_midway_is_one_error_and_leaves_no_thread(big_store, name):
-    """The blob is written by a thread of its own (nixlayer.layer._DigestingWriter): its error
-    reaches the caller, and the thread ends."""
-    class FullAfter3MB(io.BytesIO):
-        def write(self, data):
-            if self.tell() + len(data) > 3_000_000:
-                raise OSError(28, "No space left on device")
-            return super().write(data)
-
-    with pytest.raises(NixlayerError, match="^cannot write layer blob: No space left on device$"):
-        write_store_layer([STORE_PATH], FullAfter3MB(), compression=Compression(name, threads=2), store_root=big_store)
-    assert [t for t in threading.enumerate() if t.name == "layer-digest"] == []
 
 
 def test_threads_are_no_part_of_the_compression_or_its_layer_store_key():
