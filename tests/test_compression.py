@@ -83,6 +83,18 @@ def test_the_blob_does_not_depend_on_how_the_input_is_cut(name):
         assert (gzip.decompress(blob) if name == "gzip" else zstandard.ZstdDecompressor().decompressobj().decompress(blob)) == data[:size]
 
 
+@pytest.mark.parametrize("name", ["gzip", "zstd"])
+def test_a_full_disk_midway_through_many_blocks_is_one_error(big_store, name):
+    class FullAfter3MB(io.BytesIO):
+        def write(self, data):
+            if self.tell() + len(data) > 3_000_000:
+                raise OSError(28, "No space left on device")
+            return super().write(data)
+
+    with pytest.raises(NixlayerError, match="^cannot write layer blob: No space left on device$"):
+        write_store_layer([STORE_PATH], FullAfter3MB(), compression=Compression(name, threads=2), store_root=big_store)
+
+
 def test_threads_are_no_part_of_the_compression_or_its_layer_store_key():
     one, four, default = Compression("gzip", threads=1), Compression("gzip", threads=4), Compression("gzip")
     assert one == four == default and one.key == four.key == default.key
