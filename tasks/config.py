@@ -115,8 +115,8 @@ def batches(layer_batches: int | None) -> int:
 def layer_store_root() -> str:
     """The layer store directory, as Luigi resolves ``[nixlayer] layer_store``:
     ``--nixlayer-layer-store`` on the command line, else luigi.cfg, else the default. (That
-    parameter alone: ``nixlayer()`` would also parse ``layer_batches``, whose bad value gets
-    its own one-line error in ``tasks.base.plan_batches``.)"""
+    parameter alone: ``nixlayer()`` would also parse the others, whose bad values get their
+    own one-line errors: ``tasks.base.plan_batches``, :func:`compression_threads`.)"""
     return nixlayer.layer_store.task_value("nixlayer", "layer_store") or default_layer_store()
 
 
