@@ -32,7 +32,7 @@ from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
-from tasks.config import layer_store_root
+from tasks.config import compression_threads, layer_store_root
 from tasks.image import ImageTask
 from tasks.index import AssembleIndex
 from tasks.layers import CustomisationLayer
@@ -183,6 +183,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
+        compression_threads()  # a bad [nixlayer] setting: one line now, not from every layer
         pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
         base = read_base_image(self.from_image, self.image_platform.architecture, layer_store,

@@ -319,7 +319,7 @@ def plan_batches(tasks: list[luigi.Task]) -> None:
     the ten layers a rebuild has left to write go in batches of 2, not one of 400.
     """
     try:
-        count = batches(nixlayer().layer_batches)
+        count = batches(nixlayer.layer_batches.task_value("nixlayer", "layer_batches"))
     except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
         raise NixlayerError("[nixlayer] layer_batches (--nixlayer-layer-batches) must be a whole number of at"
                             f" least 1: {e.__cause__ or e}") from None

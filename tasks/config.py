@@ -8,6 +8,7 @@ import luigi
 import luigi.configuration
 import luigi.interface
 
+from nixlayer.errors import NixlayerError
 from nixlayer.layerstore import default_layer_store
 
 
@@ -85,10 +86,16 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     build, on every machine. Unset: 1 with the embedded scheduler and one worker process
     (``[core] local_scheduler``, ``[core] workers`` or ``--workers``: nothing else takes
     work), else 8 (see :func:`batches`).
+
+    compression_threads: threads that compress one gzip or zstd layer (unset: every core this
+    process may run on). The compressed bytes are the same for every thread count
+    (``nixlayer.compression``), so it is no task parameter: machines with other core counts
+    share layers, and luigid's task ids.
     """
 
     layer_store = luigi.Parameter(default=default_layer_store())
     layer_batches = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1, max_value=2**31)
+    compression_threads = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1, max_value=2**16)
 
 
 def batches(layer_batches: int | None) -> int:
@@ -108,6 +115,16 @@ def batches(layer_batches: int | None) -> int:
 def layer_store_root() -> str:
     """The layer store directory, as Luigi resolves ``[nixlayer] layer_store``:
     ``--nixlayer-layer-store`` on the command line, else luigi.cfg, else the default. (That
-    parameter alone: ``nixlayer()`` would also parse ``layer_batches``, whose bad value gets
-    its own one-line error in ``tasks.base.plan_batches``.)"""
+    parameter alone: ``nixlayer()`` would also parse the others, whose bad values get their
+    own one-line errors: ``tasks.base.plan_batches``, :func:`compression_threads`.)"""
     return nixlayer.layer_store.task_value("nixlayer", "layer_store") or default_layer_store()
+
+
+def compression_threads() -> int | None:
+    """``[nixlayer] compression_threads`` (``--nixlayer-compression-threads``); None: unset,
+    every core. Raises NixlayerError if it is not a whole number of at least 1."""
+    try:
+        return nixlayer.compression_threads.task_value("nixlayer", "compression_threads")
+    except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
+        raise NixlayerError("[nixlayer] compression_threads (--nixlayer-compression-threads) must be a whole"
+                            f" number of at least 1: {e.__cause__ or e}") from None

@@ -28,6 +28,7 @@ from nixlayer.layerstore import (
 )
 from nixlayer.errors import NixlayerError
 from tasks.base import BatchableTask, NixlayerTask, json_list
+from tasks.config import compression_threads
 from tasks import console, runlog
 from tasks.errors import PREFIX
 
@@ -92,7 +93,8 @@ class LayerParameters(NixlayerTask, abstract=True):
         return LayerSettings(self.mtime, self.uid, self.gid, self.uname, self.gname)
 
     def compressor(self) -> Compression:
-        return Compression(self.compression, self.compression_level)
+        """The layer compression, on ``[nixlayer] compression_threads`` threads."""
+        return Compression(self.compression, self.compression_level, compression_threads())
 
     def perm_rules(self) -> tuple[PermRule, ...]:
         return parse_perms(self.perms)
