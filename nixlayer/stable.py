@@ -26,12 +26,12 @@ is kept whole).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from nixlayer.autolayer import auto_layers, name_then_hash
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
+from nixlayer.storepath import parse_drv_name
 
 FIRST_BUILD_LAYERING = "auto"
 """What ``stable`` does for an image's first build: nixpkgs' auto-layer, which moved the fewest
@@ -39,24 +39,15 @@ bytes of nixpkgs' layerings in the figures of issue 15 (1.04 and 1.23 times the 
 paths' bytes at 100 and 20 layers, popularity 1.38 and 1.56); the benchmark of that issue is to
 confirm it."""
 
-# Nix's parseDrvName: the version starts at the first dash followed by a character that is not
-# a letter.
-_VERSION_START = re.compile(r"-(?=[^A-Za-z])")
-
-
 def package_key(path: str) -> tuple[str, str]:
     """What stays when a package gets a new version: its name without the version (as Nix's
     ``builtins.parseDrvName``), and its output when the store path name ends with one
     (``/nix/store/...-openssl-3.0.13-bin`` -> ``("openssl", "bin")``, ``...-zlib-1.3`` ->
     ``("zlib", "")``, ``...-hello`` -> ``("hello", "")``)."""
-    name = name_then_hash(path)[0]
-    match = _VERSION_START.search(name)
-    if match is None:
-        return name, ""
-    version = name[match.end():]
+    name, version = parse_drv_name(name_then_hash(path)[0])
     last = version.rsplit("-", 1)
     output = last[1] if len(last) == 2 and last[1].isalpha() else ""
-    return name[:match.start()], output
+    return name, output
 
 
 def stable_layers(
