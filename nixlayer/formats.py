@@ -16,7 +16,7 @@ from typing import BinaryIO, NamedTuple, Sequence
 from nixlayer.atomic import atomic_file, remove_stale_temporaries
 from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer
+from nixlayer.image import Artifact, ImageLayer, oci_manifest
 from nixlayer.oci_layout import (
     OCI_ARCHIVE_STAGING, check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_layout,
 )
@@ -58,8 +58,16 @@ def write_image(
     tag: str,
     mtime: int,
     scratch: str,
+    *,
+    manifest: bytes | None = None,
+    artifacts: Sequence[Artifact] = (),
 ) -> Written:
     """Write the image of ``layers`` and ``config`` (image config JSON) to ``output``.
+
+    ``manifest`` is its OCI image manifest for the OCI formats (default: ``oci_manifest`` of
+    the layers and config, without annotations); ``artifacts`` (its SBOM) are attached to it in
+    an OCI layout directory (not in archives: ``podman load`` of an oci-archive takes its one
+    manifest, and refuses an index of several).
 
     ``name`` and ``tag`` name the image: docker-archive ``RepoTags`` and the oci-archive's
     ``org.opencontainers.image.ref.name`` are ``name:tag`` (so ``podman load`` names the image);
@@ -74,16 +82,17 @@ def write_image(
     read or the output cannot be written.
     """
     check_format(format, layers[0].blob.media_type if layers else "", output)
+    manifest = oci_manifest(config, layers) if manifest is None else manifest
     try:
-        return _write(format, output, layers, config, name, tag, mtime, scratch)
+        return _write(format, output, layers, config, manifest, artifacts, name, tag, mtime, scratch)
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         raise NixlayerError(f"cannot write {format} {output}:{where} {e.strerror or e}") from None
 
 
 def _write(
-    format: str, output: str, layers: Sequence[ImageLayer], config: bytes,
-    name: str, tag: str, mtime: int, scratch: str,
+    format: str, output: str, layers: Sequence[ImageLayer], config: bytes, manifest: bytes,
+    artifacts: Sequence[Artifact], name: str, tag: str, mtime: int, scratch: str,
 ) -> Written:
     if format == "oci":
         try:  # only the writer that made the directory removes it if its first image fails
@@ -92,27 +101,27 @@ def _write(
         except FileExistsError:
             created = False
         try:
-            return Written(*write_oci_layout(output, layers, config, tag))
+            return Written(*write_oci_layout(output, layers, config, manifest, tag, artifacts))
         except BaseException:
             if created:
                 remove_unfinished_layout(output)
             raise
     if output == STDOUT:
-        digest = _write_archive(sys.stdout.buffer, format, layers, config, name, tag, mtime, scratch)
+        digest = _write_archive(sys.stdout.buffer, format, layers, config, manifest, name, tag, mtime, scratch)
         sys.stdout.buffer.flush()
         return Written(digest, None)
     with atomic_file(output) as f:
-        return Written(_write_archive(f, format, layers, config, name, tag, mtime, scratch), f.tell())
+        return Written(_write_archive(f, format, layers, config, manifest, name, tag, mtime, scratch), f.tell())
 
 
 def _write_archive(
-    out: BinaryIO, format: str, layers: Sequence[ImageLayer], config: bytes,
+    out: BinaryIO, format: str, layers: Sequence[ImageLayer], config: bytes, manifest: bytes,
     name: str, tag: str, mtime: int, scratch: str,
 ) -> str:
     if format == "docker-archive":
         return write_docker_archive(out, layers, config, f"{name}:{tag}", mtime)
     with tempfile.TemporaryDirectory(prefix=OCI_ARCHIVE_STAGING, dir=scratch) as layout:
         remove_stale_temporaries(scratch, OCI_ARCHIVE_STAGING, layout)  # left by killed writers
-        digest, _ = write_oci_layout(layout, layers, config, f"{name}:{tag}")
+        digest, _ = write_oci_layout(layout, layers, config, manifest, f"{name}:{tag}")
         write_oci_archive(out, layout, mtime)
     return digest
