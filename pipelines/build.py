@@ -18,7 +18,10 @@ from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
-from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
+from nixlayer.image import (
+    DEFAULT_CREATED, canonical_json, check_architecture, check_config, config_store_paths, host_architecture, parse_time,
+    sha256_digest,
+)
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag
@@ -95,6 +98,11 @@ class ImageParameters(NixlayerTask, abstract=True):
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
     spec = luigi.OptionalPathParameter(default=None, absolute=True, description="image spec (nix-build of nixlayer's Nix library): the image's parameters and closure; parameters given beside it override it")
     spec_image = luigi.OptionalParameter(default=None, description="the key of the image to build, in a spec of several images")
+    source = luigi.Parameter(default="", description="URL of the image's source: annotation org.opencontainers.image.source")
+    revision = luigi.Parameter(default="", description="the source's revision (a commit): annotation org.opencontainers.image.revision")
+    version = luigi.Parameter(default="", description="the packaged software's version: annotation org.opencontainers.image.version")
+    attach_sbom = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                      description="attach the image's SBOM (CycloneDX) in an OCI layout and a push (false: do not)")
 
     @classmethod
     def get_param_values(cls, params, args, kwargs):
@@ -157,11 +165,18 @@ class ImageParameters(NixlayerTask, abstract=True):
         # the same layers make the same image.
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
                     "compression": [self.compression, self.compression_level]}
+        annotations = {"source": self.source, "revision": self.revision, "version": self.version}
+        if any(annotations.values()):  # they change the manifest (default tags without them are kept)
+            identity["annotations"] = annotations
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+        # The closure graph, for the image's SBOM: a blob in the layer store the image tasks
+        # read (too large for a task parameter, which the scheduler hashes and keeps).
+        closure = canonical_json(graph.to_json())
+        layer_store.put_bytes(closure)
         return {
-            **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
+            **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
-            "layer_store_dir": layer_store.root,
+            "layer_store_dir": layer_store.root, "closure": sha256_digest(closure), "attach_sbom": self.attach_sbom,
         }
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
@@ -363,10 +378,13 @@ class BuildImage(ImageParameters):
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter(default="", description="output file, directory for 'oci', or '-' for standard output")
     push = luigi.Parameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    sbom = luigi.Parameter(default="", description="also write the image's SBOM (CycloneDX 1.6 JSON) to this file")
 
     def check(self) -> None:
         if not self.output and not self.push:
             raise NixlayerError("nothing to do: give --output FILE (or -) and/or --push docker://HOST/REPOSITORY:TAG")
+        if self.sbom:
+            self._check_sbom()
         if self.push:
             parse_push_target(self.push)
             self.compression_for(PUSH_COMPRESSION)
@@ -379,13 +397,25 @@ class BuildImage(ImageParameters):
         target = str(parse_push_target(self.push)) if self.push else None
         return layer_store.previous_layers(output=output, name=self.name, target=target)
 
+    def _check_sbom(self) -> None:
+        """Fail before any work if the SBOM file cannot be written where asked."""
+        if not self.output:
+            raise NixlayerError("--sbom FILE is written beside an image output: give --output too (a push carries"
+                                " the SBOM attached to the image)")
+        if self.sbom == STDOUT or (self.output != STDOUT and os.path.abspath(self.sbom) == os.path.abspath(self.output)):
+            raise NixlayerError(f"--sbom {self.sbom} must be a file of its own, not the image output or standard output")
+        if os.path.isdir(self.sbom):
+            raise NixlayerError(f"cannot write --sbom {self.sbom}: it is a directory")
+        check_writable(os.path.abspath(self.sbom))
+
     def _output_compression(self) -> str:
         """The compression ``auto`` means for the output format."""
         return "none" if self.format == "docker-archive" else "gzip"
 
     def assemble_task(self) -> AssembleImage:
         output = self.output if self.output == STDOUT else os.path.abspath(self.output)
-        return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output)
+        return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output,
+                               sbom=os.path.abspath(self.sbom) if self.sbom else "")
 
     def image_tasks(self) -> list[ImageTask]:
         tasks: list[ImageTask] = []

@@ -6,8 +6,14 @@ import json
 
 import luigi
 
-from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
+from nixlayer.closure import graph_from_json
+from nixlayer.errors import NixlayerError
+from nixlayer.image import (
+    DEFAULT_CREATED, Artifact, ImageLayer, config_store_paths, image_annotations, image_config, oci_manifest,
+    parse_time, sha256_digest,
+)
 from nixlayer.layerstore import read_json
+from nixlayer.sbom import image_sbom, sbom_artifact
 from tasks.base import json_list
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
@@ -31,6 +37,13 @@ class ImageTask(LayerParameters, abstract=True):
     architecture = luigi.Parameter(batch_method=json_list)
     store_layers = luigi.ListParameter(batch_method=tuple)
     contents = luigi.ListParameter(default=[], batch_method=tuple)
+    source = luigi.Parameter(default="", batch_method=json_list)
+    revision = luigi.Parameter(default="", batch_method=json_list)
+    version = luigi.Parameter(default="", batch_method=json_list)
+    # The blob (sha256:<hex>) in the layer store holding the image's closure graph as JSON
+    # (ClosureGraph.to_json), for its SBOM; written when the image is planned. Empty: no SBOM.
+    closure = luigi.Parameter(default="", batch_method=json_list)
+    attach_sbom = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
     max_batch_size = 1
 
     def batch_values(self, *names: str) -> list[dict] | None:
@@ -61,6 +74,33 @@ class ImageTask(LayerParameters, abstract=True):
     def image_config(self, layers: list[ImageLayer]) -> bytes:
         """The image config JSON for ``layers``."""
         return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture)
+
+    def image_manifest(self, layers: list[ImageLayer], config: bytes) -> bytes:
+        """The OCI image manifest of ``layers`` and ``config``, with its annotations
+        (``nixlayer.image.image_annotations``; base image annotations: hook for base images)."""
+        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version)
+        return oci_manifest(config, layers, annotations)
+
+    def image_sbom(self, layers: list[ImageLayer], config: bytes) -> bytes:
+        """The image's SBOM (``nixlayer.sbom``) from its closure graph in the layer store.
+        Raises NixlayerError if the graph is gone from the layer store."""
+        path = self.layer_store().blob_path(self.closure)
+        try:
+            with open(path, "rb") as f:
+                graph = graph_from_json(f.read(), self.store_dir)
+        except OSError as e:
+            raise NixlayerError(f"the closure graph of {self.name}:{self.tag} is gone from the layer store"
+                                f" ({path}: {e.strerror}): build the image again") from None
+        roots = sorted(set(self.contents) | set(config_store_paths(json.loads(self.config), self.store_dir)))
+        return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in layers], roots,
+                          name=self.name, tag=self.tag, image_id=sha256_digest(config), created=parse_time(self.created))
+
+    def attached(self, manifest: bytes, sbom: bytes | None) -> list[Artifact]:
+        """The artifacts to attach to the image ``manifest``: its SBOM, unless ``attach_sbom``
+        is false or there is none."""
+        if sbom is None or not self.attach_sbom:
+            return []
+        return [sbom_artifact(sbom, manifest, parse_time(self.created))]
 
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the

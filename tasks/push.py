@@ -15,10 +15,10 @@ import os
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
+from nixlayer.image import Artifact, ImageLayer, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
-from nixlayer.registry import Blob, PushTarget, parse_push_target, push_image, tagged_manifest_digest
+from nixlayer.registry import Blob, PushTarget, Referrer, parse_push_target, push_image, tagged_manifest_digest
 from tasks import runlog
 from tasks.image import ImageTask
 
@@ -37,19 +37,26 @@ class PushToRegistry(ImageTask):
     def _stamp(self) -> str:
         return self.stamp_path("pushes", str(self._target()))
 
-    def _manifest(self) -> tuple[bytes, bytes, list[ImageLayer]]:
+    def _manifest(self) -> tuple[bytes, bytes, list[ImageLayer], list[Artifact]]:
+        """The image manifest, config, layers, and the artifacts attached to it (its SBOM)."""
         layers = self.image_layers()
         config = self.image_config(layers)
-        return oci_manifest(config, layers), config, layers
+        manifest = self.image_manifest(layers, config)
+        sbom = self.image_sbom(layers, config) if self.closure else None
+        return manifest, config, layers, self.attached(manifest, sbom)
 
     def complete(self) -> bool:
         """The layers are built and the registry holds this image's manifest under the tag
-        (asked with a HEAD: another push may have moved the tag since this one)."""
+        (asked with a HEAD: another push may have moved the tag since this one), this layer
+        store having pushed it with the same artifacts."""
         if not all(task.complete() for task in self.requires()):
             return False
-        manifest, _, _ = self._manifest()
+        manifest, _, _, artifacts = self._manifest()
         expected = sha256_digest(manifest)
-        if self.read_stamp(self._stamp()).get("manifest_digest") != expected:
+        stamp = self.read_stamp(self._stamp())
+        if stamp.get("manifest_digest") != expected:
+            return False
+        if stamp.get("referrers", []) != [sha256_digest(a.manifest) for a in artifacts]:
             return False
         try:
             held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_MANIFEST, insecure=self.insecure_registry)
@@ -68,13 +75,18 @@ class PushToRegistry(ImageTask):
 
     def run(self) -> None:
         target = self._target()
-        manifest, config, layers = self._manifest()
+        manifest, config, layers, artifacts = self._manifest()
         store = self.layer_store()
         config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(config))
         blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
+        referrers = [
+            Referrer(a.manifest, a.descriptor, [Blob(sha256_digest(b), len(b), "", store.put_bytes(b)) for b in a.blobs])
+            for a in artifacts
+        ]
         result = push_image(
             target, manifest, MEDIA_TYPE_OCI_MANIFEST, config_blob, blobs,
             insecure=self.insecure_registry, mount_from=self._mount_sources(target), log=logger.info,
+            referrers=referrers,
         )
         message = (
             f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
@@ -88,4 +100,5 @@ class PushToRegistry(ImageTask):
             f.write(json.dumps({
                 "target": str(target), "host": target.host, "repository": target.repository,
                 "manifest_digest": result.manifest_digest, "layers": self.layer_records(),
+                "referrers": [sha256_digest(a.manifest) for a in artifacts],
             }).encode())
