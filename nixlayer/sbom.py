@@ -22,12 +22,13 @@ One component per store path in the image's layers (Source: CycloneDX 1.6 JSON s
   from 0);
 - ``dependencies``: its references, itself left out.
 
-The image is ``metadata.component`` (type ``container``, its name and tag, ``bom-ref`` the
-image ID), depending on the store paths the image's contents and config name (its roots).
+The image is ``metadata.component`` (type ``container``, its name, ``bom-ref`` the image ID),
+depending on the store paths the image's contents and config name (its roots). Not its tag: an
+image under two tags is one image, with one SBOM (one artifact in a layout or registry).
 
 Reproducible: the same image gives the same bytes. No random serial number and no clock:
-``serialNumber`` is a UUID derived (version 5) from the image's name, tag and image ID (the
-image config's digest, the same for every output format and compression), and
+``serialNumber`` is a UUID derived (version 5) from the image's name and image ID (the image
+config's digest, the same for every output format and compression), and
 ``metadata.timestamp`` is the image's ``created`` time. Canonical JSON (sorted keys).
 """
 
@@ -57,7 +58,6 @@ def image_sbom(
     roots: Sequence[str],
     *,
     name: str,
-    tag: str,
     image_id: str,
     created: datetime,
 ) -> bytes:
@@ -70,7 +70,7 @@ def image_sbom(
             (base image layers, if any, before them, are not described here), then others
             (the customisation layer) that hold no store path.
         roots: the store paths the image's contents and config name.
-        name, tag: the image's name and tag; image_id: its config's ``sha256:<hex>``.
+        name: the image's name; image_id: its config's ``sha256:<hex>``.
         created: the image's creation time (the SBOM's timestamp).
     Returns the canonical JSON bytes.
     Raises:
@@ -93,7 +93,7 @@ def image_sbom(
         {"ref": path, "dependsOn": sorted((graph.references(path) - {path}) & layer_of.keys())}
         for path in sorted(layer_of)
     ]
-    serial = uuid.uuid5(_SERIAL_NAMESPACE, f"{name}:{tag}@{image_id}")
+    serial = uuid.uuid5(_SERIAL_NAMESPACE, f"{name}@{image_id}")
     return canonical_json({
         "bomFormat": "CycloneDX",
         "specVersion": SPEC_VERSION,
@@ -102,7 +102,7 @@ def image_sbom(
         "metadata": {
             "timestamp": format_time(created),
             "tools": {"components": [{"type": "application", "name": "nixlayer"}]},
-            "component": {"type": "container", "bom-ref": image_id, "name": name, "version": tag},
+            "component": {"type": "container", "bom-ref": image_id, "name": name},
         },
         "components": components,
         "dependencies": dependencies,

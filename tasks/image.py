@@ -93,7 +93,7 @@ class ImageTask(LayerParameters, abstract=True):
                                 f" ({path}: {e.strerror}): build the image again") from None
         roots = sorted(set(self.contents) | set(config_store_paths(json.loads(self.config), self.store_dir)))
         return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in layers], roots,
-                          name=self.name, tag=self.tag, image_id=sha256_digest(config), created=parse_time(self.created))
+                          name=self.name, image_id=sha256_digest(config), created=parse_time(self.created))
 
     def attached(self, manifest: bytes, sbom: bytes | None) -> list[Artifact]:
         """The artifacts to attach to the image ``manifest``: its SBOM, unless ``attach_sbom``
