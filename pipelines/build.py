@@ -120,8 +120,10 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def image_task(self, task: type[ImageTask], default_compression: str, **extra) -> ImageTask:
         """``task`` (AssembleImage, PushToRegistry) for this image, its layers compressed as
-        ``compression_for(default_compression)`` says."""
+        ``compression_for(default_compression)`` says. Puts the image's closure graph in the
+        layer store (for its SBOM): every parameter is checked by then."""
         compression = self.compression_for(default_compression)
+        LayerStore(self.plan["layer_store_dir"]).put_bytes(self._closure)  # once there, a stat
         return task(**self.plan, compression=compression.name, compression_level=self.compression_level, **extra)
 
     @functools.cached_property
@@ -170,9 +172,9 @@ class ImageParameters(NixlayerTask, abstract=True):
             identity["annotations"] = annotations
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
         # The closure graph, for the image's SBOM: a blob in the layer store the image tasks
-        # read (too large for a task parameter, which the scheduler hashes and keeps).
-        closure = canonical_json(graph.to_json())
-        layer_store.put_bytes(closure)
+        # read (too large for a task parameter, which the scheduler hashes and keeps), put
+        # there when they are made (``image_task``): planning writes nothing.
+        self._closure = closure = canonical_json(graph.to_json())
         return {
             **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
