@@ -18,10 +18,7 @@ from nixlayer.formats import FORMATS, STDOUT, check_format
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
-from nixlayer.image import (
-    DEFAULT_CREATED, canonical_json, check_architecture, check_config, config_store_paths, host_architecture, parse_time,
-    sha256_digest,
-)
+from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag
@@ -32,7 +29,7 @@ from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
 from tasks.config import layer_store_root
-from tasks.image import ImageTask
+from tasks.image import ImageTask, keep_closure
 from tasks.layers import CustomisationLayer
 from tasks.push import PushToRegistry
 from pipelines.spec import load_spec, with_spec
@@ -120,10 +117,8 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def image_task(self, task: type[ImageTask], default_compression: str, **extra) -> ImageTask:
         """``task`` (AssembleImage, PushToRegistry) for this image, its layers compressed as
-        ``compression_for(default_compression)`` says. Puts the image's closure graph in the
-        layer store (for its SBOM): every parameter is checked by then."""
+        ``compression_for(default_compression)`` says."""
         compression = self.compression_for(default_compression)
-        LayerStore(self.plan["layer_store_dir"]).put_bytes(self._closure)  # once there, a stat
         return task(**self.plan, compression=compression.name, compression_level=self.compression_level, **extra)
 
     @functools.cached_property
@@ -171,14 +166,10 @@ class ImageParameters(NixlayerTask, abstract=True):
         if any(annotations.values()):  # they change the manifest (default tags without them are kept)
             identity["annotations"] = annotations
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-        # The closure graph, for the image's SBOM: a blob in the layer store the image tasks
-        # read (too large for a task parameter, which the scheduler hashes and keeps), put
-        # there when they are made (``image_task``): planning writes nothing.
-        self._closure = closure = canonical_json(graph.to_json())
         return {
             **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
-            "layer_store_dir": layer_store.root, "closure": sha256_digest(closure), "attach_sbom": self.attach_sbom,
+            "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
         }
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:

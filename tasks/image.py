@@ -6,16 +6,28 @@ import json
 
 import luigi
 
-from nixlayer.closure import graph_from_json
+from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
 from nixlayer.image import (
-    DEFAULT_CREATED, Artifact, ImageLayer, config_store_paths, image_annotations, image_config, oci_manifest,
-    parse_time, sha256_digest,
+    DEFAULT_CREATED, Artifact, ImageLayer, canonical_json, config_store_paths, image_annotations, image_config,
+    oci_manifest, parse_time, sha256_digest,
 )
 from nixlayer.layerstore import read_json
 from nixlayer.sbom import image_sbom, sbom_artifact
 from tasks.base import json_list
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
+
+
+# The closure graphs of the images this process planned, by digest (see ImageTask.closure).
+_CLOSURES: dict[str, ClosureGraph] = {}
+
+
+def keep_closure(graph: ClosureGraph) -> str:
+    """Keep ``graph``, an image's closure planned in this process, for its image tasks' SBOM;
+    return the ``closure`` parameter that names it: the digest of its JSON."""
+    digest = sha256_digest(canonical_json(graph.to_json()))
+    _CLOSURES[digest] = graph
+    return digest
 
 
 class ImageTask(LayerParameters, abstract=True):
@@ -40,8 +52,11 @@ class ImageTask(LayerParameters, abstract=True):
     source = luigi.Parameter(default="", batch_method=json_list)
     revision = luigi.Parameter(default="", batch_method=json_list)
     version = luigi.Parameter(default="", batch_method=json_list)
-    # The blob (sha256:<hex>) in the layer store holding the image's closure graph as JSON
-    # (ClosureGraph.to_json), for its SBOM; written when the image is planned. Empty: no SBOM.
+    # The image's closure graph, for its SBOM: the digest of its JSON (ClosureGraph.to_json), the
+    # graph kept in memory by the process that planned the image (keep_closure). Every process
+    # that runs a build plans its images (BuildImage, BuildImages, on each machine of a luigid
+    # build; Luigi's forked workers inherit it), so the graph, too large for a parameter the
+    # scheduler hashes and keeps, needs no file. Empty: no SBOM.
     closure = luigi.Parameter(default="", batch_method=json_list)
     attach_sbom = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
     max_batch_size = 1
@@ -82,15 +97,12 @@ class ImageTask(LayerParameters, abstract=True):
         return oci_manifest(config, layers, annotations)
 
     def image_sbom(self, layers: list[ImageLayer], config: bytes) -> bytes:
-        """The image's SBOM (``nixlayer.sbom``) from its closure graph in the layer store.
-        Raises NixlayerError if the graph is gone from the layer store."""
-        path = self.layer_store().blob_path(self.closure)
-        try:
-            with open(path, "rb") as f:
-                graph = graph_from_json(f.read(), self.store_dir)
-        except OSError as e:
-            raise NixlayerError(f"the closure graph of {self.name}:{self.tag} is gone from the layer store"
-                                f" ({path}: {e.strerror}): build the image again") from None
+        """The image's SBOM (``nixlayer.sbom``) from its closure graph. Raises NixlayerError if
+        this process did not plan the image (no BuildImage or BuildImages made it)."""
+        graph = _CLOSURES.get(self.closure)
+        if graph is None:
+            raise NixlayerError(f"the closure graph of {self.name}:{self.tag} ({self.closure}) was not planned in"
+                                " this process: build images with BuildImage, PushImage or BuildImages")
         roots = sorted(set(self.contents) | set(config_store_paths(json.loads(self.config), self.store_dir)))
         return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in layers], roots,
                           name=self.name, image_id=sha256_digest(config), created=parse_time(self.created))
