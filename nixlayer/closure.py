@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -491,23 +493,6 @@ def _read_validity_registration(text: str, references: dict[str, list[str]], nar
 _CHUNK_SIZE = 1 << 20
 _CARRY = HASH_LENGTH - 1
 _HASH_RUN = re.compile(rb"[0-9a-df-np-sv-z]{32,}")
-_NAR_HEADER = 8  # every NAR string is a 64-bit length, then the bytes padded to 8
-
-
-def _nar_string(length: int) -> int:
-    return _NAR_HEADER + (length + 7) // 8 * 8
-
-
-# Fixed NAR framing around each node, in bytes.
-_NAR_MAGIC = _nar_string(len("nix-archive-1"))
-_NAR_NODE = _nar_string(1) * 2 + _nar_string(len("type"))  # "(" "type" ... ")"
-_NAR_REGULAR = _NAR_NODE + _nar_string(len("regular")) + _nar_string(len("contents"))
-_NAR_EXECUTABLE = _nar_string(len("executable")) + _nar_string(0)
-_NAR_SYMLINK = _NAR_NODE + _nar_string(len("symlink")) + _nar_string(len("target"))
-_NAR_DIRECTORY = _NAR_NODE + _nar_string(len("directory"))
-_NAR_ENTRY = _nar_string(len("entry")) + _nar_string(1) * 2 + _nar_string(len("name")) + _nar_string(len("node"))
-
-
 class _ReferenceScanner:
     """Finds the known hash parts in a stream of bytes, chunk by chunk."""
 
@@ -525,42 +510,78 @@ class _ReferenceScanner:
                 if window in hashes:
                     self.found.add(window)
 
-    def scan_file(self, file_path: bytes) -> None:
-        """Scan a file in chunks; the last 31 bytes of each buffer are scanned again with the
-        next chunk, so a hash part spanning two chunks is found."""
+    def scan_file(self, file_path: bytes, each_chunk: Callable[[bytes], None]) -> int:
+        """Scan a file in chunks, each also given to ``each_chunk``; return its bytes. The last
+        31 bytes of each buffer are scanned again with the next chunk, so a hash part spanning
+        two chunks is found."""
+        size = 0
         with open(file_path, "rb") as file:
             carry = b""
             while chunk := file.read(_CHUNK_SIZE):
+                each_chunk(chunk)
+                size += len(chunk)
                 buffer = carry + chunk
                 self.scan(buffer)
                 carry = buffer[-_CARRY:]
+        return size
 
 
-def _scan_store_path(disk_path: bytes, scanner: _ReferenceScanner) -> int:
-    """Scan one store path on disk as Nix scans its NAR; return its exact NAR size in bytes."""
-    pending = [disk_path]
-    nar_size = _NAR_MAGIC
-    while pending:
-        entry = pending.pop()
-        info = os.lstat(entry)
-        if stat.S_ISLNK(info.st_mode):
-            target = os.readlink(entry)
-            scanner.scan(target)
-            nar_size += _NAR_SYMLINK + _nar_string(len(target))
-        elif stat.S_ISREG(info.st_mode):
-            scanner.scan_file(entry)
-            nar_size += _NAR_REGULAR + _nar_string(info.st_size)
-            if info.st_mode & stat.S_IXUSR:
-                nar_size += _NAR_EXECUTABLE
-        elif stat.S_ISDIR(info.st_mode):
-            nar_size += _NAR_DIRECTORY
-            for name in os.listdir(entry):
-                scanner.scan(name)
-                nar_size += _NAR_ENTRY + _nar_string(len(name))
-                pending.append(os.path.join(entry, name))
-        else:
-            raise NixlayerError(f"{os.fsdecode(entry)} is neither a file, a directory nor a symlink: Nix cannot store it")
-    return nar_size
+class _Nar:
+    """A store path's NAR serialisation (Nix's ``dumpPath``), hashed (SHA-256) and counted as
+    it is made, never kept: every string is its length (64-bit little-endian), its bytes, and
+    zeros up to a multiple of 8."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def string(self, *values: bytes) -> None:
+        for value in values:
+            self.add(struct.pack("<Q", len(value)) + value + bytes(-len(value) % 8))
+
+
+def _scan_store_path(disk_path: bytes, scanner: _ReferenceScanner) -> tuple[int, str]:
+    """Scan one store path on disk as Nix scans its NAR; return its exact NAR size in bytes and
+    its NAR hash (``sha256:<hex>``), as Nix registers them."""
+    nar = _Nar()
+    nar.string(b"nix-archive-1")
+    _dump(disk_path, scanner, nar)
+    return nar.size, "sha256:" + nar.sha256.hexdigest()
+
+
+def _dump(entry: bytes, scanner: _ReferenceScanner, nar: _Nar) -> None:
+    """One node of the NAR: a symlink, a regular file (executable if its owner may run it), or
+    a directory with its entries sorted by name (bytes), each node in its turn."""
+    info = os.lstat(entry)
+    nar.string(b"(", b"type")
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(entry)
+        scanner.scan(target)
+        nar.string(b"symlink", b"target", target)
+    elif stat.S_ISREG(info.st_mode):
+        nar.string(b"regular")
+        if info.st_mode & stat.S_IXUSR:
+            nar.string(b"executable", b"")
+        nar.string(b"contents")
+        nar.add(struct.pack("<Q", info.st_size))
+        size = scanner.scan_file(entry, nar.add)
+        if size != info.st_size:
+            raise NixlayerError(f"{os.fsdecode(entry)} changed size while it was read")
+        nar.add(bytes(-size % 8))
+    elif stat.S_ISDIR(info.st_mode):
+        nar.string(b"directory")
+        for name in sorted(os.listdir(entry)):
+            scanner.scan(name)
+            nar.string(b"entry", b"(", b"name", name, b"node")
+            _dump(os.path.join(entry, name), scanner, nar)
+            nar.string(b")")
+    else:
+        raise NixlayerError(f"{os.fsdecode(entry)} is neither a file, a directory nor a symlink: Nix cannot store it")
+    nar.string(b")")
 
 
 def graph_from_store_dir(
@@ -577,8 +598,8 @@ def graph_from_store_dir(
     Files are read in 1 MiB chunks with a 31-byte overlap, never whole. Entries ending in
     ``.lock`` (Nix's lock files) are not store paths.
 
-    Returns the closure graph with NAR sizes in bytes computed exactly from the files (the
-    size ``nix-store --dump`` would write).
+    Returns the closure graph with NAR sizes in bytes and NAR hashes computed exactly from the
+    files (the size and SHA-256 of what ``nix-store --dump`` would write).
 
     Raises:
         NixlayerError: the store directory is unreadable, a root is not in it, a path holds
@@ -601,6 +622,7 @@ def graph_from_store_dir(
     hashes = frozenset(path_of_hash)
     references: dict[str, set[str]] = {}
     nar_sizes: dict[str, int | None] = {}
+    nar_hashes: dict[str, str | None] = {}
     pending = []
     for root in roots:
         check_store_path(root, store_dir)
@@ -613,13 +635,14 @@ def graph_from_store_dir(
             continue
         scanner = _ReferenceScanner(hashes)
         try:
-            nar_sizes[path] = _scan_store_path(os.fsencode(os.path.join(disk_store, path[len(store_dir) + 1:])), scanner)
+            nar_sizes[path], nar_hashes[path] = _scan_store_path(
+                os.fsencode(os.path.join(disk_store, path[len(store_dir) + 1:])), scanner)
         except OSError as error:
             culprit = os.fsdecode(error.filename) if error.filename else path
             raise NixlayerError(f"cannot read {culprit}: {error.strerror}") from None
         references[path] = {path_of_hash[found] for found in scanner.found}
         pending.extend(references[path] - references.keys())
-    return ClosureGraph(references, nar_sizes, store_dir)
+    return ClosureGraph(references, nar_sizes, store_dir, nar_hashes)
 
 
 def read_graph(
