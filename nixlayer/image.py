@@ -222,6 +222,12 @@ class Artifact:
     blobs: tuple[bytes, ...]
 
     @property
+    def media_types(self) -> list[str]:
+        """The media types of ``blobs``, as its manifest's config and layers name them."""
+        manifest = json.loads(self.manifest)
+        return [entry["mediaType"] for entry in (manifest["config"], *manifest["layers"])]
+
+    @property
     def descriptor(self) -> dict[str, Any]:
         """Its descriptor in an index (an OCI layout's ``index.json``, a referrers list):
         with ``artifactType`` and the manifest's annotations, as distribution-spec 1.1's

@@ -6,7 +6,7 @@ table is one image, with the settings of ``BuildImage`` (``name``, ``tag``, ``co
 steps, or its JSON text), ``uid``, ``gid``, ``uname``, ``gname``,
 ``created``, ``mtime``, ``format``, ``compression``, ``output``, ...) plus ``nix_file`` and
 ``nix_attrs``: store paths built with ``nix-build NIX_FILE -A ATTR`` and added to ``contents``.
-Relative paths (``output``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
+Relative paths (``output``, ``sbom``, ``nix_file``, ``closure_graph``, ``store_root``, and links among
 ``contents`` such as ``./result``) are relative to the batch file's directory. ``spec`` and
 ``spec_image`` are refused: a spec's images are built with ``BuildImages --spec``.
 
@@ -46,7 +46,7 @@ from tasks.config import layer_store_root
 from tasks.base import bad_value, plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
-PATH_KEYS = ("output", "closure_graph", "store_root")
+PATH_KEYS = ("output", "sbom", "closure_graph", "store_root")
 # BuildImage's parameters a batch file cannot set: a spec's images are built with BuildImages --spec.
 SPEC_KEYS = ("spec", "spec_image")
 

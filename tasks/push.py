@@ -80,7 +80,8 @@ class PushToRegistry(ImageTask):
         config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(config))
         blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
         referrers = [
-            Referrer(a.manifest, a.descriptor, [Blob(sha256_digest(b), len(b), "", store.put_bytes(b)) for b in a.blobs])
+            Referrer(a.manifest, a.descriptor, [Blob(sha256_digest(b), len(b), media_type, store.put_bytes(b))
+                                                for b, media_type in zip(a.blobs, a.media_types)])
             for a in artifacts
         ]
         result = push_image(

@@ -120,8 +120,10 @@ def test_sbom_in_an_oci_layout_and_beside_an_archive(tmp_path, layer_store, vect
     # skopeo still reads the image by its tag beside the artifact
     subprocess.run(["skopeo", "inspect", f"oci:{layout}:1"], check=True, capture_output=True)
 
-    # The same image (another output format, layer store and compression): the same SBOM bytes.
-    run_luigi(BuildImage(format="docker-archive", output=str(tmp_path / "vec.tar"), sbom=str(sbom_file), **params))
+    # The same image (another output format and compression): the same SBOM bytes, written by
+    # a forked worker (Luigi's --workers 2), which has the closure graph its parent planned.
+    run_luigi(BuildImage(format="docker-archive", output=str(tmp_path / "vec.tar"), sbom=str(sbom_file), **params),
+              workers=2)
     assert sbom_file.read_bytes() == attached
     with tarfile.open(tmp_path / "vec.tar") as tar:
         entry = json.load(tar.extractfile("manifest.json"))[0]
@@ -184,3 +186,25 @@ def test_sbom_needs_an_output(tmp_path):
     assert error_lines(run) == ["nixlayer: error: --sbom FILE is written beside an image output: give --output too"
                                 " (a push carries the SBOM attached to the image)"]
     assert run.returncode != 0 and not (tmp_path / "x.json").exists()
+
+
+def test_a_spec_sets_the_annotations_and_its_sbom_has_the_nar_hashes(tmp_path, layer_store, vectors_app):
+    """nixlayer's Nix library takes source, revision and version; the spec's closure
+    (exportReferencesGraph: Nix base-32 NAR hashes) gives the SBOM the same hashes as Nix."""
+    nix = tmp_path / "image.nix"
+    nix.write_text(f"let nixlayer = import {FIXTURES.parent.parent / 'nix'} {{ }}; vec = import {FIXTURES / 'vectors.nix'};"
+                   ' in nixlayer.buildLayeredImage { name = "vec"; tag = "s"; contents = [ vec.app ];'
+                   ' source = "https://example.org/vec"; revision = "abc123"; version = "0.1"; }')
+    spec = subprocess.run(["nix-build", str(nix), "--no-out-link"], check=True, capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+    layout = tmp_path / "oci"
+    run_luigi(BuildImage(spec=spec, format="oci", output=str(layout)))
+    digest = layout_digest(str(layout), "s")
+    manifest = json.loads(Path(blob_path(str(layout), digest)).read_bytes())
+    assert {key: value for key, value in manifest["annotations"].items() if "created" not in key} == {
+        "org.opencontainers.image.source": "https://example.org/vec",
+        "org.opencontainers.image.revision": "abc123", "org.opencontainers.image.version": "0.1"}
+    (referrer,) = layout_referrers(str(layout), digest)
+    artifact = json.loads(Path(blob_path(str(layout), referrer["digest"])).read_bytes())
+    sbom = validate(Path(blob_path(str(layout), artifact["layers"][0]["digest"])).read_bytes())
+    check_sbom(sbom, vectors_app, oci_config(layout, manifest), "vec")
