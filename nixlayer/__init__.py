@@ -15,5 +15,6 @@ The core library. Nothing in this package imports Luigi: the tasks in ``tasks/``
 - ``mediatypes``: media types; ``atomic``: atomic outputs; ``layerstore``: layers kept on disk.
 - ``errors``: NixlayerError, the one error type for bad input and failed operations.
 - ``reference``: image name and tag checks (distribution reference grammar).
-- ``registry``: pushing to a registry (OCI distribution spec).
+- ``registry``: pushing to a registry (OCI distribution spec), with the artifacts attached to an image.
+- ``sbom``: an image's software bill of materials (CycloneDX), from its closure graph.
 """
