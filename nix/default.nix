@@ -56,6 +56,10 @@ let
     format = "format";
     compression = "compression";
     compressionLevel = "compression_level";
+    # the manifest's org.opencontainers.image.source, .revision and .version annotations
+    source = "source";
+    revision = "revision";
+    version = "version";
   };
 
   # Arguments of the result, as nixpkgs: added to the derivation, not to the image.

@@ -15,7 +15,12 @@ The core library. Nothing in this package imports Luigi: the tasks in ``tasks/``
 - ``mediatypes``: media types; ``atomic``: atomic outputs; ``layerstore``: layers kept on disk.
 - ``errors``: NixlayerError, the one error type for bad input and failed operations.
 - ``reference``: image name and tag checks (distribution reference grammar).
-- ``registry``: pushing to a registry and reading from one (OCI distribution spec).
+- ``registry``: pushing to a registry and reading from one (OCI distribution spec), with the
+  artifacts attached to an image.
 - ``base_image``: base images (``fromImage``): read from an archive, a layout or a registry,
   their layers copied and checked, their config inherited.
+- ``index``: platforms and multi-platform image indexes.
+- ``rootfs``, ``perms``, ``nixdb``: what the customisation layer holds beyond the contents'
+  symlinks (copied trees, commands, a Nix database) and permission rules for every layer.
+- ``sbom``: an image's software bill of materials (CycloneDX), from its closure graph.
 """

@@ -1,7 +1,8 @@
 """Closure graphs: which store paths a set of roots needs, and what each one references.
 
 A :class:`ClosureGraph` maps each store path to its references (the store paths whose hash
-part occurs in its contents, itself included when it refers to itself) and to its NAR size.
+part occurs in its contents, itself included when it refers to itself), to its NAR size and to
+its NAR hash (the SBOM's component hash, :mod:`nixlayer.sbom`).
 Three readers build one:
 
 - :func:`graph_from_json`: the JSON of ``nix path-info --json --recursive`` (list or object
@@ -13,14 +14,18 @@ Three readers build one:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +33,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.storepath import (
     DEFAULT_STORE_DIR,
     HASH_LENGTH,
+    NIX_BASE32,
     check_store_path,
     hash_part,
     normalize_store_dir,
@@ -36,7 +42,7 @@ from nixlayer.storepath import (
 
 
 class ClosureGraph:
-    """An immutable closure graph: store path -> references, plus NAR sizes.
+    """An immutable closure graph: store path -> references, plus NAR sizes and NAR hashes.
 
     Construction validates the whole graph and raises NixlayerError (one line naming the
     culprit) for a path outside ``store_dir``, a reference to a path missing from the graph,
@@ -47,13 +53,14 @@ class ClosureGraph:
         store_dir: the store directory every path lives in, e.g. ``/nix/store``.
     """
 
-    __slots__ = ("store_dir", "_references", "_nar_sizes")
+    __slots__ = ("store_dir", "_references", "_nar_sizes", "_nar_hashes")
 
     def __init__(
         self,
         references: Mapping[str, Iterable[str]],
         nar_sizes: Mapping[str, int | None] | None = None,
         store_dir: str = DEFAULT_STORE_DIR,
+        nar_hashes: Mapping[str, str | None] | None = None,
     ) -> None:
         """Build and validate a graph.
 
@@ -63,9 +70,11 @@ class ClosureGraph:
             nar_sizes: store path -> NAR size in bytes, or None when unknown. Paths left out
                 have an unknown size.
             store_dir: the store directory; every path must be directly inside it.
+            nar_hashes: store path -> NAR hash in any form Nix prints (see
+                :func:`nar_hash_digest`), or None when unknown; kept as ``sha256:<hex>``.
         Raises:
-            NixlayerError: bad store path, dangling reference, cycle, or a size for a path
-                that is not in the graph.
+            NixlayerError: bad store path, dangling reference, cycle, a size or hash for a
+                path that is not in the graph, or a NAR hash Nix would not print.
         """
         store_dir = normalize_store_dir(store_dir)
         refs: dict[str, frozenset[str]] = {}
@@ -84,9 +93,15 @@ class ClosureGraph:
             if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
                 raise NixlayerError(f"NAR size of {path} is {size!r}, not a byte count")
             sizes[path] = size
+        hashes = dict.fromkeys(refs)
+        for path, nar_hash in (nar_hashes or {}).items():
+            if path not in refs:
+                raise NixlayerError(f"NAR hash given for {path}, which is not in the closure graph")
+            hashes[path] = None if nar_hash is None else nar_hash_digest(nar_hash, path)
         object.__setattr__(self, "store_dir", store_dir)
         object.__setattr__(self, "_references", MappingProxyType(refs))
         object.__setattr__(self, "_nar_sizes", MappingProxyType(sizes))
+        object.__setattr__(self, "_nar_hashes", MappingProxyType(hashes))
         _check_acyclic(refs)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -109,6 +124,11 @@ class ClosureGraph:
         ``path`` is not in the graph."""
         return self._nar_sizes[self._known(path)]
 
+    def nar_hash(self, path: str) -> str | None:
+        """The NAR hash of ``path`` as ``sha256:<hex>``, or None if unknown. Raises
+        NixlayerError if ``path`` is not in the graph."""
+        return self._nar_hashes[self._known(path)]
+
     def sized_paths(self, order: Sequence[str] | None, layering: str) -> tuple[list[str], dict[str, int]]:
         """Every store path, in ``order`` (default: by store path, the order Nix writes the
         graph), and each one's NAR size, for a layering that needs them all (``layering``
@@ -126,6 +146,20 @@ class ClosureGraph:
                                     " which needs none)")
             sizes[path] = size
         return paths, sizes
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The graph as ``nix path-info --json --recursive`` (Nix 2.8) prints it, sorted by
+        store path: ``{path, narHash, narSize, references}`` each, unknown values left out;
+        :func:`graph_from_json` reads it back to an equal graph."""
+        entries = []
+        for path in self.paths:
+            entry: dict[str, Any] = {"path": path, "references": sorted(self._references[path])}
+            if self._nar_hashes[path] is not None:
+                entry["narHash"] = self._nar_hashes[path]
+            if self._nar_sizes[path] is not None:
+                entry["narSize"] = self._nar_sizes[path]
+            entries.append(entry)
+        return entries
 
     def references_map(self) -> Mapping[str, frozenset[str]]:
         """A read-only view: store path -> references (self-references included)."""
@@ -153,6 +187,7 @@ class ClosureGraph:
         object.__setattr__(graph, "store_dir", self.store_dir)
         object.__setattr__(graph, "_references", MappingProxyType({path: self._references[path] for path in seen}))
         object.__setattr__(graph, "_nar_sizes", MappingProxyType({path: self._nar_sizes[path] for path in seen}))
+        object.__setattr__(graph, "_nar_hashes", MappingProxyType({path: self._nar_hashes[path] for path in seen}))
         return graph
 
     def _known(self, path: str, role: str = "store path") -> str:
@@ -173,8 +208,8 @@ class ClosureGraph:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClosureGraph):
             return NotImplemented
-        return (self.store_dir, self._references, self._nar_sizes) == (
-            other.store_dir, other._references, other._nar_sizes
+        return (self.store_dir, self._references, self._nar_sizes, self._nar_hashes) == (
+            other.store_dir, other._references, other._nar_sizes, other._nar_hashes
         )
 
     def __hash__(self) -> int:
@@ -222,6 +257,51 @@ def image_closure(graph: ClosureGraph, contents: Iterable[str], config_paths: It
     return graph.closure(roots)
 
 
+_SHA256_BYTES = 32
+
+
+def nar_hash_digest(text: str, path: str = "a store path") -> str:
+    """A NAR hash as Nix prints it, as ``sha256:<64 hex digits>``.
+
+    Nix prints SHA-256 hashes in three encodings: SRI ``sha256-<base64>`` (``nix path-info``
+    since Nix 2.4), ``sha256:<52 characters of Nix's base-32>`` (older Nix, nixpkgs'
+    ``exportReferencesGraph``), and base-16 (``nix-store --dump-db``, with or without
+    ``sha256:``). Nix's base-32 writes the hash's bits from the last character on, five at a
+    time, least significant first (``printHash32`` in Nix's ``hash.cc``). Raises NixlayerError
+    naming ``path`` for anything else.
+    """
+    value = text.removeprefix("sha256:") if isinstance(text, str) else ""
+    raw: bytes | None = None
+    try:
+        if isinstance(text, str) and text.startswith("sha256-"):
+            raw = base64.b64decode(text.removeprefix("sha256-"), validate=True)
+        elif re.fullmatch(r"[0-9a-f]{64}", value):
+            raw = bytes.fromhex(value)
+        elif len(value) == 52 and all(c in NIX_BASE32 for c in value):
+            raw = _from_nix_base32(value)
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or len(raw) != _SHA256_BYTES:
+        raise NixlayerError(f"NAR hash of {path} is {text!r}, not a SHA-256 hash as Nix prints it")
+    return "sha256:" + raw.hex()
+
+
+def _from_nix_base32(text: str) -> bytes:
+    """The bytes of a hash in Nix's base-32 (raises ValueError if it does not fit 32 bytes)."""
+    out = bytearray(_SHA256_BYTES)
+    for n, char in enumerate(reversed(text)):
+        digit = NIX_BASE32.index(char)
+        bit = n * 5
+        i, j = divmod(bit, 8)
+        out[i] |= (digit << j) & 0xFF
+        carry = digit >> (8 - j)
+        if i + 1 < _SHA256_BYTES:
+            out[i + 1] |= carry
+        elif carry:
+            raise ValueError("base-32 hash longer than SHA-256")
+    return bytes(out)
+
+
 # --- JSON --------------------------------------------------------------------------------
 
 
@@ -239,7 +319,8 @@ def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGra
       references}``, or an object with one key holding that list (as nixpkgs passes it to
       ``closure-graph.py``).
 
-    ``narSize`` (bytes) becomes :meth:`ClosureGraph.nar_size`; it is None when absent.
+    ``narSize`` (bytes) becomes :meth:`ClosureGraph.nar_size` and ``narHash``
+    :meth:`ClosureGraph.nar_hash`; each is None when absent.
 
     Raises:
         NixlayerError: bytes that are not UTF-8, invalid JSON, an unexpected shape (the message says what was found),
@@ -268,6 +349,7 @@ def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGra
         raise NixlayerError(f"malformed closure graph JSON: expected a list or an object, got {type(data).__name__}")
     references: dict[str, list[str]] = {}
     nar_sizes: dict[str, int | None] = {}
+    nar_hashes: dict[str, str | None] = {}
     for path, entry in entries:
         if entry is None or (isinstance(entry, dict) and entry.get("valid") is False):
             raise NixlayerError(f"{path} is not valid in the Nix store")
@@ -280,7 +362,8 @@ def graph_from_json(data: Any, store_dir: str = DEFAULT_STORE_DIR) -> ClosureGra
             raise NixlayerError(f"malformed closure graph JSON: {path} appears twice")
         references[path] = [ref if ref.startswith("/") else f"{store_dir}/{ref}" for ref in refs]
         nar_sizes[path] = entry.get("narSize")
-    return ClosureGraph(references, nar_sizes, store_dir)
+        nar_hashes[path] = entry.get("narHash")
+    return ClosureGraph(references, nar_sizes, store_dir, nar_hashes)
 
 
 def _entry_path(entry: Any) -> str:
@@ -320,10 +403,11 @@ def graph_from_nix(roots: Iterable[str], store_dir: str = DEFAULT_STORE_DIR) -> 
         requisites = _ask_about(roots, ["nix-store", "--query", "--requisites", *roots]).split()
         references: dict[str, list[str]] = {}
         nar_sizes: dict[str, int | None] = {}
+        nar_hashes: dict[str, str | None] = {}
         for start in range(0, len(requisites), 1000):  # stay far below the argument size limit
             dump = _run_nix(["nix-store", "--dump-db", *requisites[start:start + 1000]])
-            _read_validity_registration(dump, references, nar_sizes)
-        return ClosureGraph(references, nar_sizes, store_dir).closure(roots)
+            _read_validity_registration(dump, references, nar_sizes, nar_hashes)
+        return ClosureGraph(references, nar_sizes, store_dir, nar_hashes).closure(roots)
     raise NixlayerError("neither nix nor nix-store is on PATH: install Nix, or read the graph from JSON or a store directory")
 
 
@@ -388,9 +472,10 @@ def _run_nix(argv: list[str]) -> str:
     return result.stdout
 
 
-def _read_validity_registration(text: str, references: dict[str, list[str]], nar_sizes: dict[str, int | None]) -> None:
-    """Parse ``nix-store --dump-db`` output: per path, lines ``path``, ``narHash``,
-    ``narSize``, ``deriver``, reference count, then the references."""
+def _read_validity_registration(text: str, references: dict[str, list[str]], nar_sizes: dict[str, int | None],
+                                nar_hashes: dict[str, str | None]) -> None:
+    """Parse ``nix-store --dump-db`` output: per path, lines ``path``, ``narHash`` (base-16
+    SHA-256), ``narSize``, ``deriver``, reference count, then the references."""
     lines = text.splitlines()
     at = 0
     try:
@@ -398,6 +483,7 @@ def _read_validity_registration(text: str, references: dict[str, list[str]], nar
             path, size, count = lines[at], int(lines[at + 2]), int(lines[at + 4])
             references[path] = lines[at + 5:at + 5 + count]
             nar_sizes[path] = size
+            nar_hashes[path] = lines[at + 1]
             at += 5 + count
     except (IndexError, ValueError):
         raise NixlayerError(f"nix-store --dump-db printed unreadable output near line {at + 1}") from None
@@ -408,23 +494,6 @@ def _read_validity_registration(text: str, references: dict[str, list[str]], nar
 _CHUNK_SIZE = 1 << 20
 _CARRY = HASH_LENGTH - 1
 _HASH_RUN = re.compile(rb"[0-9a-df-np-sv-z]{32,}")
-_NAR_HEADER = 8  # every NAR string is a 64-bit length, then the bytes padded to 8
-
-
-def _nar_string(length: int) -> int:
-    return _NAR_HEADER + (length + 7) // 8 * 8
-
-
-# Fixed NAR framing around each node, in bytes.
-_NAR_MAGIC = _nar_string(len("nix-archive-1"))
-_NAR_NODE = _nar_string(1) * 2 + _nar_string(len("type"))  # "(" "type" ... ")"
-_NAR_REGULAR = _NAR_NODE + _nar_string(len("regular")) + _nar_string(len("contents"))
-_NAR_EXECUTABLE = _nar_string(len("executable")) + _nar_string(0)
-_NAR_SYMLINK = _NAR_NODE + _nar_string(len("symlink")) + _nar_string(len("target"))
-_NAR_DIRECTORY = _NAR_NODE + _nar_string(len("directory"))
-_NAR_ENTRY = _nar_string(len("entry")) + _nar_string(1) * 2 + _nar_string(len("name")) + _nar_string(len("node"))
-
-
 class _ReferenceScanner:
     """Finds the known hash parts in a stream of bytes, chunk by chunk."""
 
@@ -442,42 +511,78 @@ class _ReferenceScanner:
                 if window in hashes:
                     self.found.add(window)
 
-    def scan_file(self, file_path: bytes) -> None:
-        """Scan a file in chunks; the last 31 bytes of each buffer are scanned again with the
-        next chunk, so a hash part spanning two chunks is found."""
+    def scan_file(self, file_path: bytes, each_chunk: Callable[[bytes], None]) -> int:
+        """Scan a file in chunks, each also given to ``each_chunk``; return its bytes. The last
+        31 bytes of each buffer are scanned again with the next chunk, so a hash part spanning
+        two chunks is found."""
+        size = 0
         with open(file_path, "rb") as file:
             carry = b""
             while chunk := file.read(_CHUNK_SIZE):
+                each_chunk(chunk)
+                size += len(chunk)
                 buffer = carry + chunk
                 self.scan(buffer)
                 carry = buffer[-_CARRY:]
+        return size
 
 
-def _scan_store_path(disk_path: bytes, scanner: _ReferenceScanner) -> int:
-    """Scan one store path on disk as Nix scans its NAR; return its exact NAR size in bytes."""
-    pending = [disk_path]
-    nar_size = _NAR_MAGIC
-    while pending:
-        entry = pending.pop()
-        info = os.lstat(entry)
-        if stat.S_ISLNK(info.st_mode):
-            target = os.readlink(entry)
-            scanner.scan(target)
-            nar_size += _NAR_SYMLINK + _nar_string(len(target))
-        elif stat.S_ISREG(info.st_mode):
-            scanner.scan_file(entry)
-            nar_size += _NAR_REGULAR + _nar_string(info.st_size)
-            if info.st_mode & stat.S_IXUSR:
-                nar_size += _NAR_EXECUTABLE
-        elif stat.S_ISDIR(info.st_mode):
-            nar_size += _NAR_DIRECTORY
-            for name in os.listdir(entry):
-                scanner.scan(name)
-                nar_size += _NAR_ENTRY + _nar_string(len(name))
-                pending.append(os.path.join(entry, name))
-        else:
-            raise NixlayerError(f"{os.fsdecode(entry)} is neither a file, a directory nor a symlink: Nix cannot store it")
-    return nar_size
+class _Nar:
+    """A store path's NAR serialisation (Nix's ``dumpPath``), hashed (SHA-256) and counted as
+    it is made, never kept: every string is its length (64-bit little-endian), its bytes, and
+    zeros up to a multiple of 8."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def string(self, *values: bytes) -> None:
+        for value in values:
+            self.add(struct.pack("<Q", len(value)) + value + bytes(-len(value) % 8))
+
+
+def _scan_store_path(disk_path: bytes, scanner: _ReferenceScanner) -> tuple[int, str]:
+    """Scan one store path on disk as Nix scans its NAR; return its exact NAR size in bytes and
+    its NAR hash (``sha256:<hex>``), as Nix registers them."""
+    nar = _Nar()
+    nar.string(b"nix-archive-1")
+    _dump(disk_path, scanner, nar)
+    return nar.size, "sha256:" + nar.sha256.hexdigest()
+
+
+def _dump(entry: bytes, scanner: _ReferenceScanner, nar: _Nar) -> None:
+    """One node of the NAR: a symlink, a regular file (executable if its owner may run it), or
+    a directory with its entries sorted by name (bytes), each node in its turn."""
+    info = os.lstat(entry)
+    nar.string(b"(", b"type")
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(entry)
+        scanner.scan(target)
+        nar.string(b"symlink", b"target", target)
+    elif stat.S_ISREG(info.st_mode):
+        nar.string(b"regular")
+        if info.st_mode & stat.S_IXUSR:
+            nar.string(b"executable", b"")
+        nar.string(b"contents")
+        nar.add(struct.pack("<Q", info.st_size))
+        size = scanner.scan_file(entry, nar.add)
+        if size != info.st_size:
+            raise NixlayerError(f"{os.fsdecode(entry)} changed size while it was read")
+        nar.add(bytes(-size % 8))
+    elif stat.S_ISDIR(info.st_mode):
+        nar.string(b"directory")
+        for name in sorted(os.listdir(entry)):
+            scanner.scan(name)
+            nar.string(b"entry", b"(", b"name", name, b"node")
+            _dump(os.path.join(entry, name), scanner, nar)
+            nar.string(b")")
+    else:
+        raise NixlayerError(f"{os.fsdecode(entry)} is neither a file, a directory nor a symlink: Nix cannot store it")
+    nar.string(b")")
 
 
 def graph_from_store_dir(
@@ -494,8 +599,8 @@ def graph_from_store_dir(
     Files are read in 1 MiB chunks with a 31-byte overlap, never whole. Entries ending in
     ``.lock`` (Nix's lock files) are not store paths.
 
-    Returns the closure graph with NAR sizes in bytes computed exactly from the files (the
-    size ``nix-store --dump`` would write).
+    Returns the closure graph with NAR sizes in bytes and NAR hashes computed exactly from the
+    files (the size and SHA-256 of what ``nix-store --dump`` would write).
 
     Raises:
         NixlayerError: the store directory is unreadable, a root is not in it, a path holds
@@ -518,6 +623,7 @@ def graph_from_store_dir(
     hashes = frozenset(path_of_hash)
     references: dict[str, set[str]] = {}
     nar_sizes: dict[str, int | None] = {}
+    nar_hashes: dict[str, str | None] = {}
     pending = []
     for root in roots:
         check_store_path(root, store_dir)
@@ -530,13 +636,14 @@ def graph_from_store_dir(
             continue
         scanner = _ReferenceScanner(hashes)
         try:
-            nar_sizes[path] = _scan_store_path(os.fsencode(os.path.join(disk_store, path[len(store_dir) + 1:])), scanner)
+            nar_sizes[path], nar_hashes[path] = _scan_store_path(
+                os.fsencode(os.path.join(disk_store, path[len(store_dir) + 1:])), scanner)
         except OSError as error:
             culprit = os.fsdecode(error.filename) if error.filename else path
             raise NixlayerError(f"cannot read {culprit}: {error.strerror}") from None
         references[path] = {path_of_hash[found] for found in scanner.found}
         pending.extend(references[path] - references.keys())
-    return ClosureGraph(references, nar_sizes, store_dir)
+    return ClosureGraph(references, nar_sizes, store_dir, nar_hashes)
 
 
 def read_graph(

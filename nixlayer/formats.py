@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, NamedTuple, Sequence
 from nixlayer.atomic import atomic_file, remove_stale_temporaries
 from nixlayer.docker_archive import check_media_type, write_docker_archive
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer
+from nixlayer.image import Artifact, ImageLayer, oci_manifest
 from nixlayer.index import PlatformImage
 from nixlayer.oci_layout import (
     OCI_ARCHIVE_STAGING, check_layout_output, remove_unfinished_layout, write_oci_archive, write_oci_index,
@@ -61,8 +61,16 @@ def write_image(
     tag: str,
     mtime: int,
     scratch: str,
+    *,
+    manifest: bytes | None = None,
+    artifacts: Sequence[Artifact] = (),
 ) -> Written:
     """Write the image of ``layers`` and ``config`` (image config JSON) to ``output``.
+
+    ``manifest`` is its OCI image manifest for the OCI formats (default: ``oci_manifest`` of
+    the layers and config, without annotations); ``artifacts`` (its SBOM) are attached to it in
+    an OCI layout directory (not in archives: ``podman load`` of an oci-archive takes its one
+    manifest, and refuses an index of several).
 
     ``name`` and ``tag`` name the image: docker-archive ``RepoTags`` and the oci-archive's
     ``org.opencontainers.image.ref.name`` are ``name:tag`` (so ``podman load`` names the image);
@@ -79,7 +87,10 @@ def write_image(
     check_format(format, layers[0].blob.media_type if layers else "", output)
     if format == "docker-archive":
         return _write(format, output, lambda out: write_docker_archive(out, layers, config, f"{name}:{tag}", mtime))
-    return _write_oci(format, output, lambda layout, ref_name: write_oci_layout(layout, layers, config, ref_name),
+    manifest = oci_manifest(config, layers) if manifest is None else manifest
+    attached = artifacts if format == "oci" else ()
+    return _write_oci(format, output,
+                      lambda layout, ref_name: write_oci_layout(layout, layers, config, manifest, ref_name, attached),
                       name, tag, mtime, scratch)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerBlob
-from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_EMPTY, MEDIA_TYPE_OCI_MANIFEST
 
 CONFIG_FIELDS = (
     "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
@@ -44,6 +44,15 @@ class ImageLayer:
     file: str
     comment: str
 
+
+CREATED_BY = "nixlayer"
+"""Each history entry's ``created_by``: the tool that made the layer (``docker history`` and
+``podman history`` show it); its ``comment`` names the layer's store paths, as nixpkgs'."""
+
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+ANNOTATION_SOURCE = "org.opencontainers.image.source"
+ANNOTATION_REVISION = "org.opencontainers.image.revision"
+ANNOTATION_VERSION = "org.opencontainers.image.version"
 
 DEFAULT_CREATED = "1970-01-01T00:00:01Z"
 """nixpkgs' default ``created`` and ``mtime``: one second after the epoch."""
@@ -148,16 +157,18 @@ def image_config(
     """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
 
     The first ``base_layers`` of ``layers`` are a base image's, whose ``base_history`` comes
-    first, as it is; then one ``history`` entry per layer of ours carries the layer's comment.
-    ``variant`` ('' for none) is the CPU variant (``v7`` of ``linux/arm/v7``). Returns canonical
-    JSON bytes.
+    first, as it is; then one ``history`` entry per layer of ours: ``created``, ``created_by``
+    (:data:`CREATED_BY`) and the layer's comment (nixpkgs writes ``created`` and ``comment``
+    alone; layers are the same bytes either way). ``variant`` ('' for none) is the CPU variant
+    (``v7`` of ``linux/arm/v7``). Returns canonical JSON bytes.
     """
     when = format_time(created)
     return canonical_json({
         "architecture": architecture,
         "config": config,
         "created": when,
-        "history": [*base_history, *({"created": when, "comment": layer.comment} for layer in layers[base_layers:])],
+        "history": [*base_history, *({"created": when, "created_by": CREATED_BY, "comment": layer.comment}
+                                     for layer in layers[base_layers:])],
         "os": os,
         "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
         **({"variant": variant} if variant else {}),
@@ -171,9 +182,27 @@ def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = 
     return {"mediaType": media_type, "digest": data_or_digest, "size": size}
 
 
-def oci_manifest(config: bytes, layers: Sequence[ImageLayer]) -> bytes:
-    """The OCI image manifest (manifest.md) for an image config and its layers, canonical JSON."""
-    return canonical_json({
+def image_annotations(
+    created: datetime, source: str = "", revision: str = "", version: str = "",
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The image manifest's ``org.opencontainers.image.*`` annotations (OCI annotations.md):
+    ``created`` always (RFC 3339, the image config's time), ``source`` (the URL of the source
+    the image is built from), ``revision`` (its version control revision) and ``version`` (of
+    the packaged software) when given.
+
+    ``base``: the annotations of the base image's manifest, kept unless this image sets the
+    same key (hook for base images: pass the base manifest's ``annotations`` here).
+    """
+    ours = {ANNOTATION_CREATED: format_time(created), ANNOTATION_SOURCE: source,
+            ANNOTATION_REVISION: revision, ANNOTATION_VERSION: version}
+    return {**(base or {}), **{key: value for key, value in ours.items() if value}}
+
+
+def oci_manifest(config: bytes, layers: Sequence[ImageLayer], annotations: dict[str, str] | None = None) -> bytes:
+    """The OCI image manifest (manifest.md) for an image config and its layers, with
+    ``annotations`` (none: no ``annotations`` field), canonical JSON."""
+    manifest: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_OCI_MANIFEST,
         "config": descriptor(MEDIA_TYPE_OCI_CONFIG, config),
@@ -181,7 +210,62 @@ def oci_manifest(config: bytes, layers: Sequence[ImageLayer]) -> bytes:
             descriptor(layer.blob.media_type, layer.blob.digest, layer.blob.blob_size)
             for layer in layers
         ],
-    })
+    }
+    if annotations:
+        manifest["annotations"] = annotations
+    return canonical_json(manifest)
+
+
+EMPTY_JSON = b"{}"
+"""The empty JSON blob (image-spec 1.1 manifest.md "Guidance for an Empty Descriptor"): an
+artifact manifest's config."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact attached to an image: an image-spec 1.1 manifest whose ``subject`` is the
+    image manifest and whose ``artifactType`` says what it is; ``blobs`` are the bytes of its
+    config and layers."""
+
+    manifest: bytes
+    artifact_type: str
+    blobs: tuple[bytes, ...]
+
+    @property
+    def media_types(self) -> list[str]:
+        """The media types of ``blobs``, as its manifest's config and layers name them."""
+        manifest = json.loads(self.manifest)
+        return [entry["mediaType"] for entry in (manifest["config"], *manifest["layers"])]
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        """Its descriptor in an index (an OCI layout's ``index.json``, a referrers list):
+        with ``artifactType`` and the manifest's annotations, as distribution-spec 1.1's
+        referrers API lists it."""
+        entry = descriptor(MEDIA_TYPE_OCI_MANIFEST, self.manifest)
+        entry["artifactType"] = self.artifact_type
+        annotations = json.loads(self.manifest).get("annotations")
+        if annotations:
+            entry["annotations"] = annotations
+        return entry
+
+
+def artifact(artifact_type: str, media_type: str, data: bytes, subject: bytes,
+             annotations: dict[str, str] | None = None) -> Artifact:
+    """An artifact of one blob ``data`` (of ``media_type``) attached to the image manifest
+    ``subject``, as image-spec 1.1 manifest.md "Guidelines for Artifact Usage" says: the empty
+    config, ``artifactType``, the blob as its one layer, ``subject``, and ``annotations``."""
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": descriptor(MEDIA_TYPE_OCI_EMPTY, EMPTY_JSON),
+        "layers": [descriptor(media_type, data)],
+        "subject": descriptor(MEDIA_TYPE_OCI_MANIFEST, subject),
+    }
+    if annotations:
+        manifest["annotations"] = annotations
+    return Artifact(canonical_json(manifest), artifact_type, (EMPTY_JSON, data))
 
 
 def config_store_paths(config: dict[str, Any], store_dir: str) -> list[str]:

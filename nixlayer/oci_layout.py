@@ -6,7 +6,11 @@ manifest descriptors carry ``org.opencontainers.image.ref.name``, and every blob
 system allows (they are immutable and content-addressed), and copied otherwise.
 
 An image is *added* to a layout, as ``skopeo copy ... oci:DIR:TAG`` does: a layout can hold
-many tags, and an image replaces only the entry with its own ref name. Blobs are written by
+many tags, and an image replaces only the entry with its own ref name. Artifacts attached to an
+image (its SBOM) are entries of ``index.json`` too, without a ref name, with their
+``artifactType``; their manifest's ``subject`` names the image manifest (image-spec 1.1, as
+``oras`` and ``regctl`` keep referrers in a layout; :func:`layout_referrers` finds them). An
+artifact whose image no entry names any more goes when that image is replaced. Blobs are written by
 atomic rename and ``index.json`` last, under a lock, so concurrent writers of one layout and
 readers never see a half-written image. A directory that is neither empty nor a layout is
 never touched.
@@ -25,7 +29,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, canonical_json, descriptor, oci_manifest, sha256_digest
+from nixlayer.image import Artifact, ImageLayer, canonical_json, descriptor, sha256_digest
 from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layer import COPY_BUFFER
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
@@ -152,17 +156,42 @@ def layout_digest(directory: str, ref_name: str) -> str | None:
     return None
 
 
-def write_oci_layout(directory: str, layers: Sequence[ImageLayer], config: bytes, ref_name: str) -> tuple[str, int]:
-    """Add the image of ``layers`` and ``config`` to the OCI layout ``directory`` as ``ref_name``.
+def _subject(directory: str, entry: dict) -> str | None:
+    """The subject digest of the artifact manifest ``entry`` of the layout's index, or None
+    (not an artifact, or its manifest unreadable)."""
+    if not isinstance(entry, dict) or "artifactType" not in entry or not isinstance(entry.get("digest"), str):
+        return None
+    try:
+        with open(blob_path(directory, entry["digest"]), "rb") as f:
+            subject = json.load(f).get("subject")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return subject.get("digest") if isinstance(subject, dict) else None
 
-    ``directory`` is created if absent; an existing layout keeps its other images, and an
-    entry already named ``ref_name`` is replaced. Returns the manifest digest
+
+def layout_referrers(directory: str, digest: str) -> list[dict]:
+    """The index entries (descriptors, with ``artifactType``) of the artifacts in the layout
+    at ``directory`` whose ``subject`` is the manifest ``digest``; none if it has no layout.
+    Raises NixlayerError for an unreadable ``index.json``."""
+    return [entry for entry in _read_index(directory) if _subject(directory, entry) == digest]
+
+
+def write_oci_layout(
+    directory: str, layers: Sequence[ImageLayer], config: bytes, manifest: bytes, ref_name: str,
+    artifacts: Sequence[Artifact] = (),
+) -> tuple[str, int]:
+    """Add the image of ``layers``, ``config`` and ``manifest`` (its OCI image manifest) to the
+    OCI layout ``directory`` as ``ref_name``, with ``artifacts`` attached to it.
+
+    ``directory`` is created if absent; an existing layout keeps its other images and their
+    artifacts, and an entry already named ``ref_name`` is replaced (with the artifacts of the
+    image it named, unless another entry names that image). Returns the manifest digest
     (``sha256:<hex>``) and the bytes written: the blobs it added (a layer blob hard-linked from
     its file costs none), ``index.json`` and ``oci-layout``. Raises NixlayerError if
     ``directory`` holds other files (``check_layout_output``) or an unreadable ``index.json``.
     """
-    manifest = oci_manifest(config, layers)
-    return _add(directory, layers, [config, manifest], descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest), ref_name)
+    return _add(directory, layers, [config, manifest], descriptor(MEDIA_TYPE_OCI_MANIFEST, manifest), ref_name,
+                artifacts)
 
 
 def write_oci_index(directory: str, images: Sequence[PlatformImage], ref_name: str) -> tuple[str, int]:
@@ -177,12 +206,15 @@ def write_oci_index(directory: str, images: Sequence[PlatformImage], ref_name: s
     return _add(directory, layers, [*documents, index], descriptor(MEDIA_TYPE_OCI_INDEX, index), ref_name)
 
 
-def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes], entry: dict, ref_name: str) -> tuple[str, int]:
+def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes], entry: dict, ref_name: str,
+         artifacts: Sequence[Artifact] = ()) -> tuple[str, int]:
     """Put the ``layers``' blobs and the ``documents`` (configs, manifests, an index) as blobs
     into the layout ``directory``, then name ``entry`` (the descriptor of the last document)
-    ``ref_name`` in its ``index.json``; return the entry's digest and the bytes written."""
+    ``ref_name`` in its ``index.json``, with ``artifacts`` (their blobs and manifests) attached;
+    return the entry's digest and the bytes written."""
     check_layout_output(directory)
     files = sorted({(blob_path(directory, layer.blob.digest), layer.file) for layer in layers})
+    documents = [*documents, *(blob for a in artifacts for blob in (*a.blobs, a.manifest))]
 
     def put_blobs(files: list[tuple[str, str]]) -> int:
         os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
@@ -200,7 +232,11 @@ def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes
                 f.write(LAYOUT)
             written += len(LAYOUT)
         others = [m for m in _read_index(directory) if m.get("annotations", {}).get(REF_NAME) != ref_name]
-        index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": [*others, entry]})
+        images = {m.get("digest") for m in others if "artifactType" not in m} | {entry["digest"]}
+        attached = [a.descriptor for a in artifacts]
+        others = [m for m in others if m not in attached and _subject(directory, m) in images | {None}]
+        manifests = [*others, entry, *attached]
+        index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": manifests})
         with atomic_file(os.path.join(directory, "index.json")) as f:
             f.write(index)
         written += len(index)

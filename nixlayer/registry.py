@@ -16,9 +16,16 @@ distribution-spec/blob/main/spec.md#push). The steps, in the order this module p
    by chunked ``PATCH <location>`` requests with ``Content-Range`` and a closing empty
    ``PUT <location>?digest=<digest>`` (spec "Pushing a blob in chunks", end-5, end-6).
    ``Location`` headers may be relative: they are resolved against the request URL.
-5. Last, ``PUT /v2/<name>/manifests/<tag>`` with the manifest's ``Content-Type`` (spec "Pushing
-   Manifests", end-7). The manifest goes last, so a push that fails earlier never creates or moves
-   the tag.
+5. ``PUT /v2/<name>/manifests/<tag>`` with the manifest's ``Content-Type`` (spec "Pushing
+   Manifests", end-7). The manifest goes after its blobs, so a push that fails earlier never
+   creates or moves the tag.
+6. Then the artifacts attached to the image (its SBOM; their blobs went with the image's), each
+   manifest by its digest; its ``subject`` is the image manifest (spec "Pushing Manifests with
+   Subject"). A registry with the referrers API says so with an ``OCI-Subject`` header and lists
+   it from then on; without one (distribution 2.8, Debian's ``docker-registry``) the client
+   keeps the list itself, as the spec's "Referrers Tag Schema": an image index tagged
+   ``sha256-<hex of the image manifest digest>``, read, the artifact's descriptor added unless
+   there, and put back. :func:`find_referrers` reads either.
 
 Faults: a 5xx or 429 answer or a dropped connection is retried with exponential backoff
 (:class:`RetryPolicy`); a blob upload that fails mid-way restarts from a new upload session.
@@ -189,6 +196,17 @@ class Blob:
 
 
 @dataclass(frozen=True)
+class Referrer:
+    """An artifact manifest to push after an image, naming it as its ``subject``: the exact
+    ``manifest`` bytes (an OCI image manifest), its ``descriptor`` as a referrers list holds it
+    (``artifactType``, annotations), and the ``blobs`` it references."""
+
+    manifest: bytes
+    descriptor: Mapping[str, object]
+    blobs: Sequence[Blob]
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How transient faults (5xx, 429, dropped connection) are retried.
 
@@ -209,7 +227,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class PushResult:
-    """What a push did. Sizes are bytes, counts are distinct blobs."""
+    """What a push did. Sizes are bytes, counts are distinct blobs. ``referrers_api``: whether
+    the registry keeps the referrers of the artifacts pushed itself (True), or the client kept
+    them in the referrers tag schema (False); None when no artifact was pushed."""
 
     target: PushTarget
     manifest_digest: str
@@ -220,6 +240,7 @@ class PushResult:
     present: int = 0
     present_bytes: int = 0
     mounted_from: Mapping[str, str] = field(default_factory=dict)
+    referrers_api: bool | None = None
 
 
 # --- Credentials ---------------------------------------------------------------------------------
@@ -766,30 +787,6 @@ def tagged_manifest_digest(
     return resp.headers.get("Docker-Content-Digest")
 
 
-def _put_manifest(client: _Client, target: PushTarget, reference: str | None, manifest: bytes, media_type: str) -> str:
-    """PUT ``manifest`` under ``reference`` (a digest), or ``target.tag`` if None (distribution
-    spec end-7); return its digest, checked against ``Docker-Content-Digest`` when sent."""
-    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    what = f"pushing manifest {manifest_digest}" + ("" if reference else f" as tag {target.tag}")
-    resp = client.with_retries(
-        lambda: client.send(
-            "PUT",
-            client.url(f"manifests/{reference or target.tag}"),
-            body=lambda: manifest,
-            headers={"Content-Type": media_type},
-        ),
-        what,
-    )
-    client.check_auth(resp)
-    if resp.status_code not in (200, 201, 202):
-        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
-    echoed = resp.headers.get("Docker-Content-Digest")
-    if echoed and echoed != manifest_digest:
-        raise NixlayerError(f"{client.where} stored manifest {manifest_digest} under digest {echoed}")
-    client.log(f"manifest {manifest_digest} pushed as {target if reference is None else f'{target.host}/{target.repository}@{reference}'}")
-    return manifest_digest
-
-
 def push_image(
     target: PushTarget | str,
     manifest: bytes,
@@ -804,8 +801,10 @@ def push_image(
     log: Callable[[str], None] = lambda message: None,
     retry: RetryPolicy | None = None,
     session: requests.Session | None = None,
+    referrers: Sequence[Referrer] = (),
 ) -> PushResult:
-    """Push an image (config, layers, then the manifest under ``target.tag``) to a registry.
+    """Push an image (config, layers, then the manifest under ``target.tag``) to a registry,
+    then the artifacts ``referrers`` whose subject it is.
 
     Inputs: ``target`` (a :class:`PushTarget` or text for :func:`parse_push_target`); ``manifest``,
     the exact manifest bytes, and ``manifest_media_type`` (its ``Content-Type``, one of the
@@ -815,10 +814,14 @@ def push_image(
     ``auth_file``, an explicit credentials file (see :func:`load_credentials`); ``mount_from``,
     repositories on the same registry to mount missing blobs from; ``chunk_size`` in bytes,
     to upload in ``PATCH`` chunks instead of one monolithic ``PUT``; ``log``, called with
-    one-line progress messages (never credentials); ``retry``, the fault policy.
+    one-line progress messages (never credentials); ``retry``, the fault policy; ``referrers``,
+    artifact manifests naming this image as their ``subject`` (their blobs are pushed with the
+    image's).
 
     Follows the OCI distribution spec "Push" section: end-1, end-2, end-11, end-4a, end-5, end-6,
-    then end-7 for the manifest, pushed last so a failed push leaves the tag untouched.
+    then end-7 for the manifest, pushed after its blobs so a failed push leaves the tag
+    untouched; then each referrer by digest, listed in the referrers tag schema where the
+    registry does not answer with ``OCI-Subject`` (see the module docstring).
 
     Returns a :class:`PushResult` with the manifest digest (``sha256:`` of ``manifest``, checked
     against ``Docker-Content-Digest`` when the registry sends it) and per-kind blob counts and
@@ -830,7 +833,8 @@ def push_image(
             f"manifest media type {manifest_media_type!r} is not one of {', '.join(sorted(MANIFEST_MEDIA_TYPES))}"
         )
     return _push(target, [config, *layers], [(None, manifest, manifest_media_type)], insecure=insecure,
-                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session)
+                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session,
+                 referrers=referrers)
 
 
 def push_index(
@@ -866,9 +870,11 @@ def _push(
     log: Callable[[str], None] = lambda message: None,
     retry: RetryPolicy | None = None,
     session: requests.Session | None = None,
+    referrers: Sequence[Referrer] = (),
 ) -> PushResult:
-    """Push ``blobs_given`` (each missing one once), then ``manifests``, each (reference: a
-    digest, or None for ``target.tag``; bytes; media type), in order."""
+    """Push ``blobs_given`` and the ``referrers``' blobs (each missing one once), then
+    ``manifests``, each (reference: a digest, or None for ``target.tag``; bytes; media type), in
+    order, then the ``referrers`` whose subject is the last manifest."""
     if isinstance(target, str):
         target = parse_push_target(target)
     if chunk_size is not None and chunk_size <= 0:
@@ -890,7 +896,7 @@ def _push(
         session=session,
     )
     blobs: dict[str, Blob] = {}
-    for blob in blobs_given:
+    for blob in [*blobs_given, *(blob for referrer in referrers for blob in referrer.blobs)]:
         blobs.setdefault(blob.digest, blob)
 
     counts = {"uploaded": [0, 0], "mounted": [0, 0], "present": [0, 0]}
@@ -914,7 +920,19 @@ def _push(
         counts[kind][1] += blob.size
 
     for reference, manifest, media_type in manifests:
-        manifest_digest = _put_manifest(client, target, reference, manifest, media_type)
+        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        _put_manifest(client, reference or target.tag, manifest, media_type)
+        log(f"manifest {manifest_digest} pushed as "
+            + (str(target) if reference is None else f"{target.host}/{target.repository}@{reference}"))
+    referrers_api = None
+    for referrer in referrers:
+        digest = "sha256:" + hashlib.sha256(referrer.manifest).hexdigest()
+        resp = _put_manifest(client, digest, referrer.manifest, MEDIA_TYPE_OCI_MANIFEST)
+        referrers_api = resp.headers.get("OCI-Subject") == manifest_digest
+        if not referrers_api:
+            _add_to_referrers_tag(client, manifest_digest, dict(referrer.descriptor))
+        log(f"{referrer.descriptor.get('artifactType')} {digest} pushed, its subject {manifest_digest}"
+            + ("" if referrers_api else f" (listed in tag {_referrers_tag(manifest_digest)})"))
     return PushResult(
         target=target,
         manifest_digest=manifest_digest,
@@ -925,6 +943,7 @@ def _push(
         present=counts["present"][0],
         present_bytes=counts["present"][1],
         mounted_from=mounted_from,
+        referrers_api=referrers_api,
     )
 
 
@@ -1001,3 +1020,109 @@ class RegistrySource:
             except requests.exceptions.RequestException as exc:
                 raise NixlayerError(f"{self.where}: downloading blob {digest} failed midway"
                                     f" ({type(exc).__name__}); run again") from None
+
+
+def _put_manifest(client: _Client, reference: str, manifest: bytes, media_type: str) -> requests.Response:
+    """``PUT /v2/<name>/manifests/<reference>`` (a tag or the manifest's digest, spec end-7);
+    the registry's answer. Raises NixlayerError if it refuses the manifest or stores it under
+    another digest."""
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    what = f"pushing manifest {digest}" + ("" if reference == digest else f" as tag {reference}")
+    resp = client.with_retries(
+        lambda: client.send("PUT", client.url(f"manifests/{reference}"), body=lambda: manifest,
+                            headers={"Content-Type": media_type}),
+        what,
+    )
+    client.check_auth(resp)
+    if resp.status_code not in (200, 201, 202):
+        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
+    echoed = resp.headers.get("Docker-Content-Digest")
+    if echoed and echoed != digest:
+        raise NixlayerError(f"{client.where} stored manifest {digest} under digest {echoed}")
+    return resp
+
+
+def _referrers_tag(digest: str) -> str:
+    """The referrers tag schema's tag for the manifest ``digest``: ``<alg>-<hex>``, truncated
+    to the 128 characters a tag may have (distribution-spec 1.1 "Referrers Tag Schema")."""
+    return digest.replace(":", "-", 1)[:128]
+
+
+def _get_manifest(client: _Client, reference: str, accept: str) -> dict | None:
+    """The JSON manifest (or index) tagged ``reference``, or None if there is none (404)."""
+    what = f"reading manifest {reference}"
+    resp = client.with_retries(
+        lambda: client.send("GET", client.url(f"manifests/{reference}"), headers={"Accept": accept}), what)
+    client.check_auth(resp)
+    if resp.status_code == 404:
+        return None
+    if resp.status_code != 200:
+        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
+    try:
+        value = resp.json()
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("manifests", []), list):
+        raise NixlayerError(f"{what} on {client.where}: not an OCI image index")
+    return value
+
+
+def _add_to_referrers_tag(client: _Client, subject: str, descriptor: dict) -> None:
+    """Add ``descriptor`` to the referrers index tagged for ``subject`` (made if absent), as
+    the spec's "Pushing Manifests with Subject" tells a client to where the registry has no
+    referrers API. Another client updating the same list at the same moment may lose its entry
+    (this registry has no conditional PUT); the next push of that artifact adds it again."""
+    tag = _referrers_tag(subject)
+    index = _get_manifest(client, tag, MEDIA_TYPE_OCI_INDEX) or {
+        "schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": []}
+    if any(isinstance(m, dict) and m.get("digest") == descriptor["digest"] for m in index["manifests"]):
+        return
+    index["manifests"].append(descriptor)
+    data = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    _put_manifest(client, tag, data, MEDIA_TYPE_OCI_INDEX)
+
+
+def find_referrers(
+    target: PushTarget | str,
+    digest: str,
+    *,
+    artifact_type: str | None = None,
+    insecure: bool = False,
+    auth_file: str | os.PathLike[str] | None = None,
+    retry: RetryPolicy | None = None,
+) -> list[dict]:
+    """The descriptors of the artifacts whose subject is the manifest ``digest`` in the
+    repository of ``target`` (its tag is not used), those of ``artifact_type`` only if given.
+
+    Asks the referrers API (``GET /v2/<name>/referrers/<digest>``, distribution-spec 1.1
+    end-12a); a registry without it answers 404, and then the referrers tag schema's index is
+    read (none: no referrers). Raises NixlayerError for an unreachable registry, refused
+    credentials or an answer that is not an image index.
+    """
+    if isinstance(target, str):
+        target = parse_push_target(target)
+    if not _DIGEST.match(digest):
+        raise NixlayerError(f"digest {digest!r} is not sha256:<64 lowercase hex digits>")
+    client = _Client(
+        target, insecure=insecure, credentials=load_credentials(target.host, auth_file),
+        scopes=[f"repository:{target.repository}:pull"], retry=retry or RetryPolicy(), log=lambda message: None,
+    )
+    url = client.url(f"referrers/{digest}")
+    if artifact_type:
+        url += "?" + urllib.parse.urlencode({"artifactType": artifact_type})
+    what = f"listing the referrers of {digest}"
+    resp = client.with_retries(lambda: client.send("GET", url, headers={"Accept": MEDIA_TYPE_OCI_INDEX}), what)
+    client.check_auth(resp)
+    if resp.status_code == 200:
+        try:
+            index = resp.json()
+        except ValueError:
+            index = None
+        if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+            raise NixlayerError(f"{what} on {client.where}: the answer is not an OCI image index")
+    elif resp.status_code == 404:
+        index = _get_manifest(client, _referrers_tag(digest), MEDIA_TYPE_OCI_INDEX) or {"manifests": []}
+    else:
+        raise NixlayerError(f"{what} on {client.where} failed: {_registry_error(resp)}")
+    return [m for m in index["manifests"]
+            if isinstance(m, dict) and (artifact_type is None or m.get("artifactType") == artifact_type)]

@@ -72,6 +72,9 @@ IMAGE_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "format": _STRING,
     "compression": _STRING,
     "compression_level": _INTEGER,
+    "source": _STRING,
+    "revision": _STRING,
+    "version": _STRING,
 }
 """The fields of an image in a spec: field -> (JSON types, what the value must be). The values
 themselves (a name's grammar, a layer budget's range, ...) are checked where every build

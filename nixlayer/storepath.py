@@ -115,6 +115,26 @@ def hash_part(path: str) -> str:
     return posixpath.basename(path)[:HASH_LENGTH]
 
 
+# Nix's parseDrvName: the version starts at the first dash followed by a character that is not
+# a letter.
+_VERSION_START = re.compile(r"-(?=[^A-Za-z])")
+
+
+def parse_drv_name(name: str) -> tuple[str, str]:
+    """A store path name split as Nix's ``builtins.parseDrvName`` splits it: the name, and the
+    version from the first dash followed by a character that is not a letter (empty if none):
+    ``openssl-3.0.13-bin`` -> ``("openssl", "3.0.13-bin")``, ``hello`` -> ``("hello", "")``."""
+    match = _VERSION_START.search(name)
+    if match is None:
+        return name, ""
+    return name[:match.start()], name[match.end():]
+
+
+def store_path_name(path: str) -> str:
+    """The name of a store path, after its hash part: ``/nix/store/HASH-zlib-1.3`` -> ``zlib-1.3``."""
+    return posixpath.basename(path)[HASH_LENGTH + 1:]
+
+
 def package_name(path: str) -> str:
     """The sort key nixpkgs ``closure-graph.py`` uses to break popularity ties.
 

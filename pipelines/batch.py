@@ -57,7 +57,7 @@ from tasks.config import layer_store_root
 from tasks.base import bad_value, plan_batches
 
 NIX_KEYS = ("nix_file", "nix_attrs")
-PATH_KEYS = ("output", "closure_graph", "store_root")
+PATH_KEYS = ("output", "sbom", "closure_graph", "store_root")
 # BuildImage's parameters a batch file cannot set: a spec's images are built with BuildImages --spec.
 SPEC_KEYS = ("spec", "spec_image")
 

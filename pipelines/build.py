@@ -33,7 +33,7 @@ from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
 from tasks.config import compression_threads, layer_store_root
-from tasks.image import ImageTask
+from tasks.image import ImageTask, keep_closure
 from tasks.index import AssembleIndex
 from tasks.layers import CustomisationLayer
 from tasks.push import PushToRegistry
@@ -128,6 +128,11 @@ class ImageParameters(NixlayerTask, abstract=True):
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
     spec = luigi.OptionalPathParameter(default=None, absolute=True, description="image spec (nix-build of nixlayer's Nix library): the image's parameters and closure; parameters given beside it override it")
     spec_image = luigi.OptionalParameter(default=None, description="the key of the image to build, in a spec of several images")
+    source = luigi.Parameter(default="", description="URL of the image's source: annotation org.opencontainers.image.source")
+    revision = luigi.Parameter(default="", description="the source's revision (a commit): annotation org.opencontainers.image.revision")
+    version = luigi.Parameter(default="", description="the packaged software's version: annotation org.opencontainers.image.version")
+    attach_sbom = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                      description="attach the image's SBOM (CycloneDX) in an OCI layout and a push (false: do not)")
 
     @classmethod
     def get_param_values(cls, params, args, kwargs):
@@ -226,11 +231,14 @@ class ImageParameters(NixlayerTask, abstract=True):
         identity = {**image, "settings": settings.key, "store_dir": store_dir, "name": self.name,
                     "compression": [self.compression, self.compression_level],
                     "base_image": base.identity() if base else ""}
+        annotations = {"source": self.source, "revision": self.revision, "version": self.version}
+        if any(annotations.values()):  # they change the manifest (default tags without them are kept)
+            identity["annotations"] = annotations
         tag = self.tag or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
         return {
-            **image, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
+            **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
-            "layer_store_dir": layer_store.root,
+            "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
         }
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
@@ -445,10 +453,13 @@ class BuildImage(ImageParameters):
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter(default="", description="output file, directory for 'oci', or '-' for standard output")
     push = luigi.Parameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    sbom = luigi.Parameter(default="", description="also write the image's SBOM (CycloneDX 1.6 JSON) to this file")
 
     def check(self) -> None:
         if not self.output and not self.push:
             raise NixlayerError("nothing to do: give --output FILE (or -) and/or --push docker://HOST/REPOSITORY:TAG")
+        if self.sbom:
+            self._check_sbom()
         if self.push:
             parse_push_target(self.push)
             self.compression_for(PUSH_COMPRESSION)
@@ -461,13 +472,25 @@ class BuildImage(ImageParameters):
         target = str(parse_push_target(self.push)) if self.push else None
         return layer_store.previous_layers(output=output, name=self.name, target=target)
 
+    def _check_sbom(self) -> None:
+        """Fail before any work if the SBOM file cannot be written where asked."""
+        if not self.output:
+            raise NixlayerError("--sbom FILE is written beside an image output: give --output too (a push carries"
+                                " the SBOM attached to the image)")
+        if self.sbom == STDOUT or (self.output != STDOUT and os.path.abspath(self.sbom) == os.path.abspath(self.output)):
+            raise NixlayerError(f"--sbom {self.sbom} must be a file of its own, not the image output or standard output")
+        if os.path.isdir(self.sbom):
+            raise NixlayerError(f"cannot write --sbom {self.sbom}: it is a directory")
+        check_writable(os.path.abspath(self.sbom))
+
     def _output_compression(self) -> str:
         """The compression ``auto`` means for the output format."""
         return "none" if self.format == "docker-archive" else "gzip"
 
     def assemble_task(self) -> AssembleImage:
         output = self.output if self.output == STDOUT else os.path.abspath(self.output)
-        return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output)
+        return self.image_task(AssembleImage, self._output_compression(), format=self.format, output=output,
+                               sbom=os.path.abspath(self.sbom) if self.sbom else "")
 
     def image_tasks(self) -> list[ImageTask]:
         tasks: list[ImageTask] = []

@@ -7,6 +7,7 @@ import os
 
 import luigi
 
+from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, STDOUT, Written, write_image
 from nixlayer.oci_layout import layout_digest
 from tasks import runlog
@@ -31,7 +32,8 @@ class AssembleImage(BatchableTask, ImageTask):
 
     ``store_layers`` is the layer plan: a list of layers, each a list of store paths. The output
     is written atomically (``write`` also streams to standard output, ``-``); an OCI layout
-    gets this image added under its tag.
+    gets this image added under its tag, its SBOM attached (``attach_sbom``). ``sbom``: a file
+    the SBOM is written to as well (atomically, after the image).
     Complete when ``output`` holds what this very task wrote (a stamp in the layer store records
     it: the archive file as it was written, or the layout's entry for the tag), so a changed
     image is never mistaken for the one already there.
@@ -43,6 +45,7 @@ class AssembleImage(BatchableTask, ImageTask):
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter(batch_method=json_list)
+    sbom = luigi.Parameter(default="", batch_method=json_list)  # the SBOM's file, written beside the output
 
     def batch_members(self) -> list[dict] | None:
         return self.batch_values(*self.batch_param_names())
@@ -67,6 +70,8 @@ class AssembleImage(BatchableTask, ImageTask):
         if members != [self]:
             return all(member.complete() for member in members)
         signature = self.read_stamp(self.stamp()).get("signature")
+        if self.sbom and not os.path.exists(self.sbom):
+            return False
         return signature is not None and signature == self._output_signature()
 
     def written(self) -> list[str]:
@@ -96,9 +101,15 @@ class AssembleImage(BatchableTask, ImageTask):
         its own ``run`` instead of scheduling this task.
         """
         layers = self.image_layers()
+        config = self.image_config(layers)
+        manifest = self.image_manifest(layers, config)
+        sbom = self.image_sbom(layers, config) if self.closure else None
         written = write_image(
-            self.format, self.output, layers, self.image_config(layers), self.name, self.tag,
-            self.mtime, self.layer_store().root,
+            self.format, self.output, layers, config, self.name, self.tag, self.mtime, self.layer_store().root,
+            manifest=manifest, artifacts=self.attached(manifest, sbom),
         )
+        if self.sbom and sbom is not None:
+            with atomic_file(self.sbom) as f:
+                f.write(sbom)
         runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
         return written

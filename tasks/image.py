@@ -7,12 +7,30 @@ import json
 import luigi
 
 from nixlayer.base_image import BaseImage
-from nixlayer.image import DEFAULT_CREATED, ImageLayer, image_config, parse_time
+from nixlayer.closure import ClosureGraph
+from nixlayer.errors import NixlayerError
+from nixlayer.image import (
+    DEFAULT_CREATED, Artifact, ImageLayer, canonical_json, config_store_paths, image_annotations, image_config,
+    oci_manifest, parse_time, sha256_digest,
+)
 from nixlayer.layerstore import read_json
 from nixlayer.perms import perms_json, rules_for
+from nixlayer.sbom import image_sbom, sbom_artifact
 from tasks.base import json_list
 from tasks.baseimage import base_layer_tasks
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
+
+
+# The closure graphs of the images this process planned, by digest (see ImageTask.closure).
+_CLOSURES: dict[str, ClosureGraph] = {}
+
+
+def keep_closure(graph: ClosureGraph) -> str:
+    """Keep ``graph``, an image's closure planned in this process, for its image tasks' SBOM;
+    return the ``closure`` parameter that names it: the digest of its JSON."""
+    digest = sha256_digest(canonical_json(graph.to_json()))
+    _CLOSURES[digest] = graph
+    return digest
 
 
 class ImageTask(LayerParameters, abstract=True):
@@ -45,6 +63,16 @@ class ImageTask(LayerParameters, abstract=True):
     extra_commands = luigi.Parameter(default="")
     fake_root_commands = luigi.Parameter(default="")
     include_nix_db = luigi.BoolParameter(default=False)
+    source = luigi.Parameter(default="", batch_method=json_list)
+    revision = luigi.Parameter(default="", batch_method=json_list)
+    version = luigi.Parameter(default="", batch_method=json_list)
+    # The image's closure graph, for its SBOM: the digest of its JSON (ClosureGraph.to_json), the
+    # graph kept in memory by the process that planned the image (keep_closure). Every process
+    # that runs a build plans its images (BuildImage, BuildImages, on each machine of a luigid
+    # build; Luigi's forked workers inherit it), so the graph, too large for a parameter the
+    # scheduler hashes and keeps, needs no file. Empty: no SBOM.
+    closure = luigi.Parameter(default="", batch_method=json_list)
+    attach_sbom = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING)
     max_batch_size = 1
 
     def batch_values(self, *names: str) -> list[dict] | None:
@@ -93,6 +121,31 @@ class ImageTask(LayerParameters, abstract=True):
         return image_config(layers, json.loads(self.config), parse_time(self.created), self.architecture,
                             base_history=base.history if base else (), base_layers=len(base.layers) if base else 0,
                             variant=self.variant)
+
+    def image_manifest(self, layers: list[ImageLayer], config: bytes) -> bytes:
+        """The OCI image manifest of ``layers`` and ``config``, with its annotations
+        (``nixlayer.image.image_annotations``; base image annotations: hook for base images)."""
+        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version)
+        return oci_manifest(config, layers, annotations)
+
+    def image_sbom(self, layers: list[ImageLayer], config: bytes) -> bytes:
+        """The image's SBOM (``nixlayer.sbom``) from its closure graph. Raises NixlayerError if
+        this process did not plan the image (no BuildImage or BuildImages made it)."""
+        graph = _CLOSURES.get(self.closure)
+        if graph is None:
+            raise NixlayerError(f"the closure graph of {self.name}:{self.tag} ({self.closure}) was not planned in"
+                                " this process: build images with BuildImage, PushImage or BuildImages")
+        roots = sorted(set(self.contents) | set(config_store_paths(json.loads(self.config), self.store_dir)))
+        ours = layers[len(BaseImage.from_json(self.base_image).layers):] if self.base_image else layers
+        return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in ours], roots,
+                          name=self.name, image_id=sha256_digest(config), created=parse_time(self.created))
+
+    def attached(self, manifest: bytes, sbom: bytes | None) -> list[Artifact]:
+        """The artifacts to attach to the image ``manifest``: its SBOM, unless ``attach_sbom``
+        is false or there is none."""
+        if sbom is None or not self.attach_sbom:
+            return []
+        return [sbom_artifact(sbom, manifest, parse_time(self.created))]
 
     def layer_records(self) -> list[str]:
         """The image's layer records, relative to the layer store: a stamp names them, so the

@@ -17,12 +17,12 @@ from typing import Iterable
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.image import ImageLayer, oci_manifest, sha256_digest
+from nixlayer.image import Artifact, ImageLayer, sha256_digest
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
 from nixlayer.base_image import BaseImage, parse_source
 from nixlayer.layerstore import read_json
-from nixlayer.registry import Blob, PushResult, PushTarget, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest
+from nixlayer.registry import Blob, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest
 from tasks import runlog
 from tasks.image import ImageTask
 
@@ -41,19 +41,26 @@ class PushToRegistry(ImageTask):
     def _stamp(self) -> str:
         return self.stamp_path("pushes", str(self._target()))
 
-    def _manifest(self) -> tuple[bytes, bytes, list[ImageLayer]]:
+    def _manifest(self) -> tuple[bytes, bytes, list[ImageLayer], list[Artifact]]:
+        """The image manifest, config, layers, and the artifacts attached to it (its SBOM)."""
         layers = self.image_layers()
         config = self.image_config(layers)
-        return oci_manifest(config, layers), config, layers
+        manifest = self.image_manifest(layers, config)
+        sbom = self.image_sbom(layers, config) if self.closure else None
+        return manifest, config, layers, self.attached(manifest, sbom)
 
     def complete(self) -> bool:
         """The layers are built and the registry holds this image's manifest under the tag
-        (asked with a HEAD: another push may have moved the tag since this one)."""
+        (asked with a HEAD: another push may have moved the tag since this one), this layer
+        store having pushed it with the same artifacts."""
         if not all(task.complete() for task in self.requires()):
             return False
-        manifest, _, _ = self._manifest()
+        manifest, _, _, artifacts = self._manifest()
         expected = sha256_digest(manifest)
-        if self.read_stamp(self._stamp()).get("manifest_digest") != expected:
+        stamp = self.read_stamp(self._stamp())
+        if stamp.get("manifest_digest") != expected:
+            return False
+        if stamp.get("referrers", []) != [sha256_digest(a.manifest) for a in artifacts]:
             return False
         try:
             held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_MANIFEST, insecure=self.insecure_registry)
@@ -63,15 +70,21 @@ class PushToRegistry(ImageTask):
 
     def run(self) -> None:
         target = self._target()
-        manifest, config, layers = self._manifest()
+        manifest, config, layers, artifacts = self._manifest()
         store = self.layer_store()
         config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(config))
         blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
+        referrers = [
+            Referrer(a.manifest, a.descriptor, [Blob(sha256_digest(b), len(b), media_type, store.put_bytes(b))
+                                                for b, media_type in zip(a.blobs, a.media_types)])
+            for a in artifacts
+        ]
         result = push_image(
             target, manifest, MEDIA_TYPE_OCI_MANIFEST, config_blob, blobs,
             insecure=self.insecure_registry, mount_from=mount_sources(store.root, target, [self.base_image]), log=logger.info,
+            referrers=referrers,
         )
-        record_push(self, result, self._stamp(), self.layer_records())
+        record_push(self, result, self._stamp(), self.layer_records(), [sha256_digest(a.manifest) for a in artifacts])
 
 
 def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[str] = ()) -> list[str]:
@@ -90,10 +103,12 @@ def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[st
     return sorted(set(sources))
 
 
-def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records: list[str]) -> None:
+def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records: list[str],
+                referrers: list[str] = ()) -> None:
     """After ``task`` pushed (``result``): its status message, the run log's entry (the run's
     summary line says it too, see ``pipelines.build``), and its stamp at ``stamp`` naming the
-    manifest digest pushed and the layer records it is made of."""
+    manifest digest pushed, the layer records it is made of and the digests of the artifacts
+    pushed as its ``referrers``."""
     target = result.target
     task.set_status_message(
         f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
@@ -104,5 +119,5 @@ def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records:
     with atomic_file(stamp) as f:
         f.write(json.dumps({
             "target": str(target), "host": target.host, "repository": target.repository,
-            "manifest_digest": result.manifest_digest, "layers": layer_records,
+            "manifest_digest": result.manifest_digest, "layers": layer_records, "referrers": list(referrers),
         }).encode())

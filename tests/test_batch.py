@@ -346,16 +346,21 @@ def test_report_counts_the_bytes_each_image_wrote(tmp_path, layer_store):
         layout, archive, far = tmp_path / "out" / "oci", tmp_path / "out" / "arch.tar", elsewhere / "far"
 
         def image_files(layout: Path, layers: bool = False) -> int:
-            (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
-            manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
-            blobs = [json.loads(manifest.read_text())["config"], *(json.loads(manifest.read_text())["layers"] if layers else [])]
-            return sum(p.stat().st_size for p in (manifest, layout / "index.json", layout / "oci-layout",
-                                                  *(layout / "blobs" / "sha256" / b["digest"].split(":")[1] for b in blobs)))
+            """The bytes of the image's files: manifest, config, index.json, oci-layout (and
+            its layers' blobs if ``layers``), and of its SBOM's: manifest, empty config, SBOM."""
+            image, sbom = json.loads((layout / "index.json").read_text())["manifests"]
+            assert "artifactType" in sbom
+            files = [layout / "index.json", layout / "oci-layout"]
+            for entry, with_layers in ((image, layers), (sbom, True)):
+                manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+                blobs = [json.loads(manifest.read_text())["config"], *(json.loads(manifest.read_text())["layers"] if with_layers else [])]
+                files += [manifest, *(layout / "blobs" / "sha256" / b["digest"].split(":")[1] for b in blobs)]
+            return sum(p.stat().st_size for p in files)
 
         run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "r.json")))
         totals = json.loads((tmp_path / "r.json").read_text())["totals"]
         assert totals["image_bytes_written"] == image_files(layout) + archive.stat().st_size + image_files(far, layers=True)
-        assert 0 < image_files(layout) < 4096 and image_files(far, layers=True) > 50_000
+        assert 0 < image_files(layout) < 16384 and image_files(far, layers=True) > 50_000  # small files, the SBOM 5 kB
         shutil.rmtree(layout)  # written again from the layer store: no layer, a few small files
         (far / "oci-layout").unlink()  # and far's index again, its blobs kept: those are not written
         (far / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir, nix_error_line
+from nixlayer.closure import ClosureGraph, graph_from_json, graph_from_nix, graph_from_store_dir, nar_hash_digest, nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.plan import plan_image
 from nixlayer.popularity import popularity_order
@@ -59,7 +59,28 @@ def test_live_nix(nix_graph, vectors):
 def test_store_dir_scan(vectors_app, vectors, nix_graph):
     graph = graph_from_store_dir([vectors_app], store_root="/")
     check_vectors(graph, vectors)
-    assert graph == nix_graph  # same references and exactly the NAR sizes Nix registered
+    assert graph == nix_graph  # same references, exactly the NAR sizes and hashes Nix registered
+
+
+def test_nar_hashes_in_every_encoding_nix_prints(path_info, nix_graph):
+    """SRI (nix path-info), Nix base-32 (older Nix, exportReferencesGraph) and base-16
+    (nix-store --dump-db, the nix-store-only reader) give the same sha256:<hex>, the hash
+    nix-hash converts to."""
+    for entry in path_info:
+        hex_digest = subprocess.run(["nix-hash", "--type", "sha256", "--to-base16", entry["narHash"]],
+                                    check=True, capture_output=True, text=True).stdout.strip()
+        base32 = subprocess.run(["nix-hash", "--type", "sha256", "--to-base32", entry["narHash"]],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        for form in (entry["narHash"], f"sha256:{base32}", hex_digest, f"sha256:{hex_digest}"):
+            assert nar_hash_digest(form) == f"sha256:{hex_digest}"
+        assert nix_graph.nar_hash(entry["path"]) == f"sha256:{hex_digest}"
+    for bad in ("sha256:xyz", "md5:" + "0" * 32, "sha256-AAAA", "sha256:" + "z" * 52):
+        with pytest.raises(NixlayerError, match="not a SHA-256 hash"):
+            nar_hash_digest(bad, "/nix/store/x")
+
+
+def test_graph_json_round_trip(nix_graph):
+    assert graph_from_json(nix_graph.to_json()) == nix_graph
 
 
 def test_newer_nix_object_form(path_info, nix_graph):

@@ -48,7 +48,7 @@ def test_update_uploads_only_changed_layers_and_second_repository_mounts(registr
     first = run_luigi(PushImage(contents=[app, inc("1")], target=f"{registry.host}/inc/app:v1", **params))
     assert first["ran"].count("StorePathLayer") == 4
     uploaded = registry.blob_activity("inc/app")["uploaded"]
-    assert len(uploaded) == 6  # 4 store-path layers, customisation layer, config
+    assert len(uploaded) == 8  # 4 store-path layers, customisation layer, config; the SBOM and its empty config
 
     mark = registry.mark()
     again = run_luigi(PushImage(contents=[app, inc("1")], target=f"{registry.host}/inc/app:v1", **params))
@@ -60,8 +60,8 @@ def test_update_uploads_only_changed_layers_and_second_repository_mounts(registr
     assert update["ran"] == ["CustomisationLayer", "PushImage", "PushToRegistry", "StorePathLayer"]
     activity = registry.blob_activity("inc/app", mark)
     manifest = inspect(registry.host, "inc/app:v2")
-    assert len(activity["uploaded"]) == 3  # the new tool layer, customisation layer, config
-    assert set(activity["uploaded"]) <= set(manifest["Layers"]) | {_config_digest(registry.host, "inc/app:v2")}
+    assert len(activity["uploaded"]) == 4  # the new tool layer, customisation layer, config, the new SBOM
+    assert len(set(activity["uploaded"]) - set(manifest["Layers"]) - {_config_digest(registry.host, "inc/app:v2")}) == 1
 
     mark = registry.mark()
     run_luigi(PushImage(contents=[app, inc("2")], target=f"{registry.host}/other/app:v2", **params))
@@ -122,7 +122,8 @@ def test_a_push_prints_the_plan_line_and_one_summary_line(tmp_path, registry, ve
     assert run.returncode == 0, run.stderr
     plan, summary = run.stderr.splitlines()
     assert plan.startswith("nixlayer: vec:"), run.stderr
-    assert re.fullmatch(rf"nixlayer: pushed {re.escape(target)} \(7 blobs uploaded, [\d.]+ kB; 0 mounted, 0 already"
+    # 9 blobs: 6 layers, the config, the SBOM and its (empty) config
+    assert re.fullmatch(rf"nixlayer: pushed {re.escape(target)} \(9 blobs uploaded, [\d.]+ kB; 0 mounted, 0 already"
                         r" there\): vec:\S+ sha256:[0-9a-f]{64}; layers: 6 built, 0 reused; .* written in .*", summary), summary
     again = run_pipelines(args, tmp_path / "store")
     assert again.stderr.splitlines()[-1].startswith(f"nixlayer: {target} is up to date: vec:"), again.stderr
