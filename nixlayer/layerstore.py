@@ -114,10 +114,16 @@ def _directory_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+# Part of every settings key: layers of an older format are never reused. 2: file names are their
+# bytes on disk in every locale (1 named them in the builder's locale: other bytes outside UTF-8).
+LAYER_FORMAT = 2
+
+
 @functools.lru_cache(maxsize=64)  # asked for each of a build's thousands of layer tasks
 def settings_key(settings: LayerSettings, compression: Compression, store_dir: str) -> str:
-    """A directory name (16 hex digits) naming every setting that changes a layer's bytes."""
-    return _directory_key(asdict(settings), compression.key, store_dir)
+    """A directory name (16 hex digits) naming every setting that changes a layer's bytes, and
+    the layer format (``LAYER_FORMAT``)."""
+    return _directory_key(asdict(settings), compression.key, store_dir, LAYER_FORMAT)
 
 
 def store_path_layer_key(store_path: str) -> str:
