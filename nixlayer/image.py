@@ -45,6 +45,12 @@ class ImageLayer:
     comment: str
 
 
+def damaged_blob(path: str) -> str:
+    """The message for a blob file whose bytes do not match its digest."""
+    return (f"blob {path} does not match its digest (damaged on disk): remove it (rm -f '{path}') and"
+            " build again to write its layer anew")
+
+
 DEFAULT_CREATED = "1970-01-01T00:00:01Z"
 """nixpkgs' default ``created`` and ``mtime``: one second after the epoch."""
 

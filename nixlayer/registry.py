@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 import requests
 
 from nixlayer.errors import NixlayerError
+from nixlayer.image import damaged_blob
 from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
 from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES
 
@@ -694,13 +695,21 @@ def _upload_once(client: _Client, blob: Blob, chunk_size: int | None, location: 
 
 
 def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
-    """Upload ``blob``, restarting the whole session after a transient fault."""
+    """Upload ``blob``, restarting the whole session after a transient fault. Raises
+    NixlayerError naming its file, before anything is sent, if its bytes do not match its digest."""
     try:
         actual = blob.path.stat().st_size
     except OSError as exc:
         raise NixlayerError(f"blob {blob.digest}: cannot read {blob.path} ({exc.strerror})") from None
     if actual != blob.size:
         raise NixlayerError(f"blob {blob.digest}: {blob.path} has {actual} bytes, expected {blob.size}")
+    try:  # read once before it is sent: a damaged blob never reaches the registry
+        with open(blob.path, "rb") as f:
+            matches = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest() == blob.digest
+    except OSError as exc:
+        raise NixlayerError(f"blob {blob.digest}: cannot read {blob.path} ({exc.strerror})") from None
+    if not matches:
+        raise NixlayerError(damaged_blob(str(blob.path)))
     first = [location]
 
     def action() -> None:

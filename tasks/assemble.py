@@ -61,7 +61,11 @@ class AssembleImage(BatchableTask, ImageTask):
         if members != [self]:
             return all(member.complete() for member in members)
         signature = self.read_stamp(self.stamp()).get("signature")
-        return signature is not None and signature == self._output_signature()
+        if signature is None or signature != self._output_signature():
+            return False
+        # An OCI layout hard-links its layer blobs from the layer store: one damaged there (and
+        # removed by its check) is damaged in the layout too, which is written again.
+        return self.format != "oci" or all(task.complete() for task in self.requires())
 
     def written(self) -> list[str]:
         """The outputs this task's run wrote (none before it ran)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,8 +135,11 @@ def test_a_file_written_to_while_it_is_read_is_refused(tmp_path):
 def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path):
     name, disk = store_path(tmp_path / "root")
     deep = disk / "d"
-    for _ in range(1100):  # sys.getrecursionlimit() is 1000 (os.makedirs recurses too)
-        deep = deep / "x"
-        deep.mkdir()
-    entries = list(store_path_entries(name, str(tmp_path / "root")))
-    assert len([e for e in entries if e.kind == "dir"]) == 1100 + 2
+    try:
+        for _ in range(1100):  # sys.getrecursionlimit() is 1000 (os.makedirs recurses too)
+            deep = deep / "x"
+            deep.mkdir()
+        entries = list(store_path_entries(name, str(tmp_path / "root")))
+        assert len([e for e in entries if e.kind == "dir"]) == 1100 + 2
+    finally:  # pytest removes old temporary directories with shutil.rmtree, which recurses
+        subprocess.run(["rm", "-rf", str(disk)], check=True)
