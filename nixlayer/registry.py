@@ -47,7 +47,7 @@ import requests
 
 from nixlayer.errors import NixlayerError
 from nixlayer.image import damaged_blob
-from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
+from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG, without_credentials
 from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES
 
 _T = TypeVar("_T")
@@ -112,10 +112,15 @@ def parse_push_target(text: str) -> PushTarget:
     (``@sha256:...``) are refused: a push needs a tag.
 
     Returns a :class:`PushTarget`. Raises NixlayerError with a one-line message saying what is
-    allowed.
+    allowed; a target with credentials in it (``user:password@HOST``) is refused, shown
+    without them (``nixlayer.reference.without_credentials``).
     """
     if not isinstance(text, str) or not text.strip():
         raise NixlayerError(f"push target {text!r} is empty: {_TARGET_FORMS}")
+    shown, credentials = without_credentials(text.strip())
+    if credentials:  # refused before anything shows it (no message below can)
+        raise NixlayerError(f"push target {shown} has a user name or password in it: nixlayer takes credentials"
+                            " only from an auth file (`podman login HOST` writes one), never from a target")
     rest = text.strip()
     if rest.startswith("docker://"):
         rest = rest[len("docker://") :]

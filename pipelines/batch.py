@@ -36,7 +36,7 @@ from nixlayer.closure import nix_error_line
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
-from nixlayer.formats import STDOUT
+from nixlayer.formats import STDOUT, is_stream
 from pipelines.build import BuildImage, layer_plan
 from pipelines.spec import spec_batch
 from tasks.image import ImageTask
@@ -114,6 +114,8 @@ def _image_params(settings: dict, directory: str) -> dict:
         raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
     if out.get("output") == STDOUT:
         raise NixlayerError("output '-' (standard output) cannot be used in a batch")
+    if out.get("output") and is_stream(os.path.join(directory, os.path.expanduser(out["output"]))):
+        raise NixlayerError(f"output {out['output']} is a device or a FIFO, which cannot be used in a batch")
     for key in PATH_KEYS:
         if out.get(key) and not (key == "store_root" and out[key] == "/"):
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))

@@ -14,7 +14,7 @@ import luigi
 from nixlayer.atomic import check_writable
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
-from nixlayer.formats import FORMATS, STDOUT, check_format
+from nixlayer.formats import FORMATS, STDOUT, check_format, is_stream
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
 from nixlayer.oci_layout import check_layout_writable
@@ -31,7 +31,7 @@ from tasks.base import NixlayerTask, plan_batches
 from tasks.config import layer_store_root
 from tasks.image import ImageTask
 from tasks.layers import CustomisationLayer
-from tasks.push import PushToRegistry
+from tasks.push import PushTargetParameter, PushToRegistry
 from pipelines.spec import load_spec, with_spec
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -183,11 +183,11 @@ class ImageParameters(NixlayerTask, abstract=True):
     def targets(self) -> list[ImageTask]:
         """The image tasks Luigi schedules: all but an AssembleImage writing to standard output
         (not a target Luigi can check; this task requires its layers and writes it itself)."""
-        return [task for task in self.image_tasks() if not _to_stdout(task)]
+        return [task for task in self.image_tasks() if not _streamed(task)]
 
     def requires(self) -> list:
         """The targets, and the layers of an image written to standard output."""
-        tasks = [task for target in self.image_tasks() for task in (target.requires() if _to_stdout(target) else [target])]
+        tasks = [task for target in self.image_tasks() for task in (target.requires() if _streamed(target) else [target])]
         plan_batches(tasks)
         self.announce(done=False)
         return tasks
@@ -198,14 +198,14 @@ class ImageParameters(NixlayerTask, abstract=True):
         self.plan  # every parameter is checked, even when nothing is left to do
         if runlog.state(self).get("ran"):
             return True
-        done = all(not _to_stdout(task) and task.complete() for task in self.image_tasks())
+        done = all(not _streamed(task) and task.complete() for task in self.image_tasks())
         if done:
             self.announce(done=True)
         return done
 
     def run(self) -> None:
         for task in self.image_tasks():
-            if _to_stdout(task):
+            if _streamed(task):
                 task.write()
         runlog.state(self)["ran"] = True
 
@@ -228,7 +228,7 @@ class ImageParameters(NixlayerTask, abstract=True):
                 layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
         built = [t.path for t in targets if t.path in built_layers]
         entry = written.get(assemble.output, {}) if assemble else {}
-        if assemble and not entry and assemble.output != STDOUT:
+        if assemble and not entry and not _streamed(assemble):
             digest = assemble.read_stamp(assemble.stamp()).get("digest")
         elif assemble:
             digest = entry.get("digest")
@@ -257,7 +257,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         """The line printed at the end of a run that made the image (none if it did not):
         where it went, its digest, its layers built and reused, bytes written, time."""
         built_layers, written = runlog.results(entries)
-        if not all(STDOUT in written if _to_stdout(task) else task.complete() for task in self.image_tasks()):
+        if not all(task.output in written if _streamed(task) else task.complete() for task in self.image_tasks()):
             return []
         pushed = next((entry for entry in entries if entry.get("pushed") == self.push), None)
         r = self.report(built_layers, written, {})
@@ -321,9 +321,10 @@ class ImageParameters(NixlayerTask, abstract=True):
         return graph
 
 
-def _to_stdout(task: ImageTask) -> bool:
-    """Whether ``task`` writes its image to standard output."""
-    return isinstance(task, AssembleImage) and task.output == STDOUT
+def _streamed(task: ImageTask) -> bool:
+    """Whether ``task`` writes its image as a stream (to standard output, a device or a FIFO:
+    ``nixlayer.formats.is_stream``), which is not a target Luigi can check."""
+    return isinstance(task, AssembleImage) and is_stream(task.output)
 
 
 def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
@@ -362,7 +363,7 @@ class BuildImage(ImageParameters):
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter(default="", description="output file, directory for 'oci', or '-' for standard output")
-    push = luigi.Parameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    push = PushTargetParameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
 
     def check(self) -> None:
         if not self.output and not self.push:
@@ -404,9 +405,11 @@ class BuildImage(ImageParameters):
                 raise NixlayerError("cowardly refusing to write an image to a terminal; redirect or pipe it"
                                     " (--output - > FILE, --output - | podman load) or give --output FILE")
             return
-        output = os.path.abspath(self.output)
-        if self.format != "oci" and os.path.isdir(output):
-            raise NixlayerError(f"cannot write output {self.output}: it is a directory")
+        if is_stream(self.output):
+            if not os.access(self.output, os.W_OK):
+                raise NixlayerError(f"cannot write output {self.output}: permission denied")
+            return
+        output = os.path.realpath(self.output)  # a symlink is followed (nixlayer.formats)
         check_writable(output)
         if self.format == "oci":
             check_layout_writable(output)
@@ -417,7 +420,7 @@ class PushImage(ImageParameters):
     layers already in the layer store: only missing layers are built, only missing blobs sent.
     """
 
-    target = luigi.Parameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    target = PushTargetParameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
 
     def check(self) -> None:
         parse_push_target(self.target)

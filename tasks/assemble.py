@@ -8,7 +8,7 @@ import os
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.formats import FORMATS, STDOUT, Written, write_image
+from nixlayer.formats import FORMATS, Written, is_stream, write_image
 from nixlayer.oci_layout import layout_digest
 from tasks import runlog
 from tasks.base import BatchableTask, Report, json_list
@@ -60,6 +60,8 @@ class AssembleImage(BatchableTask, ImageTask):
         members = self.members()
         if members != [self]:
             return all(member.complete() for member in members)
+        if is_stream(self.output):
+            return False
         signature = self.read_stamp(self.stamp()).get("signature")
         if signature is None or signature != self._output_signature():
             return False
@@ -80,7 +82,7 @@ class AssembleImage(BatchableTask, ImageTask):
         digest, written = member.write()
         report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
         self._written.append(member.output)
-        if member.output != STDOUT:
+        if not is_stream(member.output):  # a stream is written again every time
             stamp = member.stamp()
             os.makedirs(os.path.dirname(stamp), exist_ok=True)
             with atomic_file(stamp) as f:
