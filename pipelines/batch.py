@@ -146,6 +146,8 @@ def load_batch(path: str) -> list[dict]:
         raise NixlayerError(f"{path}: cannot read batch file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise NixlayerError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise NixlayerError(f"{path}: not valid TOML: byte {e.start + 1} is not UTF-8 (TOML files are UTF-8)") from None
     images = data.pop("image", None)
     if not isinstance(images, list) or not images or not all(isinstance(i, dict) for i in images):
         raise NixlayerError(f"{path}: no [[image]] tables")

@@ -43,6 +43,12 @@ class StorePathsParameter(luigi.ListParameter):
 
     expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
+    def parse(self, x):
+        value = json.loads(x)  # (Luigi's own takes an object's keys for a list)
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ValueError("not a list of strings")
+        return super().parse(x)
+
     def normalize(self, x):
         """The list, a relative path in it (a link such as ``./result``) made absolute: with
         luigid, the same command run from two directories is two images, as its links are."""
@@ -283,6 +289,9 @@ class ImageParameters(NixlayerTask, abstract=True):
         and store paths the config mentions."""
         store_dir = normalize_store_dir(self.store_dir)
         contents = [resolve_store_path(p, store_dir) for p in self.contents]
+        twice = next((path for number, path in enumerate(contents) if path in contents[:number]), None)
+        if twice is not None:
+            raise NixlayerError(f"--contents names {twice} twice: give each store path once")
         try:
             config = check_config(json.loads(self.config))
         except json.JSONDecodeError as e:
