@@ -9,7 +9,13 @@ store paths and settings give the same bytes and diff_id as nixpkgs:
 - each store path in the order given, then its files depth-first, sorted by name (the order of
   ``sorted(Path.rglob("*"))``); symlinks are stored, never followed;
 - every entry gets the settings' mtime, uid, gid, uname and gname; file modes are kept;
-- hard links are stored as regular files.
+- hard links are stored as regular files;
+- names and symlink targets are their bytes on disk (read as UTF-8, other bytes kept as they
+  are), whatever the locale, as nixpkgs writes them in its UTF-8 locale.
+
+Files are read as they were listed (no symlink followed, the same inode and size before and
+after reading, directories checked likewise, see :func:`read_directory`): a store path that
+changes under a build is refused, naming the path, rather than let another file of the host in.
 
 Unlike nixpkgs, which tars each layer twice (once to learn its size and checksum), the tar is
 written once: the diff_id (sha256 of the uncompressed tar) and size, and the compressed blob's
@@ -161,8 +167,8 @@ def store_path_entries(
         raise NixlayerError(f"{os.fsdecode(disk)} does not exist") from None
     except OSError as e:
         raise NixlayerError(f"cannot read {os.fsdecode(disk)}: {e.strerror}") from None
-    # Depth-first without recursion (a tree deeper than Python's recursion limit is a tree):
-    # a stack of the directories being walked, each its children still to go, last first.
+    # Depth-first without recursion (a tree may be deeper than Python's recursion limit): a
+    # stack of the directories being walked, each with its children still to go, last first.
     stack = [[(path, disk, st)]]
     while stack:
         if not stack[-1]:

@@ -5,7 +5,8 @@ Layout under the store's root directory:
 - ``blobs/sha256/<hex>``: layer blobs, content-addressed and immutable (an OCI layout's blob
   directory, so images hard-link from it);
 - ``layers/<settings key>/<layer key>.json``: one record per layer, naming its blob: diff_id,
-  size, digest, blob_size, media_type and its store paths;
+  size, digest, blob_size, media_type, its store paths, and the blob file's inode and mtime
+  when its bytes last matched its digest (``blob_seen``);
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
@@ -15,6 +16,13 @@ Layout under the store's root directory:
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
 :meth:`LayerStore.collect_garbage` removes what no build has used for a while.
+
+A blob is checked at every look, cheaply: the size, inode and mtime its record saw; where they
+differ it is hashed once, then kept (its record updated) or removed, so its layer is written
+again (:meth:`LayerStore.check`). Outputs that copy a blob hash it on the way
+(``nixlayer.docker_archive``, ``nixlayer.oci_layout``, ``nixlayer.registry``). Anything but a
+regular file where a blob or record belongs is removed before one is written there, or named
+(a directory with files in it).
 
 A record is written only after its blob is in place, both by atomic rename, so a killed build
 leaves no record without its blob, and two builders writing the same layer at once both end
