@@ -31,11 +31,13 @@ from typing import BinaryIO, Iterable, Iterator
 from nixlayer.atomic import atomic_file
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, write_encoded
+from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, read_directory, write_encoded
 from nixlayer.spec import SPEC_SUFFIX
 from nixlayer.storepath import on_disk
 
-FRAGMENT_FORMAT = 2  # part of the fragments' directory key: a new format never reads an old file
+# Part of the fragments' directory key: a new format never reads an old file. 3: names are
+# their bytes on disk in every locale (2 named them in the builder's locale).
+FRAGMENT_FORMAT = 3
 FragmentRows = list[list]
 """A content's entries in layer order, each as [name, kind, length]: ``kind`` "dir" or
 "symlink", ``length`` the bytes of its encoded tar header(s) in the content's fragment file,
@@ -45,47 +47,44 @@ _TRAILER = len(b"%020d\n" % 0)
 _READ_RUN = 1 << 20  # bytes of consecutive headers read from a fragment at once (one header more at most)
 
 
-def _content_dir(content: str, store_root: str) -> str:
-    """Where ``content`` is on disk; raises NixlayerError unless it is a directory there."""
-    disk = on_disk(store_root, content)
+def _content_dir(content: str, store_root: str) -> tuple[bytes, os.stat_result]:
+    """Where ``content`` is on disk (bytes) and its lstat; raises NixlayerError unless it is a
+    directory there."""
+    disk = os.fsencode(on_disk(store_root, content))
     try:
-        is_dir = stat.S_ISDIR(os.lstat(disk).st_mode)
+        st = os.lstat(disk)
     except OSError:
         raise NixlayerError(f"contents path {content} does not exist") from None
-    if not is_dir and content.endswith(SPEC_SUFFIX):
+    if not stat.S_ISDIR(st.st_mode) and content.endswith(SPEC_SUFFIX):
         raise NixlayerError(f"contents path {content} is an image spec, not a package: give it as --spec {content}")
-    if not is_dir:
+    if not stat.S_ISDIR(st.st_mode):
         raise NixlayerError(f"contents path {content} is not a directory; it cannot be joined at /: put a"
                             " single-file store path into the image through a package or the config")
-    return disk
+    return disk, st
 
 
 def content_entries(content: str, store_root: str = "/") -> list[Entry]:
     """The entries one contents store path gives the layer, in layer order (by name, compared
     component by component: a depth-first walk by name): each directory below it as a
     directory (mode 0755), everything else as a symlink (mode 0777) to its place in the store.
+    Names are their bytes on disk, in every locale, and directories are read as
+    ``nixlayer.layer.read_directory`` reads them (never through a symlink swapped in).
 
     Raises NixlayerError when the path is missing or not a directory, or a directory below it
-    cannot be read.
+    cannot be read or changed while it was walked.
     """
     entries: list[Entry] = []
-    _walk(content, _content_dir(content, store_root), "", entries)
-    return entries
-
-
-def _walk(content: str, disk: str, rel: str, entries: list[Entry]) -> None:
-    try:
-        children = sorted(os.listdir(disk))
-    except OSError as e:
-        raise NixlayerError(f"cannot read contents directory {disk}: {e.strerror}") from None
-    for child in children:
-        name = f"{rel}/{child}"
-        child_disk = os.path.join(disk, child)
-        if stat.S_ISDIR(os.lstat(child_disk).st_mode):
+    disk, st = _content_dir(content, store_root)
+    # Depth-first without recursion: what is still to go, last first.
+    stack = [(f"/{child}", *rest) for child, *rest in reversed(read_directory(disk, st))]
+    while stack:
+        name, disk, st = stack.pop()
+        if stat.S_ISDIR(st.st_mode):
             entries.append(Entry(name, "dir", 0o755))
-            _walk(content, child_disk, name, entries)
+            stack.extend((f"{name}/{child}", *rest) for child, *rest in reversed(read_directory(disk, st)))
         else:
             entries.append(Entry(name, "symlink", 0o777, target=content + name))
+    return entries
 
 
 class _Fragment:

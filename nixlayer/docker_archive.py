@@ -12,14 +12,13 @@ is tarred twice.
 
 from __future__ import annotations
 
-import errno
-import os
+import hashlib
 import tarfile
 from typing import BinaryIO, Sequence
 
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, canonical_json, sha256_digest
+from nixlayer.image import ImageLayer, canonical_json, damaged_blob, sha256_digest
 from nixlayer.layer import COPY_BUFFER, encode_header, tar_end
 
 
@@ -38,20 +37,21 @@ def write_docker_archive(
     """Stream a docker-archive of ``layers`` and ``config`` to ``out``; return the image ID.
 
     ``repo_tag`` is ``name:tag``; ``mtime`` (seconds since the epoch) is every member's mtime.
-    The image ID is the config's ``sha256:<hex>``. Raises NixlayerError for compressed layers.
+    The image ID is the config's ``sha256:<hex>``. Raises NixlayerError for compressed layers,
+    and for a layer blob that does not match its digest.
     """
     for layer in layers:
         check_media_type(layer.blob.media_type)
     config_name = sha256_digest(config).removeprefix("sha256:") + ".json"
     layer_names = [layer.blob.diff_id.removeprefix("sha256:") + "/layer.tar" for layer in layers]
     manifest = canonical_json([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}])
-    # Written member by member as TarFile writes them (same bytes), so that each layer's bytes
-    # go from its blob file to ``out`` inside the kernel (sendfile), not through Python.
+    # Written member by member as TarFile writes them (same bytes), each layer's blob hashed as
+    # it is copied: a blob damaged on disk never reaches the archive whole.
     written = 0
     for name, layer in dict(zip(layer_names, layers)).items():  # a repeated layer once
         header = _member(name, layer.blob.size, mtime)
         out.write(header)
-        _copy_blob(layer.file, out, layer.blob.size)
+        _copy_blob(layer, out)
         out.write(_padding(layer.blob.size))
         written += len(header) + layer.blob.size + len(_padding(layer.blob.size))
     for name, data in ((config_name, config), ("manifest.json", manifest)):
@@ -66,34 +66,23 @@ def _padding(size: int) -> bytes:
     return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
 
 
-def _copy_blob(path: str, out: BinaryIO, size: int) -> None:
-    """Copy ``size`` bytes of the blob file ``path`` to ``out``: sendfile when ``out`` has a
-    file descriptor (a file or a pipe), else through a buffer. Raises NixlayerError if the
-    blob is shorter than recorded."""
+def _copy_blob(layer: ImageLayer, out: BinaryIO) -> None:
+    """Copy the blob of ``layer`` (uncompressed: its digest is its diff_id) to ``out``, hashing
+    it on the way. Raises NixlayerError naming the blob file if it is shorter than recorded or
+    its bytes do not match its digest (damaged on disk: the caller discards the output)."""
+    size, path = layer.blob.size, layer.file
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         copied = 0
-        try:
-            out_fd = out.fileno()
-        except (AttributeError, OSError, ValueError):
-            out_fd = None
-        if out_fd is not None:
-            out.flush()
-            try:
-                while copied < size:
-                    sent = os.sendfile(out_fd, f.fileno(), copied, min(size - copied, 1 << 30))
-                    if sent == 0:
-                        break
-                    copied += sent
-            except OSError as e:
-                if copied or e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-            f.seek(copied)
         while copied < size:
             data = f.read(min(size - copied, COPY_BUFFER))
             if not data:
                 raise NixlayerError(f"layer blob {path} is shorter than its recorded {size} bytes")
+            digest.update(data)
             out.write(data)
             copied += len(data)
+    if "sha256:" + digest.hexdigest() != layer.blob.digest:
+        raise NixlayerError(damaged_blob(path))
 
 
 def _member(name: str, size: int, mtime: int) -> bytes:

@@ -2,7 +2,10 @@
 and a multi-platform image index (``nixlayer.index``) as oci or oci-archive.
 
 One entry point for every output. Archive files are written atomically (temporary path, then
-rename); ``-`` streams docker-archive or oci-archive to standard output. An OCI layout is
+rename); ``-`` streams docker-archive or oci-archive to standard output, and an output that is
+a character or block device or a FIFO is written through, as a stream, never replaced
+(``docker save -o /dev/stdout`` does the same). An output that is a symlink is followed: the file
+it points to is written (atomically, beside it), the symlink kept. An OCI layout is
 written in place, blobs first and ``index.json`` last under a lock (see ``oci_layout``), so a
 reader never sees a half-written image, and a failed first image leaves no directory.
 """
@@ -10,6 +13,7 @@ reader never sees a half-written image, and a failed first image leaves no direc
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from typing import BinaryIO, Callable, NamedTuple, Sequence
@@ -31,25 +35,55 @@ STDOUT = "-"
 class Written(NamedTuple):
     """What writing an image gave: its digest, and the bytes written to the output (an archive
     whole; for an OCI layout the files added, layer blobs hard-linked from the layer store
-    costing none; None for standard output)."""
+    costing none; None for a stream: standard output, a device or a FIFO)."""
 
     digest: str
     bytes: int | None
 
 
+def is_stream(output: str) -> bool:
+    """Whether the image goes to ``output`` as a stream: standard output (``-``), or an existing
+    character or block device or FIFO (symlinks followed), written through and never replaced."""
+    if output == STDOUT:
+        return True
+    try:
+        mode = os.stat(output).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+def check_output(format: str, output: str) -> None:
+    """Raise NixlayerError unless ``output`` can take an image of ``format``: an OCI layout is
+    a directory (see ``check_layout_output``), an archive a file, a device or a FIFO (a
+    socket, or a directory, is refused). Run before any work."""
+    if format == "oci":
+        if output == STDOUT:
+            raise NixlayerError("format 'oci' is a directory and cannot go to standard output; use oci-archive")
+        check_layout_output(os.path.realpath(output))
+        return
+    if output == STDOUT:
+        return
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return  # a new file (where a symlink points, if it is one)
+    if stat.S_ISDIR(mode):
+        raise NixlayerError(f"cannot write output {output}: it is a directory")
+    if stat.S_ISSOCK(mode):
+        raise NixlayerError(f"cannot write output {output}: it is a socket; give a file, a device or a FIFO")
+
+
 def check_format(format: str, media_type: str, output: str) -> None:
     """Raise NixlayerError if ``format`` cannot take layers of ``media_type`` or go to ``output``.
 
-    Run before any work: an ``oci`` output must be absent, empty, or an OCI layout.
+    Run before any work: see :func:`check_output`.
     """
     if format not in FORMATS:
         raise NixlayerError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if format == "docker-archive":
         check_media_type(media_type)
-    if format == "oci" and output == STDOUT:
-        raise NixlayerError("format 'oci' is a directory and cannot go to standard output; use oci-archive")
-    if format == "oci":
-        check_layout_output(output)
+    check_output(format, output)
 
 
 def write_image(
@@ -116,6 +150,8 @@ def _write_oci(format: str, output: str, add: Callable[[str, str], tuple[str, in
                name: str, tag: str, mtime: int, scratch: str) -> Written:
     """Write to ``output``, in ``format`` oci or oci-archive, what ``add(layout, ref_name)``
     adds to an OCI layout (it returns the digest and the bytes written)."""
+    if not is_stream(output):
+        output = os.path.realpath(output)  # a symlink is followed: its target is written
     if format == "oci":
         def to_layout() -> Written:
             try:  # only the writer that made the directory removes it if its first image fails
@@ -141,12 +177,20 @@ def _write_oci(format: str, output: str, add: Callable[[str, str], tuple[str, in
 
 
 def _write(format: str, output: str, write: Callable[[BinaryIO], str]) -> Written:
-    """Write an archive file (or standard output, ``-``) with ``write(file) -> digest``."""
+    """Write an archive file with ``write(file) -> digest``: standard output (``-``), a device or
+    a FIFO written through (a FIFO waits for its reader), never replaced; a symlink followed, its
+    target written atomically; else the file written atomically."""
+    if not is_stream(output):
+        output = os.path.realpath(output)
+
     def to_file() -> Written:
         if output == STDOUT:
             digest = write(sys.stdout.buffer)
             sys.stdout.buffer.flush()
             return Written(digest, None)
+        if is_stream(output):
+            with open(os.open(output, os.O_WRONLY | os.O_CLOEXEC), "wb") as f:
+                return Written(write(f), None)
         with atomic_file(output) as f:
             return Written(write(f), f.tell())
     return _guarded(format, output, to_file)

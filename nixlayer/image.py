@@ -54,6 +54,12 @@ ANNOTATION_SOURCE = "org.opencontainers.image.source"
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_VERSION = "org.opencontainers.image.version"
 
+def damaged_blob(path: str) -> str:
+    """The message for a blob file whose bytes do not match its digest."""
+    return (f"blob {path} does not match its digest (damaged on disk): remove it (rm -f '{path}') and"
+            " build again to write its layer anew")
+
+
 DEFAULT_CREATED = "1970-01-01T00:00:01Z"
 """nixpkgs' default ``created`` and ``mtime``: one second after the epoch."""
 
@@ -117,31 +123,78 @@ def format_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# Each config field's JSON type: OCI image-spec config.md (config-schema.json: stringArray,
+# mapStringObject, mapStringString), and Docker's image spec v1.2 for Healthcheck, OnBuild and
+# Shell (moby's HealthConfig: durations in whole nanoseconds). (what it must be, the check)
+_FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    "User": ("a string", lambda v: isinstance(v, str)),
+    "WorkingDir": ("a string", lambda v: isinstance(v, str)),
+    "StopSignal": ("a string", lambda v: isinstance(v, str)),
+    "ArgsEscaped": ("true or false", lambda v: isinstance(v, bool)),
+    **{key: ("a list of strings", _strings) for key in ("Env", "Entrypoint", "Cmd", "OnBuild", "Shell")},
+    **{key: ("a JSON object", lambda v: isinstance(v, dict)) for key in ("ExposedPorts", "Volumes", "Labels", "Healthcheck")},
+}
+_MEMBER_TYPES: dict[str, tuple[str, Any]] = {  # the values inside the object fields
+    "ExposedPorts": ("an empty JSON object", lambda v: v == {}),
+    "Volumes": ("an empty JSON object", lambda v: v == {}),
+    "Labels": ("a string", lambda v: isinstance(v, str)),
+}
+_HEALTHCHECK: dict[str, tuple[str, Any]] = {
+    "Test": ("a list of strings", _strings),
+    **{key: ("a whole number of nanoseconds", _whole) for key in ("Interval", "Timeout", "StartPeriod", "StartInterval")},
+    "Retries": ("a whole number", _whole),
+}
+_PORT = re.compile(r"^[0-9]{1,5}(?:/(?:tcp|udp|sctp))?$")
+
+
 def check_config(config: Any) -> dict[str, Any]:
     """Check an image ``config`` object (OCI config.md "config" field) and return it.
 
-    Raises NixlayerError naming an unknown field or a field of the wrong JSON type, or for a
-    config over 4 MiB (``MAX_CONFIG_BYTES``), which podman and skopeo refuse to load.
+    Every value is checked against the spec's type, inside objects too (``_FIELD_TYPES``):
+    ``Labels`` values are strings, ``ExposedPorts`` and ``Volumes`` values empty objects (and
+    a port ``PORT``, ``PORT/tcp``, ``PORT/udp`` or ``PORT/sctp``), ``Healthcheck`` Docker's
+    shape. Raises NixlayerError naming an unknown field, or the field or member of the wrong
+    JSON type and what it must be, or for a config over 4 MiB (``MAX_CONFIG_BYTES``), which
+    podman and skopeo refuse to load.
     """
     if not isinstance(config, dict):
         raise NixlayerError("image config must be a JSON object such as {\"Cmd\": [\"/bin/hello\"]}")
     size = len(canonical_json(config))
     if size > MAX_CONFIG_BYTES:
         raise NixlayerError(f"image config is {size} bytes; podman and skopeo refuse configs over {MAX_CONFIG_BYTES} bytes")
-    list_fields = {"Env", "Entrypoint", "Cmd", "OnBuild", "Shell"}
-    object_fields = {"ExposedPorts", "Volumes", "Labels", "Healthcheck"}
     for key, value in config.items():
         if key not in CONFIG_FIELDS:
             raise NixlayerError(f"unknown image config field {key!r}: use {', '.join(CONFIG_FIELDS)}")
-        if key in list_fields and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            raise NixlayerError(f"image config field {key} must be a list of strings")
-        if key in object_fields and not isinstance(value, dict):
-            raise NixlayerError(f"image config field {key} must be a JSON object")
-        if key in {"User", "WorkingDir", "StopSignal"} and not isinstance(value, str):
-            raise NixlayerError(f"image config field {key} must be a string")
+        expected, valid = _FIELD_TYPES[key]
+        if not valid(value):
+            raise NixlayerError(f"image config field {key} must be {expected}, not {_shown(value)}")
+        if not isinstance(value, dict):
+            continue
+        members = _HEALTHCHECK if key == "Healthcheck" else dict.fromkeys(value, _MEMBER_TYPES[key])
+        for name, member in value.items():
+            if name not in members:
+                raise NixlayerError(f"unknown field {name!r} in image config field {key}: use {', '.join(members)}")
+            expected, valid = members[name]
+            if not valid(member):
+                raise NixlayerError(f"image config field {key}: {name!r} must be {expected}, not {_shown(member)}")
+            if key == "ExposedPorts" and not _PORT.match(name):
+                raise NixlayerError(f"image config field ExposedPorts: {name!r} is not a port: use PORT, PORT/tcp,"
+                                    " PORT/udp or PORT/sctp, such as \"8080/tcp\"")
     return config
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as a message shows it: itself if short, else its type."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else {dict: "an object", list: "a list", str: "a long string"}.get(type(value), text[:40])
 
 
 def image_config(

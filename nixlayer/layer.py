@@ -9,7 +9,13 @@ store paths and settings give the same bytes and diff_id as nixpkgs:
 - each store path in the order given, then its files depth-first, sorted by name (the order of
   ``sorted(Path.rglob("*"))``); symlinks are stored, never followed;
 - every entry gets the settings' mtime, uid, gid, uname and gname; file modes are kept;
-- hard links are stored as regular files.
+- hard links are stored as regular files;
+- names and symlink targets are their bytes on disk (read as UTF-8, other bytes kept as they
+  are), whatever the locale, as nixpkgs writes them in its UTF-8 locale.
+
+Files are read as they were listed (no symlink followed, the same inode and size before and
+after reading, directories checked likewise, see :func:`read_directory`): a store path that
+changes under a build is refused, naming the path, rather than let another file of the host in.
 
 Permission rules (``nixlayer.perms``, nix2container's ``perms``) may then set the mode and owner
 of the entries whose names they match, as the tar is written.
@@ -22,6 +28,7 @@ digest and size, are computed while the bytes stream to the output.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import posixpath
@@ -99,8 +106,9 @@ class Entry:
     kind: str  # "dir", "file" or "symlink"
     mode: int = 0o755
     size: int = 0
-    source: str | None = None
+    source: bytes | str | None = None
     target: str = ""
+    inode: tuple[int, int] | None = None  # a file's (st_dev, st_ino) when listed, checked when opened
     uid: int | None = None
     gid: int | None = None
     uname: str | None = None
@@ -171,7 +179,8 @@ def store_path_entries(
 
     ``path`` is the store path as seen in the image (``/nix/store/HASH-NAME``); its files are read
     from ``store_root`` joined with it (a chroot store or a copy). Raises NixlayerError for a
-    missing path, a FIFO, socket or device file, or an unreadable directory, naming the file.
+    missing path, a FIFO, socket or device file, an unreadable directory, or a directory that
+    changed while it was walked (see :func:`read_directory`), naming the file.
     """
     store_dir = normalize_store_dir(store_dir)
     if posixpath.dirname(posixpath.normpath(path)) != store_dir:
@@ -179,31 +188,95 @@ def store_path_entries(
     yield from tree_entries(path, on_disk(store_root, path))
 
 
-def tree_entries(name: str, disk: str) -> Iterator[Entry]:
+def tree_entries(name: str, disk: str | bytes) -> Iterator[Entry]:
     """The entries of the file tree at ``disk`` (a file, symlink or directory), named ``name``
     and below in the image: itself, then depth-first by name; modes kept, symlinks not
-    followed. Raises NixlayerError for a missing or unreadable file, a FIFO, socket or device."""
+    followed, directories read with :func:`read_directory`. Raises NixlayerError for a missing
+    or unreadable file, a FIFO, socket or device, or a tree that changes while it is walked."""
+    disk = os.fsencode(disk)
     try:
         st = os.lstat(disk)
     except FileNotFoundError:
-        raise NixlayerError(f"{disk} does not exist") from None
+        raise NixlayerError(f"{os.fsdecode(disk)} does not exist") from None
     except OSError as e:
-        raise NixlayerError(f"cannot read {disk}: {e.strerror}") from None
-    mode = stat.S_IMODE(st.st_mode)
-    if stat.S_ISLNK(st.st_mode):
-        yield Entry(name, "symlink", mode, target=os.readlink(disk))
-    elif stat.S_ISREG(st.st_mode):
-        yield Entry(name, "file", mode, size=st.st_size, source=disk)
-    elif stat.S_ISDIR(st.st_mode):
-        yield Entry(name, "dir", mode)
-        try:
-            children = sorted(os.listdir(disk))
-        except OSError as e:
-            raise NixlayerError(f"cannot read directory {disk}: {e.strerror}") from None
-        for child in children:
-            yield from tree_entries(f"{name}/{child}", os.path.join(disk, child))
-    else:
-        raise NixlayerError(f"{disk} is a FIFO, socket or device file; a layer cannot hold one")
+        raise NixlayerError(f"cannot read {os.fsdecode(disk)}: {e.strerror}") from None
+    # Depth-first without recursion (a tree may be deeper than Python's recursion limit): a
+    # stack of the directories being walked, each with its children still to go, last first.
+    stack = [[(name, disk, st)]]
+    while stack:
+        if not stack[-1]:
+            stack.pop()
+            continue
+        name, disk, st = stack[-1].pop()
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            yield Entry(name, "symlink", mode, target=_readlink(disk))
+        elif stat.S_ISREG(st.st_mode):
+            yield Entry(name, "file", mode, size=st.st_size, source=disk, inode=(st.st_dev, st.st_ino))
+        elif stat.S_ISDIR(st.st_mode):
+            yield Entry(name, "dir", mode)
+            children = read_directory(disk, st)
+            stack.append([(f"{name}/{child}", child_disk, child_st) for child, child_disk, child_st in reversed(children)])
+        else:
+            raise NixlayerError(f"{os.fsdecode(disk)} is a FIFO, socket or device file; a layer cannot hold one")
+
+
+def file_name(name: bytes) -> str:
+    """A file name as a layer names it: its bytes on disk read as UTF-8, bytes that are not
+    UTF-8 kept as they are (``surrogateescape``; the tar header writes the same bytes back), so
+    the name, its sort order and the layer are the same in every locale. nixpkgs' Python reads
+    names the same way in the UTF-8 locales it builds in."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _readlink(disk: bytes) -> str:
+    try:
+        return file_name(os.readlink(disk))
+    except OSError as e:
+        raise NixlayerError(f"cannot read symlink {os.fsdecode(disk)}: {e.strerror}") from None
+
+
+def read_directory(disk: bytes, listed: os.stat_result) -> list[tuple[str, bytes, os.stat_result]]:
+    """The children of the directory ``disk`` (a path as bytes) that was ``listed`` (its lstat
+    from its parent's listing), sorted by name as nixpkgs sorts them: each as (its name, see
+    :func:`file_name`; its path on disk, bytes; its lstat).
+
+    The directory is opened without following a symlink and checked to be the one listed
+    (device and inode) before it is read, and its children are looked at relative to it: a
+    directory swapped for a symlink, or a parent swapped under it, is never walked into.
+    Raises NixlayerError naming the directory when it cannot be read or has changed.
+    """
+    where = os.fsdecode(disk)
+    try:
+        fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise NixlayerError(_changed(where, "it is no longer that directory")) from None
+        raise NixlayerError(f"cannot read directory {where}: {e.strerror}") from None
+    try:
+        if not _same_file(os.fstat(fd), listed):
+            raise NixlayerError(_changed(where, "it is another directory now"))
+        names = sorted((os.fsencode(name) for name in os.listdir(fd)), key=file_name)
+        children = []
+        for name in names:
+            try:
+                children.append((file_name(name), os.path.join(disk, name), os.lstat(name, dir_fd=fd)))
+            except FileNotFoundError:
+                raise NixlayerError(_changed(os.fsdecode(os.path.join(disk, name)), "it was removed")) from None
+        return children
+    except OSError as e:
+        raise NixlayerError(f"cannot read directory {where}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _same_file(st: os.stat_result, listed: os.stat_result) -> bool:
+    return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)) == (listed.st_dev, listed.st_ino, stat.S_IFMT(listed.st_mode))
+
+
+def _changed(path: str, how: str) -> str:
+    return (f"{path} changed while the layer was written ({how}): nothing was written; build again when"
+            " nothing writes to the store path (store paths are never changed by Nix)")
 
 
 def parent_dirs(store_dir: str = DEFAULT_STORE_DIR) -> list[Entry]:
@@ -277,9 +350,10 @@ def write_entries(
     1 MiB pieces; memory does not grow with file size. Files of 8 GiB and more get a pax size
     record. ``progress(done, total)`` is called with content bytes after each piece read.
 
-    Raises NixlayerError naming the file if one cannot be read or is shorter than when it was
-    listed (a file that grew is written at its listed size), or "cannot write layer blob" when
-    ``out`` fails.
+    A file is opened without following symlinks and must be the file listed (type, device,
+    inode, size), before and after it is read. Raises NixlayerError naming the file if it
+    cannot be read or has changed since it was listed (the caller discards what was written),
+    or "cannot write layer blob" when ``out`` fails.
     """
     entries = list(entries)
     total = sum(e.size for e in entries)
@@ -294,14 +368,48 @@ def write_entries(
             if entry.kind != "file":
                 tar.addfile(info)
                 continue
-            assert entry.source is not None
-            try:
-                with open(entry.source, "rb") as f:
+            with _open_listed(entry) as f:
+                try:
                     tar.addfile(info, f if progress is None else _ProgressReader(f, done, total, progress))
-            except OSError as e:
-                raise NixlayerError(f"cannot read {entry.source}: {e.strerror or e}") from None
+                    _check_unchanged(entry, os.fstat(f.fileno()), "was written to while it was read")
+                except OSError as e:
+                    raise NixlayerError(f"cannot read {os.fsdecode(entry.source)}: {e.strerror or e}") from None
             done += entry.size
     return writer.finish()
+
+
+def _open_listed(entry: Entry) -> BinaryIO:
+    """The file ``entry`` lists, opened for reading without following a symlink (nor blocking
+    on a FIFO), once checked to be the regular file listed: same device and inode, same size.
+    Raises NixlayerError naming it when it cannot be opened or is no longer that file."""
+    assert entry.source is not None
+    where = os.fsdecode(entry.source)
+    try:
+        fd = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NixlayerError(_changed(where, "it is a symlink now")) from None
+        if e.errno == errno.ENOENT:
+            raise NixlayerError(_changed(where, "it was removed")) from None
+        raise NixlayerError(f"cannot read {where}: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    try:
+        _check_unchanged(entry, os.fstat(fd), "it is another file now")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _check_unchanged(entry: Entry, st: os.stat_result, how: str) -> None:
+    """Raise NixlayerError unless ``st`` is the regular file ``entry`` listed, at its size."""
+    if not stat.S_ISREG(st.st_mode):
+        how = "it is not a regular file now"
+    elif entry.inode is None or (st.st_dev, st.st_ino) == entry.inode:
+        if st.st_size == entry.size:
+            return
+        how = f"{st.st_size} bytes now, {entry.size} when listed"
+    raise NixlayerError(_changed(os.fsdecode(entry.source), how))
 
 
 class _ProgressReader:

@@ -5,7 +5,8 @@ Layout under the store's root directory:
 - ``blobs/sha256/<hex>``: layer blobs, content-addressed and immutable (an OCI layout's blob
   directory, so images hard-link from it);
 - ``layers/<settings key>/<layer key>.json``: one record per layer, naming its blob: diff_id,
-  size, digest, blob_size, media_type and its store paths;
+  size, digest, blob_size, media_type, its store paths, and the blob file's inode and mtime
+  when its bytes last matched its digest (``blob_seen``);
 - ``customisation/<settings key>/<store path name>``: the customisation-layer entries of one
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
@@ -17,6 +18,13 @@ Layout under the store's root directory:
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
 :meth:`LayerStore.collect_garbage` removes what no build has used for a while.
+
+A blob is checked at every look, cheaply: the size, inode and mtime its record saw; where they
+differ it is hashed once, then kept (its record updated) or removed, so its layer is written
+again (:meth:`LayerStore.check`). Outputs that copy a blob hash it on the way
+(``nixlayer.docker_archive``, ``nixlayer.oci_layout``, ``nixlayer.registry``). Anything but a
+regular file where a blob or record belongs is removed before one is written there, or named
+(a directory with files in it).
 
 A record is written only after its blob is in place, both by atomic rename, so a killed build
 leaves no record without its blob, and two builders writing the same layer at once both end
@@ -34,6 +42,7 @@ minutes, so one scan of ``tmp/`` serves many layers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,13 +52,14 @@ import shutil
 import stat
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Sequence
 
 from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
 from nixlayer.compression import Compression
 from nixlayer.customisation import FRAGMENT_FORMAT
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
 from nixlayer.oci_layout import OCI_ARCHIVE_STAGING, blob_path, put_blob
@@ -77,15 +87,19 @@ class Garbage:
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """What the layer store knows of one layer: its blob and the store paths it holds."""
+    """What the layer store knows of one layer: its blob, the store paths it holds, and the
+    blob file as it was when its bytes were last found to match its digest (``blob_seen``:
+    inode and modification time in nanoseconds; None in records older than that field)."""
 
     blob: LayerBlob
     store_paths: tuple[str, ...]
     comment: str
+    blob_seen: tuple[int, int] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {**asdict(self.blob), "store_paths": list(self.store_paths), "comment": self.comment},
+            {**asdict(self.blob), "store_paths": list(self.store_paths), "comment": self.comment,
+             "blob_seen": self.blob_seen},
             sort_keys=True, indent=1,
         ).encode()
 
@@ -93,7 +107,9 @@ class LayerRecord:
     def from_json(data: bytes) -> "LayerRecord":
         raw = json.loads(data)
         blob = LayerBlob(**{k: raw[k] for k in LayerBlob.__dataclass_fields__})
-        return LayerRecord(blob, tuple(raw["store_paths"]), raw["comment"])
+        seen = raw.get("blob_seen")
+        seen = (int(seen[0]), int(seen[1])) if seen is not None else None
+        return LayerRecord(blob, tuple(raw["store_paths"]), raw["comment"], seen)
 
 
 BLOB_TEMP_PREFIX = ".blob.tmp-"
@@ -116,10 +132,16 @@ def _directory_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+# Part of every settings key: layers of an older format are never reused. 2: file names are their
+# bytes on disk in every locale (1 named them in the builder's locale: other bytes outside UTF-8).
+LAYER_FORMAT = 2
+
+
 @functools.lru_cache(maxsize=64)  # asked for each of a build's thousands of layer tasks
 def settings_key(settings: LayerSettings, compression: Compression, store_dir: str) -> str:
-    """A directory name (16 hex digits) naming every setting that changes a layer's bytes."""
-    return _directory_key(asdict(settings), compression.key, store_dir)
+    """A directory name (16 hex digits) naming every setting that changes a layer's bytes, and
+    the layer format (``LAYER_FORMAT``)."""
+    return _directory_key(asdict(settings), compression.key, store_dir, LAYER_FORMAT)
 
 
 def store_path_layer_key(store_path: str) -> str:
@@ -153,8 +175,40 @@ def record_name(settings_dir: str, layer_key: str) -> str:
 
 
 def _load_record(record_path: str) -> LayerRecord:
-    with open(record_path, "rb") as f:
+    """The record in the regular file ``record_path``. Raises OSError (also for anything but
+    a regular file there: a FIFO put in its place is not waited on), ValueError, KeyError or
+    TypeError."""
+    fd = os.open(record_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{record_path} is not a regular file")
         return LayerRecord.from_json(f.read())
+
+
+def _seen(st: os.stat_result) -> tuple[int, int]:
+    """What a record keeps of its blob file's lstat (see ``LayerRecord.blob_seen``)."""
+    return st.st_ino, st.st_mtime_ns
+
+
+def _make_room(path: str) -> None:
+    """Clear the way for a file to be renamed to ``path`` in the layer store: anything there
+    that is not a regular file (a symlink, FIFO, device, socket, empty directory) is removed.
+    Raises NixlayerError naming a directory with files in it, and saying what to do."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise NixlayerError(f"cannot write layer store entry {path}: {e.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        return
+    try:
+        os.rmdir(path) if stat.S_ISDIR(st.st_mode) else os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise NixlayerError(f"layer store entry {path} is a directory, not a file ({e.strerror}): remove it"
+                            f" (rm -r '{path}') and build again") from None
 
 
 class LayerStore:
@@ -230,30 +284,65 @@ class LayerStore:
         return layers
 
     def read(self, record_path: str) -> LayerRecord:
-        """Read a record. Raises NixlayerError if it is unreadable or its blob is missing."""
+        """Read a record whose blob is checked (:meth:`check`). Raises NixlayerError if it is
+        unreadable or its blob is missing or damaged."""
         try:
             record = _load_record(record_path)
         except _UNREADABLE as e:
             raise NixlayerError(f"layer store record {record_path} is unreadable: {e}") from None
-        if not self.has_blob(record.blob):
-            raise NixlayerError(f"layer store record {record_path} names a missing blob {record.blob.digest}")
+        if self.check(record_path, record) is None:
+            raise NixlayerError(f"layer store record {record_path} names a missing or damaged blob {record.blob.digest}:"
+                                " build again to write the layer anew")
         return record
 
     def find(self, record_path: str) -> LayerRecord | None:
-        """The record if it reads and its blob is present, else None (what :meth:`read` would
-        raise for, without the message: a build asks this of every layer it may write)."""
+        """The record if it reads and its blob is checked (:meth:`check`), else None (what
+        :meth:`read` would raise for, without the message: a build asks this of every layer
+        it may write, and writes again those it gets None for)."""
         try:
             record = _load_record(record_path)
         except _UNREADABLE:
             return None
-        return record if self.has_blob(record.blob) else None
+        return self.check(record_path, record)
 
-    def has_blob(self, blob: LayerBlob) -> bool:
-        """True if the blob is present with its recorded size."""
+    def check(self, record_path: str, record: LayerRecord) -> LayerRecord | None:
+        """``record`` (from ``record_path``) if its blob is there and matches its digest, else None.
+
+        The cheap check, at every look: the blob is a regular file of the recorded size, and has
+        the inode and modification time the record saw (``blob_seen``) when its bytes last matched.
+        Where they differ (a blob copied or written again, a record from before ``blob_seen``,
+        a blob written to), the blob is read and hashed once: if it matches, the record is
+        written again with what it now sees (the record returned); if not, the blob is removed
+        (with a warning naming it), so the layer is written anew. The bytes of a blob changed
+        in place with its modification time put back are found when an output copies it
+        (those hash what they copy), not here.
+        """
+        path = self.blob_path(record.blob.digest)
         try:
-            return os.stat(self.blob_path(blob.digest)).st_size == blob.blob_size
+            st = os.lstat(path)
         except OSError:
-            return False
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != record.blob.blob_size:
+            return None
+        if record.blob_seen == _seen(st):
+            return record
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                matches = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest() == record.blob.digest
+        except OSError:
+            return None
+        if not matches:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            warnings.warn(f"layer store blob {path} did not match its digest (damaged): removed; its layer is"
+                          " written again", NixlayerWarning)
+            return None
+        record = dataclasses.replace(record, blob_seen=_seen(st))
+        with contextlib.suppress(NixlayerError, OSError):  # a read-only store: hashed again next time
+            with atomic_file(record_path, temp_dir=os.path.join(self.root, "tmp")) as f:
+                f.write(record.to_json())
+        return record
 
     def write(
         self,
@@ -283,7 +372,9 @@ class LayerStore:
                 _sweep_temporaries(temps, temp)
                 blob = write_blob(f)
             os.chmod(temp, 0o444)
+            _make_room(self.blob_path(blob.digest))
             os.replace(temp, self.blob_path(blob.digest))
+            seen = _seen(os.lstat(self.blob_path(blob.digest)))
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -292,9 +383,13 @@ class LayerStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        record = LayerRecord(blob, tuple(store_paths), comment)
-        with atomic_file(record_path, temp_dir=temps) as f:
-            f.write(record.to_json())
+        record = LayerRecord(blob, tuple(store_paths), comment, seen)
+        _make_room(record_path)
+        try:
+            with atomic_file(record_path, temp_dir=temps) as f:
+                f.write(record.to_json())
+        except OSError as e:
+            raise NixlayerError(f"cannot write layer store record {record_path}: {e.strerror or e}") from None
         return record
 
     def put_bytes(self, data: bytes) -> str:

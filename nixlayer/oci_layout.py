@@ -3,7 +3,9 @@
 Source: OCI image-spec v1.1 ``image-layout.md``: an ``oci-layout`` file, ``index.json`` whose
 manifest descriptors carry ``org.opencontainers.image.ref.name``, and every blob under
 ``blobs/sha256/<hex>``. Layer blobs are hard-linked from where they were written when the file
-system allows (they are immutable and content-addressed), and copied otherwise.
+system allows (they are immutable and content-addressed), and copied otherwise, hashed on the
+way; a blob file already in the layout that is not the one linked is replaced, so the layout
+never keeps or gains a blob that does not match its digest.
 
 An image is *added* to a layout, as ``skopeo copy ... oci:DIR:TAG`` does: a layout can hold
 many tags, and an image replaces only the entry with its own ref name. Artifacts attached to an
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
+import uuid
 from typing import BinaryIO, Iterator, Sequence
 
 from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
-from nixlayer.image import Artifact, ImageLayer, canonical_json, descriptor, sha256_digest
+from nixlayer.image import Artifact, ImageLayer, canonical_json, damaged_blob, descriptor, sha256_digest
 from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layer import COPY_BUFFER
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
@@ -91,30 +95,68 @@ def put_blob(root: str, data: bytes) -> str:
 
 
 def _put_data(root: str, data: bytes) -> tuple[str, int]:
-    """``put_blob``; also the bytes written (0 if the blob was there)."""
+    """``put_blob``; also the bytes written (0 if the blob was there with these bytes; a file
+    there with other bytes is replaced)."""
     path = blob_path(root, sha256_digest(data))
-    if os.path.exists(path):
-        return path, 0
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(len(data) + 1) == data:
+            return path, 0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_file(path, sweep=False) as f:
         f.write(data)
     return path, len(data)
 
 
-def _put_file(path: str, source: str) -> int:
-    """Put the file ``source`` at ``path`` (a blob's), hard-linked where it can be, unless it
-    is there; return the bytes copied (0 if linked or there)."""
+def _put_file(path: str, layer: ImageLayer) -> int:
+    """Put the blob of ``layer`` at ``path`` (its place in a layout) and return the bytes
+    copied: hard-linked from ``layer.file`` where it can be (0 bytes), else copied, hashed on
+    the way. A file already at ``path`` is kept if it is ``layer.file`` itself, or (on another
+    file system) its bytes match the digest; any other is replaced, so a layout never keeps a
+    blob that does not match. Raises NixlayerError if ``layer.file`` does not match its digest
+    as it is copied."""
+    source = layer.file
     try:
         os.link(source, path)
-    except FileExistsError:
-        pass  # there already (Linux says so before it looks at the file systems)
-    except OSError:  # another file system: a copy
-        if os.path.exists(path):
+        return 0
+    except FileExistsError:  # (Linux says so before it looks at the file systems)
+        if _same_file(path, source):
             return 0
-        with atomic_file(path) as out, open(source, "rb") as f:
-            shutil.copyfileobj(f, out, COPY_BUFFER)
-            return out.tell()
-    return 0
+        temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            os.link(source, temp)
+            os.replace(temp, path)  # another file of that name: this one, checked by its layer store
+            return 0
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        if _digest_of(path) == layer.blob.digest:
+            return 0
+    except OSError:  # another file system: a copy
+        pass
+    digest = hashlib.sha256()
+    with atomic_file(path) as out, open(source, "rb") as f:
+        while data := f.read(COPY_BUFFER):
+            digest.update(data)
+            out.write(data)
+        if "sha256:" + digest.hexdigest() != layer.blob.digest:
+            raise NixlayerError(damaged_blob(source))
+        return out.tell()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
+
+
+def _digest_of(path: str) -> str | None:
+    """The sha256 digest of the file at ``path``, or None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -213,12 +255,13 @@ def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes
     ``ref_name`` in its ``index.json``, with ``artifacts`` (their blobs and manifests) attached;
     return the entry's digest and the bytes written."""
     check_layout_output(directory)
-    files = sorted({(blob_path(directory, layer.blob.digest), layer.file) for layer in layers})
+    # One blob per digest (an index's images share layers), by path.
+    files = sorted({blob_path(directory, layer.blob.digest): layer for layer in layers}.items(), key=lambda f: f[0])
     documents = [*documents, *(blob for a in artifacts for blob in (*a.blobs, a.manifest))]
 
-    def put_blobs(files: list[tuple[str, str]]) -> int:
+    def put_blobs(files: list[tuple[str, ImageLayer]]) -> int:
         os.makedirs(os.path.join(directory, "blobs", "sha256"), exist_ok=True)
-        written = sum(_put_file(path, source) for path, source in files)
+        written = sum(_put_file(path, layer) for path, layer in files)
         return written + sum(_put_data(directory, document)[1] for document in documents)
 
     written = put_blobs(files)  # unlocked: blobs are content-addressed, and a copy can take long
@@ -226,7 +269,7 @@ def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes
     with _locked(directory):
         # A first writer that failed meanwhile removed the layout, blobs and all, under this
         # lock (it had no index.json yet): whatever is missing is put again before the index.
-        written += put_blobs([(path, source) for path, source in files if not os.path.exists(path)])
+        written += put_blobs([(path, layer) for path, layer in files if not os.path.exists(path)])
         if not os.path.exists(os.path.join(directory, LAYOUT_FILE)):
             with atomic_file(os.path.join(directory, LAYOUT_FILE)) as f:
                 f.write(LAYOUT)

@@ -30,16 +30,21 @@ def check_name(name: str) -> str:
     Raises NixlayerError saying what is allowed: lowercase letters, digits and separators
     (``.``, ``_``, ``__``, ``-``) in ``/``-separated components, an optional ``host[:port]/``
     prefix (a first component with a ``.`` or ``:``, or ``localhost``; ``UPPER/app`` is a
-    path, which podman refuses), at most 255 characters.
+    path, which podman refuses), at most 255 characters once container engines add their
+    prefix to a name without a host (``docker.io/library/``).
     """
     if not name:
         raise NixlayerError("image name is empty: give a name such as 'app' or 'registry:5000/team/app'")
-    if len(name) > NAME_MAX:
-        raise NixlayerError(f"image name is {len(name)} characters long; at most {NAME_MAX} are allowed")
     first, slash, _ = name.partition("/")
     # A first component is a host only with a '.' or ':', or as 'localhost' (as podman and
     # Docker tell them apart); otherwise it is a path component, lowercase.
     host = slash and ("." in first or ":" in first or first == "localhost" or first.startswith("["))
+    # Without a host, engines name the image in full (Docker ``docker.io/library/app``, podman
+    # ``localhost/app``), and the full name is what must fit.
+    full = name if host else ("docker.io/" if slash else "docker.io/library/") + name
+    if len(full) > NAME_MAX:
+        raise NixlayerError(f"image name is {len(name)} characters long, {len(full)} as container engines name it"
+                            f" ({full[:len(full) - len(name)]}...); at most {NAME_MAX} are allowed")
     if not _NAME.match(name) or (slash and not host and not REPOSITORY.match(first)):
         raise NixlayerError(
             f"invalid image name {name!r}: use lowercase letters, digits and separators . _ __ -"
@@ -60,3 +65,25 @@ def check_tag(tag: str) -> str:
             " '_', '.' or '-', and does not start with '.' or '-'"
         )
     return tag
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
+_DIGEST_SUFFIX = re.compile(r"@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
+
+
+def without_credentials(text: str) -> tuple[str, bool]:
+    """``text`` (an image reference, ``docker://`` or not) fit to show, and whether it had
+    credentials in it: a user name or password (``user:password@host/...``) becomes ``***``.
+
+    Every ``@`` but a digest's at the end (``@sha256:<hex>``) is taken for the end of
+    credentials, so nothing typed before the last such ``@`` is ever shown, whatever it holds
+    (a ``/`` or an ``@`` in a password included).
+    """
+    scheme, rest = _SCHEME.match(text).groups()
+    digest = _DIGEST_SUFFIX.search(rest)
+    body, suffix = (rest[: digest.start()], rest[digest.start():]) if digest else (rest, "")
+    at = body.rfind("@")
+    if at < 0:
+        return text, False
+    return f"{scheme or ''}***{body[at:]}{suffix}", True
+

@@ -53,7 +53,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 import requests
 
 from nixlayer.errors import NixlayerError
-from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG
+from nixlayer.image import damaged_blob
+from nixlayer.reference import HOST, NAME_MAX, REPOSITORY, TAG, without_credentials
 from nixlayer.mediatypes import MANIFEST_MEDIA_TYPES, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 _T = TypeVar("_T")
@@ -118,7 +119,8 @@ def parse_push_target(text: str) -> PushTarget:
     (``@sha256:...``) are refused: a push needs a tag.
 
     Returns a :class:`PushTarget`. Raises NixlayerError with a one-line message saying what is
-    allowed.
+    allowed; a target with credentials in it (``user:password@HOST``) is refused, shown
+    without them (``nixlayer.reference.without_credentials``).
     """
     return _parse_reference(text, "push target", digest=False)[0]
 
@@ -136,6 +138,10 @@ def _parse_reference(text: str, what: str, digest: bool) -> tuple[PushTarget, st
     forms = _TARGET_FORMS + (", or @sha256:<64 hex digits> instead of the tag" if digest else "")
     if not isinstance(text, str) or not text.strip():
         raise NixlayerError(f"{what} {text!r} is empty: {forms}")
+    shown, credentials = without_credentials(text.strip())
+    if credentials:  # refused before anything shows it (no message below can)
+        raise NixlayerError(f"{what} {shown} has a user name or password in it: nixlayer takes credentials"
+                            " only from an auth file (`podman login HOST` writes one), never from a target")
     rest = text.strip()
     if rest.startswith("docker://"):
         rest = rest[len("docker://") :]
@@ -737,13 +743,21 @@ def _upload_once(client: _Client, blob: Blob, chunk_size: int | None, location: 
 
 
 def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
-    """Upload ``blob``, restarting the whole session after a transient fault."""
+    """Upload ``blob``, restarting the whole session after a transient fault. Raises
+    NixlayerError naming its file, before anything is sent, if its bytes do not match its digest."""
     try:
         actual = blob.path.stat().st_size
     except OSError as exc:
         raise NixlayerError(f"blob {blob.digest}: cannot read {blob.path} ({exc.strerror})") from None
     if actual != blob.size:
         raise NixlayerError(f"blob {blob.digest}: {blob.path} has {actual} bytes, expected {blob.size}")
+    try:  # read once before it is sent: a damaged blob never reaches the registry
+        with open(blob.path, "rb") as f:
+            matches = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest() == blob.digest
+    except OSError as exc:
+        raise NixlayerError(f"blob {blob.digest}: cannot read {blob.path} ({exc.strerror})") from None
+    if not matches:
+        raise NixlayerError(damaged_blob(str(blob.path)))
     first = [location]
 
     def action() -> None:

@@ -45,7 +45,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.human import count
 from nixlayer.perms import parse_perms
 from nixlayer.plan import DEFAULT_LAYERING, check_layering
-from nixlayer.formats import STDOUT
+from nixlayer.formats import STDOUT, is_stream
 from pipelines.build import BuildImage, layer_plan
 from pipelines.index import INDEX_FIELDS, ImageIndex, index_groups
 from pipelines.spec import spec_batch
@@ -134,6 +134,8 @@ def _image_params(settings: dict, directory: str) -> dict:
         raise NixlayerError("no output (a file, or a directory for format 'oci') and no push")
     if out.get("output") == STDOUT:
         raise NixlayerError("output '-' (standard output) cannot be used in a batch")
+    if out.get("output") and is_stream(os.path.join(directory, os.path.expanduser(out["output"]))):
+        raise NixlayerError(f"output {out['output']} is a device or a FIFO, which cannot be used in a batch")
     for key in PATH_KEYS:
         if out.get(key) and not (key == "store_root" and out[key] == "/"):
             out[key] = os.path.normpath(os.path.join(directory, os.path.expanduser(out[key])))
@@ -167,6 +169,8 @@ def load_batch(path: str) -> list[dict]:
         raise NixlayerError(f"{path}: cannot read batch file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise NixlayerError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise NixlayerError(f"{path}: not valid TOML: byte {e.start + 1} is not UTF-8 (TOML files are UTF-8)") from None
     images = data.pop("image", None)
     if not isinstance(images, list) or not images or not all(isinstance(i, dict) for i in images):
         raise NixlayerError(f"{path}: no [[image]] tables")

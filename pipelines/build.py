@@ -15,7 +15,7 @@ from nixlayer.atomic import check_writable
 from nixlayer.base_image import absolute_source, inherit_config, read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
-from nixlayer.formats import FORMATS, STDOUT, check_format
+from nixlayer.formats import FORMATS, STDOUT, check_format, is_stream
 from nixlayer.errors import NixlayerError
 from nixlayer.customisation import check_contents
 from nixlayer.perms import parse_perms, perms_json
@@ -25,8 +25,8 @@ from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, co
 from nixlayer.index import Platform, parse_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
-from nixlayer.reference import check_name, check_tag
-from nixlayer.registry import parse_push_target
+from nixlayer.reference import check_name, check_tag, without_credentials
+from nixlayer.registry import parse_pull_reference, parse_push_target
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -36,7 +36,7 @@ from tasks.config import compression_threads, layer_store_root
 from tasks.image import ImageTask, keep_closure
 from tasks.index import AssembleIndex
 from tasks.layers import CustomisationLayer
-from tasks.push import PushToRegistry
+from tasks.push import PushTargetParameter, PushToRegistry
 from pipelines.spec import load_spec, with_spec
 
 PUSH_COMPRESSION = "gzip"  # what --compression auto means for a registry
@@ -48,6 +48,12 @@ class StorePathsParameter(luigi.ListParameter):
 
     expected = "a JSON list of store paths such as '[\"/nix/store/...-hello\"]'"
 
+    def parse(self, x):
+        value = json.loads(x)  # (Luigi's own takes an object's keys for a list)
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ValueError("not a list of strings")
+        return super().parse(x)
+
     def normalize(self, x):
         """The list, a relative path in it (a link such as ``./result``) made absolute: with
         luigid, the same command run from two directories is two images, as its links are."""
@@ -57,9 +63,12 @@ class StorePathsParameter(luigi.ListParameter):
 
 class ImageSourceParameter(luigi.Parameter):
     """A base image in skopeo's transport syntax; a relative path in it made absolute (as
-    StorePathsParameter's)."""
+    StorePathsParameter's). A registry reference with credentials in it is refused as it is
+    read, as a push target is (``tasks.push.PushTargetParameter``)."""
 
     def normalize(self, x):
+        if isinstance(x, str) and x.startswith("docker://") and without_credentials(x)[1]:
+            parse_pull_reference(x)  # raises, showing the reference without them
         return absolute_source(x) if isinstance(x, str) and x else x
 
 
@@ -260,11 +269,11 @@ class ImageParameters(NixlayerTask, abstract=True):
     def targets(self) -> list[ImageTask]:
         """The image tasks Luigi schedules: all but an AssembleImage writing to standard output
         (not a target Luigi can check; this task requires its layers and writes it itself)."""
-        return [task for task in self.image_tasks() if not _to_stdout(task)]
+        return [task for task in self.image_tasks() if not _streamed(task)]
 
     def requires(self) -> list:
         """The targets, and the layers of an image written to standard output."""
-        tasks = [task for target in self.image_tasks() for task in (target.requires() if _to_stdout(target) else [target])]
+        tasks = [task for target in self.image_tasks() for task in (target.requires() if _streamed(target) else [target])]
         plan_batches(tasks)
         self.announce(done=False)
         return tasks
@@ -275,14 +284,14 @@ class ImageParameters(NixlayerTask, abstract=True):
         self.plan  # every parameter is checked, even when nothing is left to do
         if runlog.state(self).get("ran"):
             return True
-        done = all(not _to_stdout(task) and task.complete() for task in self.image_tasks())
+        done = all(not _streamed(task) and task.complete() for task in self.image_tasks())
         if done:
             self.announce(done=True)
         return done
 
     def run(self) -> None:
         for task in self.image_tasks():
-            if _to_stdout(task):
+            if _streamed(task):
                 task.write()
         runlog.state(self)["ran"] = True
 
@@ -303,7 +312,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         """The line printed at the end of a run that made the image (none if it did not):
         where it went, its digest, its layers built and reused, bytes written, time."""
         built_layers, written = runlog.results(entries)
-        if not all(STDOUT in written if _to_stdout(task) else task.complete() for task in self.image_tasks()):
+        if not all(task.output in written if _streamed(task) else task.complete() for task in self.image_tasks()):
             return []
         pushed = next((entry for entry in entries if entry.get("pushed") == self.push), None)
         r = self.report(built_layers, written, {})
@@ -329,6 +338,9 @@ class ImageParameters(NixlayerTask, abstract=True):
         and store paths the config mentions."""
         store_dir = normalize_store_dir(self.store_dir)
         contents = [resolve_store_path(p, store_dir) for p in self.contents]
+        twice = next((path for number, path in enumerate(contents) if path in contents[:number]), None)
+        if twice is not None:
+            raise NixlayerError(f"--contents names {twice} twice: give each store path once")
         try:
             config = check_config(json.loads(self.config))
         except json.JSONDecodeError as e:
@@ -394,7 +406,7 @@ def image_report(image, built_layers: set[str], written: dict[str, dict], layers
             layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
     built = [t.path for t in targets if t.path in built_layers]
     entry = written.get(assemble.output, {}) if assemble else {}
-    if assemble and not entry and assemble.output != STDOUT:
+    if assemble and not entry and not (isinstance(assemble, AssembleImage) and _streamed(assemble)):
         digest = assemble.read_stamp(assemble.stamp()).get("digest")
     elif assemble:
         digest = entry.get("digest")
@@ -411,9 +423,10 @@ def image_report(image, built_layers: set[str], written: dict[str, dict], layers
     }
 
 
-def _to_stdout(task: ImageTask) -> bool:
-    """Whether ``task`` writes its image to standard output."""
-    return isinstance(task, AssembleImage) and task.output == STDOUT
+def _streamed(task: ImageTask) -> bool:
+    """Whether ``task`` writes its image as a stream (to standard output, a device or a FIFO:
+    ``nixlayer.formats.is_stream``), which is not a target Luigi can check."""
+    return isinstance(task, AssembleImage) and is_stream(task.output)
 
 
 def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
@@ -452,7 +465,7 @@ class BuildImage(ImageParameters):
 
     format = luigi.ChoiceParameter(choices=FORMATS, default="docker-archive")
     output = luigi.Parameter(default="", description="output file, directory for 'oci', or '-' for standard output")
-    push = luigi.Parameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    push = PushTargetParameter(default="", description="push to docker://HOST[:PORT]/REPOSITORY[:TAG]")
     sbom = luigi.Parameter(default="", description="also write the image's SBOM (CycloneDX 1.6 JSON) to this file")
 
     def check(self) -> None:
@@ -509,9 +522,11 @@ class BuildImage(ImageParameters):
                 raise NixlayerError("cowardly refusing to write an image to a terminal; redirect or pipe it"
                                     " (--output - > FILE, --output - | podman load) or give --output FILE")
             return
-        output = os.path.abspath(self.output)
-        if self.format != "oci" and os.path.isdir(output):
-            raise NixlayerError(f"cannot write output {self.output}: it is a directory")
+        if is_stream(self.output):
+            if not os.access(self.output, os.W_OK):
+                raise NixlayerError(f"cannot write output {self.output}: permission denied")
+            return
+        output = os.path.realpath(self.output)  # a symlink is followed (nixlayer.formats)
         check_writable(output)
         if self.format == "oci":
             check_layout_writable(output)
@@ -522,7 +537,7 @@ class PushImage(ImageParameters):
     layers already in the layer store: only missing layers are built, only missing blobs sent.
     """
 
-    target = luigi.Parameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
+    target = PushTargetParameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
 
     def check(self) -> None:
         parse_push_target(self.target)

@@ -8,7 +8,7 @@ import os
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.formats import FORMATS, STDOUT, Written, write_image
+from nixlayer.formats import FORMATS, Written, is_stream, write_image
 from nixlayer.oci_layout import layout_digest
 from tasks import runlog
 from tasks.base import BatchableTask, Report, json_list
@@ -69,10 +69,16 @@ class AssembleImage(BatchableTask, ImageTask):
         members = self.members()
         if members != [self]:
             return all(member.complete() for member in members)
+        if is_stream(self.output):
+            return False
         signature = self.read_stamp(self.stamp()).get("signature")
         if self.sbom and not os.path.exists(self.sbom):
             return False
-        return signature is not None and signature == self._output_signature()
+        if signature is None or signature != self._output_signature():
+            return False
+        # An OCI layout hard-links its layer blobs from the layer store: one damaged there (and
+        # removed by its check) is damaged in the layout too, which is written again.
+        return self.format != "oci" or all(task.complete() for task in self.requires())
 
     def written(self) -> list[str]:
         """The outputs this task's run wrote (none before it ran)."""
@@ -87,7 +93,7 @@ class AssembleImage(BatchableTask, ImageTask):
         digest, written = member.write()
         report(100, f"wrote {member.format} {member.output}: {member.name}:{member.tag} {digest}")
         self._written.append(member.output)
-        if member.output != STDOUT:
+        if not is_stream(member.output):  # a stream is written again every time
             member.layer_store().write_image_stamp(member.stamp(), {
                 "output": member.output, "name": member.name, "digest": digest,
                 "signature": member._output_signature(), "bytes": written, "layers": member.layer_records(),

@@ -26,7 +26,7 @@ from tasks import runlog
 from tasks.assemble import output_signature
 from tasks.base import NixlayerTask
 from tasks.image import ImageTask
-from tasks.push import mount_sources, record_push
+from tasks.push import PushTargetParameter, mount_sources, record_push
 
 logger = logging.getLogger("nixlayer.push")
 
@@ -116,7 +116,7 @@ class PushIndex(IndexTask):
     missing blobs once, its manifest by digest, the index under the tag. Complete, as
     PushToRegistry, when the registry holds this index under the tag."""
 
-    target = luigi.Parameter()
+    target = PushTargetParameter()
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
 
     def _target(self) -> PushTarget:

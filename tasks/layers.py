@@ -36,10 +36,10 @@ from tasks.errors import PREFIX
 class LayerStoreTarget(luigi.LocalTarget):
     """A layer record in the layer store; it exists only if its blob is present and whole.
 
-    The record is parsed once, or kept from :meth:`write` (records never change once
-    written); later checks stat the record and its blob, as Luigi asks several times a build,
-    and an image taking the record (:meth:`record`) checks its blob only. ``name`` is the
-    record's path relative to the layer store's root.
+    The record is parsed once, or kept from :meth:`write`; later checks stat the record and
+    its blob (``LayerStore.check``: size, inode, modification time), as Luigi asks several
+    times a build, and an image taking the record (:meth:`record`) checks its blob only.
+    ``name`` is the record's path relative to the layer store's root.
     """
 
     def __init__(self, store: LayerStore, name: str) -> None:
@@ -54,18 +54,19 @@ class LayerStoreTarget(luigi.LocalTarget):
         return self._record
 
     def exists(self) -> bool:
-        if self._record is not None and os.path.exists(self.path) and self.store.has_blob(self._record.blob):
-            return True
-        self._record = self.store.find(self.path)
+        if self._record is not None and os.path.isfile(self.path):
+            self._record = self.store.check(self.path, self._record)
+        else:
+            self._record = self.store.find(self.path)
         return self._record is not None
 
     def record(self) -> LayerRecord:
-        """The layer's record, once its blob is checked (present, at its size): what an image
-        is made of. Raises NixlayerError if the blob is missing, or if the record is and was
-        not read before."""
-        if self._record is not None and self.store.has_blob(self._record.blob):
-            return self._record
-        if not self.exists():
+        """The layer's record, once its blob is checked (``LayerStore.check``): what an image
+        is made of. Raises NixlayerError if the blob is missing or damaged, or if the record
+        is and was not read before."""
+        if self._record is not None:
+            self._record = self.store.check(self.path, self._record)
+        if self._record is None and not self.exists():
             return self.store.read(self.path)  # raises, naming what is wrong
         assert self._record is not None
         return self._record

@@ -23,16 +23,28 @@ from nixlayer.errors import NixlayerError
 from nixlayer.base_image import BaseImage, parse_source
 from nixlayer.layerstore import read_json
 from nixlayer.registry import Blob, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest
+from nixlayer.reference import without_credentials
 from tasks import runlog
 from tasks.image import ImageTask
 
 logger = logging.getLogger("nixlayer.push")
 
 
+class PushTargetParameter(luigi.Parameter):
+    """A push target (``docker://HOST[:PORT]/REPOSITORY:TAG``). One with credentials in it is
+    refused as it is read, before a task holding it exists: a task's parameters go to the
+    scheduler (luigid's dashboard and history) and into Luigi's log lines."""
+
+    def normalize(self, x):
+        if isinstance(x, str) and without_credentials(x)[1]:
+            parse_push_target(x)  # raises, showing the target without them
+        return x
+
+
 class PushToRegistry(ImageTask):
     """Pushes the image to ``target`` (``docker://HOST[:PORT]/REPOSITORY:TAG``) as an OCI image."""
 
-    target = luigi.Parameter()
+    target = PushTargetParameter()
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
 
     def _target(self) -> PushTarget:

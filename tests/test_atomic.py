@@ -79,7 +79,7 @@ def test_layer_store_write_makes_temporaries_in_tmp_and_removes_abandoned_ones(t
         return LayerBlob(digest, len(data), digest, len(data), "application/vnd.oci.image.layer.v1.tar")
 
     record = store.write(store.record_path("settings", "key"), ["/nix/store/x"], "", write_blob)
-    assert store.has_blob(record.blob)
+    assert store.find(store.record_path("settings", "key")) == record
     assert not stale.exists() and not stale_record.exists() and live.exists()
     assert [p.name for p in temps.iterdir()] == [".blob.tmp-writing"]
     assert [p.name for p in (tmp_path / "store" / "blobs" / "sha256").iterdir()] == [digest.removeprefix("sha256:")]

@@ -1,0 +1,145 @@
+"""Store paths that change while a layer is written (issue 18, class 2): a file or directory
+swapped for a symlink, a FIFO or another file between the walk that lists it and the read that
+takes its bytes. The swap happens in a callback of the writer at a known point (the progress
+report after the first file is read, or between the entries the walk yields), never by timing.
+The layer is refused with one error naming the path, and nothing reaches the layer store."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nixlayer.errors import NixlayerError
+from nixlayer.layer import LayerSettings, read_directory, store_path_entries, write_entries, write_store_layer
+from nixlayer.layerstore import LayerStore
+
+SECRET = b"the host's secret\n"
+
+
+def store_path(root: Path, name: str = "changing") -> tuple[str, Path]:
+    """A store path under the store root ``root``: files ``a`` and ``b`` (as big as SECRET)
+    and a directory ``d`` holding ``f``. Returns its name in the image and its directory."""
+    disk = root / "nix" / "store" / ("a" * 32 + "-" + name)
+    (disk / "d").mkdir(parents=True)
+    (disk / "a").write_bytes(b"first\n")
+    (disk / "b").write_bytes(b"x" * len(SECRET))
+    (disk / "d" / "f").write_bytes(b"in d\n")
+    return f"/nix/store/{disk.name}", disk
+
+
+def swap_for_symlink(path: Path, target: Path) -> None:
+    os.rename(path, path.with_name(path.name + ".old"))
+    path.symlink_to(target)
+
+
+@pytest.fixture
+def secret(tmp_path) -> Path:
+    """A file of the host the store path must never bring into a layer."""
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    return path
+
+
+def swaps(secret: Path) -> dict:
+    def other_file(path: Path) -> None:  # same size, another inode
+        os.rename(path, path.with_name(path.name + ".old"))
+        path.write_bytes(b"y" * len(SECRET))
+
+    def fifo(path: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    return {
+        "a symlink to a file of the host": (lambda path: swap_for_symlink(path, secret), "it is a symlink now"),
+        "another file of the same size": (other_file, "it is another file now"),
+        "a FIFO": (fifo, "it is not a regular file now"),
+        "a longer file": (lambda path: path.write_bytes(b"x" * 100), "100 bytes now, 18 when listed"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["a symlink to a file of the host", "another file of the same size", "a FIFO",
+                                  "a longer file"])
+def test_a_file_swapped_after_it_was_listed_is_refused_and_nothing_is_written(tmp_path, secret, kind):
+    swap, how = swaps(secret)[kind]
+    name, disk = store_path(tmp_path / "root")
+    store = LayerStore(str(tmp_path / "layer-store"))
+    swapped = []
+
+    def progress(done: int, total: int) -> None:  # after "a" is read, before "b" is opened
+        if not swapped:
+            swap(disk / "b")
+            swapped.append(True)
+
+    def write_blob(out):
+        return write_store_layer([name], out, store_root=str(tmp_path / "root"), progress=progress)
+
+    record = str(tmp_path / "layer-store" / "layers" / "k" / "layer.json")
+    with pytest.raises(NixlayerError) as error:
+        store.write(record, [name], "", write_blob)
+    assert str(error.value) == (
+        f"{disk}/b changed while the layer was written ({how}): nothing was written; build again when nothing"
+        " writes to the store path (store paths are never changed by Nix)")
+    assert swapped and not os.path.exists(record)
+    assert [p for p in (tmp_path / "layer-store").rglob("*") if p.is_file()] == []
+
+
+def test_a_directory_swapped_for_a_symlink_after_it_was_listed_is_never_walked_into(tmp_path, secret):
+    name, disk = store_path(tmp_path / "root")
+    (tmp_path / "host-dir").mkdir()
+    (tmp_path / "host-dir" / "shadow").write_bytes(SECRET)
+    entries = store_path_entries(name, str(tmp_path / "root"))
+    listed = []
+    with pytest.raises(NixlayerError) as error:
+        for entry in entries:
+            listed.append(entry.name)
+            if entry.name == f"{name}/d":  # yielded when listed, before its own children are read
+                swap_for_symlink(disk / "d", tmp_path / "host-dir")
+    assert str(error.value).startswith(f"{disk}/d changed while the layer was written (it is no longer that"
+                                       " directory): nothing was written")
+    assert not any("shadow" in entry for entry in listed)
+
+
+def test_a_directory_replaced_by_another_is_refused(tmp_path):
+    """read_directory, which the customisation layer's walk shares, checks the directory it
+    opens is the one listed: a directory moved away and another put in its place is refused."""
+    _, disk = store_path(tmp_path / "root")
+    listed = os.lstat(disk / "d")
+    os.rename(disk / "d", disk / "d.old")
+    (disk / "d").mkdir()
+    with pytest.raises(NixlayerError, match=r"/d changed while the layer was written \(it is another directory now\)"):
+        read_directory(os.fsencode(disk / "d"), listed)
+
+
+def test_a_file_written_to_while_it_is_read_is_refused(tmp_path):
+    """A file that grows while its bytes are read (after its first 1 MiB piece) is refused,
+    not written at its listed size."""
+    name, disk = store_path(tmp_path / "root")
+    (disk / "a").write_bytes(b"z" * (2 * 2**20))
+    entries = list(store_path_entries(name, str(tmp_path / "root")))
+    grown = []
+
+    def progress(done: int, total: int) -> None:
+        if not grown:
+            with open(disk / "a", "ab") as f:
+                f.write(b"more")
+            grown.append(True)
+
+    with pytest.raises(NixlayerError, match=r"/a changed while the layer was written \(2097156 bytes now, 2097152"):
+        write_entries(entries, io.BytesIO(), LayerSettings(), progress=progress)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path):
+    name, disk = store_path(tmp_path / "root")
+    deep = disk / "d"
+    try:
+        for _ in range(1100):  # sys.getrecursionlimit() is 1000 (os.makedirs recurses too)
+            deep = deep / "x"
+            deep.mkdir()
+        entries = list(store_path_entries(name, str(tmp_path / "root")))
+        assert len([e for e in entries if e.kind == "dir"]) == 1100 + 2
+    finally:  # pytest removes old temporary directories with shutil.rmtree, which recurses
+        subprocess.run(["rm", "-rf", str(disk)], check=True)
