@@ -141,7 +141,7 @@ def _parse_reference(text: str, what: str, digest: bool) -> tuple[PushTarget, st
     shown, credentials = without_credentials(text.strip())
     if credentials:  # refused before anything shows it (no message below can)
         raise NixlayerError(f"{what} {shown} has a user name or password in it: nixlayer takes credentials"
-                            " only from an auth file (`podman login HOST` writes one), never from a target")
+                            " only from an auth file (`podman login HOST` writes one), never from an image reference")
     rest = text.strip()
     if rest.startswith("docker://"):
         rest = rest[len("docker://") :]

@@ -19,7 +19,7 @@ from test_user_errors import error_lines
 
 SECRET = "s3cr3t-Pa55"
 LINE = ("nixlayer: error: push target {shown} has a user name or password in it: nixlayer takes credentials only"
-        " from an auth file (`podman login HOST` writes one), never from a target")
+        " from an auth file (`podman login HOST` writes one), never from an image reference")
 
 
 @pytest.fixture(scope="module")
