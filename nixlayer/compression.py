@@ -8,7 +8,10 @@ types are those of the OCI image-spec, "Image Layer Filesystem Changeset" (layer
 Determinism: the compressed bytes depend on the algorithm, its level and the library that makes
 them (its version is in ``Compression.key``, and pyproject.toml pins it), never on the number of
 threads, on how the input is cut into ``compress`` calls, or on the machine's core count, so a
-layer has one digest wherever it is built.
+layer has one digest on every machine of one CPU architecture. zlib-ng promises no more than
+that (its matchers are chosen per architecture, and other deflate output has been reported on
+aarch64 than on x86-64), so the gzip key names the architecture too: a layer store shared by
+machines of two architectures keeps a gzip blob for each.
 
 - gzip: as pigz does it, the tar stream is cut into blocks of ``GZIP_BLOCK`` bytes, each deflated
   on its own (zlib-ng, in a thread pool) with the previous block's last 32 KiB as its preset
@@ -24,6 +27,7 @@ layer has one digest wherever it is built.
 from __future__ import annotations
 
 import os
+import platform
 import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -179,11 +183,12 @@ class Compression:
     @property
     def key(self) -> str:
         """A short string naming everything that changes the compressed bytes: the algorithm,
-        its level, the library and its version, and (gzip) the block size."""
+        its level, the library and its version, and (gzip) the block size and the CPU
+        architecture (see the module docstring)."""
         if self.name == "none":
             return "none"
         if self.name == "gzip":
-            return f"gzip-{self.effective_level}-zlib-ng-{zlib_ng.ZLIBNG_VERSION}-b{GZIP_BLOCK}"
+            return f"gzip-{self.effective_level}-zlib-ng-{zlib_ng.ZLIBNG_VERSION}-b{GZIP_BLOCK}-{platform.machine()}"
         version = ".".join(map(str, zstandard.ZSTD_VERSION))
         return f"zstd-{self.effective_level}-mt-libzstd-{version}"
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import tempfile
@@ -70,7 +71,8 @@ class RootTree:
     def key(self) -> dict:
         """Everything of it that changes the layer's bytes, for the layer's key (``{}`` for an
         empty one; a field left empty is left out, so adding fields keeps old keys): the Nix
-        version too when there is a database (its bytes are Nix's)."""
+        and SQLite versions too when there is a database (its bytes are Nix's, and the SQLite
+        library that fixes its registration times writes its version into the file's header)."""
         key: dict = {}
         if self.copy_to_root:
             key["copy_to_root"] = list(self.copy_to_root)
@@ -83,6 +85,7 @@ class RootTree:
         if self.nix_db:
             key["nix_db"] = sorted(self.nix_db)
             key["nix"] = nix_version()
+            key["sqlite"] = sqlite3.sqlite_version
         return key
 
 
