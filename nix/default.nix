@@ -82,6 +82,7 @@ let
   # What to say instead of "not supported yet" for an unsupported argument.
   unsupportedWhy = {
     enableFakechroot = "'enableFakechroot' is not supported: fakeRootCommands run under fakeroot in a copy of the customisation layer's tree, without a chroot (store paths are reached through the host's store); leave it out";
+    compressor = "'compressor' other than \"none\" is not supported: nixlayer's docker-archive is an uncompressed tar, as streamLayeredImage's; for compressed layers use format = \"oci-archive\" (or \"oci\") with compression = \"gzip\" or \"zstd\"";
   };
 
   # The store path of one `contents` (or `copyToRoot`) item: a derivation (its default output),
