@@ -252,8 +252,9 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the
-        ``stable`` layering): the image last written to this output under this name, else last
-        pushed to this target; None for a first build."""
+        ``stable`` layering): the image of this platform last written to this output under this
+        name, else last pushed to this target (``LayerStore.previous_layers``); None for a first
+        build."""
         raise NotImplementedError
 
     def nar_sizes(self) -> dict[str, int | None]:
@@ -483,7 +484,8 @@ class BuildImage(ImageParameters):
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
         target = str(parse_push_target(self.push)) if self.push else None
-        return layer_store.previous_layers(output=output, name=self.name, target=target)
+        return layer_store.previous_layers(output=output, name=self.name, target=target,
+                                           platform=str(self.image_platform))
 
     def _check_sbom(self) -> None:
         """Fail before any work if the SBOM file cannot be written where asked."""
@@ -553,4 +555,4 @@ class PushImage(ImageParameters):
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        return layer_store.previous_layers(target=str(parse_push_target(self.target)))
+        return layer_store.previous_layers(target=str(parse_push_target(self.target)), platform=str(self.image_platform))

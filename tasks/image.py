@@ -9,6 +9,7 @@ import luigi
 from nixlayer.base_image import BaseImage
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
+from nixlayer.index import Platform
 from nixlayer.image import (
     DEFAULT_CREATED, Artifact, ImageLayer, canonical_json, config_store_paths, image_annotations, image_config,
     oci_manifest, parse_time, sha256_digest,
@@ -104,6 +105,11 @@ class ImageTask(LayerParameters, abstract=True):
                 **perms([*self.contents, *self.copy_to_root])))
             self._layer_tasks = layers
         return list(layers)
+
+    @property
+    def image_platform(self) -> Platform:
+        """The image's platform (``architecture`` and ``variant``; os linux)."""
+        return Platform(self.architecture, self.variant)
 
     def base_uncompressed(self) -> bool:
         """Whether the base image's layers are needed as tars (compressed blobs are kept as

@@ -17,7 +17,7 @@ import luigi
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, Written, write_index
 from nixlayer.image import sha256_digest
-from nixlayer.index import Platform, PlatformImage, oci_index
+from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layerstore import LayerStore, read_json
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX
 from nixlayer.errors import NixlayerError
@@ -60,7 +60,7 @@ class IndexTask(NixlayerTask, abstract=True):
         images = []
         for member in self.members():
             layers = member.image_layers()
-            images.append(PlatformImage(layers, member.image_config(layers), Platform(member.architecture, member.variant)))
+            images.append(PlatformImage(layers, member.image_config(layers), member.image_platform))
         return images
 
     def layer_store(self) -> LayerStore:
@@ -69,6 +69,11 @@ class IndexTask(NixlayerTask, abstract=True):
     def layer_records(self) -> list[str]:
         """Every image's layer records (see ``ImageTask.layer_records``), each once."""
         return sorted({record for member in self.members() for record in member.layer_records()})
+
+    def image_records(self) -> dict[str, list[str]]:
+        """Each image's layer records, bottom first, by its platform: the index's stamp names
+        them, for the ``stable`` layering of each image's next build (``LayerStore.previous_layers``)."""
+        return {str(member.image_platform): member.layer_records() for member in self.members()}
 
     def read_stamp(self, path: str, mark_used: bool = True) -> dict:
         return read_json(path, mark_used)
@@ -148,4 +153,4 @@ class PushIndex(IndexTask):
             pushed.append((image.manifest, config, layers))
         result = push_index(target, pushed, oci_index(images), insecure=self.insecure_registry,
                             mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]), log=logger.info)
-        record_push(self, result, self._stamp(), self.layer_records())
+        record_push(self, result, self._stamp(), self.layer_records(), images=self.image_records())

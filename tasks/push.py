@@ -116,11 +116,12 @@ def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[st
 
 
 def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records: list[str],
-                referrers: list[str] = ()) -> None:
+                referrers: list[str] = (), images: dict[str, list[str]] | None = None) -> None:
     """After ``task`` pushed (``result``): its status message, the run log's entry (the run's
     summary line says it too, see ``pipelines.build``), and its stamp at ``stamp`` naming the
-    manifest digest pushed, the layer records it is made of and the digests of the artifacts
-    pushed as its ``referrers``."""
+    manifest digest pushed, the layer records it is made of, the digests of the artifacts
+    pushed as its ``referrers``, and for an index, its ``images``: each platform's layer
+    records, bottom first (see ``LayerStore.previous_layers``)."""
     target = result.target
     task.set_status_message(
         f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
@@ -132,4 +133,5 @@ def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records:
         f.write(json.dumps({
             "target": str(target), "host": target.host, "repository": target.repository,
             "manifest_digest": result.manifest_digest, "layers": layer_records, "referrers": list(referrers),
+            **({"images": images} if images else {}),
         }).encode())

@@ -13,16 +13,19 @@ import json
 import subprocess
 from pathlib import Path
 
+import luigi
 import pytest
 
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, parse_platform
+from nixlayer.layerstore import LayerStore
 from pipelines import BuildImages
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_batch import run_batch_cli, write_batch
 from test_build import PODMAN_RUN
 from test_spec import spec_build
+from test_stable import _incremental
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -223,3 +226,43 @@ def test_one_image_of_a_platform_is_an_image_not_an_index(tmp_path, layer_store,
     run_luigi(BuildImage(name="vec", tag="1", contents=[vectors_app], format="oci", output=str(tmp_path / "host")))
     config = json.loads(skopeo("inspect", "--config", f"oci:{tmp_path / 'host'}:1"))
     assert (config["architecture"], "variant" in config) == ("amd64", False)
+
+
+def _members(batch: Path, report: Path) -> list:
+    """The BuildImage of each image of ``batch``'s one index, planned as a new process plans
+    them (Luigi's instance cache cleared: nothing planned before is reused)."""
+    luigi.task_register.Register.clear_instance_cache()
+    ((_, index),) = BuildImages(batch_file=str(batch), report=str(report)).images()
+    return index.images
+
+
+@pytest.mark.parametrize("destination", ["push"])
+def test_index_rebuilt_keeps_each_platforms_layers(tmp_path, layer_store, registry, destination):
+    """The stable layering (the default) keeps, for each image of an index, the layers of that
+    platform's image in the index last written to the output (or pushed to the target)."""
+    v1, v2 = _incremental("1"), _incremental("2")
+    where = ('format = "oci"\noutput = "out/layout"' if destination == "output"
+             else f'push = "docker://{registry.host}/stable/{destination}:1"')
+
+    def batch(version: dict) -> Path:
+        return write_batch(tmp_path / "batch.toml", f'name = "inc"\ntag = "1"\nmax_layers = 3\n{where}\n', [
+            f'contents = ["{version["app"]}"]\nplatform = "linux/amd64"',
+            f'contents = ["{version["app"]}", "{version["tool"]}"]\nplatform = "linux/arm64"'])
+
+    report = tmp_path / "report.json"
+    first = [image.plan["store_layers"] for image in _members(batch(v1), report)]
+    run_luigi(BuildImages(batch_file=str(batch(v1)), report=str(report)))
+    # The tool updated: the amd64 image (without it) keeps every layer, the arm64 one all but
+    # the tool's, as one image's rebuild does (test_stable).
+    second = [image.plan["store_layers"] for image in _members(batch(v2), report)]
+    assert second == [first[0], [[v2["tool"] if path == v1["tool"] else path for path in layer] for layer in first[1]]]
+    assert second[1] != first[1]
+    ran = run_luigi(BuildImages(batch_file=str(batch(v2)), report=str(report)))["ran_tasks"]
+    written = [task.store_paths() for task in ran if task.task_family in ("StorePathLayer", "OverflowLayer")]
+    assert written == [layer for layer in second[1] if v2["tool"] in layer]
+    # Each platform's layers are found through one pointer (an output's) or the push's stamp.
+    store = LayerStore(str(layer_store))
+    target = f"{registry.host}/stable/{destination}:1" if destination == "push" else None
+    output = str(tmp_path / "out" / "layout") if destination == "output" else None
+    assert [store.previous_layers(output=output, name="inc", target=target, platform=platform)
+            for platform in ("linux/amd64", "linux/arm64")] == second
