@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import luigi
 
-from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, Written, write_index
 from nixlayer.image import sha256_digest
 from nixlayer.index import PlatformImage, oci_index
@@ -97,14 +95,11 @@ class AssembleIndex(IndexTask):
     def run(self) -> None:
         self.set_status_message(f"writing {self.format} {self.output}: {self.name}:{self.tag}")
         written = self.write()
-        stamp = self.stamp()
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
-        with atomic_file(stamp) as f:
-            f.write(json.dumps({
-                "output": self.output, "name": self.name, "digest": written.digest,
-                "signature": output_signature(self.format, self.output, self.tag),
-                "bytes": written.bytes, "layers": self.layer_records(),
-            }).encode())
+        self.layer_store().write_image_stamp(self.stamp(), {
+            "output": self.output, "name": self.name, "digest": written.digest,
+            "signature": output_signature(self.format, self.output, self.tag),
+            "bytes": written.bytes, "layers": self.layer_records(), "images": self.image_records(),
+        })
         self.set_status_message(f"wrote {self.format} {self.output}: {self.name}:{self.tag} {written.digest}")
 
     def write(self) -> Written:

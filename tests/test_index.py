@@ -236,7 +236,7 @@ def _members(batch: Path, report: Path) -> list:
     return index.images
 
 
-@pytest.mark.parametrize("destination", ["push"])
+@pytest.mark.parametrize("destination", ["output", "push"])
 def test_index_rebuilt_keeps_each_platforms_layers(tmp_path, layer_store, registry, destination):
     """The stable layering (the default) keeps, for each image of an index, the layers of that
     platform's image in the index last written to the output (or pushed to the target)."""
