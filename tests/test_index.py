@@ -47,6 +47,12 @@ def hello() -> tuple[str, str]:
     return nix_build(REPO / "examples" / "hello.nix", "hello"), nix_build(REPO / "examples" / "hello.nix", "busybox")
 
 
+def new_process() -> None:
+    """Make the next build in this process plan its images anew, as a new process would: Luigi
+    keeps the tasks it made (an instance cache), a BuildImage its plan."""
+    luigi.task_register.Register.clear_instance_cache()
+
+
 def two_platforms(hello: tuple[str, str], destination: str, arm64_extra: str = "") -> list[str]:
     """An amd64 image of hello and busybox, and an arm64/v8 one (a table) with ``arm64_extra`` too."""
     contents = json.dumps(list(hello))
@@ -96,7 +102,8 @@ def test_index_in_an_oci_layout_and_an_oci_archive(tmp_path, layer_store, hello)
         ("hello", "1", ["linux/amd64", "linux/arm64/v8"], 7)] * 2
     assert data["images"][0]["digest"] == entries[0]["digest"]
 
-    # Nothing changed: nothing written again.
+    # Nothing changed: nothing written again, the images planned anew as a new process plans them.
+    new_process()
     again = run_luigi(BuildImages(batch_file=str(batch), report=str(report)))
     assert again["ran"] == ["BuildImages"]
 
@@ -138,7 +145,9 @@ def test_index_pushed_once_per_blob_and_pulled_per_platform(tmp_path, layer_stor
     finally:
         subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
 
-    # Pushed again, nothing changed: complete without a request that changes anything.
+    # Pushed again, nothing changed (planned anew, as by a new process): complete without a
+    # request that changes anything.
+    new_process()
     mark = registry.mark()
     run_luigi(BuildImages(batch_file=str(batch), report=str(tmp_path / "report.json")))
     assert not [r for r in registry.requests()[mark:] if r.method in ("PUT", "POST", "PATCH")]
@@ -230,8 +239,8 @@ def test_one_image_of_a_platform_is_an_image_not_an_index(tmp_path, layer_store,
 
 def _members(batch: Path, report: Path) -> list:
     """The BuildImage of each image of ``batch``'s one index, planned as a new process plans
-    them (Luigi's instance cache cleared: nothing planned before is reused)."""
-    luigi.task_register.Register.clear_instance_cache()
+    them."""
+    new_process()
     ((_, index),) = BuildImages(batch_file=str(batch), report=str(report)).images()
     return index.images
 
