@@ -9,6 +9,7 @@ shared layers are stored and uploaded once.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -19,7 +20,8 @@ import pytest
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, parse_platform
-from nixlayer.layerstore import LayerStore
+from nixlayer.layer import LayerBlob
+from nixlayer.layerstore import LayerStore, record_name
 from pipelines import BuildImages
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_batch import run_batch_cli, write_batch
@@ -275,3 +277,35 @@ def test_index_rebuilt_keeps_each_platforms_layers(tmp_path, layer_store, regist
     output = str(tmp_path / "out" / "layout") if destination == "output" else None
     assert [store.previous_layers(output=output, name="inc", target=target, platform=platform)
             for platform in ("linux/amd64", "linux/arm64")] == second
+
+
+def test_the_previous_image_of_a_platform_is_the_last_written(tmp_path):
+    """An output's previous image of a platform (``LayerStore.previous_layers``) is the last
+    of that platform written there, an index's or a lone image's, whichever came last."""
+    store = LayerStore(str(tmp_path / "store"))
+
+    def record(path: str) -> str:  # a layer record holding the store path ``path``
+        data = path.encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+        def write_blob(f):
+            f.write(data)
+            return LayerBlob(digest, len(data), digest, len(data), "application/vnd.oci.image.layer.v1.tar")
+        store.write(store.record_path("s", hashlib.sha256(data).hexdigest()[:8]), [path], "", write_blob)
+        return record_name("s", hashlib.sha256(data).hexdigest()[:8])
+
+    def image(*paths: str) -> list[str]:  # an image's records: its store layers, then a customisation layer
+        return [*(record(path) for path in paths), record("/nix/store/c-" + "-".join(paths))]
+
+    def write(stamp: str, **data) -> None:
+        store.write_image_stamp(store.stamp_path("images", stamp), {"output": "/o", "name": "n", **data})
+
+    def previous(platform: str) -> list[list[str]] | None:
+        return store.previous_layers(output="/o", name="n", platform=platform)
+
+    write("single", platform="linux/amd64", layers=image("/a1"))  # as AssembleImage writes it
+    assert previous("linux/amd64") == previous("linux/arm64") == [["/a1"]]  # the image there, of any platform
+    write("index", images={"linux/amd64": image("/a2"), "linux/arm64": image("/b2")})
+    assert (previous("linux/amd64"), previous("linux/arm64"), previous("linux/riscv64")) == ([["/a2"]], [["/b2"]], [["/a1"]])
+    write("single2", platform="linux/amd64", layers=image("/a3"))  # the index's amd64 image replaced
+    assert (previous("linux/amd64"), previous("linux/arm64")) == ([["/a3"]], [["/b2"]])
