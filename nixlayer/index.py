@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, canonical_json, check_architecture, descriptor, oci_manifest
+from nixlayer.image import Artifact, ImageLayer, canonical_json, check_architecture, descriptor
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 OS = "linux"
@@ -96,15 +96,15 @@ def check_platforms(platforms: Sequence[Platform]) -> None:
 
 @dataclass(frozen=True)
 class PlatformImage:
-    """One image of an index: its layers, image config JSON and platform."""
+    """An image of a platform (one of an index): its layers, image config JSON, OCI image
+    manifest (the image's own, annotations and all: an image has one digest, in an index or
+    alone), platform, and the artifacts attached to it (its SBOM)."""
 
     layers: Sequence[ImageLayer]
     config: bytes
+    manifest: bytes
     platform: Platform
-
-    @property
-    def manifest(self) -> bytes:
-        return oci_manifest(self.config, self.layers)
+    artifacts: Sequence[Artifact] = ()
 
 
 def oci_index(images: Sequence[PlatformImage]) -> bytes:

@@ -22,8 +22,8 @@ from pipelines.build import PUSH_COMPRESSION, BuildImage, image_report
 from tasks.index import AssembleIndex, PushIndex
 
 
-# The BuildImage parameters that decide which images form an index.
-INDEX_FIELDS = ("name", "tag", "format", "output", "push", "platform", "architecture")
+# The BuildImage parameters that decide which images form an index, and whether they can.
+INDEX_FIELDS = ("name", "tag", "format", "output", "push", "platform", "architecture", "sbom")
 
 
 def _platform(params: dict) -> Platform:
@@ -47,7 +47,9 @@ def index_groups(entries: list[tuple[str, dict]]) -> list[list[int]]:
 
     Raises NixlayerError ``ENTRY: ...`` naming the later of two images that share an output or
     a push target but do not make an index (another name, tag or format, a docker-archive, one
-    output but two targets, or one platform twice), or an image whose platform is bad.
+    output but two targets, or one platform twice), an image whose platform is bad, or an
+    image of an index given an ``sbom`` file (each image's SBOM is attached to it in the OCI
+    layout and the registry; a file is written beside an image alone).
     """
     groups: dict[tuple[str, str], list[int]] = {}  # (output, push) -> positions
     by_output: dict[str, tuple[str, str]] = {}
@@ -81,7 +83,13 @@ def index_groups(entries: list[tuple[str, dict]]) -> list[list[int]]:
                     raise NixlayerError(f"{entry}: platform {platform} is also the platform of {entries[position][0]},"
                                         f" in the index of {where}: give each image of an index its own platform")
         groups.setdefault(key, []).append(number)
-    return [positions for positions in groups.values() if len(positions) > 1]
+    indexes = [positions for positions in groups.values() if len(positions) > 1]
+    for entry, params in (entries[position] for positions in indexes for position in positions):
+        if params.get("sbom"):
+            raise NixlayerError(f"{entry}: sbom {params['sbom']}: an image of a multi-platform index has its SBOM"
+                                " attached to it (in the OCI layout and the registry), not written to a file: leave"
+                                " sbom out, or build the image alone to write one")
+    return indexes
 
 
 class ImageIndex:

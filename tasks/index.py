@@ -17,14 +17,14 @@ from nixlayer.formats import FORMATS, Written, write_index
 from nixlayer.image import sha256_digest
 from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layerstore import LayerStore, read_json
-from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX
 from nixlayer.errors import NixlayerError
-from nixlayer.registry import Blob, PushTarget, parse_push_target, push_index, tagged_manifest_digest
+from nixlayer.registry import PushTarget, parse_push_target, push_index, tagged_manifest_digest
 from tasks import runlog
 from tasks.assemble import output_signature
 from tasks.base import NixlayerTask
 from tasks.image import ImageTask
-from tasks.push import PushTargetParameter, mount_sources, record_push
+from tasks.push import PushTargetParameter, image_push, mount_sources, record_push, referrer_digests
 
 logger = logging.getLogger("nixlayer.push")
 
@@ -54,12 +54,9 @@ class IndexTask(NixlayerTask, abstract=True):
         return list(tasks.values())
 
     def platform_images(self) -> list[PlatformImage]:
-        """Each image, from the layer store (the layers must be complete)."""
-        images = []
-        for member in self.members():
-            layers = member.image_layers()
-            images.append(PlatformImage(layers, member.image_config(layers), member.image_platform))
-        return images
+        """Each image, as it is alone (``ImageTask.platform_image``: its manifest annotations
+        and SBOM too), from the layer store (the layers must be complete)."""
+        return [member.platform_image() for member in self.members()]
 
     def layer_store(self) -> LayerStore:
         return self.members()[0].layer_store()
@@ -128,8 +125,10 @@ class PushIndex(IndexTask):
     def complete(self) -> bool:
         if not all(task.complete() for task in self.requires()):
             return False
-        expected = sha256_digest(oci_index(self.platform_images()))
-        if self.read_stamp(self._stamp()).get("manifest_digest") != expected:
+        images = self.platform_images()
+        expected = sha256_digest(oci_index(images))
+        stamp = self.read_stamp(self._stamp())
+        if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests(images):
             return False
         try:
             held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_INDEX, insecure=self.insecure_registry)
@@ -141,11 +140,7 @@ class PushIndex(IndexTask):
         target = self._target()
         store = self.layer_store()
         images = self.platform_images()
-        pushed = []
-        for image in images:
-            config = Blob(sha256_digest(image.config), len(image.config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(image.config))
-            layers = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in image.layers]
-            pushed.append((image.manifest, config, layers))
-        result = push_index(target, pushed, oci_index(images), insecure=self.insecure_registry,
-                            mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]), log=logger.info)
-        record_push(self, result, self._stamp(), self.layer_records(), images=self.image_records())
+        result = push_index(target, [image_push(store, image) for image in images], oci_index(images),
+                            insecure=self.insecure_registry, log=logger.info,
+                            mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]))
+        record_push(self, result, self._stamp(), self.layer_records(), referrer_digests(images), self.image_records())
