@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from nixlayer.errors import NixlayerError
-from nixlayer.image import Artifact, ImageLayer, canonical_json, check_architecture, descriptor
+from nixlayer.image import Artifact, ImageLayer, canonical_json, check_architecture, descriptor, host_architecture
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 OS = "linux"
@@ -83,6 +83,21 @@ def parse_platform(value: str | dict[str, Any]) -> Platform:
         raise NixlayerError(f"platform {value}: {architecture} has no variant {variant!r}"
                             + (f"; use one of {', '.join(allowed)}" if allowed else ": leave it out"))
     return Platform(architecture, variant, os_name)
+
+
+def image_platform(platform: str, architecture: str) -> Platform:
+    """The platform of an image given ``platform`` (text, '' for none) and ``architecture`` (a
+    Go architecture name, '' for this machine's): ``platform``, else linux/``architecture``.
+
+    Raises NixlayerError for a bad platform (``parse_platform``) or architecture, or an
+    architecture that is not the platform's.
+    """
+    if not platform:
+        return Platform(check_architecture(architecture) if architecture else host_architecture())
+    parsed = parse_platform(platform)
+    if architecture and architecture != parsed.architecture:
+        raise NixlayerError(f"architecture {architecture} is not the architecture of platform {parsed}: give one of them")
+    return parsed
 
 
 def check_platforms(platforms: Sequence[Platform]) -> None:

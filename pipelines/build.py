@@ -21,8 +21,8 @@ from nixlayer.customisation import check_contents
 from nixlayer.perms import parse_perms, perms_json
 from nixlayer.rootfs import RootTree, check_root_tree, layer_tree
 from nixlayer.oci_layout import check_layout_writable
-from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
-from nixlayer.index import Platform, parse_platform
+from nixlayer.image import DEFAULT_CREATED, check_config, config_store_paths, parse_time
+from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
@@ -170,16 +170,8 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     @functools.cached_property
     def image_platform(self) -> Platform:
-        """The image's platform: ``platform``, else linux/``architecture`` (default this
-        machine's). Raises NixlayerError for a bad one, or an architecture that is not the
-        platform's."""
-        if not self.platform:
-            return Platform(check_architecture(self.architecture) if self.architecture else host_architecture())
-        platform = parse_platform(self.platform)
-        if self.architecture and self.architecture != platform.architecture:
-            raise NixlayerError(f"architecture {self.architecture} is not the architecture of platform {platform}:"
-                                " give one of them")
-        return platform
+        """The image's platform (``nixlayer.index.image_platform``). Raises NixlayerError."""
+        return image_platform(self.platform, self.architecture)
 
     @functools.cached_property
     def plan(self) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
-from nixlayer.index import Platform, parse_platform
+from nixlayer.index import Platform, image_platform, parse_platform
 from nixlayer.layer import LayerBlob
 from nixlayer.layerstore import LayerStore, record_name
 from nixlayer.oci_layout import blob_path, layout_digest, layout_referrers
@@ -214,6 +214,13 @@ def test_parse_platform():
     for bad in ("linux/amd64/v7", "linux//arm64", "linux/arm64/v8/x", {"arch": "amd64"}, {"architecture": 1}):
         with pytest.raises(NixlayerError):
             parse_platform(bad)
+    # An image's platform (BuildImage's, and a batch's as it finds its indexes): one function.
+    assert image_platform("linux/arm/v7", "") == image_platform("linux/arm/v7", "arm") == Platform("arm", "v7")
+    assert image_platform("", "riscv64") == Platform("riscv64") and image_platform("", "") == Platform("amd64")
+    with pytest.raises(NixlayerError, match="architecture amd64 is not the architecture of platform linux/arm64"):
+        image_platform("linux/arm64", "amd64")
+    with pytest.raises(NixlayerError, match="Go calls it arm64"):
+        image_platform("", "aarch64")
 
 
 def test_nix_build_images_list_is_an_index(tmp_path, layer_store):
