@@ -4,6 +4,8 @@ platform (``nixlayer.index``), written to an OCI layout or oci-archive, or pushe
 Each image of the index is given as the ImageTask parameters an image of its own would have
 (``images``), so its layers are the same layer tasks: a layer two platforms share (the same
 store paths and settings) is one task, written once, one blob in the layout, uploaded once.
+Each image is the image it is alone (its manifest, annotations and all), with its SBOM
+attached in an OCI layout and pushed as a referrer of its manifest.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ logger = logging.getLogger("nixlayer.push")
 
 
 class IndexImage(ImageTask):
-    """One image of an index: the layers it requires, its config and manifest. Never scheduled:
-    the index task requires its layers and writes it."""
+    """One image of an index: the layers it requires, its config, manifest and SBOM. Never
+    scheduled: the index task requires its layers and writes it."""
 
 
 class IndexTask(NixlayerTask, abstract=True):
@@ -75,9 +77,11 @@ class IndexTask(NixlayerTask, abstract=True):
 
 
 class AssembleIndex(IndexTask):
-    """Writes the index to ``output`` (``format`` oci: added to the layout under ``tag``;
-    oci-archive: a file whose index names it ``name:tag``). Complete, as AssembleImage, when a
-    stamp in the layer store says ``output`` holds what this task wrote."""
+    """Writes the index to ``output`` (``format`` oci: added to the layout under ``tag``, each
+    image's SBOM attached; oci-archive: a file whose index names it ``name:tag``). Complete, as
+    AssembleImage, when a stamp in the layer store says ``output`` holds what this task wrote;
+    the stamp names each image's layers, by platform, and the ``latest/`` pointers of the
+    output's platforms name the stamp (``LayerStore.write_image_stamp``)."""
 
     format = luigi.ChoiceParameter(choices=FORMATS)
     output = luigi.Parameter()
@@ -110,8 +114,9 @@ class AssembleIndex(IndexTask):
 
 class PushIndex(IndexTask):
     """Pushes the index to ``target`` (``docker://HOST[:PORT]/REPOSITORY:TAG``): every image's
-    missing blobs once, its manifest by digest, the index under the tag. Complete, as
-    PushToRegistry, when the registry holds this index under the tag."""
+    missing blobs once, its manifest by digest and its SBOM as a referrer of it, the index
+    under the tag. Complete, as PushToRegistry, when the registry holds this index under the
+    tag, this layer store having pushed it with the same referrers."""
 
     target = PushTargetParameter()
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
