@@ -273,9 +273,11 @@ class LayerStore:
         ``stable`` layering keeps. With ``platform``, the image of that platform: of an index
         (its own pointer, its own layers in the index's stamp), else the image there.
 
-        Returns None when there is no such stamp (or an index's without that platform), or a
-        layer record it names cannot be read (gone with a garbage collection): the next build
-        is then planned as a first one. Looking does not mark anything used.
+        Returns None when there is no such stamp (or an index's without that platform), a
+        layer record it names cannot be read (gone with a garbage collection), or a store path
+        is in two of its layers (the push stamp of an index by nixlayer before its ``images``
+        named every platform's layers as one list): the next build is then planned as a first
+        one. Looking does not mark anything used.
         """
         stamp: dict = {}
         if output is not None and name is not None:
@@ -300,6 +302,8 @@ class LayerStore:
                 return None
             if paths:  # a base image's layer holds none
                 layers.append(paths)
+        if len({path for paths in layers for path in paths}) != sum(map(len, layers)):
+            return None
         return layers
 
     def read(self, record_path: str) -> LayerRecord:

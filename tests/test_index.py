@@ -307,8 +307,8 @@ def test_the_previous_image_of_a_platform_is_the_last_written(tmp_path):
     of that platform written there, an index's or a lone image's, whichever came last."""
     store = LayerStore(str(tmp_path / "store"))
 
-    def record(path: str) -> str:  # a layer record holding the store path ``path``
-        data = path.encode()
+    def record(path: str, kind: str = "store") -> str:  # a layer record holding the store path ``path``
+        data = f"{kind} {path}".encode()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
 
         def write_blob(f):
@@ -332,6 +332,14 @@ def test_the_previous_image_of_a_platform_is_the_last_written(tmp_path):
     assert (previous("linux/amd64"), previous("linux/arm64"), previous("linux/riscv64")) == ([["/a2"]], [["/b2"]], [["/a1"]])
     write("single2", platform="linux/amd64", layers=image("/a3"))  # the index's amd64 image replaced
     assert (previous("linux/amd64"), previous("linux/arm64")) == ([["/a3"]], [["/b2"]])
+
+    # The push stamp of an index written before its images' layers were named apart (every
+    # platform's records, sorted, as one list): a first build, not an error.
+    stamp = Path(store.stamp_path("pushes", "r:1/i:1"))
+    stamp.parent.mkdir()
+    customisation = [record(path, "customisation") for path in ("/a5", "/b5")]  # holding the contents
+    stamp.write_text(json.dumps({"layers": sorted([record("/a5"), record("/b5"), *customisation])}))
+    assert store.previous_layers(target="r:1/i:1", platform="linux/amd64") is None
 
 
 def test_index_images_are_the_images_alone_with_their_sboms(tmp_path, layer_store, registry, vectors_app):
