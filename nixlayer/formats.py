@@ -133,7 +133,8 @@ def write_index(
 ) -> Written:
     """Write the image index of ``images`` (one per platform, see ``nixlayer.index``) to
     ``output``, an OCI layout (``oci``) or an ``oci-archive``, named as :func:`write_image`
-    names an image; return the index digest and the bytes written.
+    names an image, the images' artifacts attached to them in a layout (as :func:`write_image`
+    attaches an image's); return the index digest and the bytes written.
 
     Raises NixlayerError for docker-archive (it holds images, not an index), two images of one
     platform, or as :func:`write_image`.
@@ -142,7 +143,8 @@ def write_index(
         raise NixlayerError("format docker-archive cannot hold a multi-platform image index: use oci or oci-archive")
     for image in images:
         check_format(format, image.layers[0].blob.media_type if image.layers else "", output)
-    return _write_oci(format, output, lambda layout, ref_name: write_oci_index(layout, images, ref_name),
+    attached = [artifact for image in images for artifact in image.artifacts] if format == "oci" else ()
+    return _write_oci(format, output, lambda layout, ref_name: write_oci_index(layout, images, ref_name, attached),
                       name, tag, mtime, scratch)
 
 

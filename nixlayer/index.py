@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from nixlayer.errors import NixlayerError
-from nixlayer.image import ImageLayer, canonical_json, check_architecture, descriptor, oci_manifest
+from nixlayer.image import Artifact, ImageLayer, canonical_json, check_architecture, descriptor, host_architecture
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 
 OS = "linux"
@@ -85,6 +85,21 @@ def parse_platform(value: str | dict[str, Any]) -> Platform:
     return Platform(architecture, variant, os_name)
 
 
+def image_platform(platform: str, architecture: str) -> Platform:
+    """The platform of an image given ``platform`` (text, '' for none) and ``architecture`` (a
+    Go architecture name, '' for this machine's): ``platform``, else linux/``architecture``.
+
+    Raises NixlayerError for a bad platform (``parse_platform``) or architecture, or an
+    architecture that is not the platform's.
+    """
+    if not platform:
+        return Platform(check_architecture(architecture) if architecture else host_architecture())
+    parsed = parse_platform(platform)
+    if architecture and architecture != parsed.architecture:
+        raise NixlayerError(f"architecture {architecture} is not the architecture of platform {parsed}: give one of them")
+    return parsed
+
+
 def check_platforms(platforms: Sequence[Platform]) -> None:
     """Raise NixlayerError if two of ``platforms`` (the images of one index) are one platform."""
     seen: dict[tuple, Platform] = {}
@@ -96,15 +111,15 @@ def check_platforms(platforms: Sequence[Platform]) -> None:
 
 @dataclass(frozen=True)
 class PlatformImage:
-    """One image of an index: its layers, image config JSON and platform."""
+    """An image of a platform (one of an index): its layers, image config JSON, OCI image
+    manifest (the image's own, annotations and all: an image has one digest, in an index or
+    alone), platform, and the artifacts attached to it (its SBOM)."""
 
     layers: Sequence[ImageLayer]
     config: bytes
+    manifest: bytes
     platform: Platform
-
-    @property
-    def manifest(self) -> bytes:
-        return oci_manifest(self.config, self.layers)
+    artifacts: Sequence[Artifact] = ()
 
 
 def oci_index(images: Sequence[PlatformImage]) -> bytes:

@@ -11,9 +11,11 @@ Layout under the store's root directory:
   contents store path, encoded (``nixlayer.customisation.Fragments``);
 - ``images/<key>.json``, ``pushes/<key>.json``: stamps of the images written and pushed (by the
   Luigi tasks), naming what was written (an image stamp its output and image name too) and its
-  layer records: the ``stable`` layering reads them (:meth:`LayerStore.previous_layers`);
-- ``latest/<key>.json``: for each output and image name, the image stamp last written there
-  (``{"stamp": "images/<key>.json"}``), so the ``stable`` layering reads one stamp, not all;
+  layer records (an index's stamp each platform's too): the ``stable`` layering reads them
+  (:meth:`LayerStore.previous_layers`);
+- ``latest/<key>.json``: for each output and image name (and platform, for the images of an
+  index), the image stamp last written there (``{"stamp": "images/<key>.json"}``), so the
+  ``stable`` layering reads one stamp, not all;
 - ``tmp/``: the temporaries of blobs and records being written, renamed into place when whole.
 
 Everything in it is a cache: deleting any part only makes a later build do that work again.
@@ -235,42 +237,61 @@ class LayerStore:
         under ``key`` lives: ``KIND/<sha256 of key, 32 hex digits>.json``."""
         return os.path.join(self.root, kind, hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
-    def latest_path(self, output: str, name: str) -> str:
+    def latest_path(self, output: str, name: str, platform: str | None = None) -> str:
         """Where the pointer to the stamp of the image last written to ``output`` under ``name``
-        lives (``latest/``): written with each image stamp (:meth:`write_image_stamp`)."""
-        return self.stamp_path("latest", json.dumps([output, name]))
+        lives (``latest/``): written with each image stamp (:meth:`write_image_stamp`). The
+        images of an index have one each, by ``platform`` (``os/architecture[/variant]``)."""
+        return self.stamp_path("latest", json.dumps([output, name] if platform is None else [output, name, platform]))
 
     def write_image_stamp(self, stamp: str, data: dict) -> None:
         """Write the image stamp ``stamp`` (a path under ``images/``) holding ``data`` (its
-        ``output``, ``name`` and ``layers`` records among others), then the pointer to it for
-        its output and name (:meth:`latest_path`), each atomically."""
+        ``output``, ``name`` and ``layers`` records among others), then the pointers to it
+        (:meth:`latest_path`), each atomically.
+
+        An image's stamp names its ``platform``: its pointer is the one for its output and name,
+        and the pointer of an index's image of that platform there goes (this image is the
+        last of that platform written there). An index's stamp names, in ``images``, each
+        platform's layer records, bottom first: each platform gets its pointer."""
         pointer = {"stamp": os.path.relpath(stamp, self.root)}
-        for path, content in ((stamp, data), (self.latest_path(data["output"], data["name"]), pointer)):
+        output, name = data["output"], data["name"]
+        images = data.get("images")
+        pointers = [self.latest_path(output, name, platform) for platform in images] if images else [
+            self.latest_path(output, name)]
+        for path, content in ((stamp, data), *((path, pointer) for path in pointers)):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_file(path) as f:
                 f.write(json.dumps(content).encode())
+        if not images and data.get("platform"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.latest_path(output, name, data["platform"]))
 
     def previous_layers(self, *, output: str | None = None, name: str | None = None,
-                        target: str | None = None) -> list[list[str]] | None:
+                        target: str | None = None, platform: str | None = None) -> list[list[str]] | None:
         """The store layers (each a list of store paths, bottom first) of the image this store
-        last wrote to ``output`` under ``name`` (the stamp its ``latest/`` pointer names: one
-        file read, however many images the store holds), else last pushed to ``target``: what
-        the ``stable`` layering keeps.
+        last wrote to ``output`` under ``name`` (the stamp a ``latest/`` pointer names: one file
+        read, however many images the store holds), else last pushed to ``target``: what the
+        ``stable`` layering keeps. With ``platform``, the image of that platform: of an index
+        (its own pointer, its own layers in the index's stamp), else the image there.
 
-        Returns None when there is no such stamp, or a layer record it names cannot be read
-        (gone with a garbage collection): the next build is then planned as a first one.
-        Looking does not mark anything used.
+        Returns None when there is no such stamp (or an index's without that platform), a
+        layer record it names cannot be read (gone with a garbage collection), or a store path
+        is in two of its layers (the push stamp of an index by nixlayer before its ``images``
+        named every platform's layers as one list): the next build is then planned as a first
+        one. Looking does not mark anything used.
         """
         stamp: dict = {}
         if output is not None and name is not None:
-            pointer = read_json(self.latest_path(output, name), mark_used=False).get("stamp")
-            if isinstance(pointer, str):
-                candidate = read_json(os.path.join(self.root, pointer), mark_used=False)
-                if candidate.get("output") == output and candidate.get("name") == name:
-                    stamp = candidate
+            for key in ([platform] if platform else []) + [None]:
+                pointer = read_json(self.latest_path(output, name, key), mark_used=False).get("stamp")
+                if isinstance(pointer, str):
+                    candidate = read_json(os.path.join(self.root, pointer), mark_used=False)
+                    if candidate.get("output") == output and candidate.get("name") == name:
+                        stamp = candidate
+                        break
         if not stamp and target is not None:
             stamp = read_json(self.stamp_path("pushes", target), mark_used=False)
-        records = stamp.get("layers")
+        images = stamp.get("images")
+        records = images.get(platform) if isinstance(images, dict) else stamp.get("layers")
         if not isinstance(records, list) or not records:
             return None
         layers = []
@@ -281,6 +302,8 @@ class LayerStore:
                 return None
             if paths:  # a base image's layer holds none
                 layers.append(paths)
+        if len({path for paths in layers for path in paths}) != sum(map(len, layers)):
+            return None
         return layers
 
     def read(self, record_path: str) -> LayerRecord:

@@ -11,8 +11,9 @@ An image is *added* to a layout, as ``skopeo copy ... oci:DIR:TAG`` does: a layo
 many tags, and an image replaces only the entry with its own ref name. Artifacts attached to an
 image (its SBOM) are entries of ``index.json`` too, without a ref name, with their
 ``artifactType``; their manifest's ``subject`` names the image manifest (image-spec 1.1, as
-``oras`` and ``regctl`` keep referrers in a layout; :func:`layout_referrers` finds them). An
-artifact whose image no entry names any more goes when that image is replaced. Blobs are written by
+``oras`` and ``regctl`` keep referrers in a layout; :func:`layout_referrers` finds them); those
+of the images of an index the same. An artifact whose image no entry names any more (itself,
+or in the index it names) goes when that image is replaced. Blobs are written by
 atomic rename and ``index.json`` last, under a lock, so concurrent writers of one layout and
 readers never see a half-written image. A directory that is neither empty nor a layout is
 never touched.
@@ -211,6 +212,20 @@ def _subject(directory: str, entry: dict) -> str | None:
     return subject.get("digest") if isinstance(subject, dict) else None
 
 
+def _manifests(directory: str, entry: dict) -> set[str]:
+    """The digests of the image manifests the layout's index entry ``entry`` names: its own,
+    and for an image index, those of its images (an artifact's subject may be any of them)."""
+    digests = {entry.get("digest")}
+    if entry.get("mediaType") == MEDIA_TYPE_OCI_INDEX:
+        try:
+            with open(blob_path(directory, entry["digest"]), "rb") as f:
+                manifests = json.load(f)["manifests"]
+            digests |= {m.get("digest") for m in manifests if isinstance(m, dict)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # unreadable: its images' artifacts go with the next image added
+    return digests
+
+
 def layout_referrers(directory: str, digest: str) -> list[dict]:
     """The index entries (descriptors, with ``artifactType``) of the artifacts in the layout
     at ``directory`` whose ``subject`` is the manifest ``digest``; none if it has no layout.
@@ -236,16 +251,17 @@ def write_oci_layout(
                 artifacts)
 
 
-def write_oci_index(directory: str, images: Sequence[PlatformImage], ref_name: str) -> tuple[str, int]:
+def write_oci_index(directory: str, images: Sequence[PlatformImage], ref_name: str,
+                    artifacts: Sequence[Artifact] = ()) -> tuple[str, int]:
     """Add the image index of ``images`` (one per platform, see ``nixlayer.index``) to the OCI
     layout ``directory`` as ``ref_name``: every image's blobs and manifest, a layer blob the
-    images share once, then the index, which ``index.json`` names. Returns the index digest and
-    the bytes written; raises NixlayerError as :func:`write_oci_layout`, or for two images of one
-    platform."""
+    images share once, then the index, which ``index.json`` names, with ``artifacts`` (those of
+    the images) attached. Returns the index digest and the bytes written; raises NixlayerError
+    as :func:`write_oci_layout`, or for two images of one platform."""
     index = oci_index(images)
     documents = [document for image in images for document in (image.config, image.manifest)]
     layers = [layer for image in images for layer in image.layers]
-    return _add(directory, layers, [*documents, index], descriptor(MEDIA_TYPE_OCI_INDEX, index), ref_name)
+    return _add(directory, layers, [*documents, index], descriptor(MEDIA_TYPE_OCI_INDEX, index), ref_name, artifacts)
 
 
 def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes], entry: dict, ref_name: str,
@@ -275,7 +291,7 @@ def _add(directory: str, layers: Sequence[ImageLayer], documents: Sequence[bytes
                 f.write(LAYOUT)
             written += len(LAYOUT)
         others = [m for m in _read_index(directory) if m.get("annotations", {}).get(REF_NAME) != ref_name]
-        images = {m.get("digest") for m in others if "artifactType" not in m} | {entry["digest"]}
+        images = {digest for m in [*others, entry] if "artifactType" not in m for digest in _manifests(directory, m)}
         attached = [a.descriptor for a in artifacts]
         others = [m for m in others if m not in attached and _subject(directory, m) in images | {None}]
         manifests = [*others, entry, *attached]

@@ -20,7 +20,8 @@ distribution-spec/blob/main/spec.md#push). The steps, in the order this module p
    Manifests", end-7). The manifest goes after its blobs, so a push that fails earlier never
    creates or moves the tag.
 6. Then the artifacts attached to the image (its SBOM; their blobs went with the image's), each
-   manifest by its digest; its ``subject`` is the image manifest (spec "Pushing Manifests with
+   manifest by its digest; its ``subject`` is the image manifest (for an image index, those
+   of each image of it, after that image's manifest, before the index) (spec "Pushing Manifests with
    Subject"). A registry with the referrers API says so with an ``OCI-Subject`` header and lists
    it from then on; without one (distribution 2.8, Debian's ``docker-registry``) the client
    keeps the list itself, as the spec's "Referrers Tag Schema": an image index tagged
@@ -210,6 +211,18 @@ class Referrer:
     manifest: bytes
     descriptor: Mapping[str, object]
     blobs: Sequence[Blob]
+
+
+@dataclass(frozen=True)
+class ImagePush:
+    """One image of an image index to push (:func:`push_index`): its exact ``manifest`` bytes
+    (an OCI image manifest), the ``config`` and ``layers`` blobs it references, and the
+    artifacts (``referrers``) whose subject it is."""
+
+    manifest: bytes
+    config: Blob
+    layers: Sequence[Blob]
+    referrers: Sequence[Referrer] = ()
 
 
 @dataclass(frozen=True)
@@ -846,36 +859,35 @@ def push_image(
         raise NixlayerError(
             f"manifest media type {manifest_media_type!r} is not one of {', '.join(sorted(MANIFEST_MEDIA_TYPES))}"
         )
-    return _push(target, [config, *layers], [(None, manifest, manifest_media_type)], insecure=insecure,
-                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session,
-                 referrers=referrers)
+    return _push(target, [config, *layers], [(None, manifest, manifest_media_type, referrers)], insecure=insecure,
+                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session)
 
 
 def push_index(
     target: PushTarget | str,
-    images: Sequence[tuple[bytes, Blob, Sequence[Blob]]],
+    images: Sequence[ImagePush],
     index: bytes,
     **options: Any,
 ) -> PushResult:
-    """Push a multi-platform image: each image's blobs and manifest, then the image ``index``
-    (OCI image-spec ``image-index.md``) under ``target.tag``.
+    """Push a multi-platform image: each image's blobs, manifest and referrers, then the image
+    ``index`` (OCI image-spec ``image-index.md``) under ``target.tag``.
 
-    ``images``: each image's OCI manifest bytes, config blob and layer blobs. A blob the images
-    share is uploaded once; each manifest goes by its digest (distribution spec end-7 with a
-    digest reference), the index last, so a failed push leaves the tag untouched. ``options``
-    as :func:`push_image`. Returns the :class:`PushResult` of the whole push (its
-    ``manifest_digest`` is the index digest). Raises NixlayerError as :func:`push_image`.
+    A blob the images share is uploaded once; each manifest goes by its digest (distribution
+    spec end-7 with a digest reference), followed by its referrers, the index last, so a failed
+    push leaves the tag untouched. ``options`` as :func:`push_image`, but ``referrers``. Returns
+    the :class:`PushResult` of the whole push (its ``manifest_digest`` is the index digest).
+    Raises NixlayerError as :func:`push_image`.
     """
-    blobs = [blob for _, config, layers in images for blob in (config, *layers)]
-    manifests = [("sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, MEDIA_TYPE_OCI_MANIFEST)
-                 for manifest, _, _ in images]
-    return _push(target, blobs, [*manifests, (None, index, MEDIA_TYPE_OCI_INDEX)], **options)
+    blobs = [blob for image in images for blob in (image.config, *image.layers)]
+    manifests = [("sha256:" + hashlib.sha256(image.manifest).hexdigest(), image.manifest, MEDIA_TYPE_OCI_MANIFEST,
+                  image.referrers) for image in images]
+    return _push(target, blobs, [*manifests, (None, index, MEDIA_TYPE_OCI_INDEX, ())], **options)
 
 
 def _push(
     target: PushTarget | str,
     blobs_given: Sequence[Blob],
-    manifests: Sequence[tuple[str | None, bytes, str]],
+    manifests: Sequence[tuple[str | None, bytes, str, Sequence[Referrer]]],
     *,
     insecure: bool = False,
     auth_file: str | os.PathLike[str] | None = None,
@@ -884,11 +896,10 @@ def _push(
     log: Callable[[str], None] = lambda message: None,
     retry: RetryPolicy | None = None,
     session: requests.Session | None = None,
-    referrers: Sequence[Referrer] = (),
 ) -> PushResult:
-    """Push ``blobs_given`` and the ``referrers``' blobs (each missing one once), then
-    ``manifests``, each (reference: a digest, or None for ``target.tag``; bytes; media type), in
-    order, then the ``referrers`` whose subject is the last manifest."""
+    """Push ``blobs_given`` and the referrers' blobs (each missing one once), then ``manifests``,
+    each (reference: a digest, or None for ``target.tag``; bytes; media type; the referrers
+    whose subject it is) in order, each followed by its referrers."""
     if isinstance(target, str):
         target = parse_push_target(target)
     if chunk_size is not None and chunk_size <= 0:
@@ -910,7 +921,7 @@ def _push(
         session=session,
     )
     blobs: dict[str, Blob] = {}
-    for blob in [*blobs_given, *(blob for referrer in referrers for blob in referrer.blobs)]:
+    for blob in [*blobs_given, *(blob for *_, referrers in manifests for referrer in referrers for blob in referrer.blobs)]:
         blobs.setdefault(blob.digest, blob)
 
     counts = {"uploaded": [0, 0], "mounted": [0, 0], "present": [0, 0]}
@@ -933,20 +944,20 @@ def _push(
         counts[kind][0] += 1
         counts[kind][1] += blob.size
 
-    for reference, manifest, media_type in manifests:
+    referrers_api = None
+    for reference, manifest, media_type, referrers in manifests:
         manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
         _put_manifest(client, reference or target.tag, manifest, media_type)
         log(f"manifest {manifest_digest} pushed as "
             + (str(target) if reference is None else f"{target.host}/{target.repository}@{reference}"))
-    referrers_api = None
-    for referrer in referrers:
-        digest = "sha256:" + hashlib.sha256(referrer.manifest).hexdigest()
-        resp = _put_manifest(client, digest, referrer.manifest, MEDIA_TYPE_OCI_MANIFEST)
-        referrers_api = resp.headers.get("OCI-Subject") == manifest_digest
-        if not referrers_api:
-            _add_to_referrers_tag(client, manifest_digest, dict(referrer.descriptor))
-        log(f"{referrer.descriptor.get('artifactType')} {digest} pushed, its subject {manifest_digest}"
-            + ("" if referrers_api else f" (listed in tag {_referrers_tag(manifest_digest)})"))
+        for referrer in referrers:
+            digest = "sha256:" + hashlib.sha256(referrer.manifest).hexdigest()
+            resp = _put_manifest(client, digest, referrer.manifest, MEDIA_TYPE_OCI_MANIFEST)
+            referrers_api = resp.headers.get("OCI-Subject") == manifest_digest
+            if not referrers_api:
+                _add_to_referrers_tag(client, manifest_digest, dict(referrer.descriptor))
+            log(f"{referrer.descriptor.get('artifactType')} {digest} pushed, its subject {manifest_digest}"
+                + ("" if referrers_api else f" (listed in tag {_referrers_tag(manifest_digest)})"))
     return PushResult(
         target=target,
         manifest_digest=manifest_digest,

@@ -21,8 +21,8 @@ from nixlayer.customisation import check_contents
 from nixlayer.perms import parse_perms, perms_json
 from nixlayer.rootfs import RootTree, check_root_tree, layer_tree
 from nixlayer.oci_layout import check_layout_writable
-from nixlayer.image import DEFAULT_CREATED, check_architecture, check_config, config_store_paths, host_architecture, parse_time
-from nixlayer.index import Platform, parse_platform
+from nixlayer.image import DEFAULT_CREATED, check_config, config_store_paths, parse_time
+from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
@@ -170,16 +170,8 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     @functools.cached_property
     def image_platform(self) -> Platform:
-        """The image's platform: ``platform``, else linux/``architecture`` (default this
-        machine's). Raises NixlayerError for a bad one, or an architecture that is not the
-        platform's."""
-        if not self.platform:
-            return Platform(check_architecture(self.architecture) if self.architecture else host_architecture())
-        platform = parse_platform(self.platform)
-        if self.architecture and self.architecture != platform.architecture:
-            raise NixlayerError(f"architecture {self.architecture} is not the architecture of platform {platform}:"
-                                " give one of them")
-        return platform
+        """The image's platform (``nixlayer.index.image_platform``). Raises NixlayerError."""
+        return image_platform(self.platform, self.architecture)
 
     @functools.cached_property
     def plan(self) -> dict:
@@ -252,8 +244,9 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the
-        ``stable`` layering): the image last written to this output under this name, else last
-        pushed to this target; None for a first build."""
+        ``stable`` layering): the image of this platform last written to this output under this
+        name, else last pushed to this target (``LayerStore.previous_layers``); None for a first
+        build."""
         raise NotImplementedError
 
     def nar_sizes(self) -> dict[str, int | None]:
@@ -483,7 +476,8 @@ class BuildImage(ImageParameters):
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
         target = str(parse_push_target(self.push)) if self.push else None
-        return layer_store.previous_layers(output=output, name=self.name, target=target)
+        return layer_store.previous_layers(output=output, name=self.name, target=target,
+                                           platform=str(self.image_platform))
 
     def _check_sbom(self) -> None:
         """Fail before any work if the SBOM file cannot be written where asked."""
@@ -553,4 +547,4 @@ class PushImage(ImageParameters):
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        return layer_store.previous_layers(target=str(parse_push_target(self.target)))
+        return layer_store.previous_layers(target=str(parse_push_target(self.target)), platform=str(self.image_platform))

@@ -15,23 +15,14 @@ import hashlib
 import json
 
 from nixlayer.errors import NixlayerError
-from nixlayer.image import check_architecture, host_architecture
-from nixlayer.index import Platform, parse_platform
+from nixlayer.index import Platform, image_platform
 from nixlayer.registry import parse_push_target
 from pipelines.build import PUSH_COMPRESSION, BuildImage, image_report
 from tasks.index import AssembleIndex, PushIndex
 
 
-# The BuildImage parameters that decide which images form an index.
-INDEX_FIELDS = ("name", "tag", "format", "output", "push", "platform", "architecture")
-
-
-def _platform(params: dict) -> Platform:
-    """The platform of an image's BuildImage parameters (see ``BuildImage.image_platform``)."""
-    if params.get("platform"):
-        return parse_platform(params["platform"])
-    architecture = params.get("architecture")
-    return Platform(check_architecture(architecture) if architecture else host_architecture())
+# The BuildImage parameters that decide which images form an index, and whether they can.
+INDEX_FIELDS = ("name", "tag", "format", "output", "push", "platform", "architecture", "sbom")
 
 
 def _target(push: str) -> str:
@@ -47,15 +38,18 @@ def index_groups(entries: list[tuple[str, dict]]) -> list[list[int]]:
 
     Raises NixlayerError ``ENTRY: ...`` naming the later of two images that share an output or
     a push target but do not make an index (another name, tag or format, a docker-archive, one
-    output but two targets, or one platform twice), or an image whose platform is bad.
+    output but two targets, or one platform twice), an image whose platform is bad, or an
+    image of an index given an ``sbom`` file (each image's SBOM is attached to it in the OCI
+    layout and the registry; a file is written beside an image alone).
     """
     groups: dict[tuple[str, str], list[int]] = {}  # (output, push) -> positions
     by_output: dict[str, tuple[str, str]] = {}
     by_push: dict[str, tuple[str, str]] = {}
+    platforms: dict[int, Platform] = {}  # position -> its image's platform
     for number, (entry, params) in enumerate(entries):
         output, push = params.get("output") or "", _target(params["push"]) if params.get("push") else ""
         try:
-            platform = _platform(params)
+            platform = platforms[number] = image_platform(params.get("platform", ""), params.get("architecture", ""))
         except NixlayerError as e:
             raise NixlayerError(f"{entry}: {e}") from None
         key = (output, push)
@@ -77,11 +71,17 @@ def index_groups(entries: list[tuple[str, dict]]) -> list[list[int]]:
                 raise NixlayerError(f"{entry}: output {output} is also the output of {first_entry}: a docker-archive"
                                     " holds one image; images for several platforms share an oci or oci-archive output")
             for position in groups[key]:
-                if _platform(entries[position][1]).key == platform.key:
+                if platforms[position].key == platform.key:
                     raise NixlayerError(f"{entry}: platform {platform} is also the platform of {entries[position][0]},"
                                         f" in the index of {where}: give each image of an index its own platform")
         groups.setdefault(key, []).append(number)
-    return [positions for positions in groups.values() if len(positions) > 1]
+    indexes = [positions for positions in groups.values() if len(positions) > 1]
+    for entry, params in (entries[position] for positions in indexes for position in positions):
+        if params.get("sbom"):
+            raise NixlayerError(f"{entry}: sbom {params['sbom']}: an image of a multi-platform index has its SBOM"
+                                " attached to it (in the OCI layout and the registry), not written to a file: leave"
+                                " sbom out, or build the image alone to write one")
+    return indexes
 
 
 class ImageIndex:

@@ -95,7 +95,7 @@ class AssembleImage(BatchableTask, ImageTask):
         self._written.append(member.output)
         if not is_stream(member.output):  # a stream is written again every time
             member.layer_store().write_image_stamp(member.stamp(), {
-                "output": member.output, "name": member.name, "digest": digest,
+                "output": member.output, "name": member.name, "platform": str(member.image_platform), "digest": digest,
                 "signature": member._output_signature(), "bytes": written, "layers": member.layer_records(),
             })
 

@@ -9,6 +9,7 @@ import luigi
 from nixlayer.base_image import BaseImage
 from nixlayer.closure import ClosureGraph
 from nixlayer.errors import NixlayerError
+from nixlayer.index import Platform, PlatformImage
 from nixlayer.image import (
     DEFAULT_CREATED, Artifact, ImageLayer, canonical_json, config_store_paths, image_annotations, image_config,
     oci_manifest, parse_time, sha256_digest,
@@ -105,6 +106,11 @@ class ImageTask(LayerParameters, abstract=True):
             self._layer_tasks = layers
         return list(layers)
 
+    @property
+    def image_platform(self) -> Platform:
+        """The image's platform (``architecture`` and ``variant``; os linux)."""
+        return Platform(self.architecture, self.variant)
+
     def base_uncompressed(self) -> bool:
         """Whether the base image's layers are needed as tars (compressed blobs are kept as
         they are where the output takes them)."""
@@ -139,6 +145,15 @@ class ImageTask(LayerParameters, abstract=True):
         ours = layers[len(BaseImage.from_json(self.base_image).layers):] if self.base_image else layers
         return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in ours], roots,
                           name=self.name, image_id=sha256_digest(config), created=parse_time(self.created))
+
+    def platform_image(self) -> PlatformImage:
+        """The image from the layer store (the layers must be complete): layers, config,
+        manifest, platform, and the artifacts attached to it (``attached``)."""
+        layers = self.image_layers()
+        config = self.image_config(layers)
+        manifest = self.image_manifest(layers, config)
+        sbom = self.image_sbom(layers, config) if self.closure else None
+        return PlatformImage(layers, config, manifest, self.image_platform, self.attached(manifest, sbom))
 
     def attached(self, manifest: bytes, sbom: bytes | None) -> list[Artifact]:
         """The artifacts to attach to the image ``manifest``: its SBOM, unless ``attach_sbom``

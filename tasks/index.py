@@ -4,36 +4,36 @@ platform (``nixlayer.index``), written to an OCI layout or oci-archive, or pushe
 Each image of the index is given as the ImageTask parameters an image of its own would have
 (``images``), so its layers are the same layer tasks: a layer two platforms share (the same
 store paths and settings) is one task, written once, one blob in the layout, uploaded once.
+Each image is the image it is alone (its manifest, annotations and all), with its SBOM
+attached in an OCI layout and pushed as a referrer of its manifest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 
 import luigi
 
-from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, Written, write_index
 from nixlayer.image import sha256_digest
-from nixlayer.index import Platform, PlatformImage, oci_index
+from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layerstore import LayerStore, read_json
-from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX
+from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX
 from nixlayer.errors import NixlayerError
-from nixlayer.registry import Blob, PushTarget, parse_push_target, push_index, tagged_manifest_digest
+from nixlayer.registry import PushTarget, parse_push_target, push_index, tagged_manifest_digest
 from tasks import runlog
 from tasks.assemble import output_signature
 from tasks.base import NixlayerTask
 from tasks.image import ImageTask
-from tasks.push import PushTargetParameter, mount_sources, record_push
+from tasks.push import PushTargetParameter, image_push, mount_sources, record_push, referrer_digests
 
 logger = logging.getLogger("nixlayer.push")
 
 
 class IndexImage(ImageTask):
-    """One image of an index: the layers it requires, its config and manifest. Never scheduled:
-    the index task requires its layers and writes it."""
+    """One image of an index: the layers it requires, its config, manifest and SBOM. Never
+    scheduled: the index task requires its layers and writes it."""
 
 
 class IndexTask(NixlayerTask, abstract=True):
@@ -56,12 +56,9 @@ class IndexTask(NixlayerTask, abstract=True):
         return list(tasks.values())
 
     def platform_images(self) -> list[PlatformImage]:
-        """Each image, from the layer store (the layers must be complete)."""
-        images = []
-        for member in self.members():
-            layers = member.image_layers()
-            images.append(PlatformImage(layers, member.image_config(layers), Platform(member.architecture, member.variant)))
-        return images
+        """Each image, as it is alone (``ImageTask.platform_image``: its manifest annotations
+        and SBOM too), from the layer store (the layers must be complete)."""
+        return [member.platform_image() for member in self.members()]
 
     def layer_store(self) -> LayerStore:
         return self.members()[0].layer_store()
@@ -70,14 +67,21 @@ class IndexTask(NixlayerTask, abstract=True):
         """Every image's layer records (see ``ImageTask.layer_records``), each once."""
         return sorted({record for member in self.members() for record in member.layer_records()})
 
+    def image_records(self) -> dict[str, list[str]]:
+        """Each image's layer records, bottom first, by its platform: the index's stamp names
+        them, for the ``stable`` layering of each image's next build (``LayerStore.previous_layers``)."""
+        return {str(member.image_platform): member.layer_records() for member in self.members()}
+
     def read_stamp(self, path: str, mark_used: bool = True) -> dict:
         return read_json(path, mark_used)
 
 
 class AssembleIndex(IndexTask):
-    """Writes the index to ``output`` (``format`` oci: added to the layout under ``tag``;
-    oci-archive: a file whose index names it ``name:tag``). Complete, as AssembleImage, when a
-    stamp in the layer store says ``output`` holds what this task wrote."""
+    """Writes the index to ``output`` (``format`` oci: added to the layout under ``tag``, each
+    image's SBOM attached; oci-archive: a file whose index names it ``name:tag``). Complete, as
+    AssembleImage, when a stamp in the layer store says ``output`` holds what this task wrote;
+    the stamp names each image's layers, by platform, and the ``latest/`` pointers of the
+    output's platforms name the stamp (``LayerStore.write_image_stamp``)."""
 
     format = luigi.ChoiceParameter(choices=FORMATS)
     output = luigi.Parameter()
@@ -92,14 +96,11 @@ class AssembleIndex(IndexTask):
     def run(self) -> None:
         self.set_status_message(f"writing {self.format} {self.output}: {self.name}:{self.tag}")
         written = self.write()
-        stamp = self.stamp()
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
-        with atomic_file(stamp) as f:
-            f.write(json.dumps({
-                "output": self.output, "name": self.name, "digest": written.digest,
-                "signature": output_signature(self.format, self.output, self.tag),
-                "bytes": written.bytes, "layers": self.layer_records(),
-            }).encode())
+        self.layer_store().write_image_stamp(self.stamp(), {
+            "output": self.output, "name": self.name, "digest": written.digest,
+            "signature": output_signature(self.format, self.output, self.tag),
+            "bytes": written.bytes, "layers": self.layer_records(), "images": self.image_records(),
+        })
         self.set_status_message(f"wrote {self.format} {self.output}: {self.name}:{self.tag} {written.digest}")
 
     def write(self) -> Written:
@@ -113,8 +114,9 @@ class AssembleIndex(IndexTask):
 
 class PushIndex(IndexTask):
     """Pushes the index to ``target`` (``docker://HOST[:PORT]/REPOSITORY:TAG``): every image's
-    missing blobs once, its manifest by digest, the index under the tag. Complete, as
-    PushToRegistry, when the registry holds this index under the tag."""
+    missing blobs once, its manifest by digest and its SBOM as a referrer of it, the index
+    under the tag. Complete, as PushToRegistry, when the registry holds this index under the
+    tag, this layer store having pushed it with the same referrers."""
 
     target = PushTargetParameter()
     insecure_registry = luigi.BoolParameter(default=False, description="allow plain HTTP to a non-loopback registry")
@@ -128,8 +130,10 @@ class PushIndex(IndexTask):
     def complete(self) -> bool:
         if not all(task.complete() for task in self.requires()):
             return False
-        expected = sha256_digest(oci_index(self.platform_images()))
-        if self.read_stamp(self._stamp()).get("manifest_digest") != expected:
+        images = self.platform_images()
+        expected = sha256_digest(oci_index(images))
+        stamp = self.read_stamp(self._stamp())
+        if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests(images):
             return False
         try:
             held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_INDEX, insecure=self.insecure_registry)
@@ -141,11 +145,7 @@ class PushIndex(IndexTask):
         target = self._target()
         store = self.layer_store()
         images = self.platform_images()
-        pushed = []
-        for image in images:
-            config = Blob(sha256_digest(image.config), len(image.config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(image.config))
-            layers = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in image.layers]
-            pushed.append((image.manifest, config, layers))
-        result = push_index(target, pushed, oci_index(images), insecure=self.insecure_registry,
-                            mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]), log=logger.info)
-        record_push(self, result, self._stamp(), self.layer_records())
+        result = push_index(target, [image_push(store, image) for image in images], oci_index(images),
+                            insecure=self.insecure_registry, log=logger.info,
+                            mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]))
+        record_push(self, result, self._stamp(), self.layer_records(), referrer_digests(images), self.image_records())

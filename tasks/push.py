@@ -17,12 +17,16 @@ from typing import Iterable
 import luigi
 
 from nixlayer.atomic import atomic_file
-from nixlayer.image import Artifact, ImageLayer, sha256_digest
+from nixlayer.image import sha256_digest
+from nixlayer.index import PlatformImage
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
 from nixlayer.base_image import BaseImage, parse_source
-from nixlayer.layerstore import read_json
-from nixlayer.registry import Blob, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image, tagged_manifest_digest
+from nixlayer.layerstore import LayerStore, read_json
+from nixlayer.registry import (
+    Blob, ImagePush, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image,
+    tagged_manifest_digest,
+)
 from nixlayer.reference import without_credentials
 from tasks import runlog
 from tasks.image import ImageTask
@@ -53,26 +57,16 @@ class PushToRegistry(ImageTask):
     def _stamp(self) -> str:
         return self.stamp_path("pushes", str(self._target()))
 
-    def _manifest(self) -> tuple[bytes, bytes, list[ImageLayer], list[Artifact]]:
-        """The image manifest, config, layers, and the artifacts attached to it (its SBOM)."""
-        layers = self.image_layers()
-        config = self.image_config(layers)
-        manifest = self.image_manifest(layers, config)
-        sbom = self.image_sbom(layers, config) if self.closure else None
-        return manifest, config, layers, self.attached(manifest, sbom)
-
     def complete(self) -> bool:
         """The layers are built and the registry holds this image's manifest under the tag
         (asked with a HEAD: another push may have moved the tag since this one), this layer
         store having pushed it with the same artifacts."""
         if not all(task.complete() for task in self.requires()):
             return False
-        manifest, _, _, artifacts = self._manifest()
-        expected = sha256_digest(manifest)
+        image = self.platform_image()
+        expected = sha256_digest(image.manifest)
         stamp = self.read_stamp(self._stamp())
-        if stamp.get("manifest_digest") != expected:
-            return False
-        if stamp.get("referrers", []) != [sha256_digest(a.manifest) for a in artifacts]:
+        if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests([image]):
             return False
         try:
             held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_MANIFEST, insecure=self.insecure_registry)
@@ -82,21 +76,36 @@ class PushToRegistry(ImageTask):
 
     def run(self) -> None:
         target = self._target()
-        manifest, config, layers, artifacts = self._manifest()
+        image = self.platform_image()
         store = self.layer_store()
-        config_blob = Blob(sha256_digest(config), len(config), MEDIA_TYPE_OCI_CONFIG, store.put_bytes(config))
-        blobs = [Blob(l.blob.digest, l.blob.blob_size, l.blob.media_type, l.file) for l in layers]
-        referrers = [
-            Referrer(a.manifest, a.descriptor, [Blob(sha256_digest(b), len(b), media_type, store.put_bytes(b))
-                                                for b, media_type in zip(a.blobs, a.media_types)])
-            for a in artifacts
-        ]
+        push = image_push(store, image)
         result = push_image(
-            target, manifest, MEDIA_TYPE_OCI_MANIFEST, config_blob, blobs,
+            target, image.manifest, MEDIA_TYPE_OCI_MANIFEST, push.config, push.layers,
             insecure=self.insecure_registry, mount_from=mount_sources(store.root, target, [self.base_image]), log=logger.info,
-            referrers=referrers,
+            referrers=push.referrers,
         )
-        record_push(self, result, self._stamp(), self.layer_records(), [sha256_digest(a.manifest) for a in artifacts])
+        record_push(self, result, self._stamp(), self.layer_records(), referrer_digests([image]))
+
+
+def image_push(store: LayerStore, image: PlatformImage) -> ImagePush:
+    """``image`` as a push takes it: its manifest, its config and artifacts' blobs (kept as
+    blobs in the layer store ``store`` to be read from there), its layers' blobs, and its
+    artifacts as the referrers of its manifest."""
+    def blob(data: bytes, media_type: str) -> Blob:
+        return Blob(sha256_digest(data), len(data), media_type, store.put_bytes(data))
+
+    return ImagePush(
+        image.manifest, blob(image.config, MEDIA_TYPE_OCI_CONFIG),
+        [Blob(layer.blob.digest, layer.blob.blob_size, layer.blob.media_type, layer.file) for layer in image.layers],
+        [Referrer(a.manifest, a.descriptor, [blob(b, media_type) for b, media_type in zip(a.blobs, a.media_types)])
+         for a in image.artifacts],
+    )
+
+
+def referrer_digests(images: list[PlatformImage]) -> list[str]:
+    """The manifest digests of the artifacts attached to ``images``, in order: what a push
+    stamp records as its ``referrers`` (a push is complete only with the same ones)."""
+    return [sha256_digest(a.manifest) for image in images for a in image.artifacts]
 
 
 def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[str] = ()) -> list[str]:
@@ -116,11 +125,12 @@ def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[st
 
 
 def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records: list[str],
-                referrers: list[str] = ()) -> None:
+                referrers: list[str] = (), images: dict[str, list[str]] | None = None) -> None:
     """After ``task`` pushed (``result``): its status message, the run log's entry (the run's
     summary line says it too, see ``pipelines.build``), and its stamp at ``stamp`` naming the
-    manifest digest pushed, the layer records it is made of and the digests of the artifacts
-    pushed as its ``referrers``."""
+    manifest digest pushed, the layer records it is made of, the digests of the artifacts
+    pushed as its ``referrers``, and for an index, its ``images``: each platform's layer
+    records, bottom first (see ``LayerStore.previous_layers``)."""
     target = result.target
     task.set_status_message(
         f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
@@ -132,4 +142,5 @@ def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records:
         f.write(json.dumps({
             "target": str(target), "host": target.host, "repository": target.repository,
             "manifest_digest": result.manifest_digest, "layers": layer_records, "referrers": list(referrers),
+            **({"images": images} if images else {}),
         }).encode())
