@@ -200,7 +200,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         compression_threads()  # a bad [nixlayer] setting: one line now, not from every layer
         pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
-        base = read_base_image(self.from_image, self.image_platform.architecture, layer_store,
+        base = read_base_image(self.from_image, self.image_platform, layer_store,
                                insecure=self.insecure_registry) if self.from_image else None
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.

@@ -14,7 +14,10 @@ import pytest
 
 from conftest import REPO, nix_build, run_pipelines
 from nixlayer.__main__ import main
-from nixlayer.base_image import inherit_config
+from nixlayer.base_image import inherit_config, read_base_image
+from nixlayer.errors import NixlayerError
+from nixlayer.index import Platform
+from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
 from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
@@ -71,7 +74,8 @@ def base(tmp_path_factory, registry) -> dict:
 
 def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
     """Tag in ``layout`` an OCI image index of the image ``b1`` for each of ``architectures``
-    (its image config's architecture changed: a real image of that platform, same layers)."""
+    (``arm64``, or ``arm/v7`` with a variant; its image config's architecture and variant
+    changed: a real image of that platform, same layers)."""
     index = json.loads((layout / "index.json").read_text())
     entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "b1")
 
@@ -83,10 +87,11 @@ def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
     manifest = json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes())
     config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes())
     entries = []
-    for architecture in architectures:
-        manifest["config"].update(blob(json.dumps({**config, "architecture": architecture}).encode()))
+    for name in architectures:  # an architecture, or architecture/variant
+        platform = dict(zip(("architecture", "variant"), name.split("/")))
+        manifest["config"].update(blob(json.dumps({**config, **platform}).encode()))
         entries.append({"mediaType": MEDIA_TYPE_OCI_MANIFEST, **blob(json.dumps(manifest).encode()),
-                        "platform": {"os": "linux", "architecture": architecture}})
+                        "platform": {"os": "linux", **platform}})
     data = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": entries}).encode()
     index["manifests"].append({"mediaType": MEDIA_TYPE_OCI_INDEX, **blob(data),
                                "annotations": {"org.opencontainers.image.ref.name": tag}})
@@ -203,7 +208,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, base, registry):
         "docker-archive:" + str(tmp_path / "missing.tar"): "cannot read base image docker-archive:",
         f"docker://{registry.host}/team/base:missing": "has no tag missing",
         f"docker://{registry.host}/team/base@sha256:{'0' * 64}": f"has no manifest sha256:{'0' * 64}",
-        f"docker://{registry.host}/team/base@sha256:abc": "has an invalid digest 'sha256:abc'",
+        # Not a digest: the '@' may end a user name and password, never shown (nixlayer.reference).
+        f"docker://{registry.host}/team/base@sha256:abc": "base image docker://***@sha256:abc has a user name or password",
         f"oci:{layout}:missing": "the layout has no image tagged 'missing' (it has: b1, multi, arm-only)",
         base["arm_only"]: "is an index without a linux/amd64 image (it has: linux/arm64)",
         str(base["root"] / "base.tar"): "is not named in a transport nixlayer reads",
@@ -260,3 +266,86 @@ def test_a_base_in_a_registry_with_authentication_is_read_with_the_pushs_credent
     run = build_app(tmp_path, tmp_path / "store", source)
     assert run.returncode == 0, run.stderr
     assert inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"][:2] == base["diff_ids"]
+
+
+def edited_layout(base: dict, where: Path, config=None, manifest=None, entry=None) -> str:
+    """A copy of the base's OCI layout in ``where`` whose image ``b1`` has its image config,
+    manifest and index.json entry changed by the functions ``config``, ``manifest``, ``entry``
+    (each takes the JSON object and changes it in place); its name (``oci:DIR:b1``)."""
+    shutil.copytree(Path(base["layout"].split(":")[1]), where)
+    blobs = where / "blobs" / "sha256"
+
+    def rewrite(descriptor: dict, edit) -> None:
+        data = json.loads((blobs / descriptor["digest"].split(":")[1]).read_bytes())
+        edit(data)
+        data = json.dumps(data).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        descriptor.update(digest=f"sha256:{digest}", size=len(data))
+
+    index = json.loads((where / "index.json").read_text())
+    top = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "b1")
+    rewrite(top, lambda m: (rewrite(m["config"], config or (lambda c: None)), (manifest or (lambda m: None))(m)))
+    (entry or (lambda e: None))(top)
+    (where / "index.json").write_text(json.dumps(index))
+    return f"oci:{where}:b1"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(entry=lambda e: e["annotations"].update(x=1)),
+     "annotation 'x' of an index.json entry must be a string, not 1"),
+    (dict(config=lambda c: c["config"].update(Env="PATH=/bin")), 'image config field Env must be a list of strings, not "PATH=/bin"'),
+    (dict(config=lambda c: c["config"].update(Env=[None])), "image config field Env must be a list of strings, not [null]"),
+    (dict(config=lambda c: c.update(rootfs="layers")), 'the rootfs field of its image config must be a JSON object, not "layers"'),
+    (dict(config=lambda c: c.update(history=["x"])), "an entry of the history of its image config must be a JSON object"),
+    (dict(manifest=lambda m: m["layers"][0].update(mediaType=["x"])), 'the media type of a layer must be a string, not ["x"]'),
+])
+def test_a_base_with_fields_of_the_wrong_type_is_one_line_naming_the_field(tmp_path, base, edit, message):
+    source = edited_layout(base, tmp_path / "layout", **edit)
+    with pytest.raises(NixlayerError) as error:
+        read_base_image(source, Platform("amd64"), LayerStore(str(tmp_path / "store")))
+    assert str(error.value).startswith(f"base image {source}: ") and message in str(error.value), error.value
+    assert "\n" not in str(error.value)
+
+
+def test_an_index_entry_with_annotations_or_a_platform_not_an_object_is_one_line(tmp_path, base):
+    layout = Path(base["layout"].split(":")[1])
+    copy = tmp_path / "layout"
+    shutil.copytree(layout, copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["manifests"].append({**index["manifests"][0], "annotations": None})
+    (copy / "index.json").write_text(json.dumps(index))
+    # null is no annotations (an entry without a tag), as a null config field is no field
+    assert len(read_base_image(f"oci:{copy}:b1", Platform("amd64"), LayerStore(str(tmp_path / "store"))).layers) == 2
+    index["manifests"][-1]["annotations"] = "b1"
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(NixlayerError, match=r"the annotations of an index.json entry must be a JSON object, not \"b1\""):
+        read_base_image(f"oci:{copy}:b1", Platform("amd64"), LayerStore(str(tmp_path / "store")))
+    multi = json.loads((copy / "blobs" / "sha256" / next(
+        m for m in index["manifests"] if (m["annotations"] or {}).get("org.opencontainers.image.ref.name") == "multi"
+    )["digest"].split(":")[1]).read_bytes())
+    multi["manifests"][0]["platform"] = "linux/arm64"
+    data = json.dumps(multi).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (copy / "blobs" / "sha256" / digest).write_bytes(data)
+    index["manifests"] = [{"mediaType": MEDIA_TYPE_OCI_INDEX, "digest": f"sha256:{digest}", "size": len(data)}]
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(NixlayerError, match=r"the platform of an index entry must be a JSON object, not \"linux/arm64\""):
+        read_base_image(f"oci:{copy}", Platform("amd64"), LayerStore(str(tmp_path / "store")))
+
+
+def test_an_index_base_is_resolved_by_os_architecture_and_variant(tmp_path, base):
+    layout = tmp_path / "layout"
+    shutil.copytree(Path(base["layout"].split(":")[1]), layout)
+    add_index(layout, "arms", ["arm/v6", "arm/v7", "arm64/v8"])
+    store = LayerStore(str(tmp_path / "store"))
+    # The image of each platform is read (another's config would be refused: its variant differs);
+    # arm64/v8 is arm64 (containerd's default variant).
+    for platform in (Platform("arm", "v7"), Platform("arm", "v6"), Platform("arm64")):
+        assert len(read_base_image(f"oci:{layout}:arms", platform, store).layers) == 2
+    with pytest.raises(NixlayerError, match=r"is for linux/arm/v6, not linux/arm/v7: give --platform linux/arm/v6"):
+        read_base_image(edited_layout(base, tmp_path / "v6", config=lambda c: c.update(architecture="arm", variant="v6")),
+                        Platform("arm", "v7"), store)
+    with pytest.raises(NixlayerError, match=r"is an index without a linux/arm/v5 image \(it has: linux/arm/v6,"
+                                            r" linux/arm/v7, linux/arm64/v8\)"):
+        read_base_image(f"oci:{layout}:arms", Platform("arm", "v5"), store)
