@@ -349,3 +349,18 @@ def test_an_index_base_is_resolved_by_os_architecture_and_variant(tmp_path, base
     with pytest.raises(NixlayerError, match=r"is an index without a linux/arm/v5 image \(it has: linux/arm/v6,"
                                             r" linux/arm/v7, linux/arm64/v8\)"):
         read_base_image(f"oci:{layout}:arms", Platform("arm", "v5"), store)
+
+
+def test_the_sbom_of_an_image_on_a_base_indexes_layers_in_rootfs_and_roots_copy_to_root(tmp_path, base):
+    hello = nix_build(HELLO, "hello")  # in the root by copy_to_root, its closure (greeting) with it
+    run = build_app(tmp_path, tmp_path / "store", base["archive"], "--copy-to-root", json.dumps([hello]),
+                    "--sbom", str(tmp_path / "app.cdx.json"))
+    assert run.returncode == 0, run.stderr
+    diff_ids = inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"]
+    sbom = json.loads((tmp_path / "app.cdx.json").read_text())
+    props = {c["bom-ref"]: {p["name"]: p["value"] for p in c["properties"]} for c in sbom["components"]}
+    assert props and all(int(p["nixlayer:layer_index"]) >= 2 for p in props.values())  # after the base's 2
+    for p in props.values():
+        assert diff_ids[int(p["nixlayer:layer_index"])] == p["nixlayer:layer_diff_id"]
+    image = next(d for d in sbom["dependencies"] if d["ref"] == sbom["metadata"]["component"]["bom-ref"])
+    assert hello in image["dependsOn"] and nix_build(HELLO, "greeting") in image["dependsOn"]
