@@ -4,7 +4,7 @@ whose config the new image inherits.
 A base image is named in skopeo's transport syntax (containers-transports(5)):
 
 - ``docker-archive:FILE[:NAME:TAG]``: a ``docker save`` / ``podman save`` tarball (or
-  nixlayer's, or nixpkgs' ``buildLayeredImage``);
+  nixlayer's, or nixpkgs' ``buildLayeredImage``, gzip-compressed as skopeo reads it; not zstd);
 - ``oci:DIR[:TAG]``: an OCI image layout directory (image-layout.md), the image whose
   ``org.opencontainers.image.ref.name`` is TAG (the only image if no TAG);
 - ``oci-archive:FILE[:TAG]``: that directory as a tar;
@@ -186,7 +186,13 @@ class _Files:
         self._members: dict[str, tarfile.TarInfo] = {}
         try:
             if archive:
-                self._tar = tarfile.open(path, "r:")
+                with open(path, "rb") as f:
+                    if f.read(4) == b"\x28\xb5\x2f\xfd":
+                        raise NixlayerError(f"base image {where} is a zstd-compressed archive, which nixlayer does"
+                                            f" not read: decompress it (zstd -d) and name the tar")
+                # Plain, gzip (nixpkgs' buildLayeredImage writes .tar.gz), bzip2 or xz: a member
+                # of a compressed archive is found by decompressing up to it again (tarfile).
+                self._tar = tarfile.open(path, "r:*")
                 self._members = {os.path.normpath(m.name): m for m in self._tar.getmembers() if m.isfile()}
             elif not os.path.isdir(path):
                 raise NotADirectoryError(20, "not a directory (an OCI layout is one)")

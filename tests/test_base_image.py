@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from conftest import REPO, nix_build, run_pipelines
 from nixlayer.__main__ import main
@@ -364,3 +365,20 @@ def test_the_sbom_of_an_image_on_a_base_indexes_layers_in_rootfs_and_roots_copy_
         assert diff_ids[int(p["nixlayer:layer_index"])] == p["nixlayer:layer_diff_id"]
     image = next(d for d in sbom["dependencies"] if d["ref"] == sbom["metadata"]["component"]["bom-ref"])
     assert hello in image["dependsOn"] and nix_build(HELLO, "greeting") in image["dependsOn"]
+
+
+def test_a_gzip_compressed_docker_archive_base_is_read(tmp_path, base):
+    archive = Path(base["archive"].split(":", 1)[1])
+    gzipped = tmp_path / "base.tar.gz"  # as nixpkgs' buildLayeredImage writes it
+    with archive.open("rb") as f, gzipped.open("wb") as out:
+        subprocess.run(["gzip", "-n", "-c"], stdin=f, stdout=out, check=True)
+    run = build_app(tmp_path, tmp_path / "store", f"docker-archive:{gzipped}")
+    assert run.returncode == 0, run.stderr
+    plain = build_app(tmp_path, tmp_path / "store2", base["archive"], output="plain.tar")
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "app.tar").read_bytes() == (tmp_path / "plain.tar").read_bytes()
+    zstd = tmp_path / "base.tar.zst"
+    zstd.write_bytes(zstandard.ZstdCompressor().compress(archive.read_bytes()))
+    assert "is a zstd-compressed archive, which nixlayer does not read: decompress it (zstd -d)" in one_error(
+        build_app(tmp_path, tmp_path / "store", f"docker-archive:{zstd}", output="zstd.tar"))
+    assert not (tmp_path / "zstd.tar").exists()
