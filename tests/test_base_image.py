@@ -382,3 +382,31 @@ def test_a_gzip_compressed_docker_archive_base_is_read(tmp_path, base):
     assert "is a zstd-compressed archive, which nixlayer does not read: decompress it (zstd -d)" in one_error(
         build_app(tmp_path, tmp_path / "store", f"docker-archive:{zstd}", output="zstd.tar"))
     assert not (tmp_path / "zstd.tar").exists()
+
+
+@pytest.mark.parametrize("history", ["short", "long"])
+def test_the_history_has_one_entry_per_base_layer_whatever_the_bases_says(tmp_path, base, history):
+    """A base whose history has fewer or more non-empty entries than layers: the image's own
+    entries still describe its own layers (as podman history pairs them)."""
+    first, second = base["history"]
+    entries = {"short": [{"created_by": "empty", "empty_layer": True}, first],
+               "long": [first, second, {"created_by": "extra"}, {"created_by": "empty", "empty_layer": True}]}[history]
+    source = edited_layout(base, tmp_path / "layout", config=lambda c: c.update(history=entries))
+    run = build_app(tmp_path, tmp_path / "store", source)
+    assert run.returncode == 0, run.stderr
+    config = inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")
+    expected = ([*entries, {"created_by": "base image layer"}] if history == "short"
+                else [first, second, entries[3]])
+    assert config["history"][:len(expected)] == expected
+    layers = [entry for entry in config["history"] if not entry.get("empty_layer")]
+    assert len(layers) == len(config["rootfs"]["diff_ids"]) == 4
+    assert [entry["created_by"] for entry in layers[2:]] == ["nixlayer", "nixlayer"]
+    assert nix_build(HELLO, "greeting") in layers[2]["comment"]
+    subprocess.run(["podman", "load", "-i", str(tmp_path / "app.tar")], check=True, capture_output=True)
+    try:
+        shown = json.loads(subprocess.run(["podman", "history", "--format", "json", "localhost/app:1"], check=True,
+                                          capture_output=True, text=True).stdout)
+        assert nix_build(HELLO, "greeting") in shown[1]["comment"]  # newest first: the greeting's layer
+        assert [entry["CreatedBy"] for entry in shown[2:4]] == [layer["created_by"] for layer in expected[-2:]][::-1]
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/app:1"], capture_output=True)
