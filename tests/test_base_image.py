@@ -410,3 +410,15 @@ def test_the_history_has_one_entry_per_base_layer_whatever_the_bases_says(tmp_pa
         assert [entry["CreatedBy"] for entry in shown[2:4]] == [layer["created_by"] for layer in expected[-2:]][::-1]
     finally:
         subprocess.run(["podman", "rmi", "-f", "localhost/app:1"], capture_output=True)
+
+
+def test_include_nix_db_on_a_base_is_refused_and_perms_without_a_path_warn(tmp_path, base):
+    message = one_error(build_app(tmp_path, tmp_path / "store", base["archive"], "--include-nix-db", "true"))
+    assert message == ("nixlayer: error: include_nix_db with from_image would replace the base image's Nix database"
+                       " (/nix/var/nix/db), leaving its store paths unregistered: give one of them")
+    assert not (tmp_path / "app.tar").exists() and not (tmp_path / "store" / "layers").exists()
+    run = build_app(tmp_path, tmp_path / "store", base["archive"], "--perms", json.dumps([{"regex": "^/srv", "mode": "0700"}]))
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: warning:")]
+    assert warnings == ["nixlayer: warning: perms rules without a path do not change the base image's files (its layers"
+                        " are copied as they are): give the rule a path, or change them in the base image"], run.stderr
