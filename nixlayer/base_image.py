@@ -33,7 +33,7 @@ import os
 import re
 import tarfile
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Callable
 
 import zstandard
@@ -87,30 +87,35 @@ class BaseLayer:
 class BaseImage:
     """A base image, read: its ``source`` (transport syntax, paths absolute), the ``config``
     object of its image config, its ``history`` and its ``layers``, bottom first; ``insecure``:
-    its registry is read over plain HTTP though not on loopback."""
+    its registry is read over plain HTTP though not on loopback; ``annotations``: its image
+    manifest's (none for a docker-archive), which the new image's manifest keeps
+    (``nixlayer.image.image_annotations``)."""
 
     source: str
     config: dict[str, Any]
     history: tuple[dict[str, Any], ...]
     layers: tuple[BaseLayer, ...]
     insecure: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def identity(self) -> list:
-        """What of it determines the new image: its layers' blobs and diff_ids, and its history
-        (not where it is read from)."""
-        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history)]
+        """What of it determines the new image: its layers' blobs and diff_ids, its history and
+        its manifest's annotations (not where it is read from)."""
+        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history),
+                self.annotations]
 
     def to_json(self) -> str:
         """What an image task needs of it (not the config, which the new image's merges), as
         canonical JSON text: :meth:`from_json` reads it back."""
         return json.dumps({"source": self.source, "history": list(self.history), "insecure": self.insecure,
-                           "layers": [asdict(layer) for layer in self.layers]}, sort_keys=True)
+                           "layers": [asdict(layer) for layer in self.layers], "annotations": self.annotations},
+                          sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "BaseImage":
         data = json.loads(text)
         return BaseImage(data["source"], {}, tuple(data["history"]),
-                         tuple(BaseLayer(**layer) for layer in data["layers"]), data["insecure"])
+                         tuple(BaseLayer(**layer) for layer in data["layers"]), data["insecure"], data["annotations"])
 
 
 def parse_source(text: str) -> tuple[str, str, str]:
@@ -414,7 +419,8 @@ def _from_manifest(
             raise NixlayerError(f"base image {where}: a layer descriptor without a size")
         digest = _checked_digest(layer.get("digest"), where)
         result.append(BaseLayer(digest, kind, layer["size"], diff_id, layer_path(layer)))
-    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result))
+    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result),
+                     annotations=_annotations(manifest, "its manifest", where))
 
 
 def _check_image_config(config: Any, layers: int, platform: Platform, where: str) -> list[str]:
@@ -452,9 +458,9 @@ def _from_docker_archive(where: str, files: _Files, reference: str, platform: Pl
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise NixlayerError(f"base image {where}: manifest.json is not a docker-archive manifest")
     for e in entries:
-        for field in ("RepoTags", "Layers"):
-            for value in _typed(e.get(field), list, [], f"the {field} of a manifest.json entry", where):
-                _typed(value, str, "", f"an item of the {field} of a manifest.json entry", where)
+        for key in ("RepoTags", "Layers"):
+            for value in _typed(e.get(key), list, [], f"the {key} of a manifest.json entry", where):
+                _typed(value, str, "", f"an item of the {key} of a manifest.json entry", where)
         _typed(e.get("Config"), str, "", "the Config of a manifest.json entry", where)
     names = [tag for e in entries for tag in e.get("RepoTags") or []]
     if reference:

@@ -266,7 +266,7 @@ def image_annotations(
     the packaged software) when given.
 
     ``base``: the annotations of the base image's manifest, kept unless this image sets the
-    same key (hook for base images: pass the base manifest's ``annotations`` here).
+    same key (``created`` always is).
     """
     ours = {ANNOTATION_CREATED: format_time(created), ANNOTATION_SOURCE: source,
             ANNOTATION_REVISION: revision, ANNOTATION_VERSION: version}

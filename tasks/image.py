@@ -124,8 +124,9 @@ class ImageTask(LayerParameters, abstract=True):
 
     def image_manifest(self, layers: list[ImageLayer], config: bytes) -> bytes:
         """The OCI image manifest of ``layers`` and ``config``, with its annotations
-        (``nixlayer.image.image_annotations``; base image annotations: hook for base images)."""
-        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version)
+        (``nixlayer.image.image_annotations``): the base image manifest's, then ours."""
+        base = BaseImage.from_json(self.base_image).annotations if self.base_image else {}
+        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version, base=base)
         return oci_manifest(config, layers, annotations)
 
     def image_sbom(self, layers: list[ImageLayer], config: bytes) -> bytes:

@@ -422,3 +422,14 @@ def test_include_nix_db_on_a_base_is_refused_and_perms_without_a_path_warn(tmp_p
     warnings = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: warning:")]
     assert warnings == ["nixlayer: warning: perms rules without a path do not change the base image's files (its layers"
                         " are copied as they are): give the rule a path, or change them in the base image"], run.stderr
+
+
+def test_the_base_manifests_annotations_are_kept_unless_the_image_sets_them(tmp_path, base):
+    annotations = {"org.example.team": "base", "org.opencontainers.image.created": "2000-01-01T00:00:00Z",
+                   "org.opencontainers.image.version": "1"}
+    source = edited_layout(base, tmp_path / "layout", manifest=lambda m: m.update(annotations=annotations))
+    run = build_app(tmp_path, tmp_path / "store", source, "--format", "oci", "--version", "2", output="app-oci")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1"))
+    assert manifest["annotations"] == {"org.example.team": "base", "org.opencontainers.image.created": "1970-01-01T00:00:01Z",
+                                       "org.opencontainers.image.version": "2"}
