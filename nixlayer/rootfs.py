@@ -29,6 +29,7 @@ commands make is theirs to keep reproducible (no dates, no random names).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -195,9 +196,9 @@ def _read_back(root: str, store_dir: str, state: dict, settings: LayerSettings) 
             mode, uid, gid = faked
             if stat.S_IFMT(mode) != stat.S_IFMT(st.st_mode):
                 raise NixlayerError(f"fake_root_commands made {entry.name} a device file; a layer cannot hold one")
-            entry = Entry(entry.name, entry.kind, entry.mode if entry.kind == "symlink" else stat.S_IMODE(mode),
-                          entry.size, entry.source, entry.target, uid, gid,
-                          settings.uname if uid == settings.uid else "", settings.gname if gid == settings.gid else "")
+            entry = dataclasses.replace(
+                entry, mode=entry.mode if entry.kind == "symlink" else stat.S_IMODE(mode), uid=uid, gid=gid,
+                uname=settings.uname if uid == settings.uid else "", gname=settings.gname if gid == settings.gid else "")
         entries.append(entry)
     return entries
 
