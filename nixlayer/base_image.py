@@ -4,7 +4,8 @@ whose config the new image inherits.
 A base image is named in skopeo's transport syntax (containers-transports(5)):
 
 - ``docker-archive:FILE[:NAME:TAG]``: a ``docker save`` / ``podman save`` tarball (or
-  nixlayer's, or nixpkgs' ``buildLayeredImage``, gzip-compressed as skopeo reads it; not zstd);
+  nixlayer's, or nixpkgs' ``buildLayeredImage``; also gzip-, bzip2- or xz-compressed, as
+  ``buildLayeredImage`` writes a ``.tar.gz``; not zstd);
 - ``oci:DIR[:TAG]``: an OCI image layout directory (image-layout.md), the image whose
   ``org.opencontainers.image.ref.name`` is TAG (the only image if no TAG);
 - ``oci-archive:FILE[:TAG]``: that directory as a tar;
@@ -307,7 +308,8 @@ def read_base_image(
         entries = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(entries, list):
             raise NixlayerError(f"base image {text}: index.json is not an OCI image index")
-        tags = [_annotations(e, "an index.json entry", text).get(_REF_NAME) for e in entries if isinstance(e, dict)]
+        tags = [_annotations(e, "an index.json entry", text).get(_REF_NAME) if isinstance(e, dict) else None
+                for e in entries]
         if reference:
             chosen = [e for e, tag in zip(entries, tags) if tag == reference]
             if not chosen:
