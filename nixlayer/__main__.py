@@ -21,6 +21,7 @@ from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count, size
 from nixlayer.image import check_architecture, config_store_paths, host_architecture
+from nixlayer.index import Platform, parse_platform
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
 from nixlayer.spec import override_warning, read_spec
@@ -115,8 +116,9 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     base_layers = args.base_layers
     if base_layers is None and parameters.get("from_image"):
         architecture = parameters.get("architecture")
-        architecture = check_architecture(architecture) if architecture else host_architecture()
-        base_layers = len(read_base_image(parameters["from_image"], architecture, LayerStore(default_layer_store())).layers)
+        platform = (parse_platform(parameters["platform"]) if parameters.get("platform")
+                    else Platform(check_architecture(architecture) if architecture else host_architecture()))
+        base_layers = len(read_base_image(parameters["from_image"], platform, LayerStore(default_layer_store())).layers)
     roots = [resolve_store_path(path, store_dir)  # copy_to_root paths are roots as contents are
              for path in [*parameters.get("contents", []), *parameters.get("copy_to_root", [])]]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))

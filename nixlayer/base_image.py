@@ -4,7 +4,8 @@ whose config the new image inherits.
 A base image is named in skopeo's transport syntax (containers-transports(5)):
 
 - ``docker-archive:FILE[:NAME:TAG]``: a ``docker save`` / ``podman save`` tarball (or
-  nixlayer's, or nixpkgs' ``buildLayeredImage``);
+  nixlayer's, or nixpkgs' ``buildLayeredImage``; also gzip-, bzip2- or xz-compressed, as
+  ``buildLayeredImage`` writes a ``.tar.gz``; not zstd);
 - ``oci:DIR[:TAG]``: an OCI image layout directory (image-layout.md), the image whose
   ``org.opencontainers.image.ref.name`` is TAG (the only image if no TAG);
 - ``oci-archive:FILE[:TAG]``: that directory as a tar;
@@ -12,8 +13,8 @@ A base image is named in skopeo's transport syntax (containers-transports(5)):
   read with the credentials, transport and retries of a push (``nixlayer.registry``).
 
 As in skopeo, the path ends at the first ``:`` after the transport. An index (OCI image index,
-Docker manifest list) is resolved to the manifest of this image's platform (``linux`` and its
-architecture). :func:`read_base_image` reads the manifest and the image config only (kept in
+Docker manifest list) is resolved to the manifest of this image's platform (os, architecture
+and variant). :func:`read_base_image` reads the manifest and the image config only (kept in
 the layer store, content-addressed, so a rebuild on a registry base asks for the tag's digest
 and downloads nothing); :func:`write_base_layer` copies one layer blob, streamed and verified
 against its digest and diff_id, from the layer store if it is there, else from the source.
@@ -33,13 +34,14 @@ import os
 import re
 import tarfile
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO, Callable
 
 import zstandard
 
 from nixlayer.errors import NixlayerError
 from nixlayer.image import CONFIG_FIELDS, check_config
+from nixlayer.index import Platform
 from nixlayer.layer import COPY_BUFFER, LayerBlob
 from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import (
@@ -86,30 +88,35 @@ class BaseLayer:
 class BaseImage:
     """A base image, read: its ``source`` (transport syntax, paths absolute), the ``config``
     object of its image config, its ``history`` and its ``layers``, bottom first; ``insecure``:
-    its registry is read over plain HTTP though not on loopback."""
+    its registry is read over plain HTTP though not on loopback; ``annotations``: its image
+    manifest's (none for a docker-archive), which the new image's manifest keeps
+    (``nixlayer.image.image_annotations``)."""
 
     source: str
     config: dict[str, Any]
     history: tuple[dict[str, Any], ...]
     layers: tuple[BaseLayer, ...]
     insecure: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def identity(self) -> list:
-        """What of it determines the new image: its layers' blobs and diff_ids, and its history
-        (not where it is read from)."""
-        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history)]
+        """What of it determines the new image: its layers' blobs and diff_ids, its history and
+        its manifest's annotations (not where it is read from)."""
+        return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history),
+                self.annotations]
 
     def to_json(self) -> str:
         """What an image task needs of it (not the config, which the new image's merges), as
         canonical JSON text: :meth:`from_json` reads it back."""
         return json.dumps({"source": self.source, "history": list(self.history), "insecure": self.insecure,
-                           "layers": [asdict(layer) for layer in self.layers]}, sort_keys=True)
+                           "layers": [asdict(layer) for layer in self.layers], "annotations": self.annotations},
+                          sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "BaseImage":
         data = json.loads(text)
         return BaseImage(data["source"], {}, tuple(data["history"]),
-                         tuple(BaseLayer(**layer) for layer in data["layers"]), data["insecure"])
+                         tuple(BaseLayer(**layer) for layer in data["layers"]), data["insecure"], data["annotations"])
 
 
 def parse_source(text: str) -> tuple[str, str, str]:
@@ -185,7 +192,13 @@ class _Files:
         self._members: dict[str, tarfile.TarInfo] = {}
         try:
             if archive:
-                self._tar = tarfile.open(path, "r:")
+                with open(path, "rb") as f:
+                    if f.read(4) == b"\x28\xb5\x2f\xfd":
+                        raise NixlayerError(f"base image {where} is a zstd-compressed archive, which nixlayer does"
+                                            f" not read: decompress it (zstd -d) and name the tar")
+                # Plain, gzip (nixpkgs' buildLayeredImage writes .tar.gz), bzip2 or xz: a member
+                # of a compressed archive is found by decompressing up to it again (tarfile).
+                self._tar = tarfile.open(path, "r:*")
                 self._members = {os.path.normpath(m.name): m for m in self._tar.getmembers() if m.isfile()}
             elif not os.path.isdir(path):
                 raise NotADirectoryError(20, "not a directory (an OCI layout is one)")
@@ -239,23 +252,25 @@ def _verified(data: bytes, digest: str, where: str) -> bytes:
 
 def read_base_image(
     text: str,
-    architecture: str,
+    platform: Platform,
     cache: LayerStore,
     *,
     insecure: bool = False,
     auth_file: str | None = None,
 ) -> BaseImage:
-    """Read the base image ``text`` (see the module docstring) for an image of
-    ``architecture`` (Go naming) on ``linux``: its manifest and image config, no layer blob.
+    """Read the base image ``text`` (see the module docstring) for an image of ``platform``:
+    its manifest and image config, no layer blob.
 
     ``cache`` keeps manifests and configs by digest: a registry base named by
     a digest, or by a tag whose digest a ``HEAD`` gives, is not downloaded again.
     ``insecure`` and ``auth_file`` as for a push (``nixlayer.registry``).
 
     Raises NixlayerError, one line naming the base image: an unreadable file or directory, a
-    missing tag or digest, content that does not match its digest, an index without a
-    ``linux/<architecture>`` image, a base of another architecture or OS, or a manifest or
-    config nixlayer cannot read.
+    missing tag or digest, content that does not match its digest, an index without an image of
+    ``platform`` (os, architecture and variant, a default variant such as arm64's v8 being no
+    variant, as containerd matches them), a base of another OS, architecture or variant (its
+    image config's; one without a variant is taken for any), or a manifest or config nixlayer
+    cannot read, such as a field of the wrong JSON type.
     """
     transport, path, reference = parse_source(text)
     if transport == "docker":
@@ -284,16 +299,17 @@ def read_base_image(
         else:  # the registry said no digest: read the manifest by tag
             top, _ = registry.manifest(target.tag)
             cache.put_bytes(top)
-        return replace(_from_manifest(text, top, architecture, fetch, blob, lambda layer: ""), insecure=insecure)
+        return replace(_from_manifest(text, top, platform, fetch, blob, lambda layer: ""), insecure=insecure)
     files = _Files(text, path, archive=transport != "oci")
     try:
         if transport == "docker-archive":
-            return _from_docker_archive(text, files, reference, architecture)
+            return _from_docker_archive(text, files, reference, platform)
         index = _json(files.read("index.json"), "index.json", text)
         entries = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(entries, list):
             raise NixlayerError(f"base image {text}: index.json is not an OCI image index")
-        tags = [e.get("annotations", {}).get(_REF_NAME) for e in entries if isinstance(e, dict)]
+        tags = [_annotations(e, "an index.json entry", text).get(_REF_NAME) if isinstance(e, dict) else None
+                for e in entries]
         if reference:
             chosen = [e for e, tag in zip(entries, tags) if tag == reference]
             if not chosen:
@@ -308,7 +324,7 @@ def read_base_image(
         def blob(digest: str) -> bytes:
             return _verified(files.read(_blob_path(digest)), digest, text)
 
-        return _from_manifest(text, _descriptor_bytes(chosen[0], blob, text), architecture, blob, blob,
+        return _from_manifest(text, _descriptor_bytes(chosen[0], blob, text), platform, blob, blob,
                               lambda layer: _blob_path(layer["digest"]))
     finally:
         files.close()
@@ -340,13 +356,35 @@ def _descriptor_bytes(descriptor: Any, blob: Callable[[str], bytes], where: str)
     return blob(_checked_digest(descriptor.get("digest"), where))
 
 
-def _platform(descriptor: dict) -> str:
-    platform = descriptor.get("platform") or {}
-    return f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
+def _typed(value: Any, kind: type, default: Any, what: str, where: str) -> Any:
+    """``value`` if it is a ``kind``, ``default`` if it is absent (None); else NixlayerError
+    naming the base image and the field ``what``."""
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        expected = {dict: "a JSON object", list: "a list", str: "a string", int: "a whole number"}[kind]
+        raise NixlayerError(f"base image {where}: {what} must be {expected}, not {json.dumps(value)[:40]}")
+    return value
+
+
+def _annotations(descriptor: dict, what: str, where: str) -> dict[str, str]:
+    """The ``annotations`` of a descriptor or manifest (descriptor.md: a map of strings)."""
+    annotations = _typed(descriptor.get("annotations"), dict, {}, f"the annotations of {what}", where)
+    for key, value in annotations.items():
+        _typed(value, str, "", f"annotation {key!r} of {what}", where)
+    return annotations
+
+
+def _platform(descriptor: dict, where: str) -> Platform:
+    """The ``platform`` of an index entry (image-index.md), ``?`` for what it lacks."""
+    platform = _typed(descriptor.get("platform"), dict, {}, "the platform of an index entry", where)
+    fields = [_typed(platform.get(key), str, "?" if key != "variant" else "", f"platform field {key} of an index entry",
+                     where) for key in ("architecture", "variant", "os")]
+    return Platform(*fields)
 
 
 def _from_manifest(
-    where: str, data: bytes, architecture: str, fetch: Callable[[str], bytes], blob: Callable[[str], bytes],
+    where: str, data: bytes, platform: Platform, fetch: Callable[[str], bytes], blob: Callable[[str], bytes],
     layer_path: Callable[[dict], str],
 ) -> BaseImage:
     """The base image of a manifest or index (``data``): an index resolved to this platform's
@@ -356,14 +394,15 @@ def _from_manifest(
         raise NixlayerError(f"base image {where}: its manifest is not a JSON object")
     media_type = manifest.get("mediaType")
     if media_type in _INDEXES or (media_type is None and "manifests" in manifest):
-        entries = [e for e in manifest.get("manifests") or [] if isinstance(e, dict)]
-        wanted = f"linux/{architecture}"
-        chosen = [e for e in entries if _platform(e) == wanted]
+        entries = [e for e in _typed(manifest.get("manifests"), list, [], "the manifests of its index", where)
+                   if isinstance(e, dict)]
+        platforms = [_platform(e, where) for e in entries]
+        chosen = [e for e, p in zip(entries, platforms) if p.key == platform.key]
         if not chosen:
-            have = sorted({_platform(e) for e in entries}) or ["none"]
-            raise NixlayerError(f"base image {where} is an index without a {wanted} image (it has: {', '.join(have)}):"
-                                " give --architecture, or another base image")
-        return _from_manifest(where, _descriptor_bytes(chosen[0], fetch, where), architecture, fetch, blob, layer_path)
+            have = sorted({str(p) for p in platforms}) or ["none"]
+            raise NixlayerError(f"base image {where} is an index without a {platform} image (it has: {', '.join(have)}):"
+                                " give --architecture or --platform, or another base image")
+        return _from_manifest(where, _descriptor_bytes(chosen[0], fetch, where), platform, fetch, blob, layer_path)
     if media_type not in _MANIFESTS and not (media_type is None and "layers" in manifest):
         raise NixlayerError(f"base image {where}: manifest media type {media_type!r} is not one nixlayer reads"
                             " (OCI image manifest, Docker manifest v2 schema 2)")
@@ -371,10 +410,10 @@ def _from_manifest(
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
         raise NixlayerError(f"base image {where}: its manifest has no list of layers")
-    diff_ids = _check_image_config(config, len(layers), architecture, where)
+    diff_ids = _check_image_config(config, len(layers), platform, where)
     result = []
     for layer, diff_id in zip(layers, diff_ids):
-        kind = _LAYER_TYPES.get(layer.get("mediaType"))
+        kind = _LAYER_TYPES.get(_typed(layer.get("mediaType"), str, "", "the media type of a layer", where))
         if kind is None:
             raise NixlayerError(f"base image {where}: layer {layer.get('digest')} has media type"
                                 f" {layer.get('mediaType')!r}, which nixlayer does not copy (foreign or unknown)")
@@ -382,34 +421,49 @@ def _from_manifest(
             raise NixlayerError(f"base image {where}: a layer descriptor without a size")
         digest = _checked_digest(layer.get("digest"), where)
         result.append(BaseLayer(digest, kind, layer["size"], diff_id, layer_path(layer)))
-    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result))
+    return BaseImage(where, config.get("config") or {}, tuple(config.get("history") or ()), tuple(result),
+                     annotations=_annotations(manifest, "its manifest", where))
 
 
-def _check_image_config(config: Any, layers: int, architecture: str, where: str) -> list[str]:
+def _check_image_config(config: Any, layers: int, platform: Platform, where: str) -> list[str]:
     """The diff_ids of a base's image config, once its platform and layers are checked."""
     if not isinstance(config, dict):
         raise NixlayerError(f"base image {where}: its image config is not a JSON object")
     os_name, arch = config.get("os"), config.get("architecture")
-    if os_name != "linux" or arch != architecture:
-        raise NixlayerError(f"base image {where} is for {os_name}/{arch}, not linux/{architecture}: give"
-                            f" --architecture {arch} to build for it, or a base image for {architecture}")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-    if not isinstance(diff_ids, list) or len(diff_ids) != layers:
-        raise NixlayerError(f"base image {where}: its image config lists {len(diff_ids or [])} diff_ids for"
-                            f" {layers} layers")
+    variant = _typed(config.get("variant"), str, "", "the variant of its image config", where)
+    theirs = Platform(str(arch), variant or platform.variant, str(os_name))
+    if theirs.key != platform.key:
+        option = f"--platform {theirs}" if theirs.variant else f"--architecture {arch}"
+        raise NixlayerError(f"base image {where} is for {theirs}, not {platform}: give {option} to build for it,"
+                            f" or a base image for {platform}")
+    rootfs = _typed(config.get("rootfs"), dict, {}, "the rootfs field of its image config", where)
+    diff_ids = _typed(rootfs.get("diff_ids"), list, [], "rootfs.diff_ids of its image config", where)
+    if len(diff_ids) != layers:
+        raise NixlayerError(f"base image {where}: its image config lists {len(diff_ids)} diff_ids for {layers} layers")
     for diff_id in diff_ids:
         _checked_digest(diff_id, where)
-    if not isinstance(config.get("config") or {}, dict) or not isinstance(config.get("history") or [], list):
-        raise NixlayerError(f"base image {where}: its image config has a bad config or history field")
+    for entry in _typed(config.get("history"), list, [], "the history field of its image config", where):
+        _typed(entry, dict, {}, "an entry of the history of its image config", where)
+    # The fields the new image inherits (inherit_config) are checked as the new image's are.
+    inherited = _typed(config.get("config"), dict, {}, "the config field of its image config", where)
+    try:
+        check_config({key: value for key, value in inherited.items() if key in CONFIG_FIELDS and value is not None})
+    except NixlayerError as e:
+        raise NixlayerError(f"base image {where}: {e}") from None
     return diff_ids
 
 
-def _from_docker_archive(where: str, files: _Files, reference: str, architecture: str) -> BaseImage:
+def _from_docker_archive(where: str, files: _Files, reference: str, platform: Platform) -> BaseImage:
     """A docker-archive's image (Docker image spec v1.2 ``manifest.json``): the one named
     ``reference`` (``NAME:TAG`` among its RepoTags), or its only one."""
     entries = _json(files.read("manifest.json"), "manifest.json", where)
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise NixlayerError(f"base image {where}: manifest.json is not a docker-archive manifest")
+    for e in entries:
+        for key in ("RepoTags", "Layers"):
+            for value in _typed(e.get(key), list, [], f"the {key} of a manifest.json entry", where):
+                _typed(value, str, "", f"an item of the {key} of a manifest.json entry", where)
+        _typed(e.get("Config"), str, "", "the Config of a manifest.json entry", where)
     names = [tag for e in entries for tag in e.get("RepoTags") or []]
     if reference:
         chosen = [e for e in entries if reference in (e.get("RepoTags") or [])]
@@ -424,7 +478,7 @@ def _from_docker_archive(where: str, files: _Files, reference: str, architecture
     entry = chosen[0]
     config = _json(files.read(str(entry.get("Config"))), "its image config", where)
     paths = entry.get("Layers") or []
-    diff_ids = _check_image_config(config, len(paths), architecture, where)
+    diff_ids = _check_image_config(config, len(paths), platform, where)
     layers = []
     for path, diff_id in zip(paths, diff_ids):
         with files.open(path) as f:

@@ -210,7 +210,8 @@ def image_config(
     """The image config JSON (OCI config.md; Docker image spec v1.2 "Image JSON").
 
     The first ``base_layers`` of ``layers`` are a base image's, whose ``base_history`` comes
-    first, as it is; then one ``history`` entry per layer of ours: ``created``, ``created_by``
+    first (:func:`base_history_of`: one entry per base layer); then one ``history`` entry per layer
+    of ours: ``created``, ``created_by``
     (:data:`CREATED_BY`) and the layer's comment (nixpkgs writes ``created`` and ``comment``
     alone; layers are the same bytes either way). ``variant`` ('' for none) is the CPU variant
     (``v7`` of ``linux/arm/v7``). Returns canonical JSON bytes.
@@ -220,12 +221,32 @@ def image_config(
         "architecture": architecture,
         "config": config,
         "created": when,
-        "history": [*base_history, *({"created": when, "created_by": CREATED_BY, "comment": layer.comment}
+        "history": [*base_history_of(base_history, base_layers), *({"created": when, "created_by": CREATED_BY, "comment": layer.comment}
                                      for layer in layers[base_layers:])],
         "os": os,
         "rootfs": {"type": "layers", "diff_ids": [layer.blob.diff_id for layer in layers]},
         **({"variant": variant} if variant else {}),
     })
+
+
+BASE_LAYER_CREATED_BY = "base image layer"
+"""The ``created_by`` of a history entry added for a base layer its base's history lacks."""
+
+
+def base_history_of(history: Sequence[dict[str, Any]], layers: int) -> list[dict[str, Any]]:
+    """A base image's ``history`` in step with its ``layers``: as it is when its entries not
+    marked ``empty_layer`` (config.md: each of them is one layer of ``rootfs.diff_ids``, in
+    order) number ``layers``; else the entries beyond that dropped (its empty ones kept) or
+    ``{"created_by": BASE_LAYER_CREATED_BY}`` entries appended, so that the new image's own
+    entries describe its own layers (``docker history`` and ``podman history`` pair them so)."""
+    kept, count = [], 0
+    for entry in history:
+        if not entry.get("empty_layer"):
+            if count == layers:
+                continue
+            count += 1
+        kept.append(entry)
+    return [*kept, *({"created_by": BASE_LAYER_CREATED_BY} for _ in range(layers - count))]
 
 
 def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = None) -> dict[str, Any]:
@@ -245,7 +266,7 @@ def image_annotations(
     the packaged software) when given.
 
     ``base``: the annotations of the base image's manifest, kept unless this image sets the
-    same key (hook for base images: pass the base manifest's ``annotations`` here).
+    same key (``created`` always is).
     """
     ours = {ANNOTATION_CREATED: format_time(created), ANNOTATION_SOURCE: source,
             ANNOTATION_REVISION: revision, ANNOTATION_VERSION: version}

@@ -23,7 +23,8 @@ One component per store path in the image's layers (Source: CycloneDX 1.6 JSON s
 - ``dependencies``: its references, itself left out.
 
 The image is ``metadata.component`` (type ``container``, its name, ``bom-ref`` the image ID),
-depending on the store paths the image's contents and config name (its roots). Not its tag: an
+depending on the store paths the image's contents, ``copy_to_root`` and config name (its
+roots, as the layer plan takes them). Not its tag: an
 image under two tags is one image, with one SBOM (one artifact in a layout or registry).
 
 Reproducible: the same image gives the same bytes. No random serial number and no clock:
@@ -57,6 +58,7 @@ def image_sbom(
     diff_ids: Sequence[str],
     roots: Sequence[str],
     *,
+    base_layers: int = 0,
     name: str,
     image_id: str,
     created: datetime,
@@ -66,27 +68,30 @@ def image_sbom(
     Args:
         graph: the image's closure graph (references, NAR hashes and sizes).
         store_layers: the image's store layers, bottom first, each its store paths.
-        diff_ids: the diff_ids of the image's layers, bottom first: the store layers' first
-            (base image layers, if any, before them, are not described here), then others
-            (the customisation layer) that hold no store path.
-        roots: the store paths the image's contents and config name.
+        diff_ids: the diff_ids of the image's layers, bottom first, as its image config's
+            ``rootfs.diff_ids`` lists them: ``base_layers`` base image layers (not described
+            here), the store layers, then others (the customisation layer) that hold no store
+            path.
+        roots: the store paths the image's contents, ``copy_to_root`` and config name.
+        base_layers: how many layers of a base image come first.
         name: the image's name; image_id: its config's ``sha256:<hex>``.
         created: the image's creation time (the SBOM's timestamp).
     Returns the canonical JSON bytes.
     Raises:
         NixlayerError: a layer's store path not in ``graph``, a store path in two layers,
-            or fewer diff_ids than store layers.
+            or fewer diff_ids than base and store layers.
     """
-    if len(diff_ids) < len(store_layers):
-        raise NixlayerError(f"the image has {len(store_layers)} store layers but {len(diff_ids)} diff_ids")
+    if len(diff_ids) < base_layers + len(store_layers):
+        raise NixlayerError(f"the image has {base_layers} base and {len(store_layers)} store layers but"
+                            f" {len(diff_ids)} diff_ids")
     layer_of: dict[str, int] = {}
     for index, paths in enumerate(store_layers):
         for path in paths:
             if path not in graph:
                 raise NixlayerError(f"layer {index} holds {path}, which is not in the image's closure graph")
             if path in layer_of:
-                raise NixlayerError(f"{path} is in layers {layer_of[path]} and {index}")
-            layer_of[path] = index
+                raise NixlayerError(f"{path} is in store layers {layer_of[path] - base_layers} and {index}")
+            layer_of[path] = base_layers + index
     components = [_component(graph, path, index, diff_ids[index]) for path, index in sorted(layer_of.items())]
     dependencies = [{"ref": image_id, "dependsOn": sorted(set(roots) & layer_of.keys())}]
     dependencies += [

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 
 import luigi
 
@@ -16,7 +17,7 @@ from nixlayer.base_image import absolute_source, inherit_config, read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format, is_stream
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.customisation import check_contents
 from nixlayer.perms import parse_perms, perms_json
 from nixlayer.rootfs import RootTree, check_root_tree, layer_tree
@@ -185,6 +186,12 @@ class ImageParameters(NixlayerTask, abstract=True):
         contents, config, config_paths = self._inputs
         copy_to_root = self._copy_to_root
         rules = parse_perms(self.perms, store_dir)
+        if self.from_image and self.include_nix_db:
+            raise NixlayerError("include_nix_db with from_image would replace the base image's Nix database"
+                                " (/nix/var/nix/db), leaving its store paths unregistered: give one of them")
+        if self.from_image and any(rule.path is None for rule in rules):
+            warnings.warn("perms rules without a path do not change the base image's files (its layers are copied"
+                          " as they are): give the rule a path, or change them in the base image", NixlayerWarning)
         created = parse_time(self.created, what="--created")
         mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
@@ -192,7 +199,7 @@ class ImageParameters(NixlayerTask, abstract=True):
         compression_threads()  # a bad [nixlayer] setting: one line now, not from every layer
         pipeline = check_layering(self.layering, self.layering_pipeline)
         layer_store = LayerStore(layer_store_root())
-        base = read_base_image(self.from_image, self.image_platform.architecture, layer_store,
+        base = read_base_image(self.from_image, self.image_platform, layer_store,
                                insecure=self.insecure_registry) if self.from_image else None
         # Two contents with one file: fail now. Checked while Nix works out the closure in its
         # own process (20 ms of a 0.27 s rebuild); errors come in the order of the code.

@@ -130,8 +130,9 @@ class ImageTask(LayerParameters, abstract=True):
 
     def image_manifest(self, layers: list[ImageLayer], config: bytes) -> bytes:
         """The OCI image manifest of ``layers`` and ``config``, with its annotations
-        (``nixlayer.image.image_annotations``; base image annotations: hook for base images)."""
-        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version)
+        (``nixlayer.image.image_annotations``): the base image manifest's, then ours."""
+        base = BaseImage.from_json(self.base_image).annotations if self.base_image else {}
+        annotations = image_annotations(parse_time(self.created), self.source, self.revision, self.version, base=base)
         return oci_manifest(config, layers, annotations)
 
     def image_sbom(self, layers: list[ImageLayer], config: bytes) -> bytes:
@@ -141,9 +142,10 @@ class ImageTask(LayerParameters, abstract=True):
         if graph is None:
             raise NixlayerError(f"the closure graph of {self.name}:{self.tag} ({self.closure}) was not planned in"
                                 " this process: build images with BuildImage, PushImage or BuildImages")
-        roots = sorted(set(self.contents) | set(config_store_paths(json.loads(self.config), self.store_dir)))
-        ours = layers[len(BaseImage.from_json(self.base_image).layers):] if self.base_image else layers
-        return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in ours], roots,
+        # copy_to_root paths are roots as the contents are (the layer plan takes them so).
+        roots = sorted({*self.contents, *self.copy_to_root, *config_store_paths(json.loads(self.config), self.store_dir)})
+        return image_sbom(graph, self.store_layers, [layer.blob.diff_id for layer in layers], roots,
+                          base_layers=len(BaseImage.from_json(self.base_image).layers) if self.base_image else 0,
                           name=self.name, image_id=sha256_digest(config), created=parse_time(self.created))
 
     def platform_image(self) -> PlatformImage:

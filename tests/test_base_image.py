@@ -11,10 +11,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from conftest import REPO, nix_build, run_pipelines
 from nixlayer.__main__ import main
-from nixlayer.base_image import inherit_config
+from nixlayer.base_image import inherit_config, read_base_image
+from nixlayer.errors import NixlayerError
+from nixlayer.index import Platform
+from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
 from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
@@ -71,7 +75,8 @@ def base(tmp_path_factory, registry) -> dict:
 
 def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
     """Tag in ``layout`` an OCI image index of the image ``b1`` for each of ``architectures``
-    (its image config's architecture changed: a real image of that platform, same layers)."""
+    (``arm64``, or ``arm/v7`` with a variant; its image config's architecture and variant
+    changed: a real image of that platform, same layers)."""
     index = json.loads((layout / "index.json").read_text())
     entry = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "b1")
 
@@ -83,10 +88,11 @@ def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
     manifest = json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes())
     config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_bytes())
     entries = []
-    for architecture in architectures:
-        manifest["config"].update(blob(json.dumps({**config, "architecture": architecture}).encode()))
+    for name in architectures:  # an architecture, or architecture/variant
+        platform = dict(zip(("architecture", "variant"), name.split("/")))
+        manifest["config"].update(blob(json.dumps({**config, **platform}).encode()))
         entries.append({"mediaType": MEDIA_TYPE_OCI_MANIFEST, **blob(json.dumps(manifest).encode()),
-                        "platform": {"os": "linux", "architecture": architecture}})
+                        "platform": {"os": "linux", **platform}})
     data = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": entries}).encode()
     index["manifests"].append({"mediaType": MEDIA_TYPE_OCI_INDEX, **blob(data),
                                "annotations": {"org.opencontainers.image.ref.name": tag}})
@@ -203,7 +209,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, base, registry):
         "docker-archive:" + str(tmp_path / "missing.tar"): "cannot read base image docker-archive:",
         f"docker://{registry.host}/team/base:missing": "has no tag missing",
         f"docker://{registry.host}/team/base@sha256:{'0' * 64}": f"has no manifest sha256:{'0' * 64}",
-        f"docker://{registry.host}/team/base@sha256:abc": "has an invalid digest 'sha256:abc'",
+        # Not a digest: the '@' may end a user name and password, never shown (nixlayer.reference).
+        f"docker://{registry.host}/team/base@sha256:abc": "base image docker://***@sha256:abc has a user name or password",
         f"oci:{layout}:missing": "the layout has no image tagged 'missing' (it has: b1, multi, arm-only)",
         base["arm_only"]: "is an index without a linux/amd64 image (it has: linux/arm64)",
         str(base["root"] / "base.tar"): "is not named in a transport nixlayer reads",
@@ -260,3 +267,169 @@ def test_a_base_in_a_registry_with_authentication_is_read_with_the_pushs_credent
     run = build_app(tmp_path, tmp_path / "store", source)
     assert run.returncode == 0, run.stderr
     assert inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"][:2] == base["diff_ids"]
+
+
+def edited_layout(base: dict, where: Path, config=None, manifest=None, entry=None) -> str:
+    """A copy of the base's OCI layout in ``where`` whose image ``b1`` has its image config,
+    manifest and index.json entry changed by the functions ``config``, ``manifest``, ``entry``
+    (each takes the JSON object and changes it in place); its name (``oci:DIR:b1``)."""
+    shutil.copytree(Path(base["layout"].split(":")[1]), where)
+    blobs = where / "blobs" / "sha256"
+
+    def rewrite(descriptor: dict, edit) -> None:
+        data = json.loads((blobs / descriptor["digest"].split(":")[1]).read_bytes())
+        edit(data)
+        data = json.dumps(data).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        descriptor.update(digest=f"sha256:{digest}", size=len(data))
+
+    index = json.loads((where / "index.json").read_text())
+    top = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "b1")
+    rewrite(top, lambda m: (rewrite(m["config"], config or (lambda c: None)), (manifest or (lambda m: None))(m)))
+    (entry or (lambda e: None))(top)
+    (where / "index.json").write_text(json.dumps(index))
+    return f"oci:{where}:b1"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(entry=lambda e: e["annotations"].update(x=1)),
+     "annotation 'x' of an index.json entry must be a string, not 1"),
+    (dict(config=lambda c: c["config"].update(Env="PATH=/bin")), 'image config field Env must be a list of strings, not "PATH=/bin"'),
+    (dict(config=lambda c: c["config"].update(Env=[None])), "image config field Env must be a list of strings, not [null]"),
+    (dict(config=lambda c: c.update(rootfs="layers")), 'the rootfs field of its image config must be a JSON object, not "layers"'),
+    (dict(config=lambda c: c.update(history=["x"])), "an entry of the history of its image config must be a JSON object"),
+    (dict(manifest=lambda m: m["layers"][0].update(mediaType=["x"])), 'the media type of a layer must be a string, not ["x"]'),
+])
+def test_a_base_with_fields_of_the_wrong_type_is_one_line_naming_the_field(tmp_path, base, edit, message):
+    source = edited_layout(base, tmp_path / "layout", **edit)
+    with pytest.raises(NixlayerError) as error:
+        read_base_image(source, Platform("amd64"), LayerStore(str(tmp_path / "store")))
+    assert str(error.value).startswith(f"base image {source}: ") and message in str(error.value), error.value
+    assert "\n" not in str(error.value)
+
+
+def test_an_index_entry_with_annotations_or_a_platform_not_an_object_is_one_line(tmp_path, base):
+    layout = Path(base["layout"].split(":")[1])
+    copy = tmp_path / "layout"
+    shutil.copytree(layout, copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["manifests"].append({**index["manifests"][0], "annotations": None})
+    (copy / "index.json").write_text(json.dumps(index))
+    # null is no annotations (an entry without a tag), as a null config field is no field
+    assert len(read_base_image(f"oci:{copy}:b1", Platform("amd64"), LayerStore(str(tmp_path / "store"))).layers) == 2
+    index["manifests"][-1]["annotations"] = "b1"
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(NixlayerError, match=r"the annotations of an index.json entry must be a JSON object, not \"b1\""):
+        read_base_image(f"oci:{copy}:b1", Platform("amd64"), LayerStore(str(tmp_path / "store")))
+    multi = json.loads((copy / "blobs" / "sha256" / next(
+        m for m in index["manifests"] if (m["annotations"] or {}).get("org.opencontainers.image.ref.name") == "multi"
+    )["digest"].split(":")[1]).read_bytes())
+    multi["manifests"][0]["platform"] = "linux/arm64"
+    data = json.dumps(multi).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (copy / "blobs" / "sha256" / digest).write_bytes(data)
+    index["manifests"] = [{"mediaType": MEDIA_TYPE_OCI_INDEX, "digest": f"sha256:{digest}", "size": len(data)}]
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(NixlayerError, match=r"the platform of an index entry must be a JSON object, not \"linux/arm64\""):
+        read_base_image(f"oci:{copy}", Platform("amd64"), LayerStore(str(tmp_path / "store")))
+
+
+def test_an_index_base_is_resolved_by_os_architecture_and_variant(tmp_path, base):
+    layout = tmp_path / "layout"
+    shutil.copytree(Path(base["layout"].split(":")[1]), layout)
+    add_index(layout, "arms", ["arm/v6", "arm/v7", "arm64/v8"])
+    store = LayerStore(str(tmp_path / "store"))
+    # The image of each platform is read (another's config would be refused: its variant differs);
+    # arm64/v8 is arm64 (containerd's default variant).
+    for platform in (Platform("arm", "v7"), Platform("arm", "v6"), Platform("arm64")):
+        assert len(read_base_image(f"oci:{layout}:arms", platform, store).layers) == 2
+    with pytest.raises(NixlayerError, match=r"is for linux/arm/v6, not linux/arm/v7: give --platform linux/arm/v6"):
+        read_base_image(edited_layout(base, tmp_path / "v6", config=lambda c: c.update(architecture="arm", variant="v6")),
+                        Platform("arm", "v7"), store)
+    with pytest.raises(NixlayerError, match=r"is an index without a linux/arm/v5 image \(it has: linux/arm/v6,"
+                                            r" linux/arm/v7, linux/arm64/v8\)"):
+        read_base_image(f"oci:{layout}:arms", Platform("arm", "v5"), store)
+
+
+def test_the_sbom_of_an_image_on_a_base_indexes_layers_in_rootfs_and_roots_copy_to_root(tmp_path, base):
+    hello = nix_build(HELLO, "hello")  # in the root by copy_to_root, its closure (greeting) with it
+    run = build_app(tmp_path, tmp_path / "store", base["archive"], "--copy-to-root", json.dumps([hello]),
+                    "--sbom", str(tmp_path / "app.cdx.json"))
+    assert run.returncode == 0, run.stderr
+    diff_ids = inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")["rootfs"]["diff_ids"]
+    sbom = json.loads((tmp_path / "app.cdx.json").read_text())
+    props = {c["bom-ref"]: {p["name"]: p["value"] for p in c["properties"]} for c in sbom["components"]}
+    assert props and all(int(p["nixlayer:layer_index"]) >= 2 for p in props.values())  # after the base's 2
+    for p in props.values():
+        assert diff_ids[int(p["nixlayer:layer_index"])] == p["nixlayer:layer_diff_id"]
+    image = next(d for d in sbom["dependencies"] if d["ref"] == sbom["metadata"]["component"]["bom-ref"])
+    assert hello in image["dependsOn"] and nix_build(HELLO, "greeting") in image["dependsOn"]
+
+
+def test_a_gzip_compressed_docker_archive_base_is_read(tmp_path, base):
+    archive = Path(base["archive"].split(":", 1)[1])
+    gzipped = tmp_path / "base.tar.gz"  # as nixpkgs' buildLayeredImage writes it
+    with archive.open("rb") as f, gzipped.open("wb") as out:
+        subprocess.run(["gzip", "-n", "-c"], stdin=f, stdout=out, check=True)
+    run = build_app(tmp_path, tmp_path / "store", f"docker-archive:{gzipped}")
+    assert run.returncode == 0, run.stderr
+    plain = build_app(tmp_path, tmp_path / "store2", base["archive"], output="plain.tar")
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "app.tar").read_bytes() == (tmp_path / "plain.tar").read_bytes()
+    zstd = tmp_path / "base.tar.zst"
+    zstd.write_bytes(zstandard.ZstdCompressor().compress(archive.read_bytes()))
+    assert "is a zstd-compressed archive, which nixlayer does not read: decompress it (zstd -d)" in one_error(
+        build_app(tmp_path, tmp_path / "store", f"docker-archive:{zstd}", output="zstd.tar"))
+    assert not (tmp_path / "zstd.tar").exists()
+
+
+@pytest.mark.parametrize("history", ["short", "long"])
+def test_the_history_has_one_entry_per_base_layer_whatever_the_bases_says(tmp_path, base, history):
+    """A base whose history has fewer or more non-empty entries than layers: the image's own
+    entries still describe its own layers (as podman history pairs them)."""
+    first, second = base["history"]
+    entries = {"short": [{"created_by": "empty", "empty_layer": True}, first],
+               "long": [first, second, {"created_by": "extra"}, {"created_by": "empty", "empty_layer": True}]}[history]
+    source = edited_layout(base, tmp_path / "layout", config=lambda c: c.update(history=entries))
+    run = build_app(tmp_path, tmp_path / "store", source)
+    assert run.returncode == 0, run.stderr
+    config = inspect(f"docker-archive:{tmp_path / 'app.tar'}", "--config")
+    expected = ([*entries, {"created_by": "base image layer"}] if history == "short"
+                else [first, second, entries[3]])
+    assert config["history"][:len(expected)] == expected
+    layers = [entry for entry in config["history"] if not entry.get("empty_layer")]
+    assert len(layers) == len(config["rootfs"]["diff_ids"]) == 4
+    assert [entry["created_by"] for entry in layers[2:]] == ["nixlayer", "nixlayer"]
+    assert nix_build(HELLO, "greeting") in layers[2]["comment"]
+    subprocess.run(["podman", "load", "-i", str(tmp_path / "app.tar")], check=True, capture_output=True)
+    try:
+        shown = json.loads(subprocess.run(["podman", "history", "--format", "json", "localhost/app:1"], check=True,
+                                          capture_output=True, text=True).stdout)
+        assert nix_build(HELLO, "greeting") in shown[1]["comment"]  # newest first: the greeting's layer
+        assert [entry["CreatedBy"] for entry in shown[2:4]] == [layer["created_by"] for layer in expected[-2:]][::-1]
+    finally:
+        subprocess.run(["podman", "rmi", "-f", "localhost/app:1"], capture_output=True)
+
+
+def test_include_nix_db_on_a_base_is_refused_and_perms_without_a_path_warn(tmp_path, base):
+    message = one_error(build_app(tmp_path, tmp_path / "store", base["archive"], "--include-nix-db", "true"))
+    assert message == ("nixlayer: error: include_nix_db with from_image would replace the base image's Nix database"
+                       " (/nix/var/nix/db), leaving its store paths unregistered: give one of them")
+    assert not (tmp_path / "app.tar").exists() and not (tmp_path / "store" / "layers").exists()
+    run = build_app(tmp_path, tmp_path / "store", base["archive"], "--perms", json.dumps([{"regex": "^/srv", "mode": "0700"}]))
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: warning:")]
+    assert warnings == ["nixlayer: warning: perms rules without a path do not change the base image's files (its layers"
+                        " are copied as they are): give the rule a path, or change them in the base image"], run.stderr
+
+
+def test_the_base_manifests_annotations_are_kept_unless_the_image_sets_them(tmp_path, base):
+    annotations = {"org.example.team": "base", "org.opencontainers.image.created": "2000-01-01T00:00:00Z",
+                   "org.opencontainers.image.version": "1"}
+    source = edited_layout(base, tmp_path / "layout", manifest=lambda m: m.update(annotations=annotations))
+    run = build_app(tmp_path, tmp_path / "store", source, "--format", "oci", "--version", "2", output="app-oci")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1"))
+    assert manifest["annotations"] == {"org.example.team": "base", "org.opencontainers.image.created": "1970-01-01T00:00:01Z",
+                                       "org.opencontainers.image.version": "2"}
