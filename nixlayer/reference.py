@@ -68,20 +68,24 @@ def check_tag(tag: str) -> str:
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
-_DIGEST_SUFFIX = re.compile(r"@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
+# A digest at the end, after a repository path: an algorithm, then whatever follows its colon
+# up to the end without a '/' or '@' (a malformed digest, such as @sha256:abc, is then refused as
+# a digest rather than shown as credentials; with no '/' before it, as in user@localhost:5000,
+# the '@' ends credentials).
+_DIGEST_SUFFIX = re.compile(r"/[^@]*(@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[^/@]*)$")
 
 
 def without_credentials(text: str) -> tuple[str, bool]:
     """``text`` (an image reference, ``docker://`` or not) fit to show, and whether it had
     credentials in it: a user name or password (``user:password@host/...``) becomes ``***``.
 
-    Every ``@`` but a digest's at the end (``@sha256:<hex>``) is taken for the end of
+    Every ``@`` but a digest's at the end, after a ``/`` (``@sha256:...``), is taken for the end of
     credentials, so nothing typed before the last such ``@`` is ever shown, whatever it holds
     (a ``/`` or an ``@`` in a password included).
     """
     scheme, rest = _SCHEME.match(text).groups()
     digest = _DIGEST_SUFFIX.search(rest)
-    body, suffix = (rest[: digest.start()], rest[digest.start():]) if digest else (rest, "")
+    body, suffix = (rest[: digest.start(1)], rest[digest.start(1):]) if digest else (rest, "")
     at = body.rfind("@")
     if at < 0:
         return text, False

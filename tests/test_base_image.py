@@ -209,8 +209,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, base, registry):
         "docker-archive:" + str(tmp_path / "missing.tar"): "cannot read base image docker-archive:",
         f"docker://{registry.host}/team/base:missing": "has no tag missing",
         f"docker://{registry.host}/team/base@sha256:{'0' * 64}": f"has no manifest sha256:{'0' * 64}",
-        # Not a digest: the '@' may end a user name and password, never shown (nixlayer.reference).
-        f"docker://{registry.host}/team/base@sha256:abc": "base image docker://***@sha256:abc has a user name or password",
+        f"docker://{registry.host}/team/base@sha256:abc": "has an invalid digest 'sha256:abc'",
         f"oci:{layout}:missing": "the layout has no image tagged 'missing' (it has: b1, multi, arm-only)",
         base["arm_only"]: "is an index without a linux/amd64 image (it has: linux/arm64)",
         str(base["root"] / "base.tar"): "is not named in a transport nixlayer reads",
