@@ -315,11 +315,12 @@ def read_base_image(
             if not chosen:
                 raise NixlayerError(f"base image {text}: the layout has no image tagged {reference!r}"
                                     f" (it has: {', '.join(t for t in tags if t) or 'no tags'})")
-        elif len(entries) != 1:
-            raise NixlayerError(f"base image {text}: the layout holds {len(entries)} images: name one,"
-                                f" {transport}:{path}:TAG (tags: {', '.join(t for t in tags if t) or 'none'})")
         else:
-            chosen = entries
+            # Artifacts attached to an image (an SBOM: an entry with an artifactType) are not images.
+            chosen = [e for e in entries if not (isinstance(e, dict) and "artifactType" in e)]
+            if len(chosen) != 1:
+                raise NixlayerError(f"base image {text}: the layout holds {len(chosen)} images: name one,"
+                                    f" {transport}:{path}:TAG (tags: {', '.join(t for t in tags if t) or 'none'})")
 
         def blob(digest: str) -> bytes:
             return _verified(files.read(_blob_path(digest)), digest, text)

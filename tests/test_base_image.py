@@ -136,6 +136,13 @@ def test_an_oci_output_keeps_the_bases_compressed_blobs(tmp_path, base):
     again = build_app(tmp_path, tmp_path / "store2", base["layout"], "--format", "oci", output="app-oci2")
     assert again.returncode == 0, again.stderr
     assert skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci2'}:1") == skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1")
+    # A layout nixlayer wrote holds the image and its SBOM: named without a tag, the image is the base.
+    index = json.loads((tmp_path / "app-oci" / "index.json").read_text())
+    assert sorted("artifactType" in entry for entry in index["manifests"]) == [False, True]
+    on_it = build_app(tmp_path, tmp_path / "store", f"oci:{tmp_path / 'app-oci'}", output="on-app.tar")
+    assert on_it.returncode == 0, on_it.stderr
+    assert inspect(f"docker-archive:{tmp_path / 'on-app.tar'}", "--config")["rootfs"]["diff_ids"][:4] == \
+        inspect(f"oci:{tmp_path / 'app-oci'}:1", "--config")["rootfs"]["diff_ids"]
 
 
 def test_a_rebuild_on_a_registry_base_downloads_nothing_and_a_push_mounts_its_blobs(tmp_path, base, registry):
