@@ -167,7 +167,11 @@ def check_config(config: Any) -> dict[str, Any]:
     """
     if not isinstance(config, dict):
         raise NixlayerError("image config must be a JSON object such as {\"Cmd\": [\"/bin/hello\"]}")
-    size = len(canonical_json(config))
+    try:
+        size = len(canonical_json(config))
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): not text UTF-8 can hold
+        raise NixlayerError("image config holds a string that is not valid Unicode (a lone surrogate such as"
+                            " \"\\ud800\"): give its text as UTF-8") from None
     if size > MAX_CONFIG_BYTES:
         raise NixlayerError(f"image config is {size} bytes; podman and skopeo refuse configs over {MAX_CONFIG_BYTES} bytes")
     for key, value in config.items():

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import uuid
@@ -99,9 +100,10 @@ def _put_data(root: str, data: bytes) -> tuple[str, int]:
     """``put_blob``; also the bytes written (0 if the blob was there with these bytes; a file
     there with other bytes is replaced)."""
     path = blob_path(root, sha256_digest(data))
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        if f.read(len(data) + 1) == data:
-            return path, 0
+    if _regular(path):
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return path, 0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_file(path, sweep=False) as f:
         f.write(data)
@@ -116,6 +118,7 @@ def _put_file(path: str, layer: ImageLayer) -> int:
     blob that does not match. Raises NixlayerError if ``layer.file`` does not match its digest
     as it is copied."""
     source = layer.file
+    _regular(path)
     try:
         os.link(source, path)
         return 0
@@ -142,6 +145,62 @@ def _put_file(path: str, layer: ImageLayer) -> int:
         if "sha256:" + digest.hexdigest() != layer.blob.digest:
             raise NixlayerError(damaged_blob(source))
         return out.tell()
+
+
+def _regular(path: str) -> bool:
+    """Whether a regular file is at ``path``. Anything else there that is not a directory with
+    files in it (a FIFO, a symlink, a device, an empty directory) is removed, so that it is
+    never opened (a FIFO would block) and a file can take its place. Raises NixlayerError,
+    naming it and what to do, for a directory with files in it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return True
+    try:
+        os.rmdir(path) if stat.S_ISDIR(st.st_mode) else os.unlink(path)
+    except OSError:
+        raise NixlayerError(f"{path} is a directory where a blob belongs: remove it (rm -r '{path}')"
+                            " and build again") from None
+    return False
+
+
+def layout_holds(directory: str, digest: str, layers: Sequence[ImageLayer]) -> bool:
+    """Whether the OCI layout ``directory`` holds the image whose manifest is ``digest`` intact,
+    checked without reading its layers: the manifest and config blobs (small) hash to their
+    digests, and each layer blob is the layer store's file (hard-linked: the same inode, which
+    the layer store checks) or, on another file system, a regular file of the blob's size. A
+    layer blob copied to another file system and damaged without a change of size is not found
+    here (``skopeo copy`` of the layout would)."""
+    try:
+        manifest = _small_blob(directory, digest)
+        _small_blob(directory, json.loads(manifest)["config"]["digest"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for layer in layers:
+        try:
+            st, source = os.lstat(blob_path(directory, layer.blob.digest)), os.stat(layer.file)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if (st.st_ino != source.st_ino) if st.st_dev == source.st_dev else (st.st_size != layer.blob.blob_size):
+            return False
+    return True
+
+
+def _small_blob(directory: str, digest: str) -> bytes:
+    """The bytes of the manifest or config blob ``digest`` of the layout; raises ValueError if
+    it is not a regular file of at most 4 MiB whose bytes match the digest, OSError if absent."""
+    fd = os.open(blob_path(directory, digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(digest)
+        data = f.read(4 * 1024 * 1024 + 1)
+    if sha256_digest(data) != digest:
+        raise ValueError(digest)
+    return data
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -175,10 +234,16 @@ def _locked(directory: str) -> Iterator[None]:
 def _read_index(directory: str) -> list[dict]:
     path = os.path.join(directory, "index.json")
     try:
-        with open(path, "rb") as f:
-            manifests = json.load(f)["manifests"]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
+    except OSError as e:
+        raise NixlayerError(f"cannot read {path}: {e.strerror}; refusing to change the layout") from None
+    try:
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise NixlayerError(f"{path} is not a regular file; refusing to change the layout: remove it")
+            manifests = json.load(f)["manifests"]
     except (ValueError, KeyError, TypeError):
         raise NixlayerError(f"{path} is not a valid OCI image index; refusing to change it") from None
     if not isinstance(manifests, list):

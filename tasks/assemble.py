@@ -9,7 +9,7 @@ import luigi
 
 from nixlayer.atomic import atomic_file
 from nixlayer.formats import FORMATS, Written, is_stream, write_image
-from nixlayer.oci_layout import layout_digest
+from nixlayer.oci_layout import layout_digest, layout_holds
 from tasks import runlog
 from tasks.base import BatchableTask, Report, json_list
 from tasks.image import ImageTask
@@ -77,8 +77,10 @@ class AssembleImage(BatchableTask, ImageTask):
         if signature is None or signature != self._output_signature():
             return False
         # An OCI layout hard-links its layer blobs from the layer store: one damaged there (and
-        # removed by its check) is damaged in the layout too, which is written again.
-        return self.format != "oci" or all(task.complete() for task in self.requires())
+        # removed by its check) is damaged in the layout too, which is written again; so is a
+        # layout whose own blobs of this image are not what was written (oci_layout.layout_holds).
+        return self.format != "oci" or (all(task.complete() for task in self.requires())
+                                        and layout_holds(self.output, signature, self.image_layers()))
 
     def written(self) -> list[str]:
         """The outputs this task's run wrote (none before it ran)."""

@@ -117,6 +117,47 @@ def test_an_oci_layout_never_keeps_or_gains_a_damaged_blob(tmp_path, hello):
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.parametrize("how", ["copy with a byte changed", "empty directory", "fifo", "manifest changed"])
+def test_a_layout_whose_own_blob_is_damaged_is_written_again(tmp_path, hello, how):
+    """A blob of the layout itself (not the layer store's) damaged or replaced: the same build
+    again is not "up to date", and writes the layout whole again."""
+    assert build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one").returncode == 0
+    layout = tmp_path / "layout"
+    _, blob = hello_layer(tmp_path, hello)
+    target = layout / "blobs" / "sha256" / blob.name
+    if how == "manifest changed":
+        entry = json.loads((layout / "index.json").read_bytes())["manifests"][0]
+        target = layout / "blobs" / "sha256" / entry["digest"].removeprefix("sha256:")
+    copy = tmp_path / "copy"
+    shutil.copyfile(target, copy)
+    target.unlink()
+    if how == "empty directory":
+        target.mkdir()
+    elif how == "fifo":
+        os.mkfifo(target)
+    else:
+        damage(copy, keep_mtime=False)
+        shutil.copyfile(copy, target)
+    run = build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one")
+    assert run.returncode == 0, run.stderr
+    assert "is up to date" not in run.stderr
+    layout_blobs_match(layout)
+    check = subprocess.run(["skopeo", "copy", f"oci:{layout}:one", f"dir:{tmp_path / 'copied'}"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_layouts_index_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, hello):
+    assert build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one").returncode == 0
+    index = tmp_path / "layout" / "index.json"
+    index.unlink()
+    os.mkfifo(index)
+    run = build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one")  # run_pipelines times out at 300 s
+    assert run.returncode != 0
+    assert error_lines(run) == [f"nixlayer: error: {index} is not a regular file; refusing to change the"
+                                       " layout: remove it"], run.stderr
+
+
 def test_a_record_replaced_by_a_fifo_is_written_again(tmp_path, hello):
     assert build(tmp_path, hello, "x.tar").returncode == 0
     record, _ = hello_layer(tmp_path, hello)

@@ -33,6 +33,8 @@ from test_user_errors import assert_refused, build_image, error_lines, hello  # 
                                             " Interval, Timeout, StartPeriod, StartInterval, Retries"),
     ({"ArgsEscaped": "yes"}, "image config field ArgsEscaped must be true or false, not \"yes\""),
     ({"Env": ["A=1", 2]}, "image config field Env must be a list of strings, not [\"A=1\", 2]"),
+    ({"Labels": {"a": "\ud800"}}, "image config holds a string that is not valid Unicode (a lone surrogate such as"
+                                  " \"\\ud800\"): give its text as UTF-8"),
 ])
 def test_a_config_of_the_wrong_types_inside_is_refused_before_any_work(tmp_path, hello, config, line):
     run = build_image(tmp_path, "--contents", json.dumps([hello]), "--config", json.dumps(config))
