@@ -55,7 +55,9 @@ def unpack(archive: Path, root: Path) -> Path:
         manifest = json.load(tar.extractfile("manifest.json"))[0]
         for name in manifest["Layers"]:
             with tarfile.open(fileobj=tar.extractfile(name)) as layer:
-                layer.extractall(root, filter="tar")
+                # The "tar" filter where this Python has extraction filters (3.11.4 and later;
+                # Debian 12's 3.11.2 has none).
+                layer.extractall(root, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
     return root
 
 
