@@ -54,10 +54,11 @@ def unpack(archive: Path, root: Path) -> Path:
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))[0]
         for name in manifest["Layers"]:
-            with tarfile.open(fileobj=tar.extractfile(name)) as layer:
-                # The "tar" filter where this Python has extraction filters (3.11.4 and later;
-                # Debian 12's 3.11.2 has none).
-                layer.extractall(root, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+            # GNU tar, which strips the leading '/' of a layer's member names: Python's tarfile
+            # without extraction filters (Debian 12's 3.11.2 has none) would write /nix/var/nix/db
+            # and /etc/passwd of the image over the machine's own.
+            subprocess.run(["tar", "-x", "-C", str(root)], input=tar.extractfile(name).read(),
+                           check=True, capture_output=True)
     return root
 
 
