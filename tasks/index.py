@@ -16,17 +16,15 @@ import logging
 import luigi
 
 from nixlayer.formats import FORMATS, Written, write_index
-from nixlayer.image import sha256_digest
 from nixlayer.index import PlatformImage, oci_index
 from nixlayer.layerstore import LayerStore, read_json
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX
-from nixlayer.errors import NixlayerError
-from nixlayer.registry import PushTarget, parse_push_target, push_index, tagged_manifest_digest
+from nixlayer.registry import PushTarget, parse_push_target, push_index
 from tasks import runlog
 from tasks.assemble import output_signature
 from tasks.base import NixlayerTask
 from tasks.image import ImageTask
-from tasks.push import PushTargetParameter, image_push, mount_sources, record_push, referrer_digests
+from tasks.push import PushTargetParameter, image_push, mount_sources, pushed, record_push, referrer_digests
 
 logger = logging.getLogger("nixlayer.push")
 
@@ -131,15 +129,7 @@ class PushIndex(IndexTask):
         if not all(task.complete() for task in self.requires()):
             return False
         images = self.platform_images()
-        expected = sha256_digest(oci_index(images))
-        stamp = self.read_stamp(self._stamp())
-        if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests(images):
-            return False
-        try:
-            held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_INDEX, insecure=self.insecure_registry)
-        except NixlayerError:
-            return False  # unreachable now: run() will say so, in one line
-        return held == expected
+        return pushed(self, oci_index(images), MEDIA_TYPE_OCI_INDEX, images)
 
     def run(self) -> None:
         target = self._target()

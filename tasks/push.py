@@ -64,15 +64,7 @@ class PushToRegistry(ImageTask):
         if not all(task.complete() for task in self.requires()):
             return False
         image = self.platform_image()
-        expected = sha256_digest(image.manifest)
-        stamp = self.read_stamp(self._stamp())
-        if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests([image]):
-            return False
-        try:
-            held = tagged_manifest_digest(self._target(), MEDIA_TYPE_OCI_MANIFEST, insecure=self.insecure_registry)
-        except NixlayerError:
-            return False  # unreachable now: run() will say so, in one line
-        return held == expected
+        return pushed(self, image.manifest, MEDIA_TYPE_OCI_MANIFEST, [image])
 
     def run(self) -> None:
         target = self._target()
@@ -100,6 +92,21 @@ def image_push(store: LayerStore, image: PlatformImage) -> ImagePush:
         [Referrer(a.manifest, a.descriptor, [blob(b, media_type) for b, media_type in zip(a.blobs, a.media_types)])
          for a in image.artifacts],
     )
+
+
+def pushed(task, document: bytes, media_type: str, images: list[PlatformImage]) -> bool:
+    """Whether ``task`` (PushToRegistry or PushIndex) pushed ``document`` (an image manifest or
+    index of ``images``, of ``media_type``) with the same artifacts (its stamp says so), and its
+    target's registry holds it under the tag now (a HEAD: another push may have moved the tag)."""
+    expected = sha256_digest(document)
+    stamp = task.read_stamp(task._stamp())
+    if stamp.get("manifest_digest") != expected or stamp.get("referrers", []) != referrer_digests(images):
+        return False
+    try:
+        held = tagged_manifest_digest(task._target(), media_type, insecure=task.insecure_registry)
+    except NixlayerError:
+        return False  # unreachable now: run() will say so, in one line
+    return held == expected
 
 
 def referrer_digests(images: list[PlatformImage]) -> list[str]:
