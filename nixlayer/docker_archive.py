@@ -13,13 +13,13 @@ is tarred twice.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from typing import BinaryIO, Sequence
 
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 from nixlayer.errors import NixlayerError
 from nixlayer.image import ImageLayer, canonical_json, damaged_blob, sha256_digest
-from nixlayer.layer import COPY_BUFFER, encode_header, tar_end
+from nixlayer import tar
+from nixlayer.layer import COPY_BUFFER
 
 
 def check_media_type(media_type: str) -> None:
@@ -52,18 +52,14 @@ def write_docker_archive(
         header = _member(name, layer.blob.size, mtime)
         out.write(header)
         _copy_blob(layer, out)
-        out.write(_padding(layer.blob.size))
-        written += len(header) + layer.blob.size + len(_padding(layer.blob.size))
+        out.write(tar.padding(layer.blob.size))
+        written += len(header) + layer.blob.size + len(tar.padding(layer.blob.size))
     for name, data in ((config_name, config), ("manifest.json", manifest)):
-        member = _member(name, len(data), mtime) + data + _padding(len(data))
+        member = _member(name, len(data), mtime) + data + tar.padding(len(data))
         out.write(member)
         written += len(member)
-    out.write(tar_end(written))
+    out.write(tar.end(written))
     return sha256_digest(config)
-
-
-def _padding(size: int) -> bytes:
-    return tarfile.NUL * (-size % tarfile.BLOCKSIZE)
 
 
 def _copy_blob(layer: ImageLayer, out: BinaryIO) -> None:
@@ -87,8 +83,4 @@ def _copy_blob(layer: ImageLayer, out: BinaryIO) -> None:
 
 def _member(name: str, size: int, mtime: int) -> bytes:
     """The tar header of a member, as TarFile (pax format, UTF-8) writes it."""
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = mtime
-    info.mode = 0o644
-    return encode_header(info)
+    return tar.header(name, tar.REGTYPE, 0o644, size=size, mtime=mtime)

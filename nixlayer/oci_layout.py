@@ -28,11 +28,11 @@ import json
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
 import uuid
 from typing import BinaryIO, Iterator, Sequence
 
+from nixlayer import tar
 from nixlayer.atomic import atomic_file
 from nixlayer.errors import NixlayerError
 from nixlayer.image import Artifact, ImageLayer, canonical_json, damaged_blob, descriptor, sha256_digest
@@ -381,24 +381,26 @@ def write_oci_archive(out: BinaryIO, layout: str, mtime: int) -> None:
     Members are sorted, with ``mtime`` (seconds since the epoch) and root ownership, so the
     archive is reproducible.
     """
-    with tarfile.open(fileobj=out, mode="w|", bufsize=COPY_BUFFER, format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
-        tar.copybufsize = COPY_BUFFER
-        for dirpath, dirnames, filenames in os.walk(layout):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, layout)
-            if rel_dir != ".":
-                tar.addfile(_member(rel_dir, tarfile.DIRTYPE, 0, mtime))
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                rel = os.path.normpath(os.path.join(rel_dir, name))
-                with open(path, "rb") as f:
-                    tar.addfile(_member(rel, tarfile.REGTYPE, os.fstat(f.fileno()).st_size, mtime), f)
-
-
-def _member(name: str, kind: bytes, size: int, mtime: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = size
-    info.mtime = mtime
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info
+    written = 0
+    for dirpath, dirnames, filenames in os.walk(layout):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, layout)
+        if rel_dir != ".":
+            member = tar.header(rel_dir, tar.DIRTYPE, 0o755, mtime=mtime)
+            out.write(member)
+            written += len(member)
+        for name in sorted(filenames):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            with open(os.path.join(dirpath, name), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                member = tar.header(rel, tar.REGTYPE, 0o644, size=size, mtime=mtime)
+                out.write(member)
+                copied = 0
+                while data := f.read(min(COPY_BUFFER, size - copied)):
+                    out.write(data)
+                    copied += len(data)
+                if copied != size:
+                    raise NixlayerError(f"{f.name} changed while the oci-archive was written: build again")
+                out.write(tar.padding(size))
+                written += len(member) + size + len(tar.padding(size))
+    out.write(tar.end(written))

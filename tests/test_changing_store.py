@@ -21,11 +21,13 @@ SECRET = b"the host's secret\n"
 
 
 def store_path(root: Path, name: str = "changing") -> tuple[str, Path]:
-    """A store path under the store root ``root``: files ``a`` and ``b`` (as big as SECRET)
-    and a directory ``d`` holding ``f``. Returns its name in the image and its directory."""
+    """A store path under the store root ``root``: files ``a`` (1 MiB: the writer hands a
+    piece over and reports progress once it is read, before ``b`` is opened) and ``b`` (as big
+    as SECRET) and a directory ``d`` holding ``f``. Returns its name in the image and its
+    directory."""
     disk = root / "nix" / "store" / ("a" * 32 + "-" + name)
     (disk / "d").mkdir(parents=True)
-    (disk / "a").write_bytes(b"first\n")
+    (disk / "a").write_bytes(b"f" * 2**20)
     (disk / "b").write_bytes(b"x" * len(SECRET))
     (disk / "d" / "f").write_bytes(b"in d\n")
     return f"/nix/store/{disk.name}", disk
