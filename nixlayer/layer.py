@@ -399,17 +399,20 @@ def write_entries(
             if entry.kind == "file":
                 fd = _open_listed(entry)
                 try:
+                    # Read to the end of the file, one byte more than is left: a read that
+                    # brings more than the listed size, or the end before it, is a change.
                     left = entry.size
-                    while left:
-                        data = os.read(fd, min(left, COPY_BUFFER))
-                        if not data:
-                            break  # shorter than listed: the check below says so
+                    while data := os.read(fd, min(left + 1, COPY_BUFFER)):
+                        if len(data) > left:
+                            break
                         pending += data
                         left -= len(data)
                         done += len(data)
                         if len(pending) >= COPY_BUFFER:
                             hand_over()
-                    _check_unchanged(entry, os.fstat(fd), "was written to while it was read")
+                    if data or left:
+                        _check_unchanged(entry, os.fstat(fd), "was written to while it was read")
+                        raise NixlayerError(_changed(os.fsdecode(entry.source), "was written to while it was read"))
                 except OSError as e:
                     raise NixlayerError(f"cannot read {os.fsdecode(entry.source)}: {e.strerror or e}") from None
                 finally:
