@@ -119,5 +119,5 @@ class AssembleImage(BatchableTask, ImageTask):
         if self.sbom and sbom is not None:
             with atomic_file(self.sbom) as f:
                 f.write(sbom)
-        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
+        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes}])
         return written

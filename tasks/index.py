@@ -106,7 +106,7 @@ class AssembleIndex(IndexTask):
         mtime = self.members()[0].mtime
         written = write_index(self.format, self.output, self.platform_images(), self.name, self.tag, mtime,
                               self.layer_store().root)
-        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
+        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes}])
         return written
 
 

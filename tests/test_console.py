@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, run_pipelines
 from nixlayer.closure import graph_from_store_dir
 from nixlayer.storepath import NIX_BASE32
+from tasks import console
 from test_batch import synthetic_store, write_batch
 from test_luigid import api, luigid  # noqa: F401 - the fixture
 
@@ -281,3 +282,29 @@ def test_an_interrupt_is_one_line(tmp_path, big, workers):
     assert rest.splitlines() == ["nixlayer: error: interrupted: the layers written so far are kept in the layer store, and"
                                  " nothing half-written is taken as done; run the same command again to go on"], rest
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("to", ["stdout", "fifo"])
+def test_a_stream_counts_the_bytes_it_streamed(tmp_path, vectors_app, to):
+    """An image written to standard output or a FIFO: the summary counts the bytes streamed
+    (the archive's size), not 0 B."""
+    out = tmp_path / "out.tar"
+    args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app])]
+    store = tmp_path / "store"
+    if to == "stdout":
+        run = run_pipelines([*args, "--output", "-"], store, stdout=out)
+    else:
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        reader = subprocess.Popen(["cp", str(fifo), str(out)])
+        run = run_pipelines([*args, "--output", str(fifo)], store)
+        assert reader.wait(timeout=60) == 0
+    assert run.returncode == 0, run.stderr
+    summary = run.stderr.splitlines()[-1]
+    layer_bytes = sum(int(member.size) for member in tarfile.open(out) if member.name.endswith(".tar"))
+    assert layer_bytes > 0 and out.stat().st_size > 0
+    # the layers built (their blobs) and the archive streamed
+    where = "-" if to == "stdout" else str(tmp_path / "fifo")
+    assert summary.startswith(f"nixlayer: wrote docker-archive {where}: vec:1 sha256:"), summary
+    assert summary.endswith(f"; layers: 6 built, 0 reused; {console.size(layer_bytes + out.stat().st_size)} written"
+                            f" in {summary.rsplit(' in ', 1)[1]}"), summary
