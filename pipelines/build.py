@@ -295,9 +295,9 @@ class ImageParameters(NixlayerTask, abstract=True):
                 task.write()
         runlog.state(self)["ran"] = True
 
-    def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+    def report(self, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
         """This image in a run's report (see :func:`image_report`)."""
-        return image_report(self, built_layers, written, layers)
+        return image_report(self, results, layers)
 
     def announce(self, done: bool) -> None:
         """Print the plan line and show the build's progress (``tasks.console.plan``), the run
@@ -310,23 +310,11 @@ class ImageParameters(NixlayerTask, abstract=True):
 
     def summary(self, entries: list[dict]) -> list[str]:
         """The line printed at the end of a run that made the image (none if it did not):
-        where it went, its digest, its layers built and reused, bytes written, time."""
-        built_layers, written = runlog.results(entries)
-        if not all(task.output in written if _streamed(task) else task.complete() for task in self.image_tasks()):
+        ``tasks.console.image_summary`` of its report."""
+        results = runlog.results(entries)
+        if not all(task.output in results.written if _streamed(task) else task.complete() for task in self.image_tasks()):
             return []
-        pushed = next((entry for entry in entries if entry.get("pushed") == self.push), None)
-        r = self.report(built_layers, written, {})
-        where = []
-        if self.output:
-            where.append(f"wrote {self.format} {self.output}" if r["image_written"]
-                         else f"{self.format} {self.output} is up to date")
-        if self.push:
-            where.append(f"pushed {self.push} ({pushed['uploaded']} blobs uploaded, {console.size(pushed['uploaded_bytes'])};"
-                         f" {pushed['mounted']} mounted, {pushed['present']} already there)" if pushed
-                         else f"{self.push} is up to date")
-        return [f"nixlayer: {', '.join(where)}: {r['name']}:{r['tag']} {r['digest'] or '-'}; layers: {r['layers_built']}"
-                f" built, {r['layers_reused']} reused; {console.size(r['bytes_written'])} written in"
-                f" {console.seconds(console.elapsed())}"]
+        return [console.image_summary(self.report(results, {}), console.elapsed())]
 
     def graph_source(self) -> tuple:
         """Where this image's closure graph is read from: (closure_graph, store_root, store_dir, spec)."""
@@ -386,38 +374,44 @@ class ImageParameters(NixlayerTask, abstract=True):
         return graph
 
 
-def image_report(image, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+def image_report(image, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
     """An image (a BuildImage, PushImage or ``pipelines.index.ImageIndex``: anything with a
     ``name``, ``output``, ``push``, ``format`` and ``image_tasks()``) in a run's report (see
-    ``pipelines.batch``), its layers counted in its output's (else its push's) layers.
+    ``pipelines.batch``), its layers those of its output and its push (a docker-archive's tars
+    and a push's gzip blobs are two layers each).
 
-    ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
-    of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
-    in the run, else 0; path in the layer store) gets this image's layers added; a batch's
-    images share it. Adds
-    ``image_bytes_written``: the bytes of the image file(s) the run wrote.
+    ``results``: what the run made (``tasks.runlog.results``). ``layers`` (layer record path ->
+    blob bytes if built in the run, else 0; path in the layer store) gets this image's layers
+    added; a batch's images share it. ``digest`` is the output's (the image ID of a
+    docker-archive, the manifest digest of OCI), else the push's; ``push_digest`` the manifest
+    (or index) digest pushed; ``push_blobs`` the push's blob counts if it pushed in this run.
+    Adds ``image_bytes_written``: the bytes of the image file(s) the run wrote.
     """
-    task = image.image_tasks()[0]
-    assemble = task if isinstance(task, (AssembleImage, AssembleIndex)) else None
-    targets = [layer.output() for layer in task.requires()]
+    tasks = image.image_tasks()
+    assemble = next((task for task in tasks if isinstance(task, (AssembleImage, AssembleIndex))), None)
+    push = next((task for task in tasks if not isinstance(task, (AssembleImage, AssembleIndex))), None)
+    targets = list({layer.output().path: layer.output() for task in tasks for layer in task.requires()}.values())
     for target in targets:  # the blob sizes of the layers built (others may be gone since)
         if target.path not in layers:
-            built_here = target.path in built_layers
+            built_here = target.path in results.built_layers
             layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
-    built = [t.path for t in targets if t.path in built_layers]
-    entry = written.get(assemble.output, {}) if assemble else {}
+    built = [t.path for t in targets if t.path in results.built_layers]
+    entry = results.written.get(assemble.output, {}) if assemble else {}
+    digest = None
     if assemble and not entry and not (isinstance(assemble, AssembleImage) and _streamed(assemble)):
         digest = assemble.read_stamp(assemble.stamp()).get("digest")
     elif assemble:
         digest = entry.get("digest")
-    else:
-        digest = task.read_stamp(task._stamp()).get("manifest_digest")
+    pushed = results.pushed.get(push.target) if push else None
+    push_digest = (pushed["digest"] if pushed else push.read_stamp(push._stamp()).get("manifest_digest")) if push else None
     return {
-        "name": image.name, "tag": task.tag, "output": image.output or None,
-        "push": image.push or None, "format": image.format if image.output else None,
-        "digest": digest, "layers": len(targets),
+        "name": image.name, "tag": tasks[0].tag, "output": image.output or None,
+        "push": push.target if push else None, "format": image.format if image.output else None,
+        "digest": digest if assemble else push_digest, "layers": len(targets),
         "layers_built": len(built), "layers_reused": len(targets) - len(built),
-        "image_written": bool(entry),
+        "image_written": bool(entry), "image_pushed": bool(pushed),
+        "push_digest": push_digest,
+        "push_blobs": {key: pushed[key] for key in ("uploaded", "uploaded_bytes", "mounted", "present")} if pushed else None,
         "bytes_written": sum(layers[p][0] for p in built) + entry.get("bytes", 0),
         "image_bytes_written": entry.get("bytes", 0),
     }

@@ -18,6 +18,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, image_platform
 from nixlayer.registry import parse_push_target
 from pipelines.build import PUSH_COMPRESSION, BuildImage, image_report
+from tasks import runlog
 from tasks.index import AssembleIndex, PushIndex
 
 
@@ -119,7 +120,7 @@ class ImageIndex:
     def nar_sizes(self) -> dict[str, int | None]:
         return {path: size for image in self.images for path, size in image.nar_sizes().items()}
 
-    def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+    def report(self, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
         """The index in a run's report (``pipelines.build.image_report``), with its platforms."""
-        return {**image_report(self, built_layers, written, layers),
+        return {**image_report(self, results, layers),
                 "platforms": [str(image.image_platform) for image in self.images]}

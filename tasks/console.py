@@ -131,6 +131,52 @@ def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[
     _console = _Console(len(to_write), to_bytes, summary)
 
 
+def image_summary(report: dict, elapsed: float) -> str:
+    """The line that ends a run of one image (``BuildImage``, ``PushImage``), from its report
+    (``pipelines.build.image_report``): where it went (``wrote``, ``pushed``, ``is up to date``),
+    each with the image's digest there (an output and a push: an image ID and a manifest
+    digest), then its layers built and reused, the bytes written and ``elapsed`` seconds."""
+    where = []
+    name = f"{report['name']}:{report['tag']}"
+    if report["output"]:
+        went = (f"wrote {report['format']} {report['output']}" if report["image_written"]
+                else f"{report['format']} {report['output']} is up to date")
+        where.append(f"{went}: {name} {report['digest'] or '-'}")
+    if report["push"]:
+        blobs = report["push_blobs"]
+        went = (f"pushed {report['push']} ({blobs['uploaded']} blobs uploaded, {size(blobs['uploaded_bytes'])};"
+                f" {blobs['mounted']} mounted, {blobs['present']} already there)" if blobs
+                else f"{report['push']} is up to date")
+        where.append(f"{went}: {name} {report['push_digest'] or '-'}")
+    return (f"nixlayer: {'; '.join(where)}; layers: {report['layers_built']} built, {report['layers_reused']} reused;"
+            f" {size(report['bytes_written'])} written in {seconds(elapsed)}")
+
+
+def batch_summary(report: dict) -> str:
+    """The lines that end a ``BuildImages`` run, from its report (``pipelines.batch``): per
+    image its digest (its output's, else its push's), layers built and reused, bytes written,
+    and whether it was pushed (with the pushed digest when it has an output too), or that
+    nothing of it changed; then the totals."""
+    lines = [f"nixlayer: batch {report['batch']}: {count(len(report['images']), 'image')} in {report['seconds']} s"]
+    for image in report["images"]:
+        platforms = f" (index of {', '.join(image['platforms'])})" if "platforms" in image else ""
+        line = (f"  {image['name']}:{image['tag']}{platforms} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
+                f" {image['layers_reused']} reused; {size(image['bytes_written'])} written")
+        if image["image_pushed"]:
+            line += "; pushed" + (f" {image['push_digest']}" if image["output"] else "")
+        elif not image["image_written"]:
+            line += " (image unchanged)"
+        lines.append(line)
+    t = report["totals"]
+    done = count(t["images_written"], "image") + " written"
+    if any(image["push"] for image in report["images"]):
+        done = (f"{count(t['images_pushed'], 'image')} pushed" if not any(image["output"] for image in report["images"])
+                else f"{done}, {t['images_pushed']} pushed")
+    lines.append(f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
+                 f" {done}; {size(t['layer_bytes_written'] + t['image_bytes_written'])} written")
+    return "\n".join(lines)
+
+
 class _RawStderr:
     """Standard error for the drawing thread: written with ``os.write``, holding no lock of
     ``sys.stderr``. Luigi forks its worker processes while the thread may be drawing; a child

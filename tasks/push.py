@@ -142,7 +142,7 @@ def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records:
     task.set_status_message(
         f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
         f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there")
-    runlog.append([{"pushed": task.target, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
+    runlog.append([{"pushed": task.target, "digest": result.manifest_digest, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
                     "mounted": result.mounted, "present": result.present}])
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     with atomic_file(stamp) as f:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
+import tarfile
 
 from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
 from pipelines import BuildImage, PushImage
 from registry_fixture import registry  # noqa: F401 - the fixture
+from test_batch import write_batch
 from test_build import PODMAN_RUN
 
 
@@ -127,3 +130,71 @@ def test_a_push_prints_the_plan_line_and_one_summary_line(tmp_path, registry, ve
                         r" there\): vec:\S+ sha256:[0-9a-f]{64}; layers: 6 built, 0 reused; .* written in .*", summary), summary
     again = run_pipelines(args, tmp_path / "store")
     assert again.stderr.splitlines()[-1].startswith(f"nixlayer: {target} is up to date: vec:"), again.stderr
+
+
+def _image_id(archive) -> str:
+    """The image ID (config digest) of a docker-archive."""
+    with tarfile.open(archive) as tar:
+        config = json.load(tar.extractfile("manifest.json"))[0]["Config"]
+        return "sha256:" + hashlib.sha256(tar.extractfile(config).read()).hexdigest()
+
+
+def test_output_and_push_the_summary_names_what_was_written_and_what_was_pushed(tmp_path, registry, vectors_app):
+    """BuildImage --output and --push: the summary line gives the archive's image ID and the
+    pushed manifest's digest, each beside where it went, and counts the layers of both (the
+    output's tars and the push's gzip blobs)."""
+    target, out = f"docker://{registry.host}/both/vec:1", tmp_path / "vec.tar"
+    args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]),
+            "--output", str(out), "--push", target]
+    run = run_pipelines(args, tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    image_id, manifest = _image_id(out), inspect(registry.host, "both/vec:1")["Digest"]
+    assert image_id != manifest
+    plan, summary = run.stderr.splitlines()
+    assert re.fullmatch(
+        rf"nixlayer: wrote docker-archive {re.escape(str(out))}: vec:1 {image_id}; pushed {re.escape(target)} \(9 blobs"
+        rf" uploaded, [\d.]+ kB; 0 mounted, 0 already there\): vec:1 {manifest}; layers: 12 built, 0 reused;"
+        r" [\d.]+ kB written in [\d.]+ s", summary), summary
+    again = run_pipelines(args, tmp_path / "store").stderr.splitlines()[-1]
+    assert re.fullmatch(
+        rf"nixlayer: docker-archive {re.escape(str(out))} is up to date: vec:1 {image_id}; {re.escape(target)} is up"
+        rf" to date: vec:1 {manifest}; layers: 0 built, 12 reused; 0 B written in [\d.]+ s", again), again
+
+
+def test_a_batch_with_pushes_says_pushed_and_counts_each(tmp_path, registry, vectors_app):
+    """A batch of an image pushed, one written and one both: each line says what happened to
+    it, the total counts images written and pushed apart; a rebuild changes nothing."""
+    push = f"docker://{registry.host}/batch"
+    batch = write_batch(tmp_path / "batch.toml", f'tag = "1"\ncontents = ["{vectors_app}"]\n', [
+        f'name = "p"\npush = "{push}/p:1"',
+        'name = "w"\noutput = "w.tar"',
+        f'name = "b"\noutput = "b.tar"\npush = "{push}/b:1"',
+    ])
+    args = ["BuildImages", "--batch-file", str(batch), "--report", str(tmp_path / "report.json")]
+    run = run_pipelines(args, tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    p, b = (inspect(registry.host, f"batch/{name}:1")["Digest"] for name in ("p", "b"))
+    w_id, b_id = _image_id(tmp_path / "w.tar"), _image_id(tmp_path / "b.tar")
+    lines = run.stdout.splitlines()
+    size = r"[\d.]+ [kM]?B"
+    expected = [
+        rf"nixlayer: batch {re.escape(str(batch))}: 3 images in [\d.]+ s",
+        rf"  p:1 {p}  layers: 6 built, 0 reused; {size} written; pushed",
+        rf"  w:1 {w_id}  layers: 6 built, 0 reused; {size} written",
+        rf"  b:1 {b_id}  layers: 12 built, 0 reused; {size} written; pushed {b}",
+        rf"  total: 12 distinct layers, 12 built, 0 reused; 2 images written, 2 pushed; {size} written",
+    ]
+    assert len(lines) == len(expected) and all(re.fullmatch(e, line) for e, line in zip(expected, lines)), lines
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(i["image_written"], i["image_pushed"], i["push_digest"]) for i in report["images"]] == [
+        (False, True, p), (True, False, None), (True, True, b)]
+    assert (report["totals"]["images_written"], report["totals"]["images_pushed"]) == (2, 2)
+    lines = run_pipelines(args, tmp_path / "store").stdout.splitlines()
+    expected = [
+        expected[0],
+        rf"  p:1 {p}  layers: 0 built, 6 reused; 0 B written \(image unchanged\)",
+        rf"  w:1 {w_id}  layers: 0 built, 6 reused; 0 B written \(image unchanged\)",
+        rf"  b:1 {b_id}  layers: 0 built, 12 reused; 0 B written \(image unchanged\)",
+        r"  total: 12 distinct layers, 0 built, 12 reused; 0 images written, 0 pushed; 0 B written",
+    ]
+    assert len(lines) == len(expected) and all(re.fullmatch(e, line) for e, line in zip(expected, lines)), lines
