@@ -317,8 +317,8 @@ class BuildImages(luigi.Task):
         images = [task for _, task in self.images()]
         targets = [target for task in images for target in task.targets()]
         plan_batches(targets)
-        console.plan(f"batch {self.source}: {count(len(images), 'image')}",
-                     layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
+        nar_sizes = {path: size for task in images for path, size in task.nar_sizes().items()}
+        console.plan(f"batch {self.source}: {count(len(images), 'image')}", layer_plan(targets, nar_sizes), nar_sizes)
         return targets
 
     def run(self) -> None:

@@ -33,6 +33,7 @@ from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
+from tasks.baseimage import BaseImageLayer
 from tasks.config import compression_threads, layer_store_root
 from tasks.image import ImageTask, keep_closure
 from tasks.index import AssembleIndex
@@ -305,7 +306,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         if runlog.state(self).setdefault("announced", False):
             return
         runlog.state(self)["announced"] = True
-        layers = [(record, paths, done or complete) for record, paths, complete in layer_plan(self.image_tasks(), check=not done)]
+        layers = [(record, paths, planned, done or complete)
+                  for record, paths, planned, complete in layer_plan(self.image_tasks(), self.nar_sizes(), check=not done)]
         console.plan(f"{self.name}:{self.plan['tag']}", layers, self.nar_sizes(), self.summary)
 
     def summary(self, entries: list[dict]) -> list[str]:
@@ -423,17 +425,26 @@ def _streamed(task: ImageTask) -> bool:
     return isinstance(task, AssembleImage) and is_stream(task.output)
 
 
-def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
-    """Each layer of ``targets`` once, as ``tasks.console.plan`` takes them: (its record
-    path, its store paths, none for a customisation layer, whether it is in the layer
-    store; with ``check`` false, taken as not)."""
+def layer_plan(targets: list[ImageTask], nar_sizes: dict[str, int | None],
+               check: bool = True) -> list[tuple[str, list[str], int, bool]]:
+    """Each layer of ``targets`` once, as ``tasks.console.plan`` takes them: (its record path,
+    its store paths (none for a customisation layer), its planned bytes, whether it is in the
+    layer store; with ``check`` false, taken as not). Planned bytes: a store layer's NAR sizes
+    (``nar_sizes``), a base layer's blob size, a customisation layer's copy_to_root NAR sizes
+    (its links and commands' files count none)."""
     layers = {}
     for target in targets:
         for task in target.requires():
             record = task.output().path
             if record not in layers:
-                paths = [] if isinstance(task, CustomisationLayer) else task.store_paths()
-                layers[record] = (record, paths, check and task.complete())
+                if isinstance(task, CustomisationLayer):
+                    paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
+                elif isinstance(task, BaseImageLayer):
+                    paths, planned = [], task.blob_size
+                else:
+                    paths = task.store_paths()
+                    planned = sum(nar_sizes.get(path) or 0 for path in paths)
+                layers[record] = (record, paths, planned, check and task.complete())
     return list(layers.values())
 
 

@@ -21,6 +21,7 @@ from nixlayer.index import Platform
 from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
+from tasks import console
 from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
 from test_registry import write_auth
 from test_build import PODMAN_RUN
@@ -439,3 +440,16 @@ def test_the_base_manifests_annotations_are_kept_unless_the_image_sets_them(tmp_
     manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1"))
     assert manifest["annotations"] == {"org.example.team": "base", "org.opencontainers.image.created": "1970-01-01T00:00:01Z",
                                        "org.opencontainers.image.version": "2"}
+
+
+def test_the_plan_line_counts_the_base_layers_to_write(tmp_path, base):
+    """An image whose store path layers are in the layer store, on a base whose layers are
+    not: the plan line's bytes to write are the base layers' (their blobs' sizes; a
+    docker-archive holds their tars), not 0 B."""
+    store = tmp_path / "store"
+    assert build_app(tmp_path, store, base["archive"]).returncode == 0
+    run = build_app(tmp_path, store, base["layout"], output="again.tar")
+    assert run.returncode == 0, run.stderr
+    planned = sum(layer["size"] for layer in base["layout_layers"])
+    plan = run.stderr.splitlines()[0]
+    assert plan.endswith(f": {len(base['layout_layers'])} to write ({console.size(planned)}), 2 reused"), plan

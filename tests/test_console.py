@@ -28,7 +28,7 @@ from test_batch import synthetic_store, write_batch
 from test_luigid import api, luigid  # noqa: F401 - the fixture
 
 PLAN = re.compile(r"nixlayer: \S+: (\d+) store paths \([\d.]+ [kMG]?B\) in (\d+) layers: (\d+) to write"
-                  r" \([\d.]+ [kMG]?B\), (\d+) reused")
+                  r"(?: \([\d.]+ [kMG]?B\))?, (\d+) reused")
 SUMMARY = re.compile(r"nixlayer: (wrote \S+ \S+|\S+ \S+ is up to date): \S+:\S+ sha256:[0-9a-f]{64}; layers: (\d+) built,"
                      r" (\d+) reused; [\d.]+ [kMG]?B written in [\d.]+ s")
 
@@ -308,3 +308,16 @@ def test_a_stream_counts_the_bytes_it_streamed(tmp_path, vectors_app, to):
     assert summary.startswith(f"nixlayer: wrote docker-archive {where}: vec:1 sha256:"), summary
     assert summary.endswith(f"; layers: 6 built, 0 reused; {console.size(layer_bytes + out.stat().st_size)} written"
                             f" in {summary.rsplit(' in ', 1)[1]}"), summary
+
+
+def test_the_plan_line_gives_no_size_it_does_not_know(tmp_path, vectors_app):
+    """A rebuild that writes only the customisation layer (links and commands: no NAR size to
+    plan by) says how many layers it writes, not "(0 B)"; the summary gives the bytes written."""
+    args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]),
+            "--output", str(tmp_path / "v.tar")]
+    assert run_pipelines(args, tmp_path / "store").returncode == 0
+    run = run_pipelines([*args, "--extra-commands", "mkdir -m 1777 tmp"], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    plan, summary = run.stderr.splitlines()
+    assert re.fullmatch(r"nixlayer: vec:1: 5 store paths \([\d.]+ kB\) in 6 layers: 1 to write, 5 reused", plan), plan
+    assert re.search(r"; layers: 1 built, 5 reused; [\d.]+ kB written in", summary), summary
