@@ -126,6 +126,14 @@ def parse_push_target(text: str) -> PushTarget:
     return _parse_reference(text, "push target", digest=False)[0]
 
 
+def target_tag(text: str) -> str | None:
+    """The tag the push target ``text`` names, None if it names none (:func:`parse_push_target`
+    takes ``latest`` then). Raises NixlayerError as :func:`parse_push_target`."""
+    target = parse_push_target(text)
+    path = text.strip().removeprefix("docker://").partition("/")[2]
+    return target.tag if ":" in path.rsplit("/", 1)[-1] else None
+
+
 def parse_pull_reference(text: str) -> tuple[PushTarget, str | None]:
     """Parse an image to read from a registry: ``docker://HOST[:PORT]/REPO[:TAG]`` or
     ``docker://HOST[:PORT]/REPO@sha256:<64 hex>`` (skopeo's ``docker://`` transport; the prefix
@@ -453,8 +461,10 @@ class _Client:
         retry: RetryPolicy,
         log: Callable[[str], None],
         session: requests.Session | None = None,
+        role: str = "push target",
     ) -> None:
         self.target = target
+        self.role = role  # what the user corrects if the registry cannot be reached
         self.credentials = credentials
         self.scopes = scopes
         self.retry = retry
@@ -506,7 +516,7 @@ class _Client:
             raise NixlayerError(
                 f"cannot reach registry {self.target.host} (repository {self.target.repository}), {what}:"
                 f" {last.what[len('cannot connect ('):-1]} after {self.retry.tries} tries; is a registry"
-                f" listening there? Start it, or correct the target"
+                f" listening there? Start it, or correct the {self.role}"
             )
         raise NixlayerError(f"{what} on {self.where} failed: {last.what} after {self.retry.tries} tries")
 
@@ -981,7 +991,8 @@ class RegistrySource:
     """An image to read from a registry: its manifests by tag or digest and its blobs by digest
     (OCI distribution spec "Pull": end-3 ``HEAD``/``GET /v2/<name>/manifests/<reference>``,
     end-2 ``GET /v2/<name>/blobs/<digest>``), with the transport, credentials (pull scope) and
-    retries of a push. ``where`` names the image in messages.
+    retries of a push. ``where`` names the image in messages, ``role`` what the user corrects
+    when its registry cannot be reached.
     """
 
     def __init__(
@@ -992,11 +1003,13 @@ class RegistrySource:
         insecure: bool = False,
         auth_file: str | os.PathLike[str] | None = None,
         retry: RetryPolicy | None = None,
+        role: str = "base image (--from-image)",
     ) -> None:
         self.where = where
         self.client = _Client(
             target, insecure=insecure, credentials=load_credentials(target.host, auth_file),
             scopes=[f"repository:{target.repository}:pull"], retry=retry or RetryPolicy(), log=lambda message: None,
+            role=role,
         )
 
     def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:

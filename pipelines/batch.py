@@ -52,7 +52,7 @@ from pipelines.spec import spec_batch
 from nixlayer.index import parse_platform
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
-from tasks import console, runlog
+from tasks import console, errors, runlog
 from tasks.config import layer_store_root
 from tasks.base import bad_value, plan_batches
 
@@ -316,6 +316,8 @@ class BuildImages(luigi.Task):
         only stands for them, and each task more costs the scheduler a hand-out of work."""
         images = [task for _, task in self.images()]
         targets = [target for task in images for target in task.targets()]
+        errors.label_tasks({target.task_id: f"{self.source}: {entry}" for entry, task in self.images()
+                            for target in task.targets()})
         plan_batches(targets)
         nar_sizes = {path: size for task in images for path, size in task.nar_sizes().items()}
         console.plan(f"batch {self.source}: {count(len(images), 'image')}", layer_plan(targets, nar_sizes), nar_sizes)

@@ -27,7 +27,7 @@ from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
-from nixlayer.registry import parse_pull_reference, parse_push_target
+from nixlayer.registry import DEFAULT_TAG, parse_pull_reference, parse_push_target, target_tag
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -249,6 +249,25 @@ class ImageParameters(NixlayerTask, abstract=True):
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
         }
+
+    def push_target(self, target: str) -> str:
+        """The push target ``target`` (``--push``, ``--target``, a batch file's ``push``) as
+        pushed: ``docker://HOST/REPOSITORY:TAG``.
+
+        The tag pushed is the target's; a target without one takes the image's tag (``--tag``,
+        a batch file's or the spec's), else ``latest`` (``docker push`` pushes an image's tag;
+        ``skopeo copy`` takes ``latest``). A tag given beside a target naming another is one
+        tag named twice: NixlayerError. A spec's tag names the image (its archives) as an
+        archive's own tag does for ``skopeo copy``: a target's own tag wins over it.
+        """
+        named, parsed = target_tag(target), parse_push_target(target)
+        if named is None:
+            return f"docker://{parsed.host}/{parsed.repository}:{self.tag or DEFAULT_TAG}"
+        from_spec = self.spec is not None and load_spec(str(self.spec)).image(self.spec_image).parameters.get("tag") == self.tag
+        if self.tag and self.tag != named and not from_spec:
+            raise NixlayerError(f"--tag {self.tag} and push target {target} name two tags: give the tag once, in --tag"
+                                " or in the target (a target without a tag takes --tag)")
+        return f"docker://{parsed}"
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the
@@ -479,7 +498,7 @@ class BuildImage(ImageParameters):
         if self.sbom:
             self._check_sbom()
         if self.push:
-            parse_push_target(self.push)
+            self.push_target(self.push)
             self.compression_for(PUSH_COMPRESSION)
         if self.output:
             check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
@@ -487,7 +506,7 @@ class BuildImage(ImageParameters):
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
-        target = str(parse_push_target(self.push)) if self.push else None
+        target = str(parse_push_target(self.push_target(self.push))) if self.push else None
         return layer_store.previous_layers(output=output, name=self.name, target=target,
                                            platform=str(self.image_platform))
 
@@ -516,7 +535,7 @@ class BuildImage(ImageParameters):
         if self.output:
             tasks.append(self.assemble_task())
         if self.push:
-            tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push,
+            tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push_target(self.push),
                                          insecure_registry=self.insecure_registry))
         return tasks
 
@@ -546,7 +565,7 @@ class PushImage(ImageParameters):
     target = PushTargetParameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
 
     def check(self) -> None:
-        parse_push_target(self.target)
+        self.push_target(self.target)
         self.compression_for(PUSH_COMPRESSION)
 
     output = ""
@@ -556,7 +575,9 @@ class PushImage(ImageParameters):
         return self.target
 
     def image_tasks(self) -> list[ImageTask]:
-        return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
+        return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push_target(self.target),
+                                insecure_registry=self.insecure_registry)]
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        return layer_store.previous_layers(target=str(parse_push_target(self.target)), platform=str(self.image_platform))
+        return layer_store.previous_layers(target=str(parse_push_target(self.push_target(self.target))),
+                                           platform=str(self.image_platform))

@@ -93,7 +93,8 @@ class ImageIndex:
     def __init__(self, images: list[BuildImage]) -> None:
         self.images = images
         first = images[0]
-        self.name, self.output, self.push, self.format = first.name, first.output, first.push, first.format
+        self.name, self.output, self.format = first.name, first.output, first.format
+        self.push = first.push_target(first.push) if first.push else ""
 
     @property
     def tag(self) -> str:

@@ -453,3 +453,26 @@ def test_the_plan_line_counts_the_base_layers_to_write(tmp_path, base):
     planned = sum(layer["size"] for layer in base["layout_layers"])
     plan = run.stderr.splitlines()[0]
     assert plan.endswith(f": {len(base['layout_layers'])} to write ({console.size(planned)}), 2 reused"), plan
+
+
+def test_an_unreachable_base_image_registry_is_named_as_the_base_image(tmp_path):
+    """A base image whose registry does not answer: the line says it is the base image (not a
+    push target) to correct, before any work."""
+    from registry_fixture import free_port
+    source = f"docker://127.0.0.1:{free_port()}/team/base:1"
+    message = one_error(build_app(tmp_path, tmp_path / "store", source))
+    assert message == (f"nixlayer: error: cannot reach registry {source[9:].split('/')[0]} (repository team/base), base"
+                       f" image {source}: checking 1: connection refused after 5 tries; is a registry listening there?"
+                       " Start it, or correct the base image (--from-image)"), message
+    assert not (tmp_path / "app.tar").exists() and not (tmp_path / "store" / "layers").exists()
+
+
+def test_max_layers_too_small_for_the_base_says_the_least_that_works(tmp_path, base):
+    """max_layers that leaves no layer for store paths beside the base's: the line gives the
+    least max_layers that does (the base's layers, one store layer, the customisation layer)."""
+    n = len(base["diff_ids"])
+    message = one_error(build_app(tmp_path, tmp_path / "store", base["archive"], "--max-layers", str(n + 1)))
+    assert message == (f"nixlayer: error: max_layers is {n + 1}: the {n} base layers and the customisation layer leave"
+                       f" no layer for store paths: give max_layers {n + 2} or more"), message
+    assert not (tmp_path / "app.tar").exists()
+    assert build_app(tmp_path, tmp_path / "store", base["archive"], "--max-layers", str(n + 2)).returncode == 0
