@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from registry_fixture import make_image, start_registry  # noqa: E402
 
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_MANIFEST  # noqa: E402
-from nixlayer.registry import push_image  # noqa: E402
+from nixlayer.registry import PushOptions, push_image  # noqa: E402
 
 
 def made_up_layers(count: int, size: int, seed: int) -> list[dict[str, bytes]]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     MEDIA_TYPE_OCI_MANIFEST,
                     img.config,
                     img.layers,
-                    chunk_size=chunk,
+                    PushOptions(chunk_size=chunk),
                 )
                 seconds = time.perf_counter() - start
                 digests = server.blob_activity("bench/app", mark)["uploaded"]

@@ -179,15 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     gc = subcommands.add_parser(
         "gc",
         help="remove what no build has used for some days from a layer store",
-        description="Remove layer records, blobs, customisation fragments and image stamps that no build has "
-                    "used for --unused-days (see LayerStore.collect_garbage).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Removes from the layer store what no build has used in the last DAYS days:
+layers (their records and blobs), customisation layer fragments, the stamps
+that mark an image as written or pushed (a later build of that image writes
+or pushes it again), and temporary files of killed builds.
+
+Keeps everything a build used in those days (a build that has nothing to
+write still uses its images' layers) and everything outside the layer store:
+image files, OCI layouts, registries. Used means read or written: the later
+of a file's access and modification times.
+
+What it removes is a cache: a later build writes again what it needs.
+Run it when no build uses this layer store.""",
     )
     gc.add_argument("--unused-days", type=float, required=True, metavar="DAYS",
-                    help="remove what was last used more than DAYS days ago")
+                    help="remove what no build has used in the last DAYS days (1 or more)")
     gc.add_argument("--layer-store", required=True, metavar="DIR",
                     help="the layer store to clean: [nixlayer] layer_store of the builds' luigi.cfg (whose"
                          f" default is {default_layer_store()})")
-    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, and remove nothing")
     gc.set_defaults(func=_gc)
     return parser
 

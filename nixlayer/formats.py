@@ -34,11 +34,11 @@ STDOUT = "-"
 
 class Written(NamedTuple):
     """What writing an image gave: its digest, and the bytes written to the output (an archive
-    whole; for an OCI layout the files added, layer blobs hard-linked from the layer store
-    costing none; None for a stream: standard output, a device or a FIFO)."""
+    whole, streamed ones too: standard output, a device or a FIFO; for an OCI layout the files
+    added, layer blobs hard-linked from the layer store costing none)."""
 
     digest: str
-    bytes: int | None
+    bytes: int
 
 
 def is_stream(output: str) -> bool:
@@ -187,15 +187,30 @@ def _write(format: str, output: str, write: Callable[[BinaryIO], str]) -> Writte
 
     def to_file() -> Written:
         if output == STDOUT:
-            digest = write(sys.stdout.buffer)
+            stream = _Counted(sys.stdout.buffer)
+            digest = write(stream)
             sys.stdout.buffer.flush()
-            return Written(digest, None)
+            return Written(digest, stream.count)
         if is_stream(output):
             with open(os.open(output, os.O_WRONLY | os.O_CLOEXEC), "wb") as f:
-                return Written(write(f), None)
+                stream = _Counted(f)
+                return Written(write(stream), stream.count)
         with atomic_file(output) as f:
             return Written(write(f), f.tell())
     return _guarded(format, output, to_file)
+
+
+class _Counted:
+    """A stream that counts the bytes written through it (a pipe or a FIFO has no ``tell``).
+    The archive writers only ``write``."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.count = out, 0
+
+    def write(self, data) -> int:
+        written = self.out.write(data)
+        self.count += len(data)
+        return written
 
 
 def _guarded(format: str, output: str, write: Callable[[], Written]) -> Written:

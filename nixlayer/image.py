@@ -63,24 +63,27 @@ def damaged_blob(path: str) -> str:
 DEFAULT_CREATED = "1970-01-01T00:00:01Z"
 """nixpkgs' default ``created`` and ``mtime``: one second after the epoch."""
 
-# GOARCH values (Go's syslist), the names the image config's "architecture" takes.
+# The GOARCH values Go builds for GOOS linux (``go tool dist list``): the names the image
+# config's "architecture" takes (OCI config.md says GOARCH), of a linux image (nixlayer's only
+# os, see nixlayer.index). Go's wasm goes with GOOS js or wasip1 (Docker's wasi/wasm
+# platform), never linux: a linux/wasm image is one no runtime runs.
 ARCHITECTURES = frozenset({
     "386", "amd64", "arm", "arm64", "loong64", "mips", "mipsle", "mips64", "mips64le", "ppc64",
-    "ppc64le", "riscv64", "s390x", "wasm",
+    "ppc64le", "riscv64", "s390x",
 })
 # containers/image (podman, skopeo, CRI-O) refuses image configs larger than this.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def check_architecture(name: str) -> str:
-    """Return ``name`` if it is a Go architecture name (OCI config.md "architecture").
+    """Return ``name`` if it is a Go architecture name of linux (OCI config.md "architecture").
 
     Raises NixlayerError listing the names allowed (and Go's name for a machine name such as
     ``aarch64``).
     """
     if name not in ARCHITECTURES:
         hint = f" (Go calls it {_GOARCH[name]})" if _GOARCH.get(name, name) != name else ""
-        raise NixlayerError(f"unknown architecture {name!r}{hint}: use a Go architecture name, one of"
+        raise NixlayerError(f"unknown architecture {name!r}{hint}: use a Go architecture name of linux, one of"
                             f" {', '.join(sorted(ARCHITECTURES))}")
     return name
 

@@ -118,7 +118,8 @@ def check_max_layers(max_layers: int, base_layers: int = 0) -> int:
 
     Raises NixlayerError if ``max_layers`` exceeds 127 (Docker fails with "max depth
     exceeded") or leaves no layer for store paths after the base layers and the
-    customisation layer; warns (``warnings.warn``) above 125, where some Docker setups fail.
+    customisation layer (saying the least that does, or that the base has too many layers
+    for any); warns (``warnings.warn``) above 125, where some Docker setups fail.
     """
     if not isinstance(max_layers, int) or max_layers < 2:
         raise NixlayerError(f"max_layers is {max_layers!r}: at least 2 are needed (store paths and customisation)")
@@ -130,9 +131,12 @@ def check_max_layers(max_layers: int, base_layers: int = 0) -> int:
         raise NixlayerError(f"base_layers is {base_layers!r}: expected a count >= 0")
     available = max_layers - base_layers - 1
     if available < 1:
-        raise NixlayerError(
-            f"max_layers is {max_layers}: the {base_layers} base layers and the customisation layer leave no layer for store paths"
-        )
+        least = base_layers + 2  # the base's layers, one store layer, the customisation layer
+        if least > DOCKER_LAYER_LIMIT:
+            raise NixlayerError(f"the base image has {base_layers} layers: with a store layer and the customisation"
+                                f" layer that is more than the {DOCKER_LAYER_LIMIT} Docker takes; use a base of fewer layers")
+        raise NixlayerError(f"max_layers is {max_layers}: the {base_layers} base layers and the customisation layer leave"
+                            f" no layer for store paths: give max_layers {least} or more")
     if max_layers > DOCKER_SAFE_LAYERS:
         warnings.warn(f"max_layers is {max_layers}: Docker may fail above {DOCKER_SAFE_LAYERS} layers",
                       NixlayerWarning, stacklevel=3)

@@ -49,7 +49,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import requests
 
@@ -124,6 +124,14 @@ def parse_push_target(text: str) -> PushTarget:
     without them (``nixlayer.reference.without_credentials``).
     """
     return _parse_reference(text, "push target", digest=False)[0]
+
+
+def target_tag(text: str) -> str | None:
+    """The tag the push target ``text`` names, None if it names none (:func:`parse_push_target`
+    takes ``latest`` then). Raises NixlayerError as :func:`parse_push_target`."""
+    target = parse_push_target(text)
+    path = text.strip().removeprefix("docker://").partition("/")[2]
+    return target.tag if ":" in path.rsplit("/", 1)[-1] else None
 
 
 def parse_pull_reference(text: str) -> tuple[PushTarget, str | None]:
@@ -453,8 +461,10 @@ class _Client:
         retry: RetryPolicy,
         log: Callable[[str], None],
         session: requests.Session | None = None,
+        role: str = "push target",
     ) -> None:
         self.target = target
+        self.role = role  # what the user corrects if the registry cannot be reached
         self.credentials = credentials
         self.scopes = scopes
         self.retry = retry
@@ -506,7 +516,7 @@ class _Client:
             raise NixlayerError(
                 f"cannot reach registry {self.target.host} (repository {self.target.repository}), {what}:"
                 f" {last.what[len('cannot connect ('):-1]} after {self.retry.tries} tries; is a registry"
-                f" listening there? Start it, or correct the target"
+                f" listening there? Start it, or correct the {self.role}"
             )
         raise NixlayerError(f"{what} on {self.where} failed: {last.what} after {self.retry.tries} tries")
 
@@ -814,20 +824,32 @@ def tagged_manifest_digest(
     return resp.headers.get("Docker-Content-Digest")
 
 
+@dataclass(frozen=True)
+class PushOptions:
+    """How a push goes (:func:`push_image`, :func:`push_index`): ``insecure`` allows plain HTTP
+    to a non-loopback host (loopback hosts always use plain HTTP, everything else HTTPS with
+    verified TLS); ``auth_file``, an explicit credentials file (see :func:`load_credentials`);
+    ``mount_from``, repositories on the same registry to mount missing blobs from;
+    ``chunk_size`` in bytes, to upload in ``PATCH`` chunks instead of one monolithic ``PUT``;
+    ``log``, called with one-line progress messages (never credentials); ``retry``, the fault
+    policy (default :class:`RetryPolicy`); ``session``, the HTTP session to use."""
+
+    insecure: bool = False
+    auth_file: str | os.PathLike[str] | None = None
+    mount_from: Sequence[str] = ()
+    chunk_size: int | None = None
+    log: Callable[[str], None] = lambda message: None
+    retry: RetryPolicy | None = None
+    session: requests.Session | None = None
+
+
 def push_image(
     target: PushTarget | str,
     manifest: bytes,
     manifest_media_type: str,
     config: Blob,
     layers: Sequence[Blob],
-    *,
-    insecure: bool = False,
-    auth_file: str | os.PathLike[str] | None = None,
-    mount_from: Sequence[str] | None = None,
-    chunk_size: int | None = None,
-    log: Callable[[str], None] = lambda message: None,
-    retry: RetryPolicy | None = None,
-    session: requests.Session | None = None,
+    options: PushOptions = PushOptions(),
     referrers: Sequence[Referrer] = (),
 ) -> PushResult:
     """Push an image (config, layers, then the manifest under ``target.tag``) to a registry,
@@ -836,12 +858,7 @@ def push_image(
     Inputs: ``target`` (a :class:`PushTarget` or text for :func:`parse_push_target`); ``manifest``,
     the exact manifest bytes, and ``manifest_media_type`` (its ``Content-Type``, one of the
     manifest media types); ``config`` and ``layers``, the blobs the manifest references (each
-    uploaded once even if listed twice); ``insecure`` allows plain HTTP to a non-loopback host
-    (loopback hosts always use plain HTTP, everything else HTTPS with verified TLS);
-    ``auth_file``, an explicit credentials file (see :func:`load_credentials`); ``mount_from``,
-    repositories on the same registry to mount missing blobs from; ``chunk_size`` in bytes,
-    to upload in ``PATCH`` chunks instead of one monolithic ``PUT``; ``log``, called with
-    one-line progress messages (never credentials); ``retry``, the fault policy; ``referrers``,
+    uploaded once even if listed twice); ``options`` (:class:`PushOptions`); ``referrers``,
     artifact manifests naming this image as their ``subject`` (their blobs are pushed with the
     image's).
 
@@ -859,66 +876,59 @@ def push_image(
         raise NixlayerError(
             f"manifest media type {manifest_media_type!r} is not one of {', '.join(sorted(MANIFEST_MEDIA_TYPES))}"
         )
-    return _push(target, [config, *layers], [(None, manifest, manifest_media_type, referrers)], insecure=insecure,
-                 auth_file=auth_file, mount_from=mount_from, chunk_size=chunk_size, log=log, retry=retry, session=session)
+    return _push(target, [config, *layers], [(None, manifest, manifest_media_type, referrers)], options)
 
 
 def push_index(
     target: PushTarget | str,
     images: Sequence[ImagePush],
     index: bytes,
-    **options: Any,
+    options: PushOptions = PushOptions(),
 ) -> PushResult:
     """Push a multi-platform image: each image's blobs, manifest and referrers, then the image
     ``index`` (OCI image-spec ``image-index.md``) under ``target.tag``.
 
     A blob the images share is uploaded once; each manifest goes by its digest (distribution
     spec end-7 with a digest reference), followed by its referrers, the index last, so a failed
-    push leaves the tag untouched. ``options`` as :func:`push_image`, but ``referrers``. Returns
-    the :class:`PushResult` of the whole push (its ``manifest_digest`` is the index digest).
+    push leaves the tag untouched. ``options`` as :func:`push_image`. Returns the
+    :class:`PushResult` of the whole push (its ``manifest_digest`` is the index digest).
     Raises NixlayerError as :func:`push_image`.
     """
     blobs = [blob for image in images for blob in (image.config, *image.layers)]
     manifests = [("sha256:" + hashlib.sha256(image.manifest).hexdigest(), image.manifest, MEDIA_TYPE_OCI_MANIFEST,
                   image.referrers) for image in images]
-    return _push(target, blobs, [*manifests, (None, index, MEDIA_TYPE_OCI_INDEX, ())], **options)
+    return _push(target, blobs, [*manifests, (None, index, MEDIA_TYPE_OCI_INDEX, ())], options)
 
 
 def _push(
     target: PushTarget | str,
     blobs_given: Sequence[Blob],
     manifests: Sequence[tuple[str | None, bytes, str, Sequence[Referrer]]],
-    *,
-    insecure: bool = False,
-    auth_file: str | os.PathLike[str] | None = None,
-    mount_from: Sequence[str] | None = None,
-    chunk_size: int | None = None,
-    log: Callable[[str], None] = lambda message: None,
-    retry: RetryPolicy | None = None,
-    session: requests.Session | None = None,
+    options: PushOptions,
 ) -> PushResult:
     """Push ``blobs_given`` and the referrers' blobs (each missing one once), then ``manifests``,
     each (reference: a digest, or None for ``target.tag``; bytes; media type; the referrers
     whose subject it is) in order, each followed by its referrers."""
     if isinstance(target, str):
         target = parse_push_target(target)
+    chunk_size, log = options.chunk_size, options.log
     if chunk_size is not None and chunk_size <= 0:
         raise NixlayerError(f"chunk size {chunk_size} must be a positive number of bytes")
     sources = []
-    for source in mount_from or ():
+    for source in options.mount_from:
         check_repository(source)
         if source != target.repository and source not in sources:
             sources.append(source)
-    retry = retry or RetryPolicy()
+    retry = options.retry or RetryPolicy()
     scopes = [f"repository:{target.repository}:pull,push"] + [f"repository:{s}:pull" for s in sources]
     client = _Client(
         target,
-        insecure=insecure,
-        credentials=load_credentials(target.host, auth_file),
+        insecure=options.insecure,
+        credentials=load_credentials(target.host, options.auth_file),
         scopes=scopes,
         retry=retry,
         log=log,
-        session=session,
+        session=options.session,
     )
     blobs: dict[str, Blob] = {}
     for blob in [*blobs_given, *(blob for *_, referrers in manifests for referrer in referrers for blob in referrer.blobs)]:
@@ -981,7 +991,8 @@ class RegistrySource:
     """An image to read from a registry: its manifests by tag or digest and its blobs by digest
     (OCI distribution spec "Pull": end-3 ``HEAD``/``GET /v2/<name>/manifests/<reference>``,
     end-2 ``GET /v2/<name>/blobs/<digest>``), with the transport, credentials (pull scope) and
-    retries of a push. ``where`` names the image in messages.
+    retries of a push. ``where`` names the image in messages, ``role`` what the user corrects
+    when its registry cannot be reached.
     """
 
     def __init__(
@@ -992,11 +1003,13 @@ class RegistrySource:
         insecure: bool = False,
         auth_file: str | os.PathLike[str] | None = None,
         retry: RetryPolicy | None = None,
+        role: str = "base image (--from-image)",
     ) -> None:
         self.where = where
         self.client = _Client(
             target, insecure=insecure, credentials=load_credentials(target.host, auth_file),
             scopes=[f"repository:{target.repository}:pull"], retry=retry or RetryPolicy(), log=lambda message: None,
+            role=role,
         )
 
     def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:

@@ -185,13 +185,23 @@ def _fakeroot_state(path: str) -> dict[tuple[int, int], tuple[int, int, int]]:
     return state
 
 
-def _read_back(root: str, store_dir: str, state: dict, settings: LayerSettings) -> list[Entry]:
+def _read_back(root: str, store_dir: str, state: dict, settings: LayerSettings, made_by: str) -> list[Entry]:
     """The tree at ``root`` as entries (``LEFT_OUT`` and the store directory left out), with the
-    owners and modes fakeroot's ``state`` holds."""
+    owners and modes fakeroot's ``state`` holds. Raises NixlayerError for a FIFO, socket or
+    device file, naming it as the image would and ``made_by`` (the commands run)."""
     left_out = (*LEFT_OUT, store_dir)
     entries = []
-    for entry in list(tree_entries("", root))[1:]:
+    for entry in tree_entries("", root):  # the root first, named ""
         if any(entry.name == name or entry.name.startswith(name + "/") for name in left_out):
+            continue
+        if entry.kind == "dir":  # before tree_entries meets one, naming it in the temporary directory
+            with os.scandir(root + entry.name) as children:
+                for child in children:
+                    if not (child.is_file(follow_symlinks=False) or child.is_dir(follow_symlinks=False)
+                            or child.is_symlink()):
+                        raise NixlayerError(f"{made_by} made {entry.name}/{child.name} a FIFO, socket or device file;"
+                                            " a layer cannot hold one: remove it in the commands")
+        if not entry.name:
             continue
         st = os.lstat(root + entry.name)
         faked = state.get((st.st_dev, st.st_ino))
@@ -239,8 +249,10 @@ def root_entries(contents: Sequence[str], tree: RootTree, work: str, settings: L
             _run("fake_root_commands", ["fakeroot", "-s", state_file, "--", "sh", "-e", "-c",
                                         "umask 022\n" + tree.fake_root_commands], root, settings.mtime)
         sourced = {name: path for name, (_, path) in merged.items()}
+        made_by = " or ".join(name for name, given in (("extra_commands", tree.extra_commands),
+                                                       ("fake_root_commands", tree.fake_root_commands)) if given)
         listed = [(entry, sourced.get(entry.name)) for entry in
-                  _read_back(root, store_dir, _fakeroot_state(state_file), settings)]
+                  _read_back(root, store_dir, _fakeroot_state(state_file), settings, made_by)]
     else:
         listed = [merged[name] for name in names]
     matcher = Matcher(tree.perms)

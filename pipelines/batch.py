@@ -52,7 +52,7 @@ from pipelines.spec import spec_batch
 from nixlayer.index import parse_platform
 from tasks.image import ImageTask
 from nixlayer.layerstore import LayerStore
-from tasks import console, runlog
+from tasks import console, errors, runlog
 from tasks.config import layer_store_root
 from tasks.base import bad_value, plan_batches
 
@@ -316,29 +316,31 @@ class BuildImages(luigi.Task):
         only stands for them, and each task more costs the scheduler a hand-out of work."""
         images = [task for _, task in self.images()]
         targets = [target for task in images for target in task.targets()]
+        errors.label_tasks({target.task_id: f"{self.source}: {entry}" for entry, task in self.images()
+                            for target in task.targets()})
         plan_batches(targets)
-        console.plan(f"batch {self.source}: {count(len(images), 'image')}",
-                     layer_plan(targets), {path: size for task in images for path, size in task.nar_sizes().items()})
+        nar_sizes = {path: size for task in images for path, size in task.nar_sizes().items()}
+        console.plan(f"batch {self.source}: {count(len(images), 'image')}", layer_plan(targets, nar_sizes), nar_sizes)
         return targets
 
     def run(self) -> None:
         report = self.make_report()
         with atomic_file(str(self.report)) as f:
             f.write(json.dumps(report, indent=1).encode() + b"\n")
-        console.say(format_summary(report), stdout=True)
+        console.say(console.batch_summary(report), stdout=True)
         runlog.state(self)["reported"] = True
 
     def make_report(self) -> dict:
-        built_layers, written = runlog.results(runlog.read()[0])
+        results = runlog.results(runlog.read()[0])
         started = runlog.state(self).setdefault("started", time.time())
         layers: dict[str, tuple[int, str]] = {}  # layer record path -> blob bytes, path in the layer store
-        report_images = [image.report(built_layers, written, layers) for _, image in self.images()]
+        report_images = [image.report(results, layers) for _, image in self.images()]
         image_bytes_written = sum(i["image_bytes_written"] for i in report_images)
         for image in report_images:
             del image["image_bytes_written"]
         sizes = {path: blob_size for path, (blob_size, _) in layers.items()}
         names = {path: name for path, (_, name) in layers.items()}
-        distinct_built = built_layers & set(sizes)
+        distinct_built = results.built_layers & set(sizes)
         return {
             "batch": self.source,
             "started": _iso(started), "finished": _iso(time.time()),
@@ -347,6 +349,7 @@ class BuildImages(luigi.Task):
             "totals": {
                 "images": len(report_images),
                 "images_written": sum(i["image_written"] for i in report_images),
+                "images_pushed": sum(i["image_pushed"] for i in report_images),
                 "distinct_layers": len(sizes),
                 "layers_built": len(distinct_built),
                 "layers_reused": len(sizes) - len(distinct_built),
@@ -391,25 +394,3 @@ def _make_directories(directory: str, created: list[str]) -> None:
 
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _platforms(image: dict) -> str:
-    """`` (index of linux/amd64, linux/arm64)`` for a multi-platform index, else nothing."""
-    return f" (index of {', '.join(image['platforms'])})" if "platforms" in image else ""
-
-
-def format_summary(report: dict) -> str:
-    """The report as the lines BuildImages prints."""
-    lines = [f"nixlayer: batch {report['batch']}: {count(len(report['images']), 'image')} in {report['seconds']} s"]
-    for image in report["images"]:
-        lines.append(
-            f"  {image['name']}:{image['tag']}{_platforms(image)} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
-            f" {image['layers_reused']} reused; {console.size(image['bytes_written'])} written"
-            + ("" if image["image_written"] else " (image unchanged)")
-        )
-    t = report["totals"]
-    lines.append(
-        f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
-        f" {count(t['images_written'], 'image')} written; {console.size(t['layer_bytes_written'] + t['image_bytes_written'])} written"
-    )
-    return "\n".join(lines)

@@ -27,12 +27,13 @@ from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
-from nixlayer.registry import parse_pull_reference, parse_push_target
+from nixlayer.registry import DEFAULT_TAG, parse_pull_reference, parse_push_target, target_tag
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
 from tasks.assemble import AssembleImage
 from tasks.base import NixlayerTask, plan_batches
+from tasks.baseimage import BaseImageLayer
 from tasks.config import compression_threads, layer_store_root
 from tasks.image import ImageTask, keep_closure
 from tasks.index import AssembleIndex
@@ -249,6 +250,25 @@ class ImageParameters(NixlayerTask, abstract=True):
             "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
         }
 
+    def push_target(self, target: str) -> str:
+        """The push target ``target`` (``--push``, ``--target``, a batch file's ``push``) as
+        pushed: ``docker://HOST/REPOSITORY:TAG``.
+
+        The tag pushed is the target's; a target without one takes the image's tag (``--tag``,
+        a batch file's or the spec's), else ``latest`` (``docker push`` pushes an image's tag;
+        ``skopeo copy`` takes ``latest``). A tag given beside a target naming another is one
+        tag named twice: NixlayerError. A spec's tag names the image (its archives) as an
+        archive's own tag does for ``skopeo copy``: a target's own tag wins over it.
+        """
+        named, parsed = target_tag(target), parse_push_target(target)
+        if named is None:
+            return f"docker://{parsed.host}/{parsed.repository}:{self.tag or DEFAULT_TAG}"
+        from_spec = self.spec is not None and load_spec(str(self.spec)).image(self.spec_image).parameters.get("tag") == self.tag
+        if self.tag and self.tag != named and not from_spec:
+            raise NixlayerError(f"--tag {self.tag} and push target {target} name two tags: give the tag once, in --tag"
+                                " or in the target (a target without a tag takes --tag)")
+        return f"docker://{parsed}"
+
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the
         ``stable`` layering): the image of this platform last written to this output under this
@@ -295,9 +315,9 @@ class ImageParameters(NixlayerTask, abstract=True):
                 task.write()
         runlog.state(self)["ran"] = True
 
-    def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+    def report(self, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
         """This image in a run's report (see :func:`image_report`)."""
-        return image_report(self, built_layers, written, layers)
+        return image_report(self, results, layers)
 
     def announce(self, done: bool) -> None:
         """Print the plan line and show the build's progress (``tasks.console.plan``), the run
@@ -305,28 +325,17 @@ class ImageParameters(NixlayerTask, abstract=True):
         if runlog.state(self).setdefault("announced", False):
             return
         runlog.state(self)["announced"] = True
-        layers = [(record, paths, done or complete) for record, paths, complete in layer_plan(self.image_tasks(), check=not done)]
+        layers = [(record, paths, planned, done or complete)
+                  for record, paths, planned, complete in layer_plan(self.image_tasks(), self.nar_sizes(), check=not done)]
         console.plan(f"{self.name}:{self.plan['tag']}", layers, self.nar_sizes(), self.summary)
 
     def summary(self, entries: list[dict]) -> list[str]:
         """The line printed at the end of a run that made the image (none if it did not):
-        where it went, its digest, its layers built and reused, bytes written, time."""
-        built_layers, written = runlog.results(entries)
-        if not all(task.output in written if _streamed(task) else task.complete() for task in self.image_tasks()):
+        ``tasks.console.image_summary`` of its report."""
+        results = runlog.results(entries)
+        if not all(task.output in results.written if _streamed(task) else task.complete() for task in self.image_tasks()):
             return []
-        pushed = next((entry for entry in entries if entry.get("pushed") == self.push), None)
-        r = self.report(built_layers, written, {})
-        where = []
-        if self.output:
-            where.append(f"wrote {self.format} {self.output}" if r["image_written"]
-                         else f"{self.format} {self.output} is up to date")
-        if self.push:
-            where.append(f"pushed {self.push} ({pushed['uploaded']} blobs uploaded, {console.size(pushed['uploaded_bytes'])};"
-                         f" {pushed['mounted']} mounted, {pushed['present']} already there)" if pushed
-                         else f"{self.push} is up to date")
-        return [f"nixlayer: {', '.join(where)}: {r['name']}:{r['tag']} {r['digest'] or '-'}; layers: {r['layers_built']}"
-                f" built, {r['layers_reused']} reused; {console.size(r['bytes_written'])} written in"
-                f" {console.seconds(console.elapsed())}"]
+        return [console.image_summary(self.report(results, {}), console.elapsed())]
 
     def graph_source(self) -> tuple:
         """Where this image's closure graph is read from: (closure_graph, store_root, store_dir, spec)."""
@@ -386,38 +395,44 @@ class ImageParameters(NixlayerTask, abstract=True):
         return graph
 
 
-def image_report(image, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+def image_report(image, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
     """An image (a BuildImage, PushImage or ``pipelines.index.ImageIndex``: anything with a
     ``name``, ``output``, ``push``, ``format`` and ``image_tasks()``) in a run's report (see
-    ``pipelines.batch``), its layers counted in its output's (else its push's) layers.
+    ``pipelines.batch``), its layers those of its output and its push (a docker-archive's tars
+    and a push's gzip blobs are two layers each).
 
-    ``built_layers``: the layer records the run wrote; ``written``: the run log's entries
-    of the images it wrote, by output. ``layers`` (layer record path -> blob bytes if built
-    in the run, else 0; path in the layer store) gets this image's layers added; a batch's
-    images share it. Adds
-    ``image_bytes_written``: the bytes of the image file(s) the run wrote.
+    ``results``: what the run made (``tasks.runlog.results``). ``layers`` (layer record path ->
+    blob bytes if built in the run, else 0; path in the layer store) gets this image's layers
+    added; a batch's images share it. ``digest`` is the output's (the image ID of a
+    docker-archive, the manifest digest of OCI), else the push's; ``push_digest`` the manifest
+    (or index) digest pushed; ``push_blobs`` the push's blob counts if it pushed in this run.
+    Adds ``image_bytes_written``: the bytes of the image file(s) the run wrote.
     """
-    task = image.image_tasks()[0]
-    assemble = task if isinstance(task, (AssembleImage, AssembleIndex)) else None
-    targets = [layer.output() for layer in task.requires()]
+    tasks = image.image_tasks()
+    assemble = next((task for task in tasks if isinstance(task, (AssembleImage, AssembleIndex))), None)
+    push = next((task for task in tasks if not isinstance(task, (AssembleImage, AssembleIndex))), None)
+    targets = list({layer.output().path: layer.output() for task in tasks for layer in task.requires()}.values())
     for target in targets:  # the blob sizes of the layers built (others may be gone since)
         if target.path not in layers:
-            built_here = target.path in built_layers
+            built_here = target.path in results.built_layers
             layers[target.path] = (target.record().blob.blob_size if built_here else 0, target.name)
-    built = [t.path for t in targets if t.path in built_layers]
-    entry = written.get(assemble.output, {}) if assemble else {}
+    built = [t.path for t in targets if t.path in results.built_layers]
+    entry = results.written.get(assemble.output, {}) if assemble else {}
+    digest = None
     if assemble and not entry and not (isinstance(assemble, AssembleImage) and _streamed(assemble)):
         digest = assemble.read_stamp(assemble.stamp()).get("digest")
     elif assemble:
         digest = entry.get("digest")
-    else:
-        digest = task.read_stamp(task._stamp()).get("manifest_digest")
+    pushed = results.pushed.get(push.target) if push else None
+    push_digest = (pushed["digest"] if pushed else push.read_stamp(push._stamp()).get("manifest_digest")) if push else None
     return {
-        "name": image.name, "tag": task.tag, "output": image.output or None,
-        "push": image.push or None, "format": image.format if image.output else None,
-        "digest": digest, "layers": len(targets),
+        "name": image.name, "tag": tasks[0].tag, "output": image.output or None,
+        "push": push.target if push else None, "format": image.format if image.output else None,
+        "digest": digest if assemble else push_digest, "layers": len(targets),
         "layers_built": len(built), "layers_reused": len(targets) - len(built),
-        "image_written": bool(entry),
+        "image_written": bool(entry), "image_pushed": bool(pushed),
+        "push_digest": push_digest,
+        "push_blobs": {key: pushed[key] for key in ("uploaded", "uploaded_bytes", "mounted", "present")} if pushed else None,
         "bytes_written": sum(layers[p][0] for p in built) + entry.get("bytes", 0),
         "image_bytes_written": entry.get("bytes", 0),
     }
@@ -429,17 +444,26 @@ def _streamed(task: ImageTask) -> bool:
     return isinstance(task, AssembleImage) and is_stream(task.output)
 
 
-def layer_plan(targets: list[ImageTask], check: bool = True) -> list[tuple[str, list[str], bool]]:
-    """Each layer of ``targets`` once, as ``tasks.console.plan`` takes them: (its record
-    path, its store paths, none for a customisation layer, whether it is in the layer
-    store; with ``check`` false, taken as not)."""
+def layer_plan(targets: list[ImageTask], nar_sizes: dict[str, int | None],
+               check: bool = True) -> list[tuple[str, list[str], int, bool]]:
+    """Each layer of ``targets`` once, as ``tasks.console.plan`` takes them: (its record path,
+    its store paths (none for a customisation layer), its planned bytes, whether it is in the
+    layer store; with ``check`` false, taken as not). Planned bytes: a store layer's NAR sizes
+    (``nar_sizes``), a base layer's blob size, a customisation layer's copy_to_root NAR sizes
+    (its links and commands' files count none)."""
     layers = {}
     for target in targets:
         for task in target.requires():
             record = task.output().path
             if record not in layers:
-                paths = [] if isinstance(task, CustomisationLayer) else task.store_paths()
-                layers[record] = (record, paths, check and task.complete())
+                if isinstance(task, CustomisationLayer):
+                    paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
+                elif isinstance(task, BaseImageLayer):
+                    paths, planned = [], task.blob_size
+                else:
+                    paths = task.store_paths()
+                    planned = sum(nar_sizes.get(path) or 0 for path in paths)
+                layers[record] = (record, paths, planned, check and task.complete())
     return list(layers.values())
 
 
@@ -474,7 +498,7 @@ class BuildImage(ImageParameters):
         if self.sbom:
             self._check_sbom()
         if self.push:
-            parse_push_target(self.push)
+            self.push_target(self.push)
             self.compression_for(PUSH_COMPRESSION)
         if self.output:
             check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
@@ -482,7 +506,7 @@ class BuildImage(ImageParameters):
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
-        target = str(parse_push_target(self.push)) if self.push else None
+        target = str(parse_push_target(self.push_target(self.push))) if self.push else None
         return layer_store.previous_layers(output=output, name=self.name, target=target,
                                            platform=str(self.image_platform))
 
@@ -511,7 +535,7 @@ class BuildImage(ImageParameters):
         if self.output:
             tasks.append(self.assemble_task())
         if self.push:
-            tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push,
+            tasks.append(self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push_target(self.push),
                                          insecure_registry=self.insecure_registry))
         return tasks
 
@@ -541,7 +565,7 @@ class PushImage(ImageParameters):
     target = PushTargetParameter(description="docker://HOST[:PORT]/REPOSITORY[:TAG]")
 
     def check(self) -> None:
-        parse_push_target(self.target)
+        self.push_target(self.target)
         self.compression_for(PUSH_COMPRESSION)
 
     output = ""
@@ -551,7 +575,9 @@ class PushImage(ImageParameters):
         return self.target
 
     def image_tasks(self) -> list[ImageTask]:
-        return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.target, insecure_registry=self.insecure_registry)]
+        return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push_target(self.target),
+                                insecure_registry=self.insecure_registry)]
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        return layer_store.previous_layers(target=str(parse_push_target(self.target)), platform=str(self.image_platform))
+        return layer_store.previous_layers(target=str(parse_push_target(self.push_target(self.target))),
+                                           platform=str(self.image_platform))

@@ -18,6 +18,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, image_platform
 from nixlayer.registry import parse_push_target
 from pipelines.build import PUSH_COMPRESSION, BuildImage, image_report
+from tasks import runlog
 from tasks.index import AssembleIndex, PushIndex
 
 
@@ -92,7 +93,8 @@ class ImageIndex:
     def __init__(self, images: list[BuildImage]) -> None:
         self.images = images
         first = images[0]
-        self.name, self.output, self.push, self.format = first.name, first.output, first.push, first.format
+        self.name, self.output, self.format = first.name, first.output, first.format
+        self.push = first.push_target(first.push) if first.push else ""
 
     @property
     def tag(self) -> str:
@@ -119,7 +121,7 @@ class ImageIndex:
     def nar_sizes(self) -> dict[str, int | None]:
         return {path: size for image in self.images for path, size in image.nar_sizes().items()}
 
-    def report(self, built_layers: set[str], written: dict[str, dict], layers: dict[str, tuple[int, str]]) -> dict:
+    def report(self, results: runlog.Results, layers: dict[str, tuple[int, str]]) -> dict:
         """The index in a run's report (``pipelines.build.image_report``), with its platforms."""
-        return {**image_report(self, built_layers, written, layers),
+        return {**image_report(self, results, layers),
                 "platforms": [str(image.image_platform) for image in self.images]}

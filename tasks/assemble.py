@@ -108,16 +108,13 @@ class AssembleImage(BatchableTask, ImageTask):
         Standard output cannot be a Luigi target, so ``BuildImage --output -`` calls this from
         its own ``run`` instead of scheduling this task.
         """
-        layers = self.image_layers()
-        config = self.image_config(layers)
-        manifest = self.image_manifest(layers, config)
-        sbom = self.image_sbom(layers, config) if self.closure else None
+        image, sbom = self.image_with_sbom()
         written = write_image(
-            self.format, self.output, layers, config, self.name, self.tag, self.mtime, self.layer_store().root,
-            manifest=manifest, artifacts=self.attached(manifest, sbom),
+            self.format, self.output, image.layers, image.config, self.name, self.tag, self.mtime,
+            self.layer_store().root, manifest=image.manifest, artifacts=image.artifacts,
         )
         if self.sbom and sbom is not None:
             with atomic_file(self.sbom) as f:
                 f.write(sbom)
-        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
+        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes}])
         return written

@@ -198,7 +198,7 @@ class BatchableTask(NixlayerTask, abstract=True):
                 done.append(member)
                 progress.member_done(number)
             except Exception as error:  # the other members are still done
-                failures.append(error)
+                failures.append(errors.labelled(member, error))
                 progress.member_failed(own, error)
         progress.finish(len(done), len(failures))
         if failures:

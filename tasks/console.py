@@ -99,14 +99,16 @@ def _print_held(pid: int) -> None:
             print(text, file=sys.stderr, flush=True)
 
 
-def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[str, int | None],
+def plan(title: str, layers: list[tuple[str, list[str], int, bool]], nar_sizes: dict[str, int | None],
          summary: Callable[[list[dict]], list[str]] | None = None) -> None:
     """Print the plan line of a build and show its progress until it ends.
 
     ``title``: what is built (``hello:1``, ``batch FILE: 3 images``). ``layers``: each layer
-    of the build once, as (its record path, the store paths it holds, whether it is in the
-    layer store already); the customisation layer holds none. ``nar_sizes``: store path ->
-    NAR size (None: unknown), the bytes a layer is planned to be (``tasks.runlog``).
+    of the build once, as (its record path, the store paths it holds, the bytes it is planned to
+    be (``tasks.runlog``), whether it is in the layer store already); a customisation or base
+    layer holds none. ``nar_sizes``: store path -> NAR size (None: unknown), for the closure's
+    size. The bytes to write are left out of the line when none are known (a customisation
+    layer of links): the summary gives those written.
     ``summary(entries)``: the summary lines of the run, from the run log's entries, printed
     at its end (none if it returns none). The run log must be started.
 
@@ -116,19 +118,65 @@ def plan(title: str, layers: list[tuple[str, list[str], bool]], nar_sizes: dict[
     global _console
     if _console is not None and _console.pid == os.getpid():
         return
-    to_write = [(record, paths) for record, paths, done in layers if not done]
-    planned = {record: sum(nar_sizes.get(path) or 0 for path in paths) for record, paths in to_write}
+    planned = {record: size for record, _, size, done in layers if not done}
     runlog.plan(planned)
     from tasks.runtime import luigi_command
 
     if not luigi_command():
         return
-    paths = {path for _, layer_paths, _ in layers for path in layer_paths}
+    paths = {path for _, layer_paths, _, _ in layers for path in layer_paths}
     total = sum(nar_sizes.get(path) or 0 for path in paths)
     to_bytes = sum(planned.values())
     print(f"nixlayer: {title}: {count(len(paths), 'store path')} ({size(total)}) in {count(len(layers), 'layer')}:"
-          f" {len(to_write)} to write ({size(to_bytes)}), {len(layers) - len(to_write)} reused", file=sys.stderr, flush=True)
-    _console = _Console(len(to_write), to_bytes, summary)
+          f" {len(planned)} to write{f' ({size(to_bytes)})' if to_bytes else ''}, {len(layers) - len(planned)} reused",
+          file=sys.stderr, flush=True)
+    _console = _Console(len(planned), to_bytes, summary)
+
+
+def image_summary(report: dict, elapsed: float) -> str:
+    """The line that ends a run of one image (``BuildImage``, ``PushImage``), from its report
+    (``pipelines.build.image_report``): where it went (``wrote``, ``pushed``, ``is up to date``),
+    each with the image's digest there (an output and a push: an image ID and a manifest
+    digest), then its layers built and reused, the bytes written and ``elapsed`` seconds."""
+    where = []
+    name = f"{report['name']}:{report['tag']}"
+    if report["output"]:
+        went = (f"wrote {report['format']} {report['output']}" if report["image_written"]
+                else f"{report['format']} {report['output']} is up to date")
+        where.append(f"{went}: {name} {report['digest'] or '-'}")
+    if report["push"]:
+        blobs = report["push_blobs"]
+        went = (f"pushed {report['push']} ({blobs['uploaded']} blobs uploaded, {size(blobs['uploaded_bytes'])};"
+                f" {blobs['mounted']} mounted, {blobs['present']} already there)" if blobs
+                else f"{report['push']} is up to date")
+        where.append(f"{went}: {name} {report['push_digest'] or '-'}")
+    return (f"nixlayer: {'; '.join(where)}; layers: {report['layers_built']} built, {report['layers_reused']} reused;"
+            f" {size(report['bytes_written'])} written in {seconds(elapsed)}")
+
+
+def batch_summary(report: dict) -> str:
+    """The lines that end a ``BuildImages`` run, from its report (``pipelines.batch``): per
+    image its digest (its output's, else its push's), layers built and reused, bytes written,
+    and whether it was pushed (with the pushed digest when it has an output too), or that
+    nothing of it changed; then the totals."""
+    lines = [f"nixlayer: batch {report['batch']}: {count(len(report['images']), 'image')} in {report['seconds']} s"]
+    for image in report["images"]:
+        platforms = f" (index of {', '.join(image['platforms'])})" if "platforms" in image else ""
+        line = (f"  {image['name']}:{image['tag']}{platforms} {image['digest'] or '-'}  layers: {image['layers_built']} built,"
+                f" {image['layers_reused']} reused; {size(image['bytes_written'])} written")
+        if image["image_pushed"]:
+            line += "; pushed" + (f" {image['push_digest']}" if image["output"] else "")
+        elif not image["image_written"]:
+            line += " (image unchanged)"
+        lines.append(line)
+    t = report["totals"]
+    done = count(t["images_written"], "image") + " written"
+    if any(image["push"] for image in report["images"]):
+        done = (f"{count(t['images_pushed'], 'image')} pushed" if not any(image["output"] for image in report["images"])
+                else f"{done}, {t['images_pushed']} pushed")
+    lines.append(f"  total: {t['distinct_layers']} distinct layers, {t['layers_built']} built, {t['layers_reused']} reused;"
+                 f" {done}; {size(t['layer_bytes_written'] + t['image_bytes_written'])} written")
+    return "\n".join(lines)
 
 
 class _RawStderr:

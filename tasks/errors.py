@@ -25,6 +25,25 @@ from tasks import console
 
 PREFIX = "nixlayer: error: "
 
+# Task id -> the image it makes, as its batch names it (``BuildImages``): for its error line.
+_LABELS: dict[str, str] = {}
+
+
+def label_tasks(labels: dict[str, str]) -> None:
+    """Name, in their error lines, the image each task makes (task id -> ``FILE: image 2
+    (NAME)``): a batch's images, whose errors would not say which image failed. Set in the
+    process luigi started, before its workers fork."""
+    _LABELS.update(labels)
+
+
+def labelled(task: luigi.Task, error: Exception) -> Exception:
+    """``error`` of ``task``, a NixlayerError naming the image the task makes if it has a label
+    (:func:`label_tasks`); else ``error`` itself."""
+    label = _LABELS.get(task.task_id)
+    if label is None or not isinstance(error, NixlayerError):
+        return error
+    return NixlayerError(f"{label}: {error}")
+
 
 def report(error: BaseException | str) -> None:
     """Print ``nixlayer: error: <error>`` to standard error (last, during a run: see
@@ -100,7 +119,7 @@ def _interrupted(previous):
 
 def _on_failure(task: luigi.Task, error: Exception) -> None:
     if isinstance(error, NixlayerError):
-        report(error)
+        report(labelled(task, error))
 
 
 luigi_hint.install(tasks_loaded=True)  # luigi --module pipelines BuildImag: Luigi's traceback otherwise

@@ -151,11 +151,16 @@ class ImageTask(LayerParameters, abstract=True):
     def platform_image(self) -> PlatformImage:
         """The image from the layer store (the layers must be complete): layers, config,
         manifest, platform, and the artifacts attached to it (``attached``)."""
+        return self.image_with_sbom()[0]
+
+    def image_with_sbom(self) -> tuple[PlatformImage, bytes | None]:
+        """The image (as :meth:`platform_image`), and its SBOM (None without a closure), which
+        an output may also write to a file, attached or not: the one place both are made."""
         layers = self.image_layers()
         config = self.image_config(layers)
         manifest = self.image_manifest(layers, config)
         sbom = self.image_sbom(layers, config) if self.closure else None
-        return PlatformImage(layers, config, manifest, self.image_platform, self.attached(manifest, sbom))
+        return PlatformImage(layers, config, manifest, self.image_platform, self.attached(manifest, sbom)), sbom
 
     def attached(self, manifest: bytes, sbom: bytes | None) -> list[Artifact]:
         """The artifacts to attach to the image ``manifest``: its SBOM, unless ``attach_sbom``

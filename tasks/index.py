@@ -11,7 +11,6 @@ attached in an OCI layout and pushed as a referrer of its manifest.
 from __future__ import annotations
 
 import json
-import logging
 
 import luigi
 
@@ -24,9 +23,7 @@ from tasks import runlog
 from tasks.assemble import output_signature
 from tasks.base import NixlayerTask
 from tasks.image import ImageTask
-from tasks.push import PushTargetParameter, image_push, mount_sources, pushed, record_push, referrer_digests
-
-logger = logging.getLogger("nixlayer.push")
+from tasks.push import PushTargetParameter, image_push, push_options, pushed, record_push, referrer_digests
 
 
 class IndexImage(ImageTask):
@@ -106,7 +103,7 @@ class AssembleIndex(IndexTask):
         mtime = self.members()[0].mtime
         written = write_index(self.format, self.output, self.platform_images(), self.name, self.tag, mtime,
                               self.layer_store().root)
-        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes or 0}])
+        runlog.append([{"image": self.output, "digest": written.digest, "bytes": written.bytes}])
         return written
 
 
@@ -132,10 +129,7 @@ class PushIndex(IndexTask):
         return pushed(self, oci_index(images), MEDIA_TYPE_OCI_INDEX, images)
 
     def run(self) -> None:
-        target = self._target()
-        store = self.layer_store()
         images = self.platform_images()
-        result = push_index(target, [image_push(store, image) for image in images], oci_index(images),
-                            insecure=self.insecure_registry, log=logger.info,
-                            mount_from=mount_sources(store.root, target, [m.base_image for m in self.members()]))
+        result = push_index(self._target(), [image_push(self.layer_store(), image) for image in images], oci_index(images),
+                            push_options(self, [member.base_image for member in self.members()]))
         record_push(self, result, self._stamp(), self.layer_records(), referrer_digests(images), self.image_records())

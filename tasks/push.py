@@ -24,7 +24,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.base_image import BaseImage, parse_source
 from nixlayer.layerstore import LayerStore, read_json
 from nixlayer.registry import (
-    Blob, ImagePush, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image,
+    Blob, ImagePush, PushOptions, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image,
     tagged_manifest_digest,
 )
 from nixlayer.reference import without_credentials
@@ -67,16 +67,19 @@ class PushToRegistry(ImageTask):
         return pushed(self, image.manifest, MEDIA_TYPE_OCI_MANIFEST, [image])
 
     def run(self) -> None:
-        target = self._target()
         image = self.platform_image()
-        store = self.layer_store()
-        push = image_push(store, image)
-        result = push_image(
-            target, image.manifest, MEDIA_TYPE_OCI_MANIFEST, push.config, push.layers,
-            insecure=self.insecure_registry, mount_from=mount_sources(store.root, target, [self.base_image]), log=logger.info,
-            referrers=push.referrers,
-        )
+        push = image_push(self.layer_store(), image)
+        result = push_image(self._target(), image.manifest, MEDIA_TYPE_OCI_MANIFEST, push.config, push.layers,
+                            push_options(self, [self.base_image]), push.referrers)
         record_push(self, result, self._stamp(), self.layer_records(), referrer_digests([image]))
+
+
+def push_options(task, base_images: Iterable[str]) -> PushOptions:
+    """How ``task`` (PushToRegistry or PushIndex) pushes: over plain HTTP if it allows an
+    insecure registry, its progress to the log, missing blobs mounted from the repositories
+    ``mount_sources`` names (``base_images``: those of its images)."""
+    return PushOptions(insecure=task.insecure_registry, log=logger.info,
+                       mount_from=mount_sources(task.layer_store().root, task._target(), base_images))
 
 
 def image_push(store: LayerStore, image: PlatformImage) -> ImagePush:
@@ -142,7 +145,7 @@ def record_push(task: luigi.Task, result: PushResult, stamp: str, layer_records:
     task.set_status_message(
         f"pushed {target} {result.manifest_digest}: {result.uploaded} blobs uploaded"
         f" ({result.uploaded_bytes} bytes), {result.mounted} mounted, {result.present} already there")
-    runlog.append([{"pushed": task.target, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
+    runlog.append([{"pushed": task.target, "digest": result.manifest_digest, "uploaded": result.uploaded, "uploaded_bytes": result.uploaded_bytes,
                     "mounted": result.mounted, "present": result.present}])
     os.makedirs(os.path.dirname(stamp), exist_ok=True)
     with atomic_file(stamp) as f:

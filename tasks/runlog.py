@@ -13,8 +13,9 @@ writes it). It is started when Luigi's worker starts (:func:`start`, see
 - ``{"pid": P, "layers": N, "bytes": B, "path": STORE_PATH}``: process P has written N layers
   and B of the planned bytes so far (absolute, so a later line replaces an earlier one), and
   is on STORE_PATH (see :func:`layer_progress`).
-- ``{"pushed": TARGET, "uploaded": N, "uploaded_bytes": B, "mounted": M, "present": P}``: an
-  image was pushed; its blobs uploaded, mounted from another repository, already there.
+- ``{"pushed": TARGET, "digest": D, "uploaded": N, "uploaded_bytes": B, "mounted": M, "present": P}``:
+  an image (or index) was pushed, its manifest's digest D; its blobs uploaded, mounted from
+  another repository, already there.
 - ``{"say": TEXT, "stdout": BOOL}`` and ``{"error": TEXT}``: lines for the user, printed at the
   end of the run by the process luigi started (``tasks.console``).
 
@@ -31,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+from typing import NamedTuple
 
 # The descriptor of this process's run log, or None before any run started.
 _fd: int | None = None
@@ -86,11 +88,20 @@ def read(offset: int = 0) -> tuple[list[dict], int]:
     return [json.loads(line) for line in data[:end].splitlines()], offset + end
 
 
-def results(entries: list[dict]) -> tuple[set[str], dict[str, dict]]:
-    """What a run made, from its ``entries``: the records of the layers it wrote, and the
-    entries of the images it wrote by output."""
-    return ({entry["layer"] for entry in entries if "layer" in entry},
-            {entry["image"]: entry for entry in entries if "image" in entry})
+class Results(NamedTuple):
+    """What a run made: the records of the layers it wrote, the entries of the images it
+    wrote by output, and those of the images it pushed by target."""
+
+    built_layers: set[str]
+    written: dict[str, dict]
+    pushed: dict[str, dict]
+
+
+def results(entries: list[dict]) -> Results:
+    """What a run made, from its ``entries``."""
+    return Results({entry["layer"] for entry in entries if "layer" in entry},
+                   {entry["image"]: entry for entry in entries if "image" in entry},
+                   {entry["pushed"]: entry for entry in entries if "pushed" in entry})
 
 
 def plan(planned: dict[str, int]) -> None:

@@ -21,6 +21,7 @@ from nixlayer.index import Platform
 from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
+from tasks import console
 from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
 from test_registry import write_auth
 from test_build import PODMAN_RUN
@@ -439,3 +440,39 @@ def test_the_base_manifests_annotations_are_kept_unless_the_image_sets_them(tmp_
     manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'app-oci'}:1"))
     assert manifest["annotations"] == {"org.example.team": "base", "org.opencontainers.image.created": "1970-01-01T00:00:01Z",
                                        "org.opencontainers.image.version": "2"}
+
+
+def test_the_plan_line_counts_the_base_layers_to_write(tmp_path, base):
+    """An image whose store path layers are in the layer store, on a base whose layers are
+    not: the plan line's bytes to write are the base layers' (their blobs' sizes; a
+    docker-archive holds their tars), not 0 B."""
+    store = tmp_path / "store"
+    assert build_app(tmp_path, store, base["archive"]).returncode == 0
+    run = build_app(tmp_path, store, base["layout"], output="again.tar")
+    assert run.returncode == 0, run.stderr
+    planned = sum(layer["size"] for layer in base["layout_layers"])
+    plan = run.stderr.splitlines()[0]
+    assert plan.endswith(f": {len(base['layout_layers'])} to write ({console.size(planned)}), 2 reused"), plan
+
+
+def test_an_unreachable_base_image_registry_is_named_as_the_base_image(tmp_path):
+    """A base image whose registry does not answer: the line says it is the base image (not a
+    push target) to correct, before any work."""
+    from registry_fixture import free_port
+    source = f"docker://127.0.0.1:{free_port()}/team/base:1"
+    message = one_error(build_app(tmp_path, tmp_path / "store", source))
+    assert message == (f"nixlayer: error: cannot reach registry {source[9:].split('/')[0]} (repository team/base), base"
+                       f" image {source}: checking 1: connection refused after 5 tries; is a registry listening there?"
+                       " Start it, or correct the base image (--from-image)"), message
+    assert not (tmp_path / "app.tar").exists() and not (tmp_path / "store" / "layers").exists()
+
+
+def test_max_layers_too_small_for_the_base_says_the_least_that_works(tmp_path, base):
+    """max_layers that leaves no layer for store paths beside the base's: the line gives the
+    least max_layers that does (the base's layers, one store layer, the customisation layer)."""
+    n = len(base["diff_ids"])
+    message = one_error(build_app(tmp_path, tmp_path / "store", base["archive"], "--max-layers", str(n + 1)))
+    assert message == (f"nixlayer: error: max_layers is {n + 1}: the {n} base layers and the customisation layer leave"
+                       f" no layer for store paths: give max_layers {n + 2} or more"), message
+    assert not (tmp_path / "app.tar").exists()
+    assert build_app(tmp_path, tmp_path / "store", base["archive"], "--max-layers", str(n + 2)).returncode == 0

@@ -395,3 +395,15 @@ def test_tasks_made_with_every_parameter_named_get_luigis_values():
         assert StorePathLayer(**partial, store_path="/nix/store/" + "c" * 32 + "-z").uid == 7
     finally:
         config.remove_section("StorePathLayer")
+
+
+def test_wasm_is_not_an_architecture_of_a_linux_image(tmp_path, vectors_app):
+    """Go's wasm goes with GOOS js or wasip1, never linux (``go tool dist list``): nixlayer's
+    images are linux ones, so --architecture wasm is one line, as any unknown architecture."""
+    run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--architecture", "wasm",
+                         "--output", str(tmp_path / "out.tar")], tmp_path / "store")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
+    assert (run.returncode, errors) == (35, [
+        "nixlayer: error: unknown architecture 'wasm': use a Go architecture name of linux, one of 386, amd64, arm,"
+        " arm64, loong64, mips, mips64, mips64le, mipsle, ppc64, ppc64le, riscv64, s390x"]), run.stderr
+    assert not (tmp_path / "out.tar").exists()

@@ -23,11 +23,12 @@ import pytest
 from conftest import REPO, run_pipelines
 from nixlayer.closure import graph_from_store_dir
 from nixlayer.storepath import NIX_BASE32
+from tasks import console
 from test_batch import synthetic_store, write_batch
 from test_luigid import api, luigid  # noqa: F401 - the fixture
 
 PLAN = re.compile(r"nixlayer: \S+: (\d+) store paths \([\d.]+ [kMG]?B\) in (\d+) layers: (\d+) to write"
-                  r" \([\d.]+ [kMG]?B\), (\d+) reused")
+                  r"(?: \([\d.]+ [kMG]?B\))?, (\d+) reused")
 SUMMARY = re.compile(r"nixlayer: (wrote \S+ \S+|\S+ \S+ is up to date): \S+:\S+ sha256:[0-9a-f]{64}; layers: (\d+) built,"
                      r" (\d+) reused; [\d.]+ [kMG]?B written in [\d.]+ s")
 
@@ -281,3 +282,42 @@ def test_an_interrupt_is_one_line(tmp_path, big, workers):
     assert rest.splitlines() == ["nixlayer: error: interrupted: the layers written so far are kept in the layer store, and"
                                  " nothing half-written is taken as done; run the same command again to go on"], rest
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("to", ["stdout", "fifo"])
+def test_a_stream_counts_the_bytes_it_streamed(tmp_path, vectors_app, to):
+    """An image written to standard output or a FIFO: the summary counts the bytes streamed
+    (the archive's size), not 0 B."""
+    out = tmp_path / "out.tar"
+    args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app])]
+    store = tmp_path / "store"
+    if to == "stdout":
+        run = run_pipelines([*args, "--output", "-"], store, stdout=out)
+    else:
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        reader = subprocess.Popen(["cp", str(fifo), str(out)])
+        run = run_pipelines([*args, "--output", str(fifo)], store)
+        assert reader.wait(timeout=60) == 0
+    assert run.returncode == 0, run.stderr
+    summary = run.stderr.splitlines()[-1]
+    layer_bytes = sum(int(member.size) for member in tarfile.open(out) if member.name.endswith(".tar"))
+    assert layer_bytes > 0 and out.stat().st_size > 0
+    # the layers built (their blobs) and the archive streamed
+    where = "-" if to == "stdout" else str(tmp_path / "fifo")
+    assert summary.startswith(f"nixlayer: wrote docker-archive {where}: vec:1 sha256:"), summary
+    assert summary.endswith(f"; layers: 6 built, 0 reused; {console.size(layer_bytes + out.stat().st_size)} written"
+                            f" in {summary.rsplit(' in ', 1)[1]}"), summary
+
+
+def test_the_plan_line_gives_no_size_it_does_not_know(tmp_path, vectors_app):
+    """A rebuild that writes only the customisation layer (links and commands: no NAR size to
+    plan by) says how many layers it writes, not "(0 B)"; the summary gives the bytes written."""
+    args = ["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]),
+            "--output", str(tmp_path / "v.tar")]
+    assert run_pipelines(args, tmp_path / "store").returncode == 0
+    run = run_pipelines([*args, "--extra-commands", "mkdir -m 1777 tmp"], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    plan, summary = run.stderr.splitlines()
+    assert re.fullmatch(r"nixlayer: vec:1: 5 store paths \([\d.]+ kB\) in 6 layers: 1 to write, 5 reused", plan), plan
+    assert re.search(r"; layers: 1 built, 5 reused; [\d.]+ kB written in", summary), summary

@@ -133,3 +133,23 @@ def test_looking_at_a_stamp_does_not_mark_it_used(tmp_path):
     os.unlink(stamp)
     os.mkfifo(stamp)
     assert read_json(str(stamp)) == {}  # a FIFO put there does not hang the reader
+
+
+def test_gc_help_says_plainly_what_it_removes_and_keeps():
+    """``gc --help`` names what goes and what stays in words a user knows, not code."""
+    run = subprocess.run([sys.executable, "-m", "nixlayer", "gc", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "collect_garbage" not in text and "LayerStore" not in text, text
+    for said in (
+        "Removes from the layer store what no build has used in the last DAYS days:",
+        "layers (their records and blobs), customisation layer fragments, the stamps that mark an image as written or"
+        " pushed (a later build of that image writes or pushes it again), and temporary files of killed builds.",
+        "Keeps everything a build used in those days (a build that has nothing to write still uses its images'"
+        " layers) and everything outside the layer store: image files, OCI layouts, registries.",
+        "What it removes is a cache: a later build writes again what it needs.",
+        "Run it when no build uses this layer store.",
+        "--unused-days DAYS remove what no build has used in the last DAYS days (1 or more)",
+        "--dry-run say what would be removed, and remove nothing",
+    ):
+        assert said in text, said

@@ -58,7 +58,9 @@ def test_sizes_and_popularity():
     [
         (1, 0, "max_layers is 1: at least 2"),
         (128, 0, "max_layers is 128: Docker stops at about 125-127 layers: max depth exceeded"),
-        (10, 9, "the 9 base layers and the customisation layer leave no layer"),
+        (10, 9, "the 9 base layers and the customisation layer leave no layer for store paths: give max_layers 11 or more"),
+        (127, 126, "the base image has 126 layers: with a store layer and the customisation layer that is more than"
+                   " the 127 Docker takes; use a base of fewer layers"),
         (10, -1, "base_layers is -1"),
     ],
 )

@@ -38,6 +38,7 @@ from nixlayer.registry import (  # noqa: E402
     load_credentials,
     parse_push_target,
     parse_www_authenticate,
+    PushOptions,
     push_image,
 )
 
@@ -60,10 +61,11 @@ def inspect(host: str, ref: str, check: bool = True) -> subprocess.CompletedProc
     return skopeo("inspect", "--tls-verify=false", f"docker://{host}/{ref}", check=check)
 
 
-def push(image, host: str, ref: str, **kwargs):
-    kwargs.setdefault("retry", FAST)
+def push(image, host: str, ref: str, **options):
+    options.setdefault("retry", FAST)
     return push_image(
-        f"docker://{host}/{ref}", image.manifest, MEDIA_TYPE_OCI_MANIFEST, image.config, image.layers, **kwargs
+        f"docker://{host}/{ref}", image.manifest, MEDIA_TYPE_OCI_MANIFEST, image.config, image.layers,
+        PushOptions(**options),
     )
 
 

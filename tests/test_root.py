@@ -243,3 +243,16 @@ def test_root_entries_merge_contents_and_copied_trees(tmp_path):
         ("/bin", "dir", "0o555", 7), ("/bin/app", "symlink", "0o777", None),
         ("/etc", "dir", "0o755", 7), ("/etc/passwd", "file", "0o644", 7)]
     assert entries[1].target == content + "/bin/app"
+
+
+@pytest.mark.parametrize("commands", [["--extra-commands", "mkdir -p srv && mkfifo srv/queue"],
+                                      ["--extra-commands", "mkdir -p srv", "--fake-root-commands", "mkfifo srv/queue"]])
+def test_a_fifo_the_commands_make_is_named_as_in_the_image(tmp_path, paths, commands):
+    """A FIFO made by the commands: one line naming it as the image would hold it, and which
+    commands run, never the temporary directory they ran in; nothing written."""
+    run = cli_build(tmp_path, "store", "x.tar", paths, *commands)
+    what = "extra_commands" if len(commands) == 2 else "extra_commands or fake_root_commands"
+    assert (run.returncode, error_lines(run)) == (30, [
+        f"nixlayer: error: {what} made /srv/queue a FIFO, socket or device file; a layer cannot hold one: remove it"
+        " in the commands"]), run.stderr
+    assert not (tmp_path / "x.tar").exists()

@@ -218,7 +218,7 @@ def test_with_luigid_a_failed_push_ends_the_run_at_once(tmp_path, luigid, hello)
     elapsed = time.monotonic() - started
     assert (run.returncode, error_lines(run)) == (30, [
         f"nixlayer: error: cannot reach registry 127.0.0.1:{port} (repository x), asking for its API version:"
-        " connection refused after 5 tries; is a registry listening there? Start it, or correct the target"]), run.stderr
+        " connection refused after 5 tries; is a registry listening there? Start it, or correct the push target"]), run.stderr
     assert elapsed < 30, elapsed  # the registry client's retries take ~6 s of it
     print(f"failed push with luigid: exit {run.returncode} after {elapsed:.1f} s")
 
