@@ -290,7 +290,8 @@ def python_with_hint(tmp_path_factory) -> str:
     return str(venv / "bin" / "python")
 
 
-@pytest.mark.parametrize("where", first_fast(["repository", "elsewhere"]))
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+@SLOW
 def test_luigi_without_module_says_to_add_it(tmp_path, python_with_hint, where):
     import sysconfig
     luigi_script = os.path.join(sysconfig.get_path("scripts"), "luigi")  # the luigi command itself
