@@ -2,6 +2,9 @@
 
 A missing tool (nix-build, podman, skopeo, umoci, docker-registry) makes a test fail, never
 skip: CI installs them all.
+
+``slow`` (pyproject.toml) marks the expensive end-to-end tests, and the further cases of a list of
+like ones: the fast suite (``pytest tests -m "not slow"``) leaves them out, CI runs every test.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
 # Subprocesses (luigi, python -m nixlayer) import this checkout, whichever one pip installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
+SLOW = pytest.mark.slow
+
+
+def first_fast(cases: list, keep: int = 1) -> list:
+    """``cases`` for ``pytest.mark.parametrize``, all but the first ``keep`` marked slow: the fast
+    suite runs a representative of a list of like cases (each its own build or process), CI all.
+    A tuple is the values of several argument names."""
+    return [case if i < keep else pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=SLOW)
+            for i, case in enumerate(cases)]
 
 
 @pytest.fixture(scope="session", autouse=True)

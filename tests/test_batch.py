@@ -16,7 +16,7 @@ from pathlib import Path
 import luigi
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, nix_build, run_luigi, run_pipelines
 from nixlayer.storepath import NIX_BASE32
 from pipelines import BuildImages
 
@@ -135,7 +135,7 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
     return run_pipelines(["BuildImages", "--batch-file", str(batch), *extra], store, cwd)
 
 
-@pytest.mark.parametrize("body, message", [
+@pytest.mark.parametrize("body, message", first_fast([
     ('[[image]]\nname = "a"\ncontents = [\n', "not valid TOML"),
     ('max_layers = 100\n', "no [[image]] tables"),
     ('[[image]]\nname = "a"\noutput = "a.tar"\n[[image]]\nname = "b"\nmax_layer = 3\noutput = "b.tar"\n',
@@ -162,7 +162,7 @@ def run_batch_cli(batch: Path, store: Path, *extra: str, cwd: Path = REPO) -> su
     ('[[image]]\nname = "a"\noutput = "a.tar"\nspec = "result"\n', "image 1 (a): spec cannot be used in a batch file:"
      " build a spec's images with BuildImages --spec FILE --output-dir DIR"),
     ('spec_image = "a"\n[[image]]\nname = "a"\noutput = "a.tar"\n', "defaults: spec_image cannot be used in a batch file"),
-])
+]))
 def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     batch = tmp_path / "batch.toml"
     batch.write_text(body)
@@ -175,6 +175,7 @@ def test_bad_batch_file_one_line_nonzero_exit_no_work(tmp_path, body, message):
     assert not store.exists() and not (tmp_path / "r.json").exists()
 
 
+@SLOW
 def test_bad_image_removes_the_output_directories_the_run_made(tmp_path):
     (root,) = synthetic_store(tmp_path / "root", images=1, base=1, unique=1)
     (tmp_path / "keep").mkdir()
@@ -191,6 +192,7 @@ def test_bad_image_removes_the_output_directories_the_run_made(tmp_path):
     assert all((tmp_path / p).is_file() for p in ("out/a/b/a.tar", "keep/new/k.tar", "bad.tar"))
 
 
+@SLOW
 def test_failed_nix_build_reports_nix_error_line(tmp_path):
     batch = tmp_path / "batch.toml"
     batch.write_text(f'[[image]]\nname = "a"\noutput = "a.tar"\nnix_file = "{REPO / "examples" / "hello.nix"}"\n'
@@ -213,6 +215,7 @@ def test_a_default_nix_file_leaves_images_without_nix_attrs_alone(tmp_path):
     assert b["contents"] == [] and "nix_file" not in b
 
 
+@SLOW
 def test_example_batch_file_builds(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -243,6 +246,7 @@ def verify_layer_store(store: Path) -> int:
     return len(records)
 
 
+@SLOW
 def test_two_local_runs_at_once_share_a_layer_store_safely(tmp_path):
     roots = synthetic_store(tmp_path / "root", images=6, base=40, unique=20)
     images = [f'name = "img{i}"\ncontents = ["{r}"]\noutput = "out/img{i}.tar"' for i, r in enumerate(roots)]
@@ -269,6 +273,7 @@ def test_two_local_runs_at_once_share_a_layer_store_safely(tmp_path):
         assert (dirs[0] / "out" / f"img{i}.tar").read_bytes() == (dirs[1] / "out" / f"img{i}.tar").read_bytes()
 
 
+@SLOW
 def test_batch_asks_nix_for_the_closure_once(tmp_path, vectors_app):
     """Five images, one `nix path-info` call: counted by a `nix` on PATH that logs each call."""
     lib, app, tool = (nix_build(FIXTURES / "incremental.nix", a) for a in ("lib", "app", "tool"))
@@ -287,6 +292,7 @@ def test_batch_asks_nix_for_the_closure_once(tmp_path, vectors_app):
     assert len(list((tmp_path / "out").iterdir())) == 5
 
 
+@SLOW
 def test_unwritable_report_fails_before_any_work(tmp_path):
     (root,) = synthetic_store(tmp_path / "root", images=1, base=1, unique=1)
     batch = write_batch(tmp_path / "batch.toml", f'store_root = "{tmp_path / "root"}"\ncontents = ["{root}"]\n',
@@ -298,6 +304,7 @@ def test_unwritable_report_fails_before_any_work(tmp_path):
     assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()
 
 
+@SLOW
 def test_a_failing_image_does_not_stop_the_rest_of_its_batch(tmp_path):
     """Three images in one batch, the middle one into an OCI layout with a damaged index: the
     other two are written, the run fails naming the damage, and a rerun once it is mended

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SLOW
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("script, args, expect", [
     ("bench_popularity.py", ["--paths", "300", "--baseline-paths", "300"], "(same order)"),
     ("bench_batch.py", ["--images", "2", "--base", "2", "--base-mib", "1", "--unique", "2"], "per task"),
-    ("bench_layers.py", ["--megabytes", "5", "--repeat", "1", "--big-gib", "1"], "floor/this"),
+    pytest.param("bench_layers.py", ["--megabytes", "5", "--repeat", "1", "--big-gib", "1"], "floor/this", marks=SLOW),
     ("bench_push.py", ["--layers", "2", "--layer-mb", "1"], "update bytes / image bytes"),
 ])
 def test_benchmark_runs(script, args, expect):

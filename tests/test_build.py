@@ -12,7 +12,7 @@ from pathlib import Path
 import luigi.configuration
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from pipelines import BuildImage
 
@@ -33,7 +33,7 @@ def archive_config(path: Path) -> tuple[dict, list[str]]:
 
 
 
-@pytest.mark.parametrize("max_layers", ["3", "4", "100"])
+@pytest.mark.parametrize("max_layers", first_fast(["4", "3", "100"]))
 def test_store_layers_match_nixpkgs_for_max_layers(tmp_path, layer_store, vectors, vectors_app, max_layers):
     output = tmp_path / "vec.tar"
     build(name="vec", contents=[vectors_app], max_layers=int(max_layers), layering="popularity", output=str(output))
@@ -72,6 +72,7 @@ def test_rebuild_runs_only_what_changed(tmp_path, layer_store):
     assert overflow["ran"] == ["AssembleImage", "BuildImage", "OverflowLayer"]
 
 
+@SLOW
 def test_layer_tasks_report_progress_to_the_scheduler(tmp_path, layer_store, vectors_app):
     result = build(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
     tasks = result["worker"]._scheduler.task_list("DONE", "")
@@ -85,6 +86,7 @@ def test_layer_tasks_report_progress_to_the_scheduler(tmp_path, layer_store, vec
     assert all("diff_id sha256:" in t["status_message"] for t in layers)
 
 
+@SLOW
 def test_layer_batches_are_sized_from_the_layers_left_to_write(tmp_path, layer_store, vectors_app, monkeypatch):
     monkeypatch.setitem(luigi.configuration.get_config()["nixlayer"], "layer_batches", "2")
     task = BuildImage(name="vec", contents=[vectors_app], output=str(tmp_path / "v.tar"))
@@ -98,6 +100,7 @@ def test_layer_batches_are_sized_from_the_layers_left_to_write(tmp_path, layer_s
     assert store_layers[0].max_batch_size == 1
 
 
+@SLOW
 def test_changed_setting_never_reuses_a_layer(tmp_path, layer_store, vectors, vectors_app):
     build(name="vec", contents=[vectors_app], output=str(tmp_path / "a.tar"))
     again = build(name="vec", contents=[vectors_app], uid=1000, gid=100, uname="user", gname="users",
@@ -108,6 +111,7 @@ def test_changed_setting_never_reuses_a_layer(tmp_path, layer_store, vectors, ve
     assert config["rootfs"]["diff_ids"][0] == libc
 
 
+@SLOW
 def test_corrupt_layer_store_entry_is_rebuilt(tmp_path, layer_store, vectors_app):
     build(name="vec", contents=[vectors_app], output=str(tmp_path / "a.tar"))
     blobs = list((layer_store / "blobs" / "sha256").iterdir())
@@ -119,6 +123,7 @@ def test_corrupt_layer_store_entry_is_rebuilt(tmp_path, layer_store, vectors_app
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
 
 
+@SLOW
 def test_workers_2_gives_the_same_bytes_as_workers_1(tmp_path, vectors_app):
     outputs = []
     for workers in ("1", "2"):
@@ -147,6 +152,7 @@ def test_example_image_runs_in_podman(tmp_path):
         subprocess.run(["podman", "rmi", "-f", "localhost/nixlayer-test/hello:t1"], capture_output=True)
 
 
+@SLOW
 def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     run = subprocess.run(
         f"luigi --module pipelines BuildImage --name vec --tag s --contents '{json.dumps([vectors_app])}'"
@@ -159,7 +165,7 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     assert len(json.loads(inspect.stdout)["Layers"]) == 6
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", first_fast([
     (["--contents", '["/nix/store/00000000000000000000000000000000-missing"]'], "missing"),
     (["--contents", '["/usr/bin/env"]'], "not a store path"),
     (["--config", "{not json"], "not valid JSON"),
@@ -176,7 +182,7 @@ def test_docker_archive_streams_to_stdout(tmp_path, vectors_app):
     (["--architecture", "x86 64"], "unknown architecture 'x86 64'"),
     (["--format", "oci", "--compression-level", "30"], "gzip level 30 is out of range 1-9"),
     (["--push", "docker://127.0.0.1:5000/a/b:1", "--compression-level", "0"], "gzip level 0 is out of range"),
-])
+]))
 def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, args, message):
     out = tmp_path / "out.tar"
     base = {"--name": "vec", "--contents": json.dumps([vectors_app]), "--output": str(out)}
@@ -191,6 +197,7 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(tmp_path, vectors_app, arg
     assert not store.exists()  # no layer, record, fragment or stamp
 
 
+@SLOW
 def test_bad_layer_batches_setting_one_line_nothing_left(tmp_path, vectors_app):
     store = tmp_path / "store"
     cfg = tmp_path / "luigi.cfg"
@@ -206,6 +213,7 @@ def test_bad_layer_batches_setting_one_line_nothing_left(tmp_path, vectors_app):
     assert not (tmp_path / "out.tar").exists() and not store.exists()
 
 
+@SLOW
 def test_layer_store_on_the_command_line_wins_over_luigi_cfg(tmp_path, vectors_app):
     store, other = tmp_path / "store", tmp_path / "other"
     run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]),
@@ -214,6 +222,7 @@ def test_layer_store_on_the_command_line_wins_over_luigi_cfg(tmp_path, vectors_a
     assert not store.exists() and len(list((other / "layers").glob("*/*.json"))) == 6
 
 
+@SLOW
 def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path, vectors_app):
     work = tmp_path / "work"
     work.mkdir()
@@ -227,6 +236,7 @@ def test_oci_output_into_a_directory_of_other_files_is_refused_before_any_work(t
     assert not (store / "blobs").exists()
 
 
+@SLOW
 @pytest.mark.parametrize("place", [".", "blobs/sha256"])
 def test_an_existing_oci_layout_that_takes_no_new_files_is_refused_before_any_work(tmp_path, vectors_app, place):
     layout = tmp_path / "layout"
@@ -248,6 +258,7 @@ def test_an_existing_oci_layout_that_takes_no_new_files_is_refused_before_any_wo
     assert not store.exists()
 
 
+@SLOW
 def test_two_contents_with_the_same_file_fail_before_any_layer_is_written(tmp_path):
     store = tmp_path / "root" / "nix" / "store"
     paths = []
@@ -298,6 +309,7 @@ def test_two_tags_in_one_oci_layout_rebuild_nothing(tmp_path, layer_store, vecto
     assert len(index["manifests"]) == 3  # one image under two tags has one SBOM
 
 
+@SLOW
 def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path, vectors_app):
     """Run from a directory without luigi.cfg (only the layer store configured): nixlayer's own
     defaults apply (no Luigi log below WARNING, non-zero exit on failure) and its warnings are one line."""
@@ -313,14 +325,14 @@ def test_outside_the_repository_defaults_hold_and_warnings_are_one_line(tmp_path
     assert bad.returncode != 0 and "nixlayer: error: invalid image name" in bad.stderr
 
 
-@pytest.mark.parametrize("cfg, argv, keep_alive", [
+@pytest.mark.parametrize("cfg, argv, keep_alive", first_fast([
     ("", [], "None 10 None"),  # the embedded scheduler: a run alone exits when it has nothing left to run
     ("", ["--scheduler-host", "127.0.0.1"], "true 0 true"),  # luigid: wait for layers other machines build
     ("[core]\nlocal_scheduler = false\n", [], "true 0 true"),
     ("[core]\nlocal_scheduler = false\n", ["--local-scheduler"], "None 10 None"),
     ("[worker]\nkeep_alive = false\n[retcode]\nalready_running = 5\n", ["--scheduler-url=http://127.0.0.1:8082/"],
      "false 5 true"),  # luigi.cfg's own
-])
+], keep=2))
 def test_central_scheduler_workers_keep_alive(tmp_path, cfg, argv, keep_alive):
     (tmp_path / "luigi.cfg").write_text(cfg)
     probe = ("import sys; sys.argv = ['luigi'] + sys.argv[1:]; import tasks, luigi.configuration as c; "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SLOW
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerSettings, read_directory, store_path_entries, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
@@ -134,6 +135,7 @@ def test_a_file_written_to_while_it_is_read_is_refused(tmp_path):
         write_entries(entries, io.BytesIO(), LayerSettings(), progress=progress)
 
 
+@SLOW
 def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path):
     name, disk = store_path(tmp_path / "root")
     deep = disk / "d"

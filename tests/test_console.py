@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_pipelines
+from conftest import REPO, SLOW, first_fast, run_pipelines
 from nixlayer.closure import graph_from_store_dir
 from nixlayer.storepath import NIX_BASE32
 from tasks import console
@@ -63,6 +63,7 @@ def big_args(big: dict, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("to", ["file", "stdout"])
+@SLOW
 def test_quiet_default_a_plan_line_and_a_summary(tmp_path, vectors_app, to):
     """From the repository (its luigi.cfg) and from elsewhere (nixlayer's defaults): stderr is
     the plan line and the summary, and nothing else; again, everything reused (written to
@@ -99,7 +100,7 @@ def test_log_level_info_brings_luigis_log_back(tmp_path, vectors_app):
     assert SUMMARY.fullmatch(lines[-1]), lines[-1]  # nixlayer's summary after Luigi's
 
 
-@pytest.mark.parametrize("task", ["BuildImages", "BuildImage --output -"])
+@pytest.mark.parametrize("task", first_fast(["BuildImages", "BuildImage --output -"]))
 def test_a_check_of_completeness_after_the_run_keeps_the_run(tmp_path, vectors_app, task):
     """``[worker] check_complete_on_run``: Luigi asks an entry task's complete() again after
     its run; the run (its run log: summary, report) goes on, and the task is complete."""
@@ -136,7 +137,7 @@ def failing_store(tmp_path) -> tuple[list[str], str]:
             "--closure-graph", str(tmp_path / "graph.json"), "--output", str(tmp_path / "bad.tar")], lib
 
 
-@pytest.mark.parametrize("extra", [["--workers", "1"], ["--workers", "2"], ["--log-level", "INFO"]])
+@pytest.mark.parametrize("extra", first_fast([["--workers", "1"], ["--workers", "2"], ["--log-level", "INFO"]]))
 def test_the_error_line_is_last(tmp_path, extra):
     args, lib = failing_store(tmp_path)
     run = run_pipelines(args + extra, tmp_path / "store")
@@ -186,6 +187,7 @@ def run_on_terminal(argv: list[str], env: dict, cwd: Path, columns: int = 100) -
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+@SLOW
 def test_progress_bar_on_a_terminal(tmp_path, big, workers):
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
@@ -200,6 +202,7 @@ def test_progress_bar_on_a_terminal(tmp_path, big, workers):
     assert PLAN.fullmatch(lines[0]) and SUMMARY.fullmatch(lines[-2].rsplit("\r", 1)[-1]) and lines[-1] == "", out
 
 
+@SLOW
 def test_plain_progress_lines_without_a_terminal(tmp_path, big):
     run = run_pipelines(big_args(big, tmp_path / "out", "--compression-level", "9"), tmp_path / "store")
     assert run.returncode == 0, run.stderr
@@ -211,6 +214,7 @@ def test_plain_progress_lines_without_a_terminal(tmp_path, big):
     assert PLAN.fullmatch(lines[0]) and SUMMARY.fullmatch(lines[-1]), run.stderr
 
 
+@SLOW
 def test_plain_progress_lines_on_a_terminal_of_unknown_size(tmp_path, big):
     """tqdm draws nothing on a terminal of 0 columns (``script``'s, a serial console's): there
     the plain lines show instead."""
@@ -224,6 +228,7 @@ def test_plain_progress_lines_on_a_terminal_of_unknown_size(tmp_path, big):
     assert any(re.fullmatch(r"nixlayer: writing layers: \d/9 layers, .* left", line) for line in lines), out
 
 
+@SLOW
 def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  # noqa: F811
     """Through a real luigid: while the build runs, the row of its batch of layers has a
     progress percentage between 0 and 100 and a status naming the store path being written
@@ -262,6 +267,7 @@ def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+@SLOW
 def test_an_interrupt_is_one_line(tmp_path, big, workers):
     """Ctrl-C (SIGINT to the terminal's process group) while layers are written: one line, last,
     and the process ends by SIGINT, as any interrupted command (130 in a shell)."""

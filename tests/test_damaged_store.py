@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, nix_build, run_pipelines
+from conftest import REPO, SLOW, nix_build, run_pipelines
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_user_errors import error_lines
 
@@ -75,6 +75,7 @@ def test_a_blob_written_to_is_found_and_its_layer_written_again(tmp_path, hello)
     loads(tmp_path / "y.tar")
 
 
+@SLOW
 def test_a_blob_damaged_with_its_mtime_put_back_never_reaches_an_archive(tmp_path, hello):
     assert build(tmp_path, hello, "x.tar").returncode == 0
     _, blob = hello_layer(tmp_path, hello)
@@ -99,6 +100,7 @@ def layout_blobs_match(layout: Path) -> None:
             assert (layout / "blobs" / "sha256" / layer["digest"].removeprefix("sha256:")).is_file()
 
 
+@SLOW
 def test_an_oci_layout_never_keeps_or_gains_a_damaged_blob(tmp_path, hello):
     assert build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one").returncode == 0
     _, blob = hello_layer(tmp_path, hello)
@@ -118,6 +120,7 @@ def test_an_oci_layout_never_keeps_or_gains_a_damaged_blob(tmp_path, hello):
 
 
 @pytest.mark.parametrize("how", ["copy with a byte changed", "empty directory", "fifo", "manifest changed"])
+@SLOW
 def test_a_layout_whose_own_blob_is_damaged_is_written_again(tmp_path, hello, how):
     """A blob of the layout itself (not the layer store's) damaged or replaced: the same build
     again is not "up to date", and writes the layout whole again."""
@@ -147,6 +150,7 @@ def test_a_layout_whose_own_blob_is_damaged_is_written_again(tmp_path, hello, ho
     assert check.returncode == 0, check.stderr
 
 
+@SLOW
 def test_a_layouts_index_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, hello):
     assert build(tmp_path, hello, "layout", "--format", "oci", "--tag", "one").returncode == 0
     index = tmp_path / "layout" / "index.json"
@@ -158,6 +162,7 @@ def test_a_layouts_index_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, hello):
                                        " layout: remove it"], run.stderr
 
 
+@SLOW
 def test_a_record_replaced_by_a_fifo_is_written_again(tmp_path, hello):
     assert build(tmp_path, hello, "x.tar").returncode == 0
     record, _ = hello_layer(tmp_path, hello)
@@ -169,6 +174,7 @@ def test_a_record_replaced_by_a_fifo_is_written_again(tmp_path, hello):
     loads(tmp_path / "y.tar")
 
 
+@SLOW
 def test_a_record_replaced_by_a_directory_is_written_again_or_named(tmp_path, hello):
     assert build(tmp_path, hello, "x.tar").returncode == 0
     record, _ = hello_layer(tmp_path, hello)
@@ -186,6 +192,7 @@ def test_a_record_replaced_by_a_directory_is_written_again_or_named(tmp_path, he
     assert record.is_file()
 
 
+@SLOW
 def test_a_records_directory_that_cannot_be_written_is_one_line(tmp_path, hello):
     assert build(tmp_path, hello, "x.tar").returncode == 0
     record, _ = hello_layer(tmp_path, hello)
@@ -200,6 +207,7 @@ def test_a_records_directory_that_cannot_be_written_is_one_line(tmp_path, hello)
     assert not (tmp_path / "y.tar").exists()
 
 
+@SLOW
 def test_a_damaged_blob_never_reaches_a_registry(tmp_path, hello, registry):
     def push(repository: str) -> subprocess.CompletedProcess:
         return run_pipelines(["PushImage", "--name", "x", "--contents", json.dumps([hello]),

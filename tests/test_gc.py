@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, run_pipelines
+from conftest import REPO, SLOW, run_pipelines
 from nixlayer.human import size
 
 MONTH_AGO = time.time() - 30 * 86400
@@ -82,6 +82,7 @@ def test_gc_removes_what_no_build_used_and_a_rebuild_restores_it(tmp_path, vecto
     assert (tmp_path / "vec.tar").read_bytes() == image
 
 
+@SLOW
 def test_a_build_marks_what_it_uses(tmp_path, vectors_app):
     """Every build reads its image stamps (which name its layer records) and fragments, even
     one with nothing to do: the access time that leaves (relatime) keeps them, and the layers
@@ -100,6 +101,7 @@ def test_gc_of_a_missing_store_is_one_error_line(tmp_path):
     assert run.returncode == 2 and run.stderr == f"nixlayer: error: layer store {tmp_path / 'none'} does not exist\n"
 
 
+@SLOW
 def test_gc_refuses_what_is_not_a_layer_store_and_touches_nothing(tmp_path, vectors_app):
     layout = tmp_path / "layout"
     run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "t", "--contents", json.dumps([vectors_app]),

@@ -17,7 +17,7 @@ from pathlib import Path
 import luigi
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, first_fast, nix_build, run_luigi, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.index import Platform, image_platform, parse_platform
 from nixlayer.layer import LayerBlob
@@ -170,7 +170,7 @@ def test_index_pushed_once_per_blob_and_pulled_per_platform(tmp_path, layer_stor
     assert not [r for r in registry.requests()[mark:] if r.method in ("PUT", "POST", "PATCH")]
 
 
-@pytest.mark.parametrize("defaults, images, message", [
+@pytest.mark.parametrize("defaults, images, message", first_fast([
     ('name = "a"\ntag = "1"\nformat = "oci"\noutput = "l"\n', ['platform = "linux/arm64"', 'platform = "linux/arm64/v8"'],
      "image 2: platform linux/arm64/v8 is also the platform of image 1, in the index of output"),
     ('name = "a"\ntag = "1"\nformat = "oci"\noutput = "l"\n', ['platform = "linux/amd64"', ''],
@@ -193,7 +193,7 @@ def test_index_pushed_once_per_blob_and_pulled_per_platform(tmp_path, layer_stor
     ('name = "a"\nformat = "oci"\n', ['output = "l"\npush = "docker://127.0.0.1:1/a:1"\nplatform = "linux/amd64"',
                                       'output = "m"\npush = "docker://127.0.0.1:1/a:1"\nplatform = "linux/arm64"'],
      "image 2: push 127.0.0.1:1/a:1 is also the push of image 1, whose output is another"),
-])
+]))
 def test_bad_index_is_one_line_before_any_work(tmp_path, hello, defaults, images, message):
     body = defaults + f"contents = {json.dumps(list(hello))}\n"
     batch = write_batch(tmp_path / "batch.toml", body, images)

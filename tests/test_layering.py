@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, run_pipelines
 from nixlayer.__main__ import main
 from nixlayer.errors import NixlayerError
 from pipelines import BuildImage, PushImage
@@ -47,7 +47,7 @@ def archive_layers(path: Path) -> list[list[str]]:
     return [json.loads(h["comment"].removeprefix("store paths: ")) for h in config["history"][:-1]]
 
 
-@pytest.mark.parametrize("max_layers", [3, 4, 100])
+@pytest.mark.parametrize("max_layers", first_fast([3, 4, 100]))
 def test_luigi_build_image_layering_auto(tmp_path, vectors_app, paths, max_layers):
     output = tmp_path / "vec.tar"
     run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--layering", "auto",
@@ -67,7 +67,7 @@ def test_luigi_build_image_layering_pipeline(tmp_path, vectors_app, paths):
     assert archive_layers(output) == [[paths["libc"]], [paths["zlib"]], [paths["script"], paths["app"], paths["longnames"]]]
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", first_fast([
     (["--layering", "pipeline", "--layering-pipeline", '[["popularity_contest"], ["limit_layer", 3]]'],
      "nixlayer: error: layering pipeline: step 2 (limit_layer): unknown step 'limit_layer'; the steps are "),
     (["--layering", "pipeline", "--layering-pipeline", '[["split_paths", ["/nix/store/x"]], ["popularity_contest"]]'],
@@ -78,7 +78,7 @@ def test_luigi_build_image_layering_pipeline(tmp_path, vectors_app, paths):
      "nixlayer: error: a layering pipeline is given, but the layering is stable"),  # (the default)
     (["--layering", "pipeline", "--layering-pipeline", '[["split_every", 1]]', "--max-layers", "3"],
      "nixlayer: error: the layering pipeline makes 5 layers, but max_layers 3 leaves 2 beside the customisation layer"),
-])
+]))
 def test_bad_pipeline_is_one_line_before_any_work(tmp_path, vectors_app, args, message):
     output = tmp_path / "vec.tar"
     store = tmp_path / "store"
@@ -91,6 +91,7 @@ def test_bad_pipeline_is_one_line_before_any_work(tmp_path, vectors_app, args, m
     assert not output.exists() and not store.exists()
 
 
+@SLOW
 def test_bad_layering_name_is_refused(tmp_path, vectors_app):
     run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--layering", "sizes",
                          "--output", str(tmp_path / "vec.tar")], tmp_path / "store")
@@ -116,6 +117,7 @@ def test_the_default_tag_covers_the_layering_where_it_changes_the_layers(layer_s
     assert same["store_layers"] == popularity["store_layers"] and same["tag"] == popularity["tag"]
 
 
+@SLOW
 def test_luigi_build_images_batch_with_layerings(tmp_path, vectors_app, paths):
     """One batch, two layerings of one closure (the defaults' max_layers for both): each image
     gets the layers of its own layering."""

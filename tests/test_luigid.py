@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SLOW
 from registry_fixture import free_port
 from test_batch import synthetic_store, verify_layer_store, write_batch
 
@@ -65,6 +65,7 @@ def luigid(tmp_path):
         time.sleep(0.1)
 
 
+@SLOW
 def test_two_machines_one_luigid_each_layer_once(tmp_path, luigid):
     roots = synthetic_store(tmp_path / "root", images=5, base=40, unique=40)
     store = tmp_path / "shared-layer-store"
@@ -175,6 +176,7 @@ def build_images(tmp_path, luigid, batch: Path, store: Path, n: int, **popen) ->
         cwd=tmp_path, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg), PYTHONPATH=str(REPO)), **popen)
 
 
+@SLOW
 def test_the_same_batch_again_at_once_builds_and_finishes(tmp_path, luigid):
     """luigid remembers a finished batch of layers, with the worker that ran it, for ten minutes;
     a run handed the same batch soon after (here: the layer store emptied) must not have its work

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
-from conftest import run_pipelines
+from conftest import SLOW, first_fast, run_pipelines
 from test_user_errors import assert_refused, build_image, error_lines, hello  # noqa: F401 - the fixture
 
 
-@pytest.mark.parametrize("config, line", [
+@pytest.mark.parametrize("config, line", first_fast([
     ({"Labels": {"version": 2}}, "image config field Labels: 'version' must be a string, not 2"),
     ({"Labels": {"a": None}}, "image config field Labels: 'a' must be a string, not null"),
     ({"Volumes": {"/data": "yes"}}, "image config field Volumes: '/data' must be an empty JSON object, not \"yes\""),
@@ -35,7 +35,7 @@ from test_user_errors import assert_refused, build_image, error_lines, hello  # 
     ({"Env": ["A=1", 2]}, "image config field Env must be a list of strings, not [\"A=1\", 2]"),
     ({"Labels": {"a": "\ud800"}}, "image config holds a string that is not valid Unicode (a lone surrogate such as"
                                   " \"\\ud800\"): give its text as UTF-8"),
-])
+]))
 def test_a_config_of_the_wrong_types_inside_is_refused_before_any_work(tmp_path, hello, config, line):
     run = build_image(tmp_path, "--contents", json.dumps([hello]), "--config", json.dumps(config))
     assert_refused(tmp_path, run, 35, line)
@@ -54,18 +54,20 @@ def test_a_config_of_the_spec_shapes_loads(tmp_path, hello):
     assert shown["Healthcheck"]["Test"] == ["CMD", "/bin/hello"] and shown["Healthcheck"]["Retries"] == 3
 
 
+@SLOW
 def test_contents_given_as_an_object_are_refused(tmp_path, hello):
     run = build_image(tmp_path, "--contents", json.dumps({hello: True}))
     assert_refused(tmp_path, run, 40, "invalid parameter: --contents must be a JSON list of store paths such as"
                                       f" '[\"/nix/store/...-hello\"]', not '{json.dumps({hello: True})}'")
 
 
+@SLOW
 def test_a_store_path_given_twice_is_named(tmp_path, hello):
     run = build_image(tmp_path, "--contents", json.dumps([hello, hello]))
     assert_refused(tmp_path, run, 35, f"--contents names {hello} twice: give each store path once")
 
 
-@pytest.mark.parametrize("name, full", [("a" * 240, 258), ("team/" + "a" * 245, 260)])
+@pytest.mark.parametrize("name, full", first_fast([("a" * 240, 258), ("team/" + "a" * 245, 260)]))
 def test_an_image_name_too_long_once_engines_prefix_it_is_refused(tmp_path, hello, name, full):
     run = run_pipelines(["BuildImage", "--name", name, "--contents", json.dumps([hello]),
                          "--output", str(tmp_path / "x.tar")], tmp_path / "store")
@@ -74,6 +76,7 @@ def test_an_image_name_too_long_once_engines_prefix_it_is_refused(tmp_path, hell
                                       f" it ({prefix}...); at most 255 are allowed")
 
 
+@SLOW
 def test_a_batch_file_that_is_not_utf8_is_one_line(tmp_path):
     batch = tmp_path / "batch.toml"
     batch.write_bytes(b'[[image]]\nname = "caf\xe9"\n')

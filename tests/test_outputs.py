@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, nix_build, run_pipelines
+from conftest import REPO, SLOW, first_fast, nix_build, run_pipelines
 from test_user_errors import error_lines
 
 
@@ -28,12 +28,13 @@ def build(tmp_path: Path, hello: str, output: Path, *args: str) -> subprocess.Co
                           "--output", str(output), *args], tmp_path / "store")
 
 
-@pytest.fixture
-def reference(tmp_path, hello) -> bytes:
-    """The image as a regular file gets it."""
-    run = build(tmp_path, hello, tmp_path / "reference.tar")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, hello) -> bytes:
+    """The image as a regular file gets it (built once, with a layer store of its own)."""
+    root = tmp_path_factory.mktemp("reference")
+    run = build(root, hello, root / "reference.tar")
     assert run.returncode == 0, run.stderr
-    return (tmp_path / "reference.tar").read_bytes()
+    return (root / "reference.tar").read_bytes()
 
 
 def test_a_device_is_written_through_every_time_and_stays_a_device(tmp_path, hello, reference):
@@ -48,7 +49,7 @@ def test_a_device_is_written_through_every_time_and_stays_a_device(tmp_path, hel
         assert stat.S_ISCHR(after.st_mode) and (after.st_rdev, after.st_ino) == (before.st_rdev, before.st_ino)
 
 
-@pytest.mark.parametrize("format", ["docker-archive", "oci-archive"])
+@pytest.mark.parametrize("format", first_fast(["docker-archive", "oci-archive"]))
 def test_a_fifo_is_written_through_to_its_reader(tmp_path, hello, reference, format):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -64,6 +65,7 @@ def test_a_fifo_is_written_through_to_its_reader(tmp_path, hello, reference, for
     assert load.returncode == 0, load.stderr
 
 
+@SLOW
 def test_a_symlink_is_followed_to_its_target(tmp_path, hello, reference):
     (tmp_path / "images").mkdir()
     link = tmp_path / "link.tar"
@@ -76,6 +78,7 @@ def test_a_symlink_is_followed_to_its_target(tmp_path, hello, reference):
     assert "is up to date" in run.stderr
 
 
+@SLOW
 def test_a_symlink_to_a_layout_directory_is_followed(tmp_path, hello):
     (tmp_path / "real-layout").mkdir()
     (tmp_path / "layout").symlink_to(tmp_path / "real-layout")
@@ -84,6 +87,7 @@ def test_a_symlink_to_a_layout_directory_is_followed(tmp_path, hello):
     assert (tmp_path / "layout").is_symlink() and (tmp_path / "real-layout" / "index.json").is_file()
 
 
+@SLOW
 def test_a_socket_is_refused_with_one_line(tmp_path, hello):
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(tmp_path / "sock"))

@@ -8,7 +8,7 @@ import re
 import subprocess
 import tarfile
 
-from conftest import FIXTURES, REPO, nix_build, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, nix_build, run_luigi, run_pipelines
 from pipelines import BuildImage, PushImage
 from registry_fixture import registry  # noqa: F401 - the fixture
 from test_batch import write_batch
@@ -45,6 +45,7 @@ def test_pushed_image_pulls_and_runs(registry, layer_store):
         subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
 
 
+@SLOW
 def test_update_uploads_only_changed_layers_and_second_repository_mounts(registry, layer_store):
     app = nix_build(FIXTURES / "incremental.nix", "app")
     params = dict(name="inc", config='{"Cmd": ["/bin/app"]}')
@@ -91,6 +92,7 @@ def test_bad_push_target_is_one_line_error(tmp_path):
     assert len(errors) == 1 and "push target" in errors[0]
 
 
+@SLOW
 def test_unreachable_registry_is_one_line_error_and_no_tag(tmp_path, vectors_app):
     from registry_fixture import free_port
     target = f"docker://127.0.0.1:{free_port()}/team/vec:1"
@@ -102,6 +104,7 @@ def test_unreachable_registry_is_one_line_error_and_no_tag(tmp_path, vectors_app
     assert "Traceback" not in run.stderr
 
 
+@SLOW
 def test_a_tag_moved_by_another_tool_is_pushed_again(registry, layer_store):
     app = nix_build(FIXTURES / "incremental.nix", "app")
     one = dict(name="inc", contents=[app, inc("1")], target=f"{registry.host}/moved/app:v1")
@@ -118,6 +121,7 @@ def test_a_tag_moved_by_another_tool_is_pushed_again(registry, layer_store):
     assert run_luigi(PushImage(**one))["ran"] == []
 
 
+@SLOW
 def test_a_push_prints_the_plan_line_and_one_summary_line(tmp_path, registry, vectors_app):
     target = f"docker://{registry.host}/console/vec:1"
     args = ["PushImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--target", target]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, nix_build, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.perms import PermRule, parse_perms, rules_for
 from test_build import PODMAN_RUN
@@ -73,6 +73,7 @@ def podman_load(archive: Path) -> None:
     subprocess.run(["podman", "load", "-q", "-i", str(archive)], check=True, capture_output=True, timeout=120)
 
 
+@SLOW
 def test_recipes_from_nix_run_in_podman_and_build_the_same_bytes_twice(tmp_path, paths):
     """The README's recipes, in Nix: a non-root user writing to /tmp (1777), CA certificates,
     time zones, a fakeRootCommands chown, a perms rule on a store path's file, a Nix database
@@ -138,6 +139,7 @@ def test_command_line_flags_build_reproducibly_and_run(tmp_path, paths):
     assert out.splitlines()[2] == "755 app"
 
 
+@SLOW
 def test_what_changes_which_layer(tmp_path, paths):
     """A rule with a path is in the key of that store path's layer only; the commands' text in
     the customisation layer's; a rule without a path in every layer's."""
@@ -162,12 +164,12 @@ def test_what_changes_which_layer(tmp_path, paths):
     assert built() == (plain, 0)  # back: every layer from the layer store
 
 
-@pytest.mark.parametrize("extra, message", [
+@pytest.mark.parametrize("extra, message", first_fast([
     (["--perms", '[{"regex": "(", "mode": "0644"}]'], "perms rule 1: regex '(' is not valid"),
     (["--perms", '[{"regex": "x", "mode": "999"}]'], 'perms rule 1: mode must be octal text such as "0644"'),
     (["--perms", '[{"regex": "x"}]'], "perms rule 1: sets nothing: give mode, uid, gid, uname or gname"),
     (["--extra-commands", "echo oops >&2; exit 3"], "extra_commands failed (exit 3): oops"),
-])
+]))
 def test_bad_root_input_one_line_nothing_written(tmp_path, paths, extra, message):
     run = cli_build(tmp_path, "store", "x.tar", paths, *extra)
     lines = error_lines(run)
@@ -175,6 +177,7 @@ def test_bad_root_input_one_line_nothing_written(tmp_path, paths, extra, message
     assert not (tmp_path / "x.tar").exists()
 
 
+@SLOW
 def test_copy_to_root_conflict_one_line_before_any_layer(tmp_path, paths):
     """Two trees holding /etc/passwd: refused before any layer is written."""
     other = subprocess.run(["nix-build", "-E", (
@@ -188,6 +191,7 @@ def test_copy_to_root_conflict_one_line_before_any_layer(tmp_path, paths):
     assert not (tmp_path / "x.tar").exists() and not (tmp_path / "store" / "blobs").exists()
 
 
+@SLOW
 def test_batch_file_takes_the_same_keys(tmp_path, paths):
     (tmp_path / "batch.toml").write_text(f"""
 contents = ["{paths['busybox']}"]

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, nix_build, run_pipelines
+from conftest import REPO, SLOW, nix_build, run_pipelines
 from nixlayer.errors import NixlayerError
 from nixlayer.registry import parse_push_target
 from test_luigid import api, luigid  # noqa: F401 - a real luigid
@@ -41,6 +41,7 @@ def test_a_target_with_credentials_is_refused_without_showing_them(target, shown
     assert f"nixlayer: error: {error.value}" == LINE.format(shown=shown)
 
 
+@SLOW
 def test_no_message_log_or_dashboard_shows_the_password(tmp_path, luigid, hello):  # noqa: F811
     target = f"docker://user:{SECRET}@127.0.0.1:5000/team/app:1"
     cfg = f"[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\nscheduler_port = {luigid['port']}\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, run_luigi, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, run_luigi, run_pipelines
 from nixlayer.closure import graph_from_json
 from nixlayer.errors import NixlayerError
 from nixlayer.image import config_store_paths
@@ -80,6 +80,7 @@ def test_spec_closure_graph_is_what_nix_path_info_says(vectors):
     assert image.parameters["config"]["Cmd"] == [vectors["store_paths"]["script"]]
 
 
+@SLOW
 def test_spec_keeps_its_store_paths_alive(vectors):
     spec = spec_build(IMAGES, "app")
     requisites = subprocess.run(["nix-store", "--query", "--requisites", spec], check=True,
@@ -87,7 +88,7 @@ def test_spec_keeps_its_store_paths_alive(vectors):
     assert set(vectors["store_paths"].values()) <= set(requisites)  # a GC root on the spec is one on them
 
 
-@pytest.mark.parametrize("expression, message", [
+@pytest.mark.parametrize("expression, message", first_fast([
     ('nixlayer.buildLayeredImage { name = "x"; fromImage = "base.tar"; }', 'fromImage: expected a docker-archive file (a path or a derivation) or a base image such as'),
     ('nixlayer.buildLayeredImage { name = "x"; enableFakechroot = true; }',
      "'enableFakechroot' is not supported: fakeRootCommands run under fakeroot"),
@@ -106,7 +107,7 @@ def test_spec_keeps_its_store_paths_alive(vectors):
      "two images are called 'x'"),
     ('nixlayer.buildImages { x = vec.app; }', "buildImages: x is not a nixlayer.buildLayeredImage image"),
     ('nixlayer.buildImages { ".x" = nixlayer.buildLayeredImage { name = "x"; }; }', "'.x' cannot name an image's output file"),
-])
+]))
 def test_what_nixlayer_cannot_do_fails_evaluation_naming_it(tmp_path, expression, message):
     assert f"error: nixlayer." in (stderr := nix_eval_error(tmp_path, expression)) and message in stderr, stderr
 
@@ -124,7 +125,7 @@ def test_unsupported_arguments_at_their_unused_values_are_accepted(tmp_path):
 # --- building from a spec ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_layers", ["3", "4", "100"])
+@pytest.mark.parametrize("max_layers", first_fast(["3", "4", "100"]))
 def test_spec_image_has_the_store_layers_of_contents_without_asking_nix(tmp_path, vectors, vectors_app, max_layers):
     spec = spec_build(IMAGES, "app", "--arg", "maxLayers", max_layers, "--argstr", "layering", "popularity")
     path, mark = no_nix_path(tmp_path)
@@ -142,6 +143,7 @@ def test_spec_image_has_the_store_layers_of_contents_without_asking_nix(tmp_path
     assert (tmp_path / "spec.tar").read_bytes() == (tmp_path / "contents.tar").read_bytes()
 
 
+@SLOW
 def test_example_hello_image_from_a_spec_runs_in_podman(tmp_path):
     spec = spec_build(REPO / "examples" / "hello-image.nix")
     out = tmp_path / "hello.tar"
@@ -189,6 +191,7 @@ def test_build_images_reads_each_spec_images_closure_once(tmp_path, layer_store,
     assert sorted(calls) == sorted(roots) and len(calls) == 3
 
 
+@SLOW
 def test_one_image_of_a_multi_image_spec_and_its_plan(tmp_path):
     spec = spec_build(IMAGES, "batch")
     run = run_pipelines(["BuildImage", "--spec", spec, "--output", str(tmp_path / "x.tar")], tmp_path / "store")
@@ -213,6 +216,7 @@ def test_spec_parameters_given_values_win_and_only_what_the_spec_sets_is_overrid
     assert [str(o) for o in overrides] == ["--tag 2 (spec: 1)"]  # max_layers: the spec leaves it out; config: equal
 
 
+@SLOW
 def test_plan_and_build_take_a_spec_and_what_is_given_beside_it_alike(tmp_path):
     built = json.loads(Path(spec_build(IMAGES, "withConfig")).read_text())
 
@@ -271,6 +275,7 @@ def bad_spec_run(tmp_path: Path, spec: str, *args: str, status: int = 40) -> str
     return error
 
 
+@SLOW
 def test_spec_whose_store_paths_are_gone_one_line(tmp_path):
     file = tmp_path / "gone.nix"
     file.write_text(f"""
@@ -287,11 +292,11 @@ def test_spec_whose_store_paths_are_gone_one_line(tmp_path):
     assert f"store path {leaf} is gone from the store: build the spec again" in error
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize("text, message", first_fast([
     ('{"nixlayer_spec": 2, "images": []}', "format version 2 is not supported: this nixlayer reads version 1"),
     ("{not json", "not valid JSON"),
     ('{"images": []}', 'not a nixlayer image spec (it has no "nixlayer_spec" version)'),
-])
+]))
 def test_bad_spec_one_line_nothing_written(tmp_path, text, message):
     spec = tmp_path / "spec.json"
     spec.write_text(text)
@@ -302,6 +307,7 @@ def test_bad_spec_one_line_nothing_written(tmp_path, text, message):
     ("compression", "zip", "one of auto, gzip, none, zstd"),
     ("format", "tar", "one of docker-archive, oci, oci-archive"),
 ])
+@SLOW
 def test_spec_value_a_parameter_refuses_one_line_as_on_the_command_line(tmp_path, field, value, takes):
     built = json.loads(Path(spec_build(IMAGES, "app")).read_text())
     spec = tmp_path / "spec.json"
@@ -312,6 +318,7 @@ def test_spec_value_a_parameter_refuses_one_line_as_on_the_command_line(tmp_path
     assert one_error(run, 40) == f"nixlayer: error: invalid parameter: --{field} must be {takes}, not {value!r}"
 
 
+@SLOW
 def test_spec_with_closure_graph_or_paths_it_lacks_is_refused(tmp_path, vectors):
     spec = spec_build(IMAGES, "app")
     assert "--spec and --closure-graph cannot be used together" in bad_spec_run(tmp_path, spec, "--closure-graph", spec)
@@ -349,6 +356,7 @@ def test_parse_spec_checks_every_field(vectors_app):
     assert spec.image("a").parameters == {"name": "a", "contents": [vectors_app]}
 
 
+@SLOW
 def test_push_image_from_a_spec_without_asking_nix(tmp_path, registry, vectors):
     spec = spec_build(IMAGES, "app", "--arg", "maxLayers", "4", "--argstr", "layering", "popularity")
     path, mark = no_nix_path(tmp_path)
@@ -368,6 +376,7 @@ SANDBOX = ("--option", "sandbox", "true", "--option", "sandbox-fallback", "false
 the sandbox-fallback Nix has, a machine that cannot make a sandbox fails the build instead of building outside one."""
 
 
+@SLOW
 def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
     # New derivations each run, so they are built. The builder uses shell built-ins only; PATH is unset.
     unique = time.time_ns()
@@ -387,6 +396,7 @@ def test_spec_builds_in_nix_sandbox_with_only_a_static_sh(tmp_path):
     assert outside.returncode != 0 and "outside the sandbox" in outside.stderr, outside.stderr
 
 
+@SLOW
 def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
     spec = spec_build(REPO / "examples" / "images.nix")
     out = tmp_path / "out"
@@ -403,6 +413,7 @@ def test_example_images_spec_builds_with_the_command_it_gives(tmp_path):
     assert report["totals"]["distinct_layers"] == sum(i["layers"] for i in report["images"]) - 2
 
 
+@SLOW
 def test_a_spec_given_as_contents_says_to_give_it_as_spec(tmp_path):
     spec = spec_build(IMAGES, "app")
     result = tmp_path / "result"
@@ -414,6 +425,7 @@ def test_a_spec_given_as_contents_says_to_give_it_as_spec(tmp_path):
     assert not (tmp_path / "x.tar").exists()
 
 
+@SLOW
 def test_the_nix_library_from_fetch_git(tmp_path, vectors):
     """``builtins.fetchGit`` of this repository (its committed tree), as a user's own Nix code
     takes it: the spec names the same closure as the checkout's library gives."""

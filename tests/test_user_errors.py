@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, nix_build, run_pipelines
+from conftest import FIXTURES, REPO, SLOW, first_fast, nix_build, run_pipelines
 from nixlayer.storepath import NIX_BASE32
 
 EXAMPLE = REPO / "examples" / "hello.nix"
@@ -70,6 +70,7 @@ def test_a_store_path_not_built(tmp_path):
     assert (run.returncode, error_lines(run)) == (2, [f"nixlayer: error: {line}"])
 
 
+@SLOW
 def test_a_store_path_on_disk_that_nix_does_not_know(tmp_path, unregistered):
     line = (f"{unregistered} exists on disk but Nix does not know it as valid (an interrupted build, or copied in"
             f" without Nix): build it again (`nix-build FILE.nix -A ATTR`) or fetch it (`nix-store --realise"
@@ -79,6 +80,7 @@ def test_a_store_path_on_disk_that_nix_does_not_know(tmp_path, unregistered):
 
 # 2. A derivation given as contents.
 
+@SLOW
 def test_a_derivation_as_contents(tmp_path):
     drv = subprocess.run(["nix-instantiate", str(EXAMPLE), "-A", "hello"], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -94,6 +96,7 @@ def test_a_derivation_as_contents(tmp_path):
 
 # 3. ./result and other links into the store.
 
+@SLOW
 def test_a_result_link_is_its_store_path(tmp_path, hello):
     work = tmp_path / "work"
     work.mkdir()
@@ -109,6 +112,7 @@ def test_a_result_link_is_its_store_path(tmp_path, hello):
     assert linked.returncode == 0 and linked.stdout == direct.stdout and hello in linked.stdout, linked.stderr
 
 
+@SLOW
 def test_a_relative_link_is_absolute_in_the_task_id(tmp_path, monkeypatch):
     """With luigid, ``--contents '["./result"]'`` run from two directories is two images."""
     from pipelines import BuildImage
@@ -123,6 +127,7 @@ def test_a_relative_link_is_absolute_in_the_task_id(tmp_path, monkeypatch):
     assert ids[0] != ids[1]
 
 
+@SLOW
 def test_links_that_do_not_name_a_store_path(tmp_path, hello):
     work = tmp_path / "work"
     work.mkdir()
@@ -144,7 +149,7 @@ def test_links_that_do_not_name_a_store_path(tmp_path, hello):
 
 # 4. Values a parameter cannot parse: the line names the parameter and the value.
 
-@pytest.mark.parametrize("args, line", [
+@pytest.mark.parametrize("args, line", first_fast([
     (["--uid", "abc"], "--uid must be a whole number, not 'abc'"),
     (["--max-layers", "x"], "--max-layers must be a whole number, not 'x'"),
     (["--include-store-paths", "maybe"], "--include-store-paths must be true or false, not 'maybe'"),
@@ -153,17 +158,18 @@ def test_links_that_do_not_name_a_store_path(tmp_path, hello):
                                      " '[\"/nix/store/...-hello\"]', not '/nix/store/x'"),
     (["--BuildImage-gid", "q"], "--gid must be a whole number, not 'q'"),  # the global form
     (["--workers", "two"], "--workers must be a whole number, not 'two'"),  # one of Luigi's own
-])
+]))
 def test_a_value_that_does_not_parse_names_its_parameter(tmp_path, args, line):
     assert_refused(tmp_path, build_image(tmp_path, *args), 40, f"invalid parameter: {line}")
 
 
-@pytest.mark.parametrize("flag", ["--created", "--mtime"])
+@pytest.mark.parametrize("flag", first_fast(["--created", "--mtime"]))
 def test_a_time_that_does_not_parse_names_its_flag(tmp_path, hello, flag):
     run = build_image(tmp_path, "--contents", json.dumps([hello]), flag, "yesterday")
     assert_refused(tmp_path, run, 35, f"{flag} must be ISO 8601 (1970-01-01T00:00:01Z) or 'now', not 'yesterday'")
 
 
+@SLOW
 def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n[BuildImage]\nuid = zz\n")
@@ -175,6 +181,7 @@ def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
 
 # 8. An image to standard output when it is a terminal.
 
+@SLOW
 def test_an_image_is_not_written_to_a_terminal(tmp_path, hello):
     import pty
     import select
@@ -205,6 +212,7 @@ from test_luigid import luigid  # noqa: E402,F401 - a real luigid, see test_luig
 from registry_fixture import free_port  # noqa: E402
 
 
+@SLOW
 def test_with_luigid_a_failed_push_ends_the_run_at_once(tmp_path, luigid, hello):  # noqa: F811
     port = free_port()  # no registry listens there
     cfg = tmp_path / "luigi.cfg"  # nixlayer's luigid defaults: keep_alive, 10 minutes idle
@@ -223,6 +231,7 @@ def test_with_luigid_a_failed_push_ends_the_run_at_once(tmp_path, luigid, hello)
     print(f"failed push with luigid: exit {run.returncode} after {elapsed:.1f} s")
 
 
+@SLOW
 def test_with_luigid_a_worker_waits_on_a_batch_another_machine_runs(tmp_path, luigid):  # noqa: F811
     """Machine B runs the image's store path layers in one batch (luigid: BATCH_RUNNING, which
     its count of running tasks leaves out) and is held stopped there; machine A, with nothing
@@ -282,6 +291,7 @@ def python_with_hint(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("where", ["repository", "elsewhere"])
+@SLOW
 def test_luigi_without_module_says_to_add_it(tmp_path, python_with_hint, where):
     import sysconfig
     luigi_script = os.path.join(sysconfig.get_path("scripts"), "luigi")  # the luigi command itself
@@ -302,6 +312,7 @@ def test_luigi_without_module_says_to_add_it(tmp_path, python_with_hint, where):
 
 # 6. Every exit status, each from the case it documents (see also the tests above: 30, 35, 40).
 
+@SLOW
 def test_the_same_command_twice_exits_10_with_one_line(tmp_path, hello):
     """Luigi's process lock (embedded scheduler): the second of two identical commands exits 10
     at once, saying so on standard error; nothing of it reaches standard output."""
@@ -327,7 +338,7 @@ def test_the_same_command_twice_exits_10_with_one_line(tmp_path, hello):
         " finish, or stop it (Luigi's process lock compares command lines; [core] no_lock = true turns it off)"], "")
 
 
-@pytest.mark.parametrize("args, status, last_line", [
+@pytest.mark.parametrize("args, status, last_line", first_fast([
     ([], 1, "No task specified"),  # Luigi's own line
     (["BuildImag", "--name", "x"], 1, "nixlayer: error: there is no task BuildImag: nixlayer's are BuildImage,"
                                       " BuildImages, PushImage (luigi --module pipelines TASK --help lists its parameters)"),
@@ -336,19 +347,19 @@ def test_the_same_command_twice_exits_10_with_one_line(tmp_path, hello):
                          " --help lists every parameter)"),
     (["BuildImages"], 35, "nixlayer: error: BuildImages needs --batch-file FILE (TOML) or --spec FILE"
                           " (nix-build of buildImages), one of them; neither given"),
-])
+], keep=2))
 def test_luigi_command_line_mistakes_exit_status(tmp_path, args, status, last_line):
     run = run_pipelines(args, tmp_path / "store")
     assert "Traceback" not in run.stderr, run.stderr
     assert (run.returncode, run.stderr.splitlines()[-1]) == (status, last_line), run.stderr
 
 
-@pytest.mark.parametrize("args, status", [
+@pytest.mark.parametrize("args, status", first_fast([
     (["plan", "--help"], 0),
     ([], 2),  # usage: the argparse line
     (["plan", "--max-layers", "x", "/nix/store/" + "0" * 32 + "-x"], 2),
     (["plan", "/nix/store/" + "0" * 32 + "-x"], 2),  # bad input: nixlayer: error: ...
-])
+], keep=2))
 def test_python_m_nixlayer_exit_status(args, status):
     run = subprocess.run([sys.executable, "-m", "nixlayer", *args], capture_output=True, text=True, timeout=60)
     assert run.returncode == status and "Traceback" not in run.stderr, run.stderr
