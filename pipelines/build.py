@@ -195,6 +195,9 @@ class ImageParameters(NixlayerTask, abstract=True):
                           " as they are): give the rule a path, or change them in the base image", NixlayerWarning)
         created = parse_time(self.created, what="--created")
         mtime = int(parse_time(self.mtime, what="--mtime").timestamp())
+        if mtime < 0:
+            raise NixlayerError(f"--mtime {self.mtime} is before 1970-01-01T00:00:00Z, where a layer's file times"
+                                " start: give that time or a later one")
         settings = LayerSettings(mtime, self.uid, self.gid, self.uname, self.gname)
         self.check()
         compression_threads()  # a bad [nixlayer] setting: one line now, not from every layer

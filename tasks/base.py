@@ -15,7 +15,7 @@ import luigi
 from luigi.task_status import DONE
 
 from nixlayer.errors import NixlayerError
-from tasks.config import batches, nixlayer
+from tasks.config import batches, whole_number
 from tasks import console, errors, runtime
 
 Report = Callable[[int, str], None]
@@ -318,11 +318,7 @@ def plan_batches(tasks: list[luigi.Task]) -> None:
     scheduler 24 hand-outs of work instead of 3,100, and in one batch each (one worker) 3;
     the ten layers a rebuild has left to write go in batches of 2, not one of 400.
     """
-    try:
-        count = batches(nixlayer.layer_batches.task_value("nixlayer", "layer_batches"))
-    except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
-        raise NixlayerError("[nixlayer] layer_batches (--nixlayer-layer-batches) must be a whole number of at"
-                            f" least 1: {e.__cause__ or e}") from None
+    count = batches(whole_number("layer_batches"))
     build = [t for task in tasks for t in (task, *luigi.task.flatten(task.requires()))]
     distinct = {task.task_id: type(task) for task in build if isinstance(task, BatchableTask) and not task.complete()}
     _BATCH_SIZES.clear()

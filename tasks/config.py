@@ -123,8 +123,17 @@ def layer_store_root() -> str:
 def compression_threads() -> int | None:
     """``[nixlayer] compression_threads`` (``--nixlayer-compression-threads``); None: unset,
     every core. Raises NixlayerError if it is not a whole number of at least 1."""
+    return whole_number("compression_threads")
+
+
+def whole_number(key: str) -> int | None:
+    """The value of ``[nixlayer] KEY``, a whole number within its parameter's range, or None
+    when unset. Raises NixlayerError naming the key, its flag and the range otherwise (Luigi's
+    own message, "0 is not in the set of int in [1, 65536)", names neither)."""
+    parameter = getattr(nixlayer, key)
     try:
-        return nixlayer.compression_threads.task_value("nixlayer", "compression_threads")
-    except ValueError as e:  # Luigi's message is on the cause: "0 is not in the set of ..."
-        raise NixlayerError("[nixlayer] compression_threads (--nixlayer-compression-threads) must be a whole"
-                            f" number of at least 1: {e.__cause__ or e}") from None
+        return parameter.task_value("nixlayer", key)
+    except ValueError:
+        flag = "--nixlayer-" + key.replace("_", "-")
+        raise NixlayerError(f"[nixlayer] {key} ({flag}) must be a whole number from {parameter._min_value}"
+                            f" to {parameter._max_value - 1}") from None

@@ -207,8 +207,8 @@ def test_bad_layer_batches_setting_one_line_nothing_left(tmp_path, vectors_app):
                          env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), capture_output=True, text=True)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
-    assert errors == ["nixlayer: error: [nixlayer] layer_batches (--nixlayer-layer-batches) must be a whole number of"
-                      " at least 1: 0 is not in the set of int in [1, 2147483648)"], run.stderr
+    assert errors == ["nixlayer: error: [nixlayer] layer_batches (--nixlayer-layer-batches) must be a whole number"
+                      " from 1 to 2147483647"], run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out.tar").exists() and not store.exists()
 

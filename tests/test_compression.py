@@ -131,17 +131,17 @@ def test_a_build_on_one_thread_and_on_four_gives_one_image(tmp_path, vectors_app
     assert {layer["mediaType"] for layer in manifests[0]["layers"]} == {f"application/vnd.oci.image.layer.v1.tar+{compression}"}
 
 
-@pytest.mark.parametrize("setting, flags, cause", first_fast([
-    ("compression_threads = 0\n", [], "0 is not in the set of int in [1, 65536)"),
-    ("", ["--nixlayer-compression-threads", "many"], "invalid literal for int() with base 10: 'many'"),
+@pytest.mark.parametrize("setting, flags", first_fast([
+    ("compression_threads = 0\n", []),
+    ("", ["--nixlayer-compression-threads", "many"]),
 ]))
-def test_bad_compression_threads_one_line_nothing_left(tmp_path, vectors_app, setting, flags, cause):
+def test_bad_compression_threads_one_line_nothing_left(tmp_path, vectors_app, setting, flags):
     store, out = tmp_path / "store", tmp_path / "out"
     run = run_pipelines(["BuildImage", "--name", "vec", "--contents", json.dumps([vectors_app]), "--format", "oci",
                          "--compression", "gzip", "--output", str(out), *flags], store, cfg=setting)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("nixlayer: error:")]
     assert errors == ["nixlayer: error: [nixlayer] compression_threads (--nixlayer-compression-threads) must be a"
-                      f" whole number of at least 1: {cause}"], run.stderr
+                      " whole number from 1 to 65535"], run.stderr
     assert "Traceback" not in run.stderr
     assert not out.exists() and not store.exists()

@@ -170,6 +170,13 @@ def test_a_time_that_does_not_parse_names_its_flag(tmp_path, hello, flag):
 
 
 @SLOW
+def test_an_mtime_before_1970_names_its_flag_and_the_least_time(tmp_path, hello):
+    run = build_image(tmp_path, "--contents", json.dumps([hello]), "--mtime", "1960-01-01T00:00:00Z")
+    assert_refused(tmp_path, run, 35, "--mtime 1960-01-01T00:00:00Z is before 1970-01-01T00:00:00Z, where a layer's"
+                   " file times start: give that time or a later one")
+
+
+@SLOW
 def test_a_bad_value_in_luigi_cfg_names_its_parameter(tmp_path):
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n[BuildImage]\nuid = zz\n")
