@@ -90,6 +90,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     and its config is inherited (``nixlayer.base_image``).
     """
 
+    _on_command_line = True  # an entry task (tasks.runtime, 9)
+
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
     tag = luigi.Parameter(default="", description="image tag; default: a hash of everything that determines the image")
     contents = StorePathsParameter(default=[], description="store paths linked into /, as a JSON list")
