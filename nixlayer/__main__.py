@@ -89,11 +89,9 @@ def _previous_layers(args: argparse.Namespace, layering: str, name: str | None,
     where = args.output or args.push
     if args.previous is not None and where:
         raise NixlayerError("--previous gives the previous build: no --output or --push with it")
-    if layering != "stable":
-        return None
     if args.previous is not None:
         return _plan_layers(args.previous)
-    if not where:
+    if layering != "stable" or not where:
         return None
     if args.output and not name:
         raise NixlayerError("--output finds the previous build of an image by its name too: give --name")
@@ -195,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
     plan.add_argument("--previous", metavar="PLAN_JSON",
                       help="for --layering stable: the previous build's plan, as plan --json printed it (default:"
-                           " the build --output and --name, or --push, name in the layer store)")
+                           " the build of --output and --name, or of --push, in the layer store)")
     plan.add_argument("--name", default=None, help="the image name, as BuildImage's --name (default: the spec's)")
     plan.add_argument("--output", metavar="PATH", default=None,
                       help="for --layering stable: BuildImage's --output; the build last written there under --name"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import FIXTURES, run_luigi
+from conftest import FIXTURES, REPO, run_luigi
 from nixlayer.__main__ import main
 from nixlayer.autolayer import auto_layers
 from nixlayer.closure import ClosureGraph
@@ -309,3 +309,22 @@ def test_plan_command_finds_the_previous_build_as_build_image_does(tmp_path, lay
         assert main(["plan", "--layer-store", str(layer_store), *options, v1["app"]]) == 2
         err = capsys.readouterr().err
         assert err.startswith("nixlayer: error: ") and message in err and err.count("\n") == 1
+
+
+def test_plan_command_with_a_spec_takes_its_name(tmp_path, layer_store, capsys):
+    """With --spec, the image's name is the spec's: --output alone finds the previous build."""
+    file = tmp_path / "image.nix"
+    file.write_text(f'''let nixlayer = import {REPO / "nix"} {{ }}; inc = import {FIXTURES / "incremental.nix"} {{ }}; in
+nixlayer.buildLayeredImage {{ name = "inc-spec"; contents = [ inc.app inc.tool ]; maxLayers = 3; }}''')
+    spec = subprocess.run(["nix-build", str(file), "--no-out-link"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    output = tmp_path / "inc.tar"
+    run_luigi(BuildImage(spec=spec, output=str(output)))
+    assert main(["plan", "--spec", spec, "--json", "--layer-store", str(layer_store), "--output", str(output)]) == 0
+    assert {layer["reason"] for layer in json.loads(capsys.readouterr().out)["layers"]} == {"stable: kept"}
+    assert main(["plan", "--spec", spec, "--json", "--layer-store", str(layer_store), "--output", str(output),
+                 "--name", "other"]) == 0
+    captured = capsys.readouterr()
+    assert {layer["reason"] for layer in json.loads(captured.out)["layers"]} == {
+        "stable: first build, grouped by what changes together"}
+    assert "--name other (spec: inc-spec)" in captured.err
