@@ -20,8 +20,8 @@ from nixlayer.base_image import read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.errors import NixlayerError
 from nixlayer.human import count, size
-from nixlayer.image import check_architecture, config_store_paths, host_architecture
-from nixlayer.index import Platform, parse_platform
+from nixlayer.image import config_store_paths
+from nixlayer.index import Platform, image_platform
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
 from nixlayer.spec import override_warning, read_spec
@@ -54,9 +54,12 @@ def _plan(args: argparse.Namespace) -> int:
     layering = args.layering or DEFAULT_LAYERING
     pipeline = args.layering_pipeline
     base_layers = args.base_layers
+    name, platform = args.name, args.platform
     if args.spec is not None:
-        graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline, base_layers = _spec_plan_inputs(args)
+        (graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline, base_layers, name,
+         platform) = _spec_plan_inputs(args)
     else:
+        platform = image_platform(platform or "", "")
         check_layering(layering, pipeline)  # a bad pipeline: before the closure is read
         if not args.roots:
             raise NixlayerError("give the image's store paths (ROOT ...), or --spec FILE")
@@ -66,8 +69,9 @@ def _plan(args: argparse.Namespace) -> int:
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
+    previous = _previous_layers(args, layering, name, platform)
     plan = plan_image(graph, roots, config_paths, max_layers, base_layers or 0, include_store_paths=include_store_paths,
-                      layering=layering, pipeline=pipeline, previous=_previous_layers(args.previous))
+                      layering=layering, pipeline=pipeline, previous=previous)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2)
         print()
@@ -76,10 +80,27 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _previous_layers(path: str | None) -> list[list[str]] | None:
-    """The store layers of a previous build's plan, as ``plan --json`` printed it (``--previous``)."""
-    if path is None:
+def _previous_layers(args: argparse.Namespace, layering: str, name: str | None,
+                     platform: Platform) -> list[list[str]] | None:
+    """The store layers of the previous build the ``stable`` layering keeps: those of the plan
+    ``--previous`` names, else of the build BuildImage or PushImage would find in the layer
+    store with these options (``--output`` and ``--name``, else ``--push``; see
+    ``LayerStore.previous_build``), else None (a first build)."""
+    where = args.output or args.push
+    if args.previous is not None and where:
+        raise NixlayerError("--previous gives the previous build: no --output or --push with it")
+    if args.previous is not None:
+        return _plan_layers(args.previous)
+    if layering != "stable" or not where:
         return None
+    if args.output and not name:
+        raise NixlayerError("--output finds the previous build of an image by its name too: give --name")
+    store = LayerStore(args.layer_store or default_layer_store())
+    return store.previous_build(name=name or "", output=args.output or "", push=args.push or "", platform=str(platform))
+
+
+def _plan_layers(path: str) -> list[list[str]]:
+    """The store layers of a previous build's plan, as ``plan --json`` printed it (``--previous``)."""
     try:
         with open(path, "rb") as file:
             layers = json.load(file)["layers"]
@@ -90,13 +111,14 @@ def _previous_layers(path: str | None) -> list[list[str]] | None:
         raise NixlayerError(f"previous plan {path} is not a plan as plan --json prints it") from None
 
 
-def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any, int]:
+def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any, int,
+                                                        str | None, Platform]:
     """The closure graph, contents, config store paths, layer budget, include_store_paths,
-    layering, layering pipeline and base layers of ``--spec``'s image, as BuildImage takes them
-    (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``, ``--layering`` and
-    ``--layering-pipeline`` override what the spec sets, with a warning line; ``--base-layers``,
-    else the layers of the image's base image, read (its manifest and config, kept in the
-    default layer store as a build keeps them)."""
+    layering, layering pipeline, base layers, name and platform of ``--spec``'s image, as
+    BuildImage takes them (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``,
+    ``--layering``, ``--layering-pipeline``, ``--name`` and ``--platform`` override what the spec
+    sets, with a warning line; ``--base-layers``, else the layers of the image's base image, read
+    (its manifest and config, kept in the layer store as a build keeps them)."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
         raise NixlayerError("--spec gives the image's store paths and closure: no ROOT, --graph, --store-dir-scan or --config-path with it")
     spec = read_spec(args.spec)
@@ -107,24 +129,25 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
         except ValueError:
             pass  # not JSON: plan_image says so
     given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir),
-                                             ("layering", args.layering), ("layering_pipeline", pipeline))
+                                             ("layering", args.layering), ("layering_pipeline", pipeline),
+                                             ("name", args.name), ("platform", args.platform))
              if value is not None}
     parameters, overrides = spec.parameters(args.spec_image, given)
     if overrides:
         print(f"nixlayer: warning: {override_warning(args.spec, overrides)}", file=sys.stderr)
     store_dir = parameters["store_dir"]
     base_layers = args.base_layers
+    platform = image_platform(parameters.get("platform", ""), parameters.get("architecture", ""))
     if base_layers is None and parameters.get("from_image"):
-        architecture = parameters.get("architecture")
-        platform = (parse_platform(parameters["platform"]) if parameters.get("platform")
-                    else Platform(check_architecture(architecture) if architecture else host_architecture()))
-        base_layers = len(read_base_image(parameters["from_image"], platform, LayerStore(default_layer_store())).layers)
+        base_layers = len(read_base_image(parameters["from_image"], platform,
+                                          LayerStore(args.layer_store or default_layer_store())).layers)
     roots = [resolve_store_path(path, store_dir)  # copy_to_root paths are roots as contents are
              for path in [*parameters.get("contents", []), *parameters.get("copy_to_root", [])]]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
             parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),
-            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"), base_layers)
+            parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"), base_layers,
+            parameters.get("name"), platform)
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -169,7 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--layering-pipeline", metavar="JSON", default=None,
                       help="for --layering pipeline: nixpkgs' layeringPipeline, a JSON list of steps")
     plan.add_argument("--previous", metavar="PLAN_JSON",
-                      help="for --layering stable: the previous build's plan, as plan --json printed it")
+                      help="for --layering stable: the previous build's plan, as plan --json printed it (default:"
+                           " the build of --output and --name, or of --push, in the layer store)")
+    plan.add_argument("--name", default=None, help="the image name, as BuildImage's --name (default: the spec's)")
+    plan.add_argument("--output", metavar="PATH", default=None,
+                      help="for --layering stable: BuildImage's --output; the build last written there under --name"
+                           " is the previous build")
+    plan.add_argument("--push", metavar="TARGET", default=None,
+                      help="for --layering stable: BuildImage's --push or PushImage's --target; without --output, the"
+                           " image last pushed there is the previous build")
+    plan.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=None,
+                      help="the image's platform, as BuildImage's --platform (default: the spec's, else this machine's)")
+    plan.add_argument("--layer-store", metavar="DIR", default=None,
+                      help=f"the layer store of the builds: [nixlayer] layer_store of their luigi.cfg (default:"
+                           f" {default_layer_store()})")
     plan.add_argument("--base-layers", type=int, default=None, metavar="N",
                       help="layers of the base image, counted against max_layers (default: 0; with --spec, those"
                            " of its image's base image, read: its manifest and config)")

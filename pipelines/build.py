@@ -90,6 +90,8 @@ class ImageParameters(NixlayerTask, abstract=True):
     and its config is inherited (``nixlayer.base_image``).
     """
 
+    _on_command_line = True  # an entry task (tasks.runtime, 9)
+
     name = luigi.Parameter(description="image name, such as 'hello' or 'registry:5000/team/hello'")
     tag = luigi.Parameter(default="", description="image tag; default: a hash of everything that determines the image")
     contents = StorePathsParameter(default=[], description="store paths linked into /, as a JSON list")
@@ -275,9 +277,11 @@ class ImageParameters(NixlayerTask, abstract=True):
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the
         ``stable`` layering): the image of this platform last written to this output under this
-        name, else last pushed to this target (``LayerStore.previous_layers``); None for a first
+        name, else last pushed to this target (``LayerStore.previous_build``); None for a first
         build."""
-        raise NotImplementedError
+        return layer_store.previous_build(name=self.name, output=self.output,
+                                          push=self.push_target(self.push) if self.push else "",
+                                          platform=str(self.image_platform))
 
     def nar_sizes(self) -> dict[str, int | None]:
         """Store path -> NAR size in bytes (None: unknown) of the image's closure, once planned."""
@@ -507,12 +511,6 @@ class BuildImage(ImageParameters):
             check_format(self.format, self.compression_for(self._output_compression()).media_type, self.output)
             self._check_output()
 
-    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        output = os.path.abspath(self.output) if self.output and self.output != STDOUT else None
-        target = str(parse_push_target(self.push_target(self.push))) if self.push else None
-        return layer_store.previous_layers(output=output, name=self.name, target=target,
-                                           platform=str(self.image_platform))
-
     def _check_sbom(self) -> None:
         """Fail before any work if the SBOM file cannot be written where asked."""
         if not self.output:
@@ -580,7 +578,3 @@ class PushImage(ImageParameters):
     def image_tasks(self) -> list[ImageTask]:
         return [self.image_task(PushToRegistry, PUSH_COMPRESSION, target=self.push_target(self.target),
                                 insecure_registry=self.insecure_registry)]
-
-    def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
-        return layer_store.previous_layers(target=str(parse_push_target(self.push_target(self.target))),
-                                           platform=str(self.image_platform))

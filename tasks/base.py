@@ -69,6 +69,9 @@ class NixlayerTask(luigi.Task):
     parameter, several times a run)."""
 
     _visible_in_registry = False  # Luigi's Register skips classes with this false
+    # Whether Luigi's command line takes flags for this task's parameters (``--Task-param``):
+    # the entry tasks' only (``tasks.runtime``, 9).
+    _on_command_line = False
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

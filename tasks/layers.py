@@ -230,7 +230,7 @@ class StorePathLayer(BatchableLayer):
         return [self.store_path]
 
 
-class OverflowLayer(LayerTask):
+class OverflowLayer(BatchableLayer):
     """One layer of several store paths, in the order given: popularity's overflow layer, or a
     layer of several store paths another layering made (its key stays ``overflow-...``, so the
     layer store keeps serving the layers it has).
@@ -238,13 +238,23 @@ class OverflowLayer(LayerTask):
     Its priority is its number of store paths: it is usually the largest layer of the image,
     so the scheduler starts it first rather than last, where it would run alone on the
     critical path while the other workers idle.
+
+    A batch (see BatchableLayer) has the store paths of its members in ``paths``, a list of
+    lists: the ``stable`` and ``auto`` layerings make dozens of these layers, each handed out
+    on its own before (10-30 ms of the scheduler and a process each, most of the time of the
+    small ones).
     """
 
-    paths = luigi.ListParameter()
+    paths = luigi.ListParameter(batch_method=tuple)
 
     @property
     def priority(self) -> int:  # read by Luigi's worker when it adds the task
         return len(self.paths)
+
+    def batch_members(self) -> list[dict] | None:
+        # One layer's paths are store paths (strings); a batch's are lists of them.
+        batched = bool(self.paths) and not isinstance(self.paths[0], str)
+        return [{"paths": paths} for paths in self.paths] if batched else None
 
     def layer_key(self) -> str:
         return paths_layer_key("overflow", self.store_paths()) + perms_key(self.perm_rules())

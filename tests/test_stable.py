@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 
 import pytest
 
-from conftest import FIXTURES, run_luigi
+from conftest import FIXTURES, REPO, run_luigi
 from nixlayer.__main__ import main
 from nixlayer.autolayer import auto_layers
 from nixlayer.closure import ClosureGraph
@@ -267,3 +268,63 @@ def test_plan_command_previous(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("[]")
     assert main(["plan", "--layering", "stable", "--previous", str(tmp_path / "bad.json"), v1["app"]]) == 2
     assert "is not a plan as plan --json prints it" in capsys.readouterr().err
+
+
+def test_plan_command_finds_the_previous_build_as_build_image_does(tmp_path, layer_store, capsys):
+    v1, v2 = _incremental("1"), _incremental("2")
+    output = tmp_path / "inc.tar"
+    run_luigi(BuildImage(name="inc", max_layers=3, output=str(output), contents=[v1["app"], v1["tool"]]))
+    built = BuildImage(name="inc", max_layers=3, output=str(output), contents=[v1["app"], v2["tool"]]).plan["store_layers"]
+
+    def plan(*options: str) -> list[tuple[list[str], str]]:
+        assert main(["plan", "--max-layers", "3", "--json", "--layer-store", str(layer_store), *options,
+                     v1["app"], v2["tool"]]) == 0
+        return [(layer["store_paths"], layer["reason"]) for layer in json.loads(capsys.readouterr().out)["layers"]]
+
+    # The same output (given relative, as on a command line) and name: the build BuildImage keeps.
+    first = plan()
+    assert {why for _, why in first} == {"stable: first build, grouped by what changes together"}
+    kept = plan("--output", os.path.relpath(output), "--name", "inc")
+    assert [paths for paths, _ in kept] == built
+    assert [why for _, why in kept] == [
+        "stable: changed, grouped by what changes together" if v2["tool"] in paths else "stable: kept"
+        for paths in built]
+    # Another name or output, a push target never pushed to: first builds.
+    assert plan("--output", str(output), "--name", "other") == first
+    assert plan("--output", str(tmp_path / "other.tar"), "--name", "inc") == first
+    assert plan("--push", "docker://127.0.0.1:5000/inc:1") == first
+    # Another platform, as BuildImage finds it (the pointer of an image written alone names none).
+    riscv = BuildImage(name="inc", max_layers=3, output=str(output), contents=[v1["app"], v2["tool"]],
+                       platform="linux/riscv64").plan["store_layers"]
+    assert [paths for paths, _ in plan("--output", str(output), "--name", "inc", "--platform", "linux/riscv64")] == riscv
+    # Another layering ignores the previous build.
+    assert plan("--output", str(output), "--name", "inc", "--layering", "popularity") == plan("--layering", "popularity")
+
+    for options, message in [
+        (["--output", str(output)], "--output finds the previous build of an image by its name too: give --name"),
+        (["--output", str(output), "--name", "inc", "--previous", str(tmp_path / "p.json")],
+         "--previous gives the previous build: no --output or --push with it"),
+        (["--push", "docker://inc"], "push target"),
+    ]:
+        assert main(["plan", "--layer-store", str(layer_store), *options, v1["app"]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nixlayer: error: ") and message in err and err.count("\n") == 1
+
+
+def test_plan_command_with_a_spec_takes_its_name(tmp_path, layer_store, capsys):
+    """With --spec, the image's name is the spec's: --output alone finds the previous build."""
+    file = tmp_path / "image.nix"
+    file.write_text(f'''let nixlayer = import {REPO / "nix"} {{ }}; inc = import {FIXTURES / "incremental.nix"} {{ }}; in
+nixlayer.buildLayeredImage {{ name = "inc-spec"; contents = [ inc.app inc.tool ]; maxLayers = 3; }}''')
+    spec = subprocess.run(["nix-build", str(file), "--no-out-link"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    output = tmp_path / "inc.tar"
+    run_luigi(BuildImage(spec=spec, output=str(output)))
+    assert main(["plan", "--spec", spec, "--json", "--layer-store", str(layer_store), "--output", str(output)]) == 0
+    assert {layer["reason"] for layer in json.loads(capsys.readouterr().out)["layers"]} == {"stable: kept"}
+    assert main(["plan", "--spec", spec, "--json", "--layer-store", str(layer_store), "--output", str(output),
+                 "--name", "other"]) == 0
+    captured = capsys.readouterr()
+    assert {layer["reason"] for layer in json.loads(captured.out)["layers"]} == {
+        "stable: first build, grouped by what changes together"}
+    assert "--name other (spec: inc-spec)" in captured.err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -370,3 +371,18 @@ def test_luigi_command_line_mistakes_exit_status(tmp_path, args, status, last_li
 def test_python_m_nixlayer_exit_status(args, status):
     run = subprocess.run([sys.executable, "-m", "nixlayer", *args], capture_output=True, text=True, timeout=60)
     assert run.returncode == status and "Traceback" not in run.stderr, run.stderr
+
+
+def test_the_command_line_has_the_flags_of_the_entry_tasks_only(tmp_path):
+    """Luigi's parser takes no flags for nixlayer's layer and image tasks (tasks.runtime, 9):
+    --help-all lists the entry tasks' and Luigi's own, and a flag of an inner task is refused
+    as any unknown flag."""
+    run = run_pipelines(["BuildImage", "--help-all"], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    flags = set(re.findall(r"--([A-Za-z]+)-[a-z]", run.stdout))
+    assert {"BuildImage", "PushImage", "BuildImages", "nixlayer", "worker", "scheduler", "retcode"} <= flags
+    inner = {"StorePathLayer", "OverflowLayer", "CustomisationLayer", "BaseImageLayer", "AssembleImage",
+             "PushToRegistry", "IndexImage", "AssembleIndex", "PushIndex"}
+    assert not flags & inner
+    run = run_pipelines(["BuildImage", "--name", "x", "--StorePathLayer-uid", "1"], tmp_path / "store")
+    assert (run.returncode, run.stderr.splitlines()[-1]) == (2, "luigi: error: unrecognized arguments: --StorePathLayer-uid 1")
