@@ -54,9 +54,9 @@ def _plan(args: argparse.Namespace) -> int:
     layering = args.layering or DEFAULT_LAYERING
     pipeline = args.layering_pipeline
     base_layers = args.base_layers
-    name, platform = args.name, args.platform
+    name, tag, platform = args.name, args.tag, args.platform
     if args.spec is not None:
-        (graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline, base_layers, name,
+        (graph, roots, config_paths, max_layers, include_store_paths, layering, pipeline, base_layers, name, tag,
          platform) = _spec_plan_inputs(args)
     else:
         platform = image_platform(platform or "", "")
@@ -69,7 +69,7 @@ def _plan(args: argparse.Namespace) -> int:
         graph = read_graph([*roots, *config_paths], graph_file=args.graph,
                            scan_root=args.store_dir_scan, store_dir=store_dir)
         max_layers = DEFAULT_MAX_LAYERS if args.max_layers is None else args.max_layers
-    previous = _previous_layers(args, layering, name, platform)
+    previous = _previous_layers(args, layering, name, tag, platform)
     plan = plan_image(graph, roots, config_paths, max_layers, base_layers or 0, include_store_paths=include_store_paths,
                       layering=layering, pipeline=pipeline, previous=previous)
     if args.json:
@@ -80,7 +80,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _previous_layers(args: argparse.Namespace, layering: str, name: str | None,
+def _previous_layers(args: argparse.Namespace, layering: str, name: str | None, tag: str | None,
                      platform: Platform) -> list[list[str]] | None:
     """The store layers of the previous build the ``stable`` layering keeps: those of the plan
     ``--previous`` names, else of the build BuildImage or PushImage would find in the layer
@@ -96,7 +96,8 @@ def _previous_layers(args: argparse.Namespace, layering: str, name: str | None,
     if args.output and not name:
         raise NixlayerError("--output finds the previous build of an image by its name too: give --name")
     store = LayerStore(args.layer_store or default_layer_store())
-    return store.previous_build(name=name or "", output=args.output or "", push=args.push or "", platform=str(platform))
+    return store.previous_build(name=name or "", output=args.output or "", push=args.push or "", tag=tag or "",
+                                platform=str(platform))
 
 
 def _plan_layers(path: str) -> list[list[str]]:
@@ -112,11 +113,11 @@ def _plan_layers(path: str) -> list[list[str]]:
 
 
 def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str], list[str], int, bool, str, Any, int,
-                                                        str | None, Platform]:
+                                                        str | None, str | None, Platform]:
     """The closure graph, contents, config store paths, layer budget, include_store_paths,
-    layering, layering pipeline, base layers, name and platform of ``--spec``'s image, as
+    layering, layering pipeline, base layers, name, tag and platform of ``--spec``'s image, as
     BuildImage takes them (``ImageSpec.parameters``): ``--max-layers``, ``--store-dir``,
-    ``--layering``, ``--layering-pipeline``, ``--name`` and ``--platform`` override what the spec
+    ``--layering``, ``--layering-pipeline``, ``--name``, ``--tag`` and ``--platform`` override what the spec
     sets, with a warning line; ``--base-layers``, else the layers of the image's base image, read
     (its manifest and config, kept in the layer store as a build keeps them)."""
     if args.roots or args.graph or args.store_dir_scan or args.config_path:
@@ -130,7 +131,7 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
             pass  # not JSON: plan_image says so
     given = {name: value for name, value in (("max_layers", args.max_layers), ("store_dir", args.store_dir),
                                              ("layering", args.layering), ("layering_pipeline", pipeline),
-                                             ("name", args.name), ("platform", args.platform))
+                                             ("name", args.name), ("tag", args.tag), ("platform", args.platform))
              if value is not None}
     parameters, overrides = spec.parameters(args.spec_image, given)
     if overrides:
@@ -147,7 +148,7 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     return (spec.closure(sorted({*roots, *config_paths})), roots, config_paths,
             parameters.get("max_layers", DEFAULT_MAX_LAYERS), parameters.get("include_store_paths", True),
             parameters.get("layering", DEFAULT_LAYERING), parameters.get("layering_pipeline"), base_layers,
-            parameters.get("name"), platform)
+            parameters.get("name"), parameters.get("tag"), platform)
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for --layering stable: the previous build's plan, as plan --json printed it (default:"
                            " the build of --output and --name, or of --push, in the layer store)")
     plan.add_argument("--name", default=None, help="the image name, as BuildImage's --name (default: the spec's)")
+    plan.add_argument("--tag", default=None,
+                      help="the image tag, as BuildImage's --tag (default: the spec's); with --push, a target without"
+                           " a tag takes it")
     plan.add_argument("--output", metavar="PATH", default=None,
                       help="for --layering stable: BuildImage's --output; the build last written there under --name"
                            " is the previous build")

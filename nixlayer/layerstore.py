@@ -65,7 +65,7 @@ from nixlayer.errors import NixlayerError, NixlayerWarning
 from nixlayer.image import ImageLayer
 from nixlayer.layer import LayerBlob, LayerSettings
 from nixlayer.oci_layout import OCI_ARCHIVE_STAGING, blob_path, put_blob
-from nixlayer.registry import parse_push_target
+from nixlayer.registry import push_reference
 from nixlayer.storepath import hash_part
 
 
@@ -307,15 +307,18 @@ class LayerStore:
             return None
         return layers
 
-    def previous_build(self, *, name: str, output: str = "", push: str = "", platform: str) -> list[list[str]] | None:
+    def previous_build(self, *, name: str, output: str = "", push: str = "", tag: str = "",
+                       platform: str) -> list[list[str]] | None:
         """The store layers of the previous build of an image (:meth:`previous_layers`), as a
         build asks with its options: ``name``; ``output`` as given on the command line (a path,
         made absolute, or ``-`` or empty: none); ``push`` a push target as given
-        (``docker://HOST/REPO[:TAG]``, or empty: none); ``platform`` the image's
-        ``os/architecture[/variant]``. BuildImage, PushImage and the plan command ask this, so
-        they find the same build. Raises NixlayerError for a bad push target."""
+        (``docker://HOST/REPO[:TAG]``, or empty: none) and ``tag`` the image's tag, which a
+        target without one takes (``nixlayer.registry.push_reference``); ``platform`` the
+        image's ``os/architecture[/variant]``. BuildImage, PushImage and the plan command ask
+        this, so they find the same build. Raises NixlayerError for a bad push target."""
+        target = str(push_reference(push, tag, tag_yields=True)) if push else None
         return self.previous_layers(output=os.path.abspath(output) if output and output != "-" else None, name=name,
-                                    target=str(parse_push_target(push)) if push else None, platform=platform)
+                                    target=target, platform=platform)
 
     def read(self, record_path: str) -> LayerRecord:
         """Read a record whose blob is checked (:meth:`check`). Raises NixlayerError if it is

@@ -39,6 +39,7 @@ Nothing here knows about Luigi.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import hashlib
 import ipaddress
@@ -126,12 +127,22 @@ def parse_push_target(text: str) -> PushTarget:
     return _parse_reference(text, "push target", digest=False)[0]
 
 
-def target_tag(text: str) -> str | None:
-    """The tag the push target ``text`` names, None if it names none (:func:`parse_push_target`
-    takes ``latest`` then). Raises NixlayerError as :func:`parse_push_target`."""
+def push_reference(text: str, tag: str = "", *, tag_yields: bool = False) -> PushTarget:
+    """Where a push of an image tagged ``tag`` ("": none) to the push target ``text`` goes: the
+    target's own tag, else ``tag``, else ``latest`` (``docker push`` pushes an image's tag,
+    ``skopeo copy`` takes ``latest``). ``tag_yields``: ``tag`` only names the image (a spec's
+    tag, as an archive's own tag for ``skopeo copy``), so the target's own tag wins over it.
+    BuildImage, PushImage and the plan command ask this, so they push to and find the same
+    reference. Raises NixlayerError as :func:`parse_push_target`, and for a ``tag`` beside a
+    target naming another (one tag named twice) unless ``tag_yields``."""
     target = parse_push_target(text)
     path = text.strip().removeprefix("docker://").partition("/")[2]
-    return target.tag if ":" in path.rsplit("/", 1)[-1] else None
+    if ":" not in path.rsplit("/", 1)[-1]:  # the target names no tag
+        return dataclasses.replace(target, tag=tag or DEFAULT_TAG)
+    if tag and tag != target.tag and not tag_yields:
+        raise NixlayerError(f"--tag {tag} and push target {text} name two tags: give the tag once, in --tag"
+                            " or in the target (a target without a tag takes --tag)")
+    return target
 
 
 def parse_pull_reference(text: str) -> tuple[PushTarget, str | None]:

@@ -27,7 +27,7 @@ from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
-from nixlayer.registry import DEFAULT_TAG, parse_pull_reference, parse_push_target, target_tag
+from nixlayer.registry import parse_pull_reference, push_reference
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -265,14 +265,8 @@ class ImageParameters(NixlayerTask, abstract=True):
         tag named twice: NixlayerError. A spec's tag names the image (its archives) as an
         archive's own tag does for ``skopeo copy``: a target's own tag wins over it.
         """
-        named, parsed = target_tag(target), parse_push_target(target)
-        if named is None:
-            return f"docker://{parsed.host}/{parsed.repository}:{self.tag or DEFAULT_TAG}"
         from_spec = self.spec is not None and load_spec(str(self.spec)).image(self.spec_image).parameters.get("tag") == self.tag
-        if self.tag and self.tag != named and not from_spec:
-            raise NixlayerError(f"--tag {self.tag} and push target {target} name two tags: give the tag once, in --tag"
-                                " or in the target (a target without a tag takes --tag)")
-        return f"docker://{parsed}"
+        return f"docker://{push_reference(target, self.tag, tag_yields=from_spec)}"
 
     def previous_layers(self, layer_store: LayerStore) -> list[list[str]] | None:
         """The store layers of the previous build of this image in ``layer_store`` (for the

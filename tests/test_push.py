@@ -230,7 +230,8 @@ def test_a_target_tag_and_another_tag_are_one_error_and_a_target_without_one_tak
         f"nixlayer: error: {batch}: image 1 (vec): --tag 2 and push target {repo}:1 name two tags: give the tag"
         " once, in --tag or in the target (a target without a tag takes --tag)"], run.stderr
     assert not (store / "layers").exists()
-    assert subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"{repo}:1"], capture_output=True).returncode != 0
+    refused = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"{repo}:1"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "manifest unknown" in refused.stderr, refused.stderr
 
     run = run_pipelines(["PushImage", *image, "--tag", "1", "--target", f"{repo}:1"], store)
     assert run.returncode == 0 and run.stderr.splitlines()[-1].startswith(f"nixlayer: pushed {repo}:1 ("), run.stderr
@@ -239,6 +240,16 @@ def test_a_target_tag_and_another_tag_are_one_error_and_a_target_without_one_tak
     assert inspect(registry.host, "tags/vec:3")["Digest"] == inspect(registry.host, "tags/vec:1")["Digest"]
     run = run_pipelines(["PushImage", *image, "--target", repo], store)
     assert run.returncode == 0 and run.stderr.splitlines()[-1].startswith(f"nixlayer: pushed {repo}:latest ("), run.stderr
+
+    # The plan command finds a push by the same rule: a target without a tag takes --tag.
+    def reasons(*options: str) -> set[str]:
+        plan = subprocess.run(["python3", "-m", "nixlayer", "plan", "--json", "--layer-store", str(store), "--name",
+                               "vec", "--push", repo, *options, vectors_app], cwd=REPO, capture_output=True, text=True)
+        assert plan.returncode == 0, plan.stderr
+        return {layer["reason"] for layer in json.loads(plan.stdout)["layers"]}
+
+    assert reasons("--tag", "3") == reasons() == {"stable: kept"}
+    assert reasons("--tag", "9") == {"stable: first build, grouped by what changes together"}
 
 
 def test_a_target_tag_wins_over_a_specs_tag(tmp_path, registry):
