@@ -133,10 +133,11 @@ def with_perms(entry: Entry, matcher: Matcher, source: str | None) -> Entry:
 class _DigestingWriter:
     """Where a layer's tar goes: hashes it, compresses it, hashes the blob, writes that to ``out``.
 
-    That work runs on a thread of its own, beside the thread that lists and reads the files
-    (hashing, compressing and writing release Python's lock, reading and tar headers do not):
-    on two cores a layer of small files is written in about half the time. Use it as a
-    context manager: leaving it stops that thread, whether the layer was finished or not.
+    That work runs on a thread of its own, beside the thread that lists and reads the files and
+    makes the tar headers: hashing, compressing and writing a piece hold Python's lock only
+    briefly, while the per-file work of the other thread is Python code that holds it. Use it
+    as a context manager: entering it starts that thread, leaving it stops it, whether the
+    layer was finished or not.
     """
 
     _QUEUE = 4  # pieces handed over but not yet written, at most (about 1 MiB each)
@@ -152,15 +153,16 @@ class _DigestingWriter:
         self.blob_size = 0
         self._pieces: queue.Queue[bytes | None] = queue.Queue(self._QUEUE)
         self._error: BaseException | None = None
+        self._abandoned = False  # left unfinished: the pieces still queued are not written
         self._thread = threading.Thread(target=self._work, name="layer-writer", daemon=True)
-        self._thread.start()
 
     def __enter__(self) -> "_DigestingWriter":
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._thread.is_alive():
-            self._error = self._error or _Abandoned()
+            self._abandoned = True
             self._pieces.put(None)
             self._thread.join()
 
@@ -174,7 +176,7 @@ class _DigestingWriter:
 
     def _work(self) -> None:
         while (data := self._pieces.get()) is not None:
-            if self._error is None:
+            if self._error is None and not self._abandoned:
                 try:
                     self._diff.update(data)
                     self._emit(self._compressor.compress(data))
@@ -205,10 +207,6 @@ class _DigestingWriter:
             blob_size=self.blob_size,
             media_type=self._media_type,
         )
-
-
-class _Abandoned(Exception):
-    """The layer was left unfinished (an error while listing or reading): nothing more is written."""
 
 
 def store_path_entries(
@@ -328,6 +326,15 @@ _KINDS = {"file": tar.REGTYPE, "dir": tar.DIRTYPE, "symlink": tar.SYMTYPE}
 
 
 def encode_entry(entry: Entry, settings: LayerSettings) -> bytes:
+    """The tar header block(s) of a directory or symlink ``entry``, exactly as ``write_entries``
+    writes them, for :func:`write_encoded`. Raises ValueError for a file (its header promises
+    contents that only ``write_entries`` writes)."""
+    if entry.kind == "file":
+        raise ValueError("encode_entry takes directories and symlinks; files have contents")
+    return _header(entry, settings)
+
+
+def _header(entry: Entry, settings: LayerSettings) -> bytes:
     """The tar header block(s) of ``entry`` with its owner and mtime from ``settings`` where it
     has none of its own, as Python's tarfile writes them (pax format, UTF-8: ``nixlayer.tar``)."""
     return tar.header(
@@ -395,7 +402,7 @@ def write_entries(
                 progress(done, total)
 
         for entry in entries:
-            pending += encode_entry(entry, settings)
+            pending += _header(entry, settings)
             if entry.kind == "file":
                 fd = _open_listed(entry)
                 try:

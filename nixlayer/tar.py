@@ -6,9 +6,11 @@ cannot hold (a name or link target over 100 bytes or not ASCII, an owner name ov
 not ASCII, a number too big for its octal field). To give the same bytes, and so the same
 digests, nixlayer writes the same headers; it builds them here rather than through
 ``tarfile.TarInfo.tobuf``, whose per-member overhead made it the most expensive part of writing
-a layer of small files (2.7 of 5.8 seconds profiled for 37,000 members). Tests compare every
-header with ``tarfile``'s for the members a layer holds, including long, non-ASCII and non-UTF-8
-names and big numbers.
+a layer of small files (2.7 of 5.8 seconds profiled for 37,000 members). What fixes the format
+is nixpkgs' output: the digests nixpkgs gives for ``tests/fixtures/vectors.nix``, which the
+layers must match (tests/test_layer.py); tests/test_tar.py also compares every header with the
+running Python's ``tarfile`` for the members a layer holds, including long, non-ASCII and
+non-UTF-8 names and big numbers.
 
 Member types: regular files, directories (``tarfile`` appends a ``/`` to their names) and
 symbolic links; all numbers integers, as a layer's are.

@@ -74,6 +74,10 @@ def _set_unset(defaults: dict[str, dict[str, str]]) -> None:
                 config.set(section, option, value)
 
 
+# The most each whole-number [nixlayer] setting takes (the least is 1).
+_MOST = {"layer_batches": 2**31 - 1, "compression_threads": 2**16 - 1}
+
+
 class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section name
     """Settings shared by every nixlayer task, read from the ``[nixlayer]`` section.
 
@@ -94,8 +98,11 @@ class nixlayer(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg se
     """
 
     layer_store = luigi.Parameter(default=default_layer_store())
-    layer_batches = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1, max_value=2**31)
-    compression_threads = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1, max_value=2**16)
+    # Luigi's range is [min_value, max_value): the most is max_value - 1 (see whole_number).
+    layer_batches = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1,
+                                                     max_value=_MOST["layer_batches"] + 1)
+    compression_threads = luigi.OptionalNumericalParameter(default=None, var_type=int, min_value=1,
+                                                           max_value=_MOST["compression_threads"] + 1)
 
 
 def batches(layer_batches: int | None) -> int:
@@ -130,10 +137,8 @@ def whole_number(key: str) -> int | None:
     """The value of ``[nixlayer] KEY``, a whole number within its parameter's range, or None
     when unset. Raises NixlayerError naming the key, its flag and the range otherwise (Luigi's
     own message, "0 is not in the set of int in [1, 65536)", names neither)."""
-    parameter = getattr(nixlayer, key)
     try:
-        return parameter.task_value("nixlayer", key)
+        return getattr(nixlayer, key).task_value("nixlayer", key)
     except ValueError:
         flag = "--nixlayer-" + key.replace("_", "-")
-        raise NixlayerError(f"[nixlayer] {key} ({flag}) must be a whole number from {parameter._min_value}"
-                            f" to {parameter._max_value - 1}") from None
+        raise NixlayerError(f"[nixlayer] {key} ({flag}) must be a whole number from 1 to {_MOST[key]}") from None

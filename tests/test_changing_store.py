@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_a_file_swapped_after_it_was_listed_is_refused_and_nothing_is_written(tm
         " writes to the store path (store paths are never changed by Nix)")
     assert swapped and not os.path.exists(record)
     assert [p for p in (tmp_path / "layer-store").rglob("*") if p.is_file()] == []
+    # The writer's thread (hashing, compressing) stopped with the layer.
+    assert [thread for thread in threading.enumerate() if thread.name == "layer-writer"] == []
 
 
 def test_a_directory_swapped_for_a_symlink_after_it_was_listed_is_never_walked_into(tmp_path, secret):

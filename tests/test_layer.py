@@ -201,8 +201,8 @@ FRAGMENT_DAMAGE = {  # fragment file -> its damage (done in place)
 }
 
 
-def test_customisation_layer_from_fragments_has_the_bytes_tarfile_gives(tmp_path, vectors):
-    """The layer merged from per-content fragments equals the same entries written by tarfile,
+def test_customisation_layer_from_fragments_has_the_bytes_write_entries_gives(tmp_path, vectors):
+    """The layer merged from per-content fragments equals the same entries written whole (write_entries),
     whether the fragments are made in this call, reused, or one of them is damaged."""
     s = vectors["store_paths"]
     contents = [s["app"], s["zlib"], s["longnames"], s["libc"]]  # their directories overlap (/bin, /lib, ...)
