@@ -207,11 +207,13 @@ def stable_layers(
     if not isinstance(limit, int) or limit < 1:
         raise NixlayerError(f"the stable layering needs a layer limit of at least 1, not {limit!r}")
     _, sizes = graph.sized_paths(None, "stable")
-    reference = [list(layer.store_paths) for layer in auto_layers(graph, limit)]
-    most_units = min(UNITS_PER_LAYER * limit, MAX_UNITS)
+
+    def grouped(groupable: Iterable[str], fixed: Sequence[Sequence[str]], free: int) -> list[list[str]]:
+        reference = [list(layer.store_paths) for layer in auto_layers(graph, limit)]
+        return group_by_change(graph, sizes, groupable, fixed, free, reference, min(UNITS_PER_LAYER * limit, MAX_UNITS))
+
     if not previous:
-        return [(paths, "first build, grouped by what changes together")
-                for paths in group_by_change(graph, sizes, graph.paths, [], limit, reference, most_units)]
+        return [(paths, "first build, grouped by what changes together") for paths in grouped(graph.paths, [], limit)]
     seen: set[str] = set()
     for layer in previous:
         for path in layer:
@@ -235,7 +237,7 @@ def stable_layers(
         free += 1
     if not regroup:
         return [(list(previous[i]), "kept") for i in kept]
-    groups = group_by_change(graph, sizes, regroup, [previous[i] for i in kept], free, reference, most_units)
+    groups = grouped(regroup, [previous[i] for i in kept], free)
     # Kept layers in their places; the new groups in the places of the layers not kept (the
     # groups least likely to change lowest), any more on top.
     layers: list[tuple[list[str], str]] = []
