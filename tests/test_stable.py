@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 
 import pytest
 
 from conftest import FIXTURES, run_luigi
+from random_graphs import random_packages
 from nixlayer.__main__ import main
 from nixlayer.autolayer import auto_layers
 from nixlayer.closure import ClosureGraph
@@ -179,6 +181,37 @@ def test_a_changed_layer_is_split_so_that_the_next_update_moves_less():
     graph, _ = closure(updated(curl=("8.7.0", *curl[1:])))
     again = stable_layers(graph, 5, [p for p, _ in layers])
     assert pulled(again, [p for p, _ in layers], graph) == 500_000 + 1_500_000
+
+
+@pytest.mark.parametrize("count, limit", [(40, 19), (40, 9), (150, 19), (150, 9)])
+def test_random_updates_of_random_closures_pull_less_than_auto(count, limit):
+    # Ten closures, each through eight updates of random packages (each 3 % larger; it and
+    # its dependents get new store paths): over each sequence a host pulls fewer bytes with
+    # stable than with auto (measured: 1.06 to 3.2 times the new store paths' bytes, auto 1.3
+    # to 5.9), and in at least 9 updates of 10 no more than with auto.
+    updates = worse = 0
+    for seed in range(10):
+        rng = random.Random(seed)
+        packages = random_packages(rng, count)
+        graph, _ = closure(packages)
+        layers = {"stable": [paths for paths, _ in stable_layers(graph, limit, None)],
+                  "auto": [list(layer.store_paths) for layer in auto_layers(graph, limit)]}
+        total = {"stable": 0, "auto": 0}
+        for _ in range(8):
+            name = rng.choice(sorted(packages))
+            version, size, deps = packages[name]
+            packages[name] = (str(int(version) + 1), size * 103 // 100, deps)
+            graph, _ = closure(packages)
+            new = {"stable": [paths for paths, _ in stable_layers(graph, limit, layers["stable"])],
+                   "auto": [list(layer.store_paths) for layer in auto_layers(graph, limit)]}
+            step = {name: pulled([(paths, "") for paths in new[name]], layers[name], graph) for name in new}
+            updates += 1
+            worse += step["stable"] > step["auto"]
+            for name in new:
+                total[name] += step[name]
+            layers = new
+        assert total["stable"] < total["auto"], seed
+    assert worse * 10 <= updates
 
 
 def test_a_store_path_removed_changes_its_layer(before):
