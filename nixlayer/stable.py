@@ -6,15 +6,14 @@ store path changes when it or anything in its closure changes (a new version of 
 gives it and every package that depends on it new store paths). So:
 
 - A layer costs, over updates to come, its bytes each time something in the closure of one of
-  its store paths changes. ``stable`` estimates that as ``bytes x weight`` where the weight sums,
-  over the store paths an update of which changes the layer (the union of its store paths'
-  closures), ``1 / sqrt(B)``, B being the bytes such an update changes at least (the store
-  path and everything depending on it in the image). Weighing by ``1 / B`` would count every
-  update alike, however small (the ratio a host sees); by ``1``, every byte alike (a large
-  update then hides the small ones it drags along); the square root is the middle. Over the
-  updates of ``bench/bench_layering.py`` at 20 layers it moved the fewest bytes of the three
-  (1.10 times the new store paths'; ``1 / B`` 1.16, ``1`` 1.12) and was the only one to move
-  no more than ``auto`` on any update; at 100 layers all three moved 1.00 times.
+  its store paths changes. ``stable`` estimates that as its bytes times the number of store
+  paths an update of which changes it (the union of its store paths' closures): every store
+  path as likely to be updated as any other. Weighing each such update by ``1 / sqrt(B)`` or
+  ``1 / B`` instead (B: the bytes it changes at least, the store path and everything depending
+  on it), so that a deep update counts less, moved more bytes over six update sequences of
+  five Debian closures at 20 layers (the widest: 1.18 times the new store paths' bytes against
+  1.25 and 1.28) and over random closures, though a little less on ``bench_layering.py``'s
+  default sequence (1.11 against 1.12).
 - Groups are made by merging, from small units (a store path each, or for more store paths
   than :data:`UNITS_PER_LAYER` per layer of the image, nixpkgs' auto-layer groups), the two
   groups whose merge adds the least to that cost, until they fit the layer limit
@@ -25,10 +24,13 @@ gives it and every package that depends on it new store paths). So:
   with a dear rare one (a large data package in libc's layer: cheap, until libc changes). So no
   merge may make an update of any one store path pull more than it would under nixpkgs'
   auto-layer of the same closure and limit (the *budget*), while a merge within the budget is
-  left; past that (the greedy merging can leave none), the merge that exceeds the budget least.
-  Auto's layers show the budget can be kept; measured on five Debian closures and random
-  graphs, a store path's update then pulls more than under ``auto`` only a few times in a
-  hundred, by a little, where without it a libc update pulled 1.17 times its bytes (auto 1.03).
+  left; past that, the merge that exceeds the budget least. Merging greedily can leave no
+  merge within the budget where another order would have: then the store paths are grouped
+  again, merging only those in the same layer of auto's (which keeps within the budget, as
+  auto's layers do), and the grouping that exceeds the budget less is taken. Over six update
+  sequences of five Debian closures (notes-stable2.md) no update then pulls more than under
+  ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
+  random updates of random closures 4 of 1,800 (before the budget 80).
 
 The first build of an image is grouped so. A rebuild keeps the previous build's layers:
 
@@ -48,7 +50,6 @@ grouped to change less next time. Planning twice in a row gives the same layers.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from nixlayer.autolayer import auto_layers, name_then_hash
@@ -60,13 +61,11 @@ MAX_UNITS = 400
 """The most groups :func:`group_by_change` starts from: ``UNITS_PER_LAYER`` per layer of the
 image, at most ``MAX_UNITS``. More store paths than that are first grouped into this many by
 nixpkgs' auto-layer (each large store path with the dependencies only it needs). Over the
-updates of ``bench/bench_layering.py`` at 20 layers (without the budget), 4 units per layer moved
-the fewest bytes (1.10 times the new store paths'; one group per store path 1.13, 2 per layer
-1.24, 3 1.12, 5 1.13, 6 1.12). With the budget, over five Debian closures (notes-stable2.md),
-one group per store path moved more in total (1.18 at 20 layers on that benchmark, against 1.11)
-and 2 to 8 per layer were within a few hundredths of 4, except 2. Per layer *of the image*, not
-of the layers left to regroup after an update: a few changed layers would otherwise make units
-so coarse that a store path's update is judged with its unit's. The cap keeps planning a
+update sequences of five Debian closures at 20 layers (notes-stable2.md), 4 per layer moved the
+fewest bytes (1.02 to 1.18 times the new store paths'; 3 per layer 1.03 to 1.20, 6 1.02 to 1.24,
+one group per store path 1.03 to 1.22, 2 1.04 to 1.32). Per layer *of the image*, not of the
+layers left to regroup after an update: a few changed layers would otherwise make units so
+coarse that a store path's update is judged with its unit's. The cap keeps planning a
 20,000-store-path closure to seconds (a few on a loaded 2-core machine)."""
 
 
@@ -112,14 +111,6 @@ def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: It
     edges = [{node_of[ref] for path in node for ref in graph.references(path)} for node in nodes]
     node_bytes = [sum(sizes[path] for path in node) for node in nodes]
     closures = [_reachable(i, edges) for i in range(len(nodes))]
-    changed_bytes = [0] * len(nodes)  # what an update of a node changes: it and its dependents
-    for i, closure in enumerate(closures):
-        for node in closure:
-            changed_bytes[node] += node_bytes[i]
-    weights = [1 / math.sqrt(max(changed, 1)) for changed in changed_bytes]
-
-    # group id -> (bytes, closure, weight of the closure, unit indexes)
-    groups = {i: (node_bytes[i], closures[i], sum(weights[n] for n in closures[i]), [i]) for i in range(len(units))}
 
     def pulled_on_update(layers: Iterable[tuple[int, frozenset[int]]]) -> list[int]:
         """Node -> the bytes of the layers (bytes, closure) an update of it changes."""
@@ -129,57 +120,79 @@ def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: It
                 pulled[node] += layer_bytes
         return pulled
 
-    pulled = pulled_on_update(zip(node_bytes, closures))
     budget = pulled_on_update((sum(sizes[path] for path in layer),
                                frozenset().union(*(closures[node_of[path]] for path in layer)))
                               for layer in reference)
+    layer_of = {path: i for i, layer in enumerate(reference) for path in layer}
+    home = [max(unit, key=lambda path: (sizes[path], path)) for unit in units]  # its largest store path's
+    home = [layer_of[path] for path in home]
 
-    def over_budget(a: int, b: int) -> float:
-        """How far merging groups a and b takes updates past their budget (weighted bytes): a
-        merged layer changes on the updates of either's closure, which the other's did not."""
-        bytes_a, closure_a, _, _ = groups[a]
-        bytes_b, closure_b, _, _ = groups[b]
-        return sum(weights[node] * (max(pulled[node] + more, budget[node]) - max(pulled[node], budget[node]))
-                   for closure, more in ((closure_a - closure_b, bytes_b), (closure_b - closure_a, bytes_a))
-                   for node in closure)
+    def merged(within_reference: bool) -> tuple[dict[int, tuple[int, frozenset[int], list[int]]], int]:
+        """Groups of the units, merged as the module docstring says, and the bytes by which the
+        updates of every node pass their budget in sum. Only units whose largest store paths
+        share a reference layer merge ``within_reference``: a split of the reference's layers,
+        within the budget wherever the units are single store paths."""
+        # group id -> (bytes, closure, unit indexes)
+        groups = {i: (node_bytes[i], closures[i], [i]) for i in range(len(units))}
+        pulled = pulled_on_update(zip(node_bytes, closures))
 
-    def added_cost(a: int, b: int) -> float:
-        bytes_a, closure_a, weight_a, _ = groups[a]
-        bytes_b, closure_b, weight_b, _ = groups[b]
-        weight = weight_a + sum(weights[n] for n in closure_b - closure_a)
-        return (bytes_a + bytes_b) * weight - bytes_a * weight_a - bytes_b * weight_b
+        def over_budget(a: int, b: int) -> int:
+            """How far merging groups a and b takes updates past their budget (bytes, summed
+            over updates): a merged layer changes on the updates of either's closure, which the
+            other's did not."""
+            bytes_a, closure_a, _ = groups[a]
+            bytes_b, closure_b, _ = groups[b]
+            return sum(max(pulled[node] + more, budget[node]) - max(pulled[node], budget[node])
+                       for closure, more in ((closure_a - closure_b, bytes_b), (closure_b - closure_a, bytes_a))
+                       for node in closure)
 
-    heap = [(added_cost(a, b), a, b) for a in groups for b in groups if a < b]
-    heapq.heapify(heap)
-    beyond: list[tuple[float, int, int]] = []  # merges past the budget (for good: pulled only grows)
-    next_id = len(units)
-    while len(groups) > limit:
-        if heap:
-            entry = heapq.heappop(heap)
-            if entry[1] not in groups or entry[2] not in groups:
-                continue
-            if over_budget(entry[1], entry[2]) > 0:
-                beyond.append(entry)
-                continue
-        else:  # none within the budget left: the one past it least, then the cheapest
-            beyond = [entry for entry in beyond if entry[1] in groups and entry[2] in groups]
-            entry = min(beyond, key=lambda entry: (over_budget(entry[1], entry[2]), entry))
-            beyond.remove(entry)
-        _, a, b = entry
-        bytes_a, closure_a, weight_a, units_a = groups.pop(a)
-        bytes_b, closure_b, weight_b, units_b = groups.pop(b)
-        for node in closure_a - closure_b:
-            pulled[node] += bytes_b
-        for node in closure_b - closure_a:
-            pulled[node] += bytes_a
-        groups[next_id] = (bytes_a + bytes_b, closure_a | closure_b,
-                           weight_a + sum(weights[n] for n in closure_b - closure_a), units_a + units_b)
-        for other in groups:
-            if other != next_id:
-                heapq.heappush(heap, (added_cost(other, next_id), other, next_id))
-        next_id += 1
-    layers = [(weight, sorted((path for unit in group_units for path in units[unit]), key=name_then_hash))
-              for _, _, weight, group_units in groups.values()]
+        def added_cost(a: int, b: int) -> int:
+            bytes_a, closure_a, _ = groups[a]
+            bytes_b, closure_b, _ = groups[b]
+            return bytes_a * len(closure_b - closure_a) + bytes_b * len(closure_a - closure_b)
+
+        def allowed(a: int, b: int) -> bool:
+            return not within_reference or home[groups[a][2][0]] == home[groups[b][2][0]]
+
+        heap = [(added_cost(a, b), a, b) for a in groups for b in groups if a < b and allowed(a, b)]
+        heapq.heapify(heap)
+        beyond: list[tuple[int, int, int]] = []  # merges past the budget (for good: pulled only grows)
+        next_id = len(units)
+        while len(groups) > limit:
+            if heap:
+                entry = heapq.heappop(heap)
+                if entry[1] not in groups or entry[2] not in groups:
+                    continue
+                if over_budget(entry[1], entry[2]) > 0:
+                    beyond.append(entry)
+                    continue
+            else:  # none within the budget left: the one past it least, then the cheapest
+                beyond = [entry for entry in beyond if entry[1] in groups and entry[2] in groups]
+                if not beyond:  # within_reference, and more reference layers than limit
+                    beyond = [(added_cost(a, b), a, b) for a in groups for b in groups if a < b]
+                entry = min(beyond, key=lambda entry: (over_budget(entry[1], entry[2]), entry))
+                beyond.remove(entry)
+            _, a, b = entry
+            bytes_a, closure_a, units_a = groups.pop(a)
+            bytes_b, closure_b, units_b = groups.pop(b)
+            for node in closure_a - closure_b:
+                pulled[node] += bytes_b
+            for node in closure_b - closure_a:
+                pulled[node] += bytes_a
+            groups[next_id] = (bytes_a + bytes_b, closure_a | closure_b, units_a + units_b)
+            for other in groups:
+                if other != next_id and allowed(other, next_id):
+                    heapq.heappush(heap, (added_cost(other, next_id), other, next_id))
+            next_id += 1
+        return groups, sum(max(0, pulled[node] - budget[node]) for node in range(len(nodes)))
+
+    groups, overflow = merged(False)
+    if overflow:
+        # The greedy merging can leave no merge within the budget where splitting the
+        # reference's layers would have: the one that passes it less.
+        groups = min((groups, overflow), merged(True), key=lambda run: run[1])[0]
+    layers = [(len(closure), sorted((path for unit in group_units for path in units[unit]), key=name_then_hash))
+              for _, closure, group_units in groups.values()]
     layers.sort(key=lambda layer: (layer[0], [name_then_hash(path) for path in layer[1]]))
     return [paths for _, paths in layers]
 
