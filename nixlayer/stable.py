@@ -30,7 +30,7 @@ gives it and every package that depends on it new store paths). So:
   auto's layers do), and the grouping that exceeds the budget less is taken. Over six update
   sequences of five Debian closures (notes-stable2.md) no update then pulls more than under
   ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
-  random updates of random closures 4 of 1,800 (before the budget 80).
+  random updates of random closures 4 of 1,800 (before the budget 86).
 
 The first build of an image is grouped so. A rebuild keeps the previous build's layers:
 
