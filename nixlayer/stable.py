@@ -95,8 +95,8 @@ def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: It
             update of each store path are the budget.
         most_units: the most groups to start from (auto-layer groups past that).
     Returns:
-        The layers, each sorted by :func:`name_then_hash`, in ascending order of the weight
-        of what changes them (then by store paths).
+        The layers, each sorted by :func:`name_then_hash`, in ascending order of the number of
+        store paths whose updates change them (then by store paths).
     """
     groupable = sorted(groupable, key=name_then_hash)
     if len(groupable) > most_units:
@@ -123,15 +123,20 @@ def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: It
     budget = pulled_on_update((sum(sizes[path] for path in layer),
                                frozenset().union(*(closures[node_of[path]] for path in layer)))
                               for layer in reference)
+
+    def overflow(pulled: list[int]) -> int:
+        """The bytes by which the updates of every node pass their budget, in sum."""
+        return sum(max(0, pulled[node] - budget[node]) for node in range(len(nodes)))
+
     layer_of = {path: i for i, layer in enumerate(reference) for path in layer}
     home = [max(unit, key=lambda path: (sizes[path], path)) for unit in units]  # its largest store path's
     home = [layer_of[path] for path in home]
 
     def merged(within_reference: bool) -> tuple[dict[int, tuple[int, frozenset[int], list[int]]], int]:
-        """Groups of the units, merged as the module docstring says, and the bytes by which the
-        updates of every node pass their budget in sum. Only units whose largest store paths
-        share a reference layer merge ``within_reference``: a split of the reference's layers,
-        within the budget wherever the units are single store paths."""
+        """Groups of the units, merged as the module docstring says, and their overflow. Only
+        units whose largest store paths share a reference layer merge ``within_reference``: a
+        split of the reference's layers, within the budget wherever the units are single store
+        paths (and no fixed layer passes it)."""
         # group id -> (bytes, closure, unit indexes)
         groups = {i: (node_bytes[i], closures[i], [i]) for i in range(len(units))}
         pulled = pulled_on_update(zip(node_bytes, closures))
@@ -184,13 +189,13 @@ def group_by_change(graph: ClosureGraph, sizes: Mapping[str, int], groupable: It
                 if other != next_id and allowed(other, next_id):
                     heapq.heappush(heap, (added_cost(other, next_id), other, next_id))
             next_id += 1
-        return groups, sum(max(0, pulled[node] - budget[node]) for node in range(len(nodes)))
+        return groups, overflow(pulled)
 
-    groups, overflow = merged(False)
-    if overflow:
+    groups, passed = merged(False)
+    if passed > overflow(pulled_on_update(zip(node_bytes, closures))):  # more than the fixed layers alone
         # The greedy merging can leave no merge within the budget where splitting the
         # reference's layers would have: the one that passes it less.
-        groups = min((groups, overflow), merged(True), key=lambda run: run[1])[0]
+        groups = min((groups, passed), merged(True), key=lambda run: run[1])[0]
     layers = [(len(closure), sorted((path for unit in group_units for path in units[unit]), key=name_then_hash))
               for _, closure, group_units in groups.values()]
     layers.sort(key=lambda layer: (layer[0], [name_then_hash(path) for path in layer[1]]))
