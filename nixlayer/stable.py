@@ -10,10 +10,10 @@ gives it and every package that depends on it new store paths). So:
   paths an update of which changes it (the union of its store paths' closures): every store
   path as likely to be updated as any other. Weighing each such update by ``1 / sqrt(B)`` or
   ``1 / B`` instead (B: the bytes it changes at least, the store path and everything depending
-  on it), so that a deep update counts less, moved more bytes over six update sequences of
-  five Debian closures at 20 layers (the widest: 1.18 times the new store paths' bytes against
-  1.25 and 1.28) and over random closures, though a little less on ``bench_layering.py``'s
-  default sequence (1.11 against 1.12).
+  on it), so that a deep update counts less, did no better: over six update sequences of five
+  Debian closures at 20 layers (notes-stable2.md), ``1 / sqrt(B)`` moved less on three and more
+  on three, the widest included (1.24 times the new store paths' bytes against 1.20), and more
+  over random closures; ``1 / B`` moved more on all six.
 - Groups are made by merging, from small units (a store path each, or for more store paths
   than :data:`UNITS_PER_LAYER` per layer of the image, nixpkgs' auto-layer groups), the two
   groups whose merge adds the least to that cost, until they fit the layer limit
