@@ -6,7 +6,7 @@ store paths, about 560 MiB), one Nix derivation per package; an update raises a 
 revision, which grows it by 3 % of its files' bytes (as new versions change sizes) and gives it
 and every package that depends on it new store paths, as in Nix. The updates (``UPDATES``)
 change packages at the top (applications), in the middle (OpenSSL, GnuTLS, SQLite) and deep
-(zlib, libc), one after the other.
+(zlib, libc), one after the other; ``--updates`` gives others (``package:depth,...``).
 
 1. Pulled bytes. For each layering and ``--max-layers`` (100 and 20) every update's image is
    planned (``nixlayer.plan.plan_image``; ``stable`` with the previous update's plan as its
@@ -40,8 +40,8 @@ change packages at the top (applications), in the middle (OpenSSL, GnuTLS, SQLit
 The first run copies the packages' files into the Nix store (a few minutes); later runs reuse
 them. About 2 minutes then on 2 cores.
 
-    python3 bench/bench_layering.py [--roots git,python3.11,...] [--max-layers 100,20] [--no-builds]
-        [--python venv|current] [--work DIR]
+    python3 bench/bench_layering.py [--roots git,python3.11,...] [--updates curl:top,libc6:deepest,...]
+        [--max-layers 100,20] [--no-builds] [--python venv|current] [--work DIR]
 """
 
 from __future__ import annotations
@@ -69,14 +69,11 @@ ROOTS = DEFAULT_ROOTS + ",wget,jq,less,file,zstd,bzip2"
 LAYERINGS = ("popularity", "auto", "stable")
 GROWTH_PERCENT = 3  # what each revision adds to a package, of its files' bytes
 BUILD_TARGET = 1.3  # an update build's seconds / the floor's, in total
-# (what changes, its depth): applied in this order, each on top of the previous ones.
-UPDATES = [
-    ("curl", "top"), ("libssl3", "middle"), ("git", "top"), ("zlib1g", "deep"),
-    ("libsqlite3-0", "middle"), ("vim", "top"), ("libc6", "deepest"), ("libgnutls30", "middle"),
-]
+# (what changes, its depth): applied in this order, each on top of the previous ones (--updates).
+UPDATES = "curl:top,libssl3:middle,git:top,zlib1g:deep,libsqlite3-0:middle,vim:top,libc6:deepest,libgnutls30:middle"
 
 
-def pulled_bytes(graphs: list, max_layers_list: list[int]) -> None:
+def pulled_bytes(graphs: list, updates: list[tuple[str, str]], max_layers_list: list[int]) -> None:
     """Print, per max_layers, each layering's pulled bytes / new bytes per update and in total."""
     for max_layers in max_layers_list:
         print(f"\nmax_layers {max_layers}: pulled bytes / bytes of new store paths (layers)")
@@ -90,23 +87,30 @@ def pulled_bytes(graphs: list, max_layers_list: list[int]) -> None:
                 plans[name].append(previous)
         totals = dict.fromkeys(LAYERINGS, 0)
         total_new = 0
+        worse = []  # the updates where the default pulled more than auto
         for step in range(1, len(graphs)):
             old, new = graphs[step - 1], graphs[step]
             fresh = [p for p in new if p not in old]
             new_bytes = sum(new.nar_size(p) or 0 for p in fresh)
             total_new += new_bytes
             cells = []
+            pulled_by = {}
             for name in LAYERINGS:
                 before = {tuple(layer) for layer in plans[name][step - 1]}
                 pulled = sum(new.nar_size(p) or 0 for layer in plans[name][step] if tuple(layer) not in before
                              for p in layer)
                 totals[name] += pulled
+                pulled_by[name] = pulled
                 cells.append(f"{pulled / new_bytes:>10.2f} ({len(plans[name][step]):>3})")
-            label = f"{UPDATES[step - 1][0]} ({UPDATES[step - 1][1]})"
+            label = "{} ({})".format(*updates[step - 1])
             print(f"{label:<26} {len(fresh):>5} {new_bytes / 2**20:>9.1f} MiB    " + "  ".join(cells))
+            if pulled_by[DEFAULT_LAYERING] > pulled_by["auto"]:
+                worse.append(label)
         print(f"{'total':<26} {'':>5} {total_new / 2**20:>9.1f} MiB    "
               + "  ".join(f"{totals[name] / total_new:>10.2f}      " for name in LAYERINGS))
-        print(json.dumps({"max_layers": max_layers, "ratios": {n: round(totals[n] / total_new, 3) for n in LAYERINGS}}))
+        print(f"{DEFAULT_LAYERING} (the default) pulled more than auto on: {', '.join(worse) or 'no update'}")
+        print(json.dumps({"max_layers": max_layers, "ratios": {n: round(totals[n] / total_new, 3) for n in LAYERINGS},
+                          "worse_than_auto": worse}))
 
 
 def layers_line(stderr: str) -> str:
@@ -133,7 +137,7 @@ def update_build(work: Path, store: Path, contents: list[str], output: Path, opt
     return best(builds)
 
 
-def update_builds(work: Path, steps: list[list[str]], graphs: list) -> None:
+def update_builds(work: Path, steps: list[list[str]], graphs: list, updates: list[tuple[str, str]]) -> None:
     """Print the seconds of each update build against its floor (see the module docstring)."""
     print(f"\nupdate builds: BuildImage --layering {DEFAULT_LAYERING} (the default) --max-layers {DEFAULT_MAX_LAYERS}"
           " --format oci --compression none --workers 2, against tar -c <new store paths> | sha256sum")
@@ -156,15 +160,15 @@ def update_builds(work: Path, steps: list[list[str]], graphs: list) -> None:
         floor = floor_seconds(fresh)
         build_total += build.seconds
         floor_total += floor
-        label = f"{UPDATES[step - 1][0]} ({UPDATES[step - 1][1]})"
+        label = "{} ({})".format(*updates[step - 1])
         work_seconds = build.seconds - noop
         print(f"{label:<26} {len(fresh):>5} {new_bytes / 2**20:>9.1f} MiB    {build.seconds:>8.2f} {floor:>8.2f}"
               f" {build.seconds / floor:>7.2f} {work_seconds:>14.2f} {work_seconds / floor:>6.2f}  {layers_line(build.stderr)}")
-    updates = len(steps) - 1
+    count = len(steps) - 1
     ratio = build_total / floor_total
-    work_ratio = (build_total - updates * noop) / floor_total
+    work_ratio = (build_total - count * noop) / floor_total
     print(f"{'total':<26} {'':>22}    {build_total:>8.2f} {floor_total:>8.2f} {ratio:>7.2f}"
-          f" {build_total - updates * noop:>14.2f} {work_ratio:>6.2f}  target {BUILD_TARGET}:"
+          f" {build_total - count * noop:>14.2f} {work_ratio:>6.2f}  target {BUILD_TARGET}:"
           f" {'MET' if ratio <= BUILD_TARGET else 'MISSED'}")
     print(json.dumps({"update_builds": {"seconds": round(build_total, 2), "floor_seconds": round(floor_total, 2),
                                         "ratio": round(ratio, 3), "noop_seconds": round(noop, 2),
@@ -175,14 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--roots", default=ROOTS)
     parser.add_argument("--max-layers", default="100,20")
+    parser.add_argument("--updates", default=UPDATES,
+                        help="the updates, in order: package:depth,... (the depth is only a label)")
     parser.add_argument("--no-builds", action="store_true", help="plan only: no update builds timed")
     parser.add_argument("--work", type=Path, help="work directory to use and keep (default: a temporary one);"
                         " a later run with the same one reuses its Nix expression, not its layer store")
     parser.add_argument("--python", default="venv", choices=["venv", "current"],
                         help="the builds' python: a virtual environment with nixlayer installed (default), or this one")
     args = parser.parse_args(argv)
+    updates = [tuple(item.partition(":")[::2]) for item in args.updates.split(",")]
     dag = dependency_dag(args.roots.split(","))
-    for name, _ in UPDATES:
+    for name, _ in updates:
         if name not in dag:
             raise SystemExit(f"bench_layering: {name} (an update) is not in the closure of {args.roots}")
     with contextlib.ExitStack() as stack:
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         nix_file = write_closure_nix(work, dag, GROWTH_PERCENT)
         revisions: dict[str, int] = {}
         steps = [nix_build(nix_file, "contents", revisions)]
-        for number, (name, _) in enumerate(UPDATES, 1):
+        for number, (name, _) in enumerate(updates, 1):
             revisions[name] = number
             steps.append(nix_build(nix_file, "contents", revisions))
         graphs = [graph_from_nix(contents) for contents in steps]
@@ -205,14 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         total_bytes = sum(first.nar_size(p) or 0 for p in first)
         print(f"closure: {len(first)} store paths, {total_bytes / 2**20:.0f} MiB, {len(contents_of(dag))} contents;"
               f" roots {args.roots}")
-        pulled_bytes(graphs, [int(n) for n in args.max_layers.split(",")])
+        pulled_bytes(graphs, updates, [int(n) for n in args.max_layers.split(",")])
         if not args.no_builds:
             if args.python == "venv":
                 shutil.rmtree(work / "venv", ignore_errors=True)
                 bench_build.PYTHON = make_venv(work)
             print(f"\nbuilds run by {' '.join(bench_build.PYTHON)} ({site_packages(bench_build.PYTHON[0])} installed"
                   f" distributions); this script's {sys.executable} has {site_packages(sys.executable)}")
-            update_builds(work, steps, graphs)
+            update_builds(work, steps, graphs, updates)
     return 0
 
 

@@ -40,9 +40,9 @@ DOCKER_SAFE_LAYERS = 125
 
 LAYERINGS = ("stable", "popularity", "auto", "pipeline")
 """The layerings nixlayer knows, the default first: ``stable`` moved the fewest bytes over the
-updates of ``bench/bench_layering.py`` (1.00 and 1.09 times the new store paths' bytes at 100
-and 20 layers; ``auto`` 1.01 and 1.37, ``popularity`` 2.56 and 3.32), no update more than
-``auto``."""
+updates of ``bench/bench_layering.py`` (1.00 and 1.12 times the new store paths' bytes at 100
+and 20 layers; ``auto`` 1.01 and 1.42, ``popularity`` 2.61 and 3.37), and over five other
+update sequences and closures (``--roots``, ``--updates``), no update more than ``auto``."""
 DEFAULT_LAYERING = LAYERINGS[0]
 
 

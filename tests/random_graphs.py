@@ -3,6 +3,8 @@ definition (tree expansion and counting, no closed form) to check the fast one a
 
 from __future__ import annotations
 
+import math
+import random
 from collections import Counter
 
 from hypothesis import strategies as st
@@ -10,6 +12,17 @@ from hypothesis import strategies as st
 from nixlayer.storepath import NIX_BASE32, package_name
 
 NAMES = ["glibc-2.40", "zlib-1.3", "bash-5.2", "app", "app"]  # repeated names: ties by hash
+
+
+def random_packages(rng: random.Random, count: int) -> dict[str, tuple[str, int, list[str]]]:
+    """A closure shaped like a real one, as package name -> (version, NAR size, dependencies):
+    package i depends on 0 to 6 of the packages before it, the first ones (the deep libraries)
+    most often; sizes log-normal around 0.7 MB, from a few KB to hundreds of MB."""
+    packages = {}
+    for i in range(count):
+        deps = sorted({int(i * rng.random() ** 2) for _ in range(min(i, rng.choice([0, 1, 1, 2, 2, 3, 4, 6])))})
+        packages[f"p{i}"] = ("0", int(math.exp(rng.gauss(13.5, 1.8))), [f"p{j}" for j in deps])
+    return packages
 
 
 @st.composite
