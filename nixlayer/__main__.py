@@ -24,6 +24,8 @@ from nixlayer.image import config_store_paths
 from nixlayer.index import Platform, image_platform
 from nixlayer.layerstore import LayerStore, default_layer_store
 from nixlayer.plan import DEFAULT_LAYERING, DEFAULT_MAX_LAYERS, LAYERINGS, LayerPlan, check_layering, plan_image
+from nixlayer.reference import check_name
+from nixlayer.registry import push_reference
 from nixlayer.spec import override_warning, read_spec
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 
@@ -95,9 +97,23 @@ def _previous_layers(args: argparse.Namespace, layering: str, name: str | None, 
         return None
     if args.output and not name:
         raise NixlayerError("--output finds the previous build of an image by its name too: give --name")
-    store = LayerStore(args.layer_store or default_layer_store())
-    return store.previous_build(name=name or "", output=args.output or "", push=args.push or "", tag=tag or "",
-                                platform=str(platform))
+    if name:
+        check_name(name)  # refused as BuildImage refuses it
+    if args.push and args.tag:
+        push_reference(args.push, args.tag)  # --tag beside a target naming another: refused as PushImage does
+    return _layer_store(args).previous_build(name=name or "", output=args.output or "", push=args.push or "",
+                                             tag=tag or "", platform=str(platform))
+
+
+def _layer_store(args: argparse.Namespace) -> LayerStore:
+    """``--layer-store``, else the builds' own: ``[nixlayer] layer_store`` of the luigi.cfg files
+    Luigi reads here (``LUIGI_CONFIG_PATH``, ``./luigi.cfg``, ...), else the default. Luigi's
+    configuration reader is the one place that knows those files, so it is asked."""
+    if args.layer_store:
+        return LayerStore(args.layer_store)
+    import luigi.configuration  # here only: the plan command's other paths need no Luigi
+
+    return LayerStore(luigi.configuration.get_config().get("nixlayer", "layer_store", default_layer_store()))
 
 
 def _plan_layers(path: str) -> list[list[str]]:
@@ -141,7 +157,7 @@ def _spec_plan_inputs(args: argparse.Namespace) -> tuple[ClosureGraph, list[str]
     platform = image_platform(parameters.get("platform", ""), parameters.get("architecture", ""))
     if base_layers is None and parameters.get("from_image"):
         base_layers = len(read_base_image(parameters["from_image"], platform,
-                                          LayerStore(args.layer_store or default_layer_store())).layers)
+                                          _layer_store(args)).layers)
     roots = [resolve_store_path(path, store_dir)  # copy_to_root paths are roots as contents are
              for path in [*parameters.get("contents", []), *parameters.get("copy_to_root", [])]]
     config_paths = config_store_paths(parameters.get("config", {}), normalize_store_dir(store_dir))
@@ -208,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=None,
                       help="the image's platform, as BuildImage's --platform (default: the spec's, else this machine's)")
     plan.add_argument("--layer-store", metavar="DIR", default=None,
-                      help=f"the layer store of the builds: [nixlayer] layer_store of their luigi.cfg (default:"
-                           f" {default_layer_store()})")
+                      help=f"the layer store of the builds (default: [nixlayer] layer_store of the luigi.cfg"
+                           f" Luigi reads here, else {default_layer_store()})")
     plan.add_argument("--base-layers", type=int, default=None, metavar="N",
                       help="layers of the base image, counted against max_layers (default: 0; with --spec, those"
                            " of its image's base image, read: its manifest and config)")

@@ -380,7 +380,17 @@ def test_plan_command_finds_the_previous_build_as_build_image_does(tmp_path, lay
     # Another layering ignores the previous build.
     assert plan("--output", str(output), "--name", "inc", "--layering", "popularity") == plan("--layering", "popularity")
 
+    # Without --layer-store: the builds' own, from the luigi.cfg Luigi reads where plan runs.
+    (tmp_path / "luigi.cfg").write_text(f"[nixlayer]\nlayer_store = {layer_store}\n")
+    run = subprocess.run(["python3", "-m", "nixlayer", "plan", "--max-layers", "3", "--json", "--output", str(output),
+                          "--name", "inc", v1["app"], v2["tool"]], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert run.returncode == 0, run.stderr
+    assert [(layer["store_paths"], layer["reason"]) for layer in json.loads(run.stdout)["layers"]] == kept
+
     for options, message in [
+        (["--output", str(output), "--name", "MULTI"], "invalid image name 'MULTI'"),
+        (["--push", "docker://127.0.0.1:5000/inc:5", "--tag", "6"], "--tag 6 and push target"),
         (["--output", str(output)], "--output finds the previous build of an image by its name too: give --name"),
         (["--output", str(output), "--name", "inc", "--previous", str(tmp_path / "p.json")],
          "--previous gives the previous build: no --output or --push with it"),
