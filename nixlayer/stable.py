@@ -11,8 +11,8 @@ gives it and every package that depends on it new store paths). So:
   path as likely to be updated as any other. Weighing each such update by ``1 / sqrt(B)`` or
   ``1 / B`` instead (B: the bytes it changes at least, the store path and everything depending
   on it), so that a deep update counts less, did no better: over six update sequences of five
-  Debian closures at 20 layers (bench/README.md: bench_layering.py with --roots, --updates), ``1 / sqrt(B)`` moved less on three and more
-  on three, the widest included (1.24 times the new store paths' bytes against 1.20), and more
+  Debian closures at 20 layers (bench/README.md: bench_layering.py with --roots and
+  --updates), ``1 / sqrt(B)`` moved less on three and more on three, the widest included (1.24 times the new store paths' bytes against 1.20), and more
   over random closures; ``1 / B`` moved more on all six.
 - Groups are made by merging, from small units (a store path each, or for more store paths
   than :data:`UNITS_PER_LAYER` per layer of the image, nixpkgs' auto-layer groups), the two
@@ -28,8 +28,8 @@ gives it and every package that depends on it new store paths). So:
   merge within the budget where another order would have: then the store paths are grouped
   again, merging only those in the same layer of auto's (which keeps within the budget, as
   auto's layers do), and the grouping that exceeds the budget less is taken. Over six update
-  sequences of five Debian closures (bench/README.md: bench_layering.py with --roots, --updates) no update then pulls more than under
-  ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
+  sequences of five Debian closures (bench/README.md: bench_layering.py with --roots and
+  --updates) no update then pulls more than under ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
   random updates of random closures 4 of 1,800 (before the budget 86).
 
 The first build of an image is grouped so. A rebuild keeps the previous build's layers:
@@ -61,8 +61,8 @@ MAX_UNITS = 400
 """The most groups :func:`group_by_change` starts from: ``UNITS_PER_LAYER`` per layer of the
 image, at most ``MAX_UNITS``. More store paths than that are first grouped into this many by
 nixpkgs' auto-layer (each large store path with the dependencies only it needs). Over the
-update sequences of five Debian closures at 20 layers (bench/README.md: bench_layering.py with --roots, --updates), 4 per layer moved the
-fewest bytes (1.02 to 1.18 times the new store paths'; 3 per layer 1.03 to 1.20, 6 1.02 to 1.24,
+update sequences of five Debian closures at 20 layers (bench/README.md: bench_layering.py
+with --roots and --updates), 4 per layer moved the fewest bytes (1.02 to 1.18 times the new store paths'; 3 per layer 1.03 to 1.20, 6 1.02 to 1.24,
 one group per store path 1.03 to 1.22, 2 1.04 to 1.32). Per layer *of the image*, not of the
 layers left to regroup after an update: a few changed layers would otherwise make units so
 coarse that a store path's update is judged with its unit's. The cap keeps planning a
