@@ -5,31 +5,31 @@ bytes changed, and a layer's bytes change as soon as one of its store paths does
 store path changes when it or anything in its closure changes (a new version of a package
 gives it and every package that depends on it new store paths). So:
 
-- A layer costs, over updates to come, its bytes each time something in the closure of one of
-  its store paths changes. ``stable`` estimates that as its bytes times the number of store
-  paths an update of which changes it (the union of its store paths' closures): every store
-  path as likely to be updated as any other. Weighing each such update by ``1 / sqrt(B)`` or
-  ``1 / B`` instead (B: the bytes it changes at least, the store path and everything depending
-  on it), so that a deep update counts less, did no better: over six update sequences of five
-  Debian closures at 20 layers (bench/README.md: bench_layering.py with --roots and
-  --updates), ``1 / sqrt(B)`` moved less on three and more on three, the widest included (1.24 times the new store paths' bytes against 1.20), and more
-  over random closures; ``1 / B`` moved more on all six.
+- A layer costs, over updates to come, its bytes each time something in the closure of one of its
+  store paths changes. ``stable`` estimates that as its bytes times the number of store paths an
+  update of which changes it (the union of its store paths' closures): every store path as likely
+  to be updated as any other. Weighing each such update by ``1 / sqrt(B)`` or ``1 / B`` instead
+  (B: the bytes it changes at least, the store path and everything depending on it), so that a
+  deep update counts less, did no better: over six update sequences of five Debian closures at 20
+  layers (bench/README.md: bench_layering.py with --roots and --updates), ``1 / sqrt(B)`` moved
+  less on three and more on three, the widest included (1.24 times the new store paths' bytes
+  against 1.20), and more over random closures; ``1 / B`` moved more on all six.
 - Groups are made by merging, from small units (a store path each, or for more store paths
   than :data:`UNITS_PER_LAYER` per layer of the image, nixpkgs' auto-layer groups), the two
   groups whose merge adds the least to that cost, until they fit the layer limit
   (:func:`group_by_change`). Store paths that change together (a library and the program only
   it serves) merge first; a large store path that rarely changes stays apart from small ones
   that change often.
-- That cost is an average over updates to come, and an average can buy a cheap common update
-  with a dear rare one (a large data package in libc's layer: cheap, until libc changes). So no
-  merge may make an update of any one store path pull more than it would under nixpkgs'
-  auto-layer of the same closure and limit (the *budget*), while a merge within the budget is
-  left; past that, the merge that exceeds the budget least. Merging greedily can leave no
-  merge within the budget where another order would have: then the store paths are grouped
-  again, merging only those in the same layer of auto's (which keeps within the budget, as
-  auto's layers do), and the grouping that exceeds the budget less is taken. Over six update
-  sequences of five Debian closures (bench/README.md: bench_layering.py with --roots and
-  --updates) no update then pulls more than under ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
+- That cost is an average over updates to come, and an average can buy a cheap common update with
+  a dear rare one (a large data package in libc's layer: cheap, until libc changes). So no merge
+  may make an update of any one store path pull more than it would under nixpkgs' auto-layer of
+  the same closure and limit (the *budget*), while a merge within the budget is left; past that,
+  the merge that exceeds the budget least. Merging greedily can leave no merge within the budget
+  where another order would have: then the store paths are grouped again, merging only those in
+  the same layer of auto's (which keeps within the budget, as auto's layers do), and the grouping
+  that exceeds the budget less is taken. Over six update sequences of five Debian closures
+  (bench/README.md: bench_layering.py with --roots and --updates) no update then pulls more than
+  under ``auto``, where 9 of 114 did before (a libc update 1.17 times its bytes, auto 1.03); over
   random updates of random closures 4 of 1,800 (before the budget 86).
 
 The first build of an image is grouped so. A rebuild keeps the previous build's layers:
@@ -60,13 +60,13 @@ UNITS_PER_LAYER = 4
 MAX_UNITS = 400
 """The most groups :func:`group_by_change` starts from: ``UNITS_PER_LAYER`` per layer of the
 image, at most ``MAX_UNITS``. More store paths than that are first grouped into this many by
-nixpkgs' auto-layer (each large store path with the dependencies only it needs). Over the
-update sequences of five Debian closures at 20 layers (bench/README.md: bench_layering.py
-with --roots and --updates), 4 per layer moved the fewest bytes (1.02 to 1.18 times the new store paths'; 3 per layer 1.03 to 1.20, 6 1.02 to 1.24,
-one group per store path 1.03 to 1.22, 2 1.04 to 1.32). Per layer *of the image*, not of the
-layers left to regroup after an update: a few changed layers would otherwise make units so
-coarse that a store path's update is judged with its unit's. The cap keeps planning a
-20,000-store-path closure to seconds (a few on a loaded 2-core machine)."""
+nixpkgs' auto-layer (each large store path with the dependencies only it needs). Over the update
+sequences of five Debian closures at 20 layers (bench/README.md: bench_layering.py with --roots
+and --updates), 4 per layer moved the fewest bytes (1.02 to 1.18 times the new store paths'; 3 per
+layer 1.03 to 1.20, 6 1.02 to 1.24, one group per store path 1.03 to 1.22, 2 1.04 to 1.32). Per
+layer *of the image*, not of the layers left to regroup after an update: a few changed layers
+would otherwise make units so coarse that a store path's update is judged with its unit's. The cap
+keeps planning a 20,000-store-path closure to seconds (a few on a loaded 2-core machine)."""
 
 
 def _reachable(start: int, edges: Sequence[set[int]]) -> frozenset[int]:
