@@ -131,9 +131,10 @@ def with_perms(entry: Entry, matcher: Matcher, source: str | None) -> Entry:
 
 
 class _DigestingWriter:
-    """Where a layer's tar goes: hashes it, compresses it, hashes the blob, writes that to ``out``.
+    """Where a layer's tar goes: gathers it into pieces of about 1 MiB (small members together),
+    hashes them, compresses them, hashes the blob, writes that to ``out``; ends the tar.
 
-    That work runs on a thread of its own, beside the thread that lists and reads the files and
+    The work on the pieces runs on a thread of its own, beside the thread that lists and reads the files and
     makes the tar headers: hashing, compressing and writing a piece hold Python's lock only
     briefly, while the per-file work of the other thread is Python code that holds it. Use it
     as a context manager: entering it starts that thread, leaving it stops it, whether the
@@ -151,6 +152,7 @@ class _DigestingWriter:
         self._blob = self._diff if compression.name == "none" else hashlib.sha256()
         self.size = 0
         self.blob_size = 0
+        self._pending = bytearray()  # tar bytes not yet handed over as a piece
         self._pieces: queue.Queue[bytes | None] = queue.Queue(self._QUEUE)
         self._error: BaseException | None = None
         self._abandoned = False  # left unfinished: the pieces still queued are not written
@@ -166,13 +168,21 @@ class _DigestingWriter:
             self._pieces.put(None)
             self._thread.join()
 
-    def write(self, data: bytes | bytearray) -> None:
-        """Hand ``data``, the next bytes of the tar, over to be written; it is kept until then,
-        so the caller must not change it. Raises what writing earlier pieces raised."""
+    def write(self, data: bytes) -> bool:
+        """Add ``data``, the next bytes of the tar. Returns whether a piece was handed over to be
+        written with it. Raises what writing earlier pieces raised."""
+        self.size += len(data)
+        self._pending += data
+        if len(self._pending) < COPY_BUFFER:
+            return False
+        self._hand_over()
+        return True
+
+    def _hand_over(self) -> None:
         if self._error is not None:
             raise self._error
-        self.size += len(data)
-        self._pieces.put(data)
+        self._pieces.put(self._pending)
+        self._pending = bytearray()  # a new one: the thread keeps the old one until it is written
 
     def _work(self) -> None:
         while (data := self._pieces.get()) is not None:
@@ -194,7 +204,10 @@ class _DigestingWriter:
                 raise NixlayerError(f"cannot write layer blob: {e.strerror or e}") from None
 
     def finish(self) -> LayerBlob:
-        """Wait for every piece to be written, flush the compressor; the layer's digests and sizes."""
+        """End the tar as Python's tarfile ends one (:func:`nixlayer.tar.end`), wait for every
+        piece to be written, flush the compressor; the layer's digests and sizes."""
+        self.write(tar.end(self.size))
+        self._hand_over()
         self._pieces.put(None)
         self._thread.join()
         if self._error is not None:
@@ -357,14 +370,8 @@ def write_encoded(members: Iterable[bytes], out: BinaryIO, compression: Compress
     ends one (:func:`nixlayer.tar.end`), so the bytes equal those ``write_entries`` gives for
     the same entries. Raises NixlayerError when ``out`` fails."""
     with _DigestingWriter(out, compression) as writer:
-        pending = bytearray()
         for member in members:
-            pending += member
-            if len(pending) >= COPY_BUFFER:
-                writer.write(pending)
-                pending = bytearray()
-        pending += tar.end(writer.size + len(pending))
-        writer.write(pending)
+            writer.write(member)
         return writer.finish()
 
 
@@ -391,18 +398,14 @@ def write_entries(
     entries = list(entries)
     total = sum(e.size for e in entries)
     done = 0
-    pending = bytearray()  # tar bytes not yet handed over to the writer
     with _DigestingWriter(out, compression) as writer:
 
-        def hand_over() -> None:
-            nonlocal pending
-            writer.write(pending)
-            pending = bytearray()  # a new one: the writer keeps the old one until it is written
-            if progress is not None:
+        def add(data: bytes) -> None:
+            if writer.write(data) and progress is not None:
                 progress(done, total)
 
         for entry in entries:
-            pending += _header(entry, settings)
+            add(_header(entry, settings))
             if entry.kind == "file":
                 fd = _open_listed(entry)
                 try:
@@ -412,11 +415,9 @@ def write_entries(
                     while data := os.read(fd, min(left + 1, COPY_BUFFER)):
                         if len(data) > left:
                             break
-                        pending += data
                         left -= len(data)
                         done += len(data)
-                        if len(pending) >= COPY_BUFFER:
-                            hand_over()
+                        add(data)
                     if data or left:
                         _check_unchanged(entry, os.fstat(fd), "was written to while it was read")
                         raise NixlayerError(_changed(os.fsdecode(entry.source), "was written to while it was read"))
@@ -424,12 +425,11 @@ def write_entries(
                     raise NixlayerError(f"cannot read {os.fsdecode(entry.source)}: {e.strerror or e}") from None
                 finally:
                     os.close(fd)
-                pending += tar.padding(entry.size)
-            if len(pending) >= COPY_BUFFER:
-                hand_over()
-        pending += tar.end(writer.size + len(pending))
-        hand_over()
-        return writer.finish()
+                add(tar.padding(entry.size))
+        blob = writer.finish()
+    if progress is not None:
+        progress(done, total)
+    return blob
 
 
 def _open_listed(entry: Entry) -> int:
