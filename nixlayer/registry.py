@@ -39,8 +39,8 @@ Nothing here knows about Luigi.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -135,9 +135,8 @@ def push_reference(text: str, tag: str = "", *, tag_yields: bool = False) -> Pus
     BuildImage, PushImage and the plan command ask this, so they push to and find the same
     reference. Raises NixlayerError as :func:`parse_push_target`, and for a ``tag`` beside a
     target naming another (one tag named twice) unless ``tag_yields``."""
-    target = parse_push_target(text)
-    path = text.strip().removeprefix("docker://").partition("/")[2]
-    if ":" not in path.rsplit("/", 1)[-1]:  # the target names no tag
+    target = _parse_reference(text, "push target", digest=False, default_tag="")[0]
+    if not target.tag:  # the target names none
         return dataclasses.replace(target, tag=tag or DEFAULT_TAG)
     if tag and tag != target.tag and not tag_yields:
         raise NixlayerError(f"--tag {tag} and push target {text} name two tags: give the tag once, in --tag"
@@ -154,7 +153,8 @@ def parse_pull_reference(text: str) -> tuple[PushTarget, str | None]:
     return _parse_reference(text, "base image", digest=True)
 
 
-def _parse_reference(text: str, what: str, digest: bool) -> tuple[PushTarget, str | None]:
+def _parse_reference(text: str, what: str, digest: bool,
+                     default_tag: str = DEFAULT_TAG) -> tuple[PushTarget, str | None]:
     forms = _TARGET_FORMS + (", or @sha256:<64 hex digits> instead of the tag" if digest else "")
     if not isinstance(text, str) or not text.strip():
         raise NixlayerError(f"{what} {text!r} is empty: {forms}")
@@ -183,15 +183,15 @@ def _parse_reference(text: str, what: str, digest: bool) -> tuple[PushTarget, st
     _, port = _split_host_port(host)
     if port is not None and not 0 < port < 65536:
         raise NixlayerError(f"{what} {text!r} has an invalid port: {forms}")
-    repository, tag = path, DEFAULT_TAG
-    last = path.rsplit("/", 1)[-1]
-    if ":" in last:
+    repository, tag = path, default_tag  # the tag when the reference names none
+    named = ":" in path.rsplit("/", 1)[-1]
+    if named:
         repository, _, tag = path.rpartition(":")
     if not REPOSITORY.match(repository):
         raise NixlayerError(f"{what} {text!r} has an invalid repository {repository!r}: {forms}")
     if len(host) + 1 + len(repository) > NAME_MAX:
         raise NixlayerError(f"{what} {text!r} is longer than {NAME_MAX} characters")
-    if not TAG.match(tag):
+    if named and not TAG.match(tag):
         raise NixlayerError(f"{what} {text!r} has an invalid tag {tag!r}: {forms}")
     return PushTarget(host=host, repository=repository, tag=tag), pinned
 
