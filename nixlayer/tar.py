@@ -81,7 +81,7 @@ class Headers:
         if (self._plain and linkname.isascii() and len(linkname) <= 100 and size < _MAX_NUMBER
                 and name.isascii()):
             block = self._ustar(name, kind, mode, size, linkname)
-            return block if len(name) <= 100 else _pax_extended({"path": name}) + block
+            return block if len(name) <= 100 else _pax_blocks(_record("path", name.encode("ascii"))) + block
         records = {}
         if len(name) > 100 or not name.isascii():
             records["path"] = name
@@ -145,6 +145,12 @@ def _pax_extended(records: dict[str, str]) -> bytes:
     except UnicodeEncodeError:
         data = b"21 hdrcharset=BINARY\n" + b"".join(
             [_record(key, value.encode("utf-8", "surrogateescape")) for key, value in records.items()])
+    return _pax_blocks(data)
+
+
+def _pax_blocks(data: bytes) -> bytes:
+    """The pax extended header of the records ``data``: its ustar header, the records, zeros
+    to a whole block."""
     return _pax_header_block(len(data)) + data + NUL * (-len(data) % BLOCKSIZE)
 
 
