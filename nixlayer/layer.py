@@ -237,8 +237,9 @@ def store_path_entries(
 
     ``path`` is the store path as seen in the image (``/nix/store/HASH-NAME``); its files are read
     from ``store_root`` joined with it (a chroot store or a copy). Raises NixlayerError for a
-    path that is not a store path (:func:`nixlayer.storepath.check_store_path`), a missing path, a FIFO, socket or device file, an unreadable directory, or a directory that
-    changed while it was walked (see :func:`read_directory`), naming the file.
+    path that is not a store path (:func:`nixlayer.storepath.check_store_path`), a missing
+    path, a FIFO, socket or device file, an unreadable directory, or a directory that changed
+    while it was walked (see :func:`read_directory`), naming the file.
     """
     yield from tree_entries(path, on_disk(store_root, check_store_path(path, store_dir)))
 
