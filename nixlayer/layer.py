@@ -475,7 +475,9 @@ def _open_listed(entry: Entry) -> int:
             raise NixlayerError(_changed(where, "it was removed")) from None
         raise NixlayerError(f"cannot read {where}: {e.strerror or e}") from None
     try:
-        _check_unchanged(entry, os.fstat(fd), "it is another file now")
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != entry.inode or st.st_size != entry.size or not stat.S_ISREG(st.st_mode):
+            _check_unchanged(entry, st, "it is another file now")  # the whole check, naming a change
     except BaseException:
         os.close(fd)
         raise

@@ -128,7 +128,10 @@ def end(size: int) -> bytes:
 
 def padding(size: int) -> bytes:
     """The zeros that follow ``size`` bytes of a member's contents, up to a whole block."""
-    return NUL * (-size % BLOCKSIZE)
+    return _PADDINGS[size % BLOCKSIZE]
+
+
+_PADDINGS = [NUL * (-n % BLOCKSIZE) for n in range(BLOCKSIZE)]  # made once: one for every member
 
 
 def _field(value: str, length: int) -> bytes:
