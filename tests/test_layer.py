@@ -16,7 +16,7 @@ import zstandard
 from nixlayer.compression import Compression
 from nixlayer.customisation import check_contents, customisation_entries, write_customisation_layer
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import LayerSettings, write_entries, write_store_layer
+from nixlayer.layer import Entry, LayerSettings, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
 
 
@@ -114,11 +114,31 @@ def test_special_files_are_an_error_naming_the_file_and_nothing_is_written(tmp_p
     assert out.getvalue() == b""
 
 
-def test_missing_store_path_and_path_outside_the_store(tmp_path):
+def test_missing_store_path_and_path_outside_the_store(tmp_path, vectors):
     with pytest.raises(NixlayerError, match="does not exist"):
         layer(["/nix/store/" + "a" * 32 + "-missing"])
-    with pytest.raises(NixlayerError, match="is not a store path directly in the store directory"):
-        layer(["/usr/bin"])
+    # Every path is checked before anything is listed or written, the last one too.
+    out = io.BytesIO()
+    with pytest.raises(NixlayerError, match="^/usr/bin is not a store path directly in the store directory"):
+        write_store_layer([vectors["store_paths"]["longnames"], "/usr/bin"], out)
+    assert out.getvalue() == b""
+
+
+def test_entries_are_written_as_they_are_listed(tmp_path):
+    """The tar is handed on to be hashed and compressed while its entries are still being
+    listed (listing all first left a core idle): here, the first file's two pieces are handed
+    over before the next entry is asked for."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (2 * 2**20))
+    handed = []
+
+    def entries():
+        yield Entry("/big", "file", 0o644, big.stat().st_size, os.fsencode(big))
+        assert handed == [2**20, 2 * 2**20]  # both went before this entry was listed
+        yield Entry("/small", "dir", 0o755)
+
+    write_entries(entries(), io.BytesIO(), LayerSettings(), progress=handed.append)
+    assert handed == [2**20, 2 * 2**20, 2 * 2**20]  # the last at the end
 
 
 def test_progress_reports_content_bytes(vectors, vectors_app):
