@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
-import posixpath
 import queue
 import stat
+import sys
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
@@ -42,12 +43,12 @@ from nixlayer import tar
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.perms import Matcher, PermRule
-from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, on_disk
+from nixlayer.storepath import DEFAULT_STORE_DIR, check_store_path, normalize_store_dir, on_disk
 
 COPY_BUFFER = 1 << 20
 MAX_ID = 2**32 - 1  # the largest uid or gid Linux (uid_t, gid_t) has
-Progress = Callable[[int, int], None]
-"""Called as ``progress(bytes_done, bytes_total)`` with file-content bytes, as a layer is written."""
+Progress = Callable[[int], None]
+"""Called as ``progress(bytes_done)`` with the file-content bytes written so far, as a layer is written."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class LayerSettings:
     def key(self) -> str:
         """A string naming every setting that changes the layer's bytes."""
         return f"m{self.mtime}-u{self.uid}-g{self.gid}-{self.uname}-{self.gname}"
+
+    @functools.cached_property
+    def headers(self) -> tar.Headers:
+        """What makes the tar headers of the members with these settings' owner and mtime."""
+        return tar.Headers(uid=self.uid, gid=self.gid, mtime=self.mtime, uname=self.uname, gname=self.gname)
 
 
 @dataclass(frozen=True)
@@ -168,12 +174,13 @@ class _DigestingWriter:
             self._pieces.put(None)
             self._thread.join()
 
-    def write(self, data: bytes) -> bool:
-        """Add ``data``, the next bytes of the tar. Returns whether a piece was handed over to be
-        written with it. Raises what writing earlier pieces raised."""
-        self.size += len(data)
-        self._pending += data
-        if len(self._pending) < COPY_BUFFER:
+    def write(self, *parts: bytes) -> bool:
+        """Add ``parts``, the next bytes of the tar. Returns whether a piece was handed over to be
+        written with them. Raises what writing earlier pieces raised."""
+        pending = self._pending
+        for data in parts:
+            pending += data
+        if len(pending) < COPY_BUFFER:
             return False
         self._hand_over()
         return True
@@ -181,6 +188,7 @@ class _DigestingWriter:
     def _hand_over(self) -> None:
         if self._error is not None:
             raise self._error
+        self.size += len(self._pending)
         self._pieces.put(self._pending)
         self._pending = bytearray()  # a new one: the thread keeps the old one until it is written
 
@@ -206,7 +214,7 @@ class _DigestingWriter:
     def finish(self) -> LayerBlob:
         """End the tar as Python's tarfile ends one (:func:`nixlayer.tar.end`), wait for every
         piece to be written, flush the compressor; the layer's digests and sizes."""
-        self.write(tar.end(self.size))
+        self.write(tar.end(self.size + len(self._pending)))
         self._hand_over()
         self._pieces.put(None)
         self._thread.join()
@@ -229,13 +237,11 @@ def store_path_entries(
 
     ``path`` is the store path as seen in the image (``/nix/store/HASH-NAME``); its files are read
     from ``store_root`` joined with it (a chroot store or a copy). Raises NixlayerError for a
-    missing path, a FIFO, socket or device file, an unreadable directory, or a directory that
-    changed while it was walked (see :func:`read_directory`), naming the file.
+    path that is not a store path (:func:`nixlayer.storepath.check_store_path`), a missing
+    path, a FIFO, socket or device file, an unreadable directory, or a directory that changed
+    while it was walked (see :func:`read_directory`), naming the file.
     """
-    store_dir = normalize_store_dir(store_dir)
-    if posixpath.dirname(posixpath.normpath(path)) != store_dir:
-        raise NixlayerError(f"{path} is not in the store directory {store_dir}")
-    yield from tree_entries(path, on_disk(store_root, path))
+    yield from tree_entries(path, on_disk(store_root, check_store_path(path, store_dir)))
 
 
 def tree_entries(name: str, disk: str | bytes) -> Iterator[Entry]:
@@ -262,7 +268,7 @@ def tree_entries(name: str, disk: str | bytes) -> Iterator[Entry]:
         if stat.S_ISLNK(st.st_mode):
             yield Entry(name, "symlink", mode, target=_readlink(disk))
         elif stat.S_ISREG(st.st_mode):
-            yield Entry(name, "file", mode, size=st.st_size, source=disk, inode=(st.st_dev, st.st_ino))
+            yield Entry(name, "file", mode, st.st_size, disk, "", (st.st_dev, st.st_ino))  # positional: quicker
         elif stat.S_ISDIR(st.st_mode):
             yield Entry(name, "dir", mode)
             children = read_directory(disk, st)
@@ -277,6 +283,11 @@ def file_name(name: bytes) -> str:
     the name, its sort order and the layer are the same in every locale. nixpkgs' Python reads
     names the same way in the UTF-8 locales it builds in."""
     return name.decode("utf-8", "surrogateescape")
+
+
+# Whether os.listdir's names are already what file_name makes of their bytes (the file system
+# encoding is UTF-8 with surrogate escapes: Linux in a UTF-8 or the C locale).
+_UTF8_FILE_NAMES = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("utf-8", "surrogateescape")
 
 
 def _readlink(disk: bytes) -> str:
@@ -306,13 +317,17 @@ def read_directory(disk: bytes, listed: os.stat_result) -> list[tuple[str, bytes
     try:
         if not _same_file(os.fstat(fd), listed):
             raise NixlayerError(_changed(where, "it is another directory now"))
-        names = sorted((os.fsencode(name) for name in os.listdir(fd)), key=file_name)
+        names = os.listdir(fd)  # decoded as the file system encoding says
+        if not _UTF8_FILE_NAMES:
+            names = [file_name(os.fsencode(name)) for name in names]
+        names.sort()
         children = []
         for name in names:
+            raw = name.encode("utf-8", "surrogateescape")
             try:
-                children.append((file_name(name), disk + b"/" + name, os.lstat(name, dir_fd=fd)))
+                children.append((name, disk + b"/" + raw, os.lstat(raw, dir_fd=fd)))
             except FileNotFoundError:
-                raise NixlayerError(_changed(os.fsdecode(disk + b"/" + name), "it was removed")) from None
+                raise NixlayerError(_changed(os.fsdecode(disk + b"/" + raw), "it was removed")) from None
         return children
     except OSError as e:
         raise NixlayerError(f"cannot read directory {where}: {e.strerror}") from None
@@ -350,15 +365,19 @@ def encode_entry(entry: Entry, settings: LayerSettings) -> bytes:
 def _header(entry: Entry, settings: LayerSettings) -> bytes:
     """The tar header block(s) of ``entry`` with its owner and mtime from ``settings`` where it
     has none of its own, as Python's tarfile writes them (pax format, UTF-8: ``nixlayer.tar``)."""
+    size = entry.size if entry.kind == "file" else 0
+    linkname = entry.target if entry.kind == "symlink" else ""
+    if entry.uid is None and entry.gid is None and entry.uname is None and entry.gname is None:
+        return settings.headers(entry.name, _KINDS[entry.kind], entry.mode, size, linkname)
     return tar.header(
         entry.name,
         _KINDS[entry.kind],
         entry.mode,
         uid=settings.uid if entry.uid is None else entry.uid,
         gid=settings.gid if entry.gid is None else entry.gid,
-        size=entry.size if entry.kind == "file" else 0,
+        size=size,
         mtime=settings.mtime,
-        linkname=entry.target if entry.kind == "symlink" else "",
+        linkname=linkname,
         uname=settings.uname if entry.uname is None else entry.uname,
         gname=settings.gname if entry.gname is None else entry.gname,
     )
@@ -384,51 +403,59 @@ def write_entries(
 ) -> LayerBlob:
     """Write ``entries`` as one tar to ``out``, compressed, and return the layer's digests.
 
-    The entries are listed first (so errors such as a FIFO surface before any byte is written
-    and the progress total is known), then written in one pass. Headers and small files are
-    gathered into pieces of about 1 MiB before they are hashed and compressed; bigger files are
-    streamed in 1 MiB pieces: memory does not grow with file size. Files of 8 GiB and more get
-    a pax size record. ``progress(done, total)`` is called with content bytes after each piece.
+    The entries are written as they come: a layer's tar is hashed and compressed while its
+    files are still being listed (listing first, then writing, left a core idle for the
+    listing). Headers and small files are gathered into pieces of about 1 MiB before they are
+    hashed and compressed; bigger files are streamed in 1 MiB pieces: memory does not grow with
+    file size. Files of 8 GiB and more get a pax size record. ``progress(done)`` is called with
+    the content bytes written so far after each piece, and at the end.
 
     A file is opened without following symlinks and must be the file listed (type, device,
     inode, size), before and after it is read. Raises NixlayerError naming the file if it
-    cannot be read or has changed since it was listed (the caller discards what was written),
-    or "cannot write layer blob" when ``out`` fails.
+    cannot be read or has changed since it was listed, or what listing ``entries`` raised (the
+    caller discards what was written), or "cannot write layer blob" when ``out`` fails.
     """
-    entries = list(entries)
-    total = sum(e.size for e in entries)
     done = 0
     with _DigestingWriter(out, compression) as writer:
 
-        def add(data: bytes) -> None:
-            if writer.write(data) and progress is not None:
-                progress(done, total)
+        def add(*parts: bytes) -> None:
+            if writer.write(*parts) and progress is not None:
+                progress(done)
 
         for entry in entries:
-            add(_header(entry, settings))
-            if entry.kind == "file":
-                fd = _open_listed(entry)
-                try:
-                    # Read to the end of the file, one byte more than is left: a read that
-                    # brings more than the listed size, or the end before it, is a change.
-                    left = entry.size
-                    while data := os.read(fd, min(left + 1, COPY_BUFFER)):
-                        if len(data) > left:
-                            break
-                        left -= len(data)
+            header = _header(entry, settings)
+            if entry.kind != "file":
+                add(header)
+                continue
+            fd = _open_listed(entry)
+            try:
+                # Read to the end of the file, one byte more than is left: a read that brings
+                # more than the listed size, or the end before it, is a change. Each read is
+                # added once the next one is in: the last goes with the padding, and a file
+                # read whole at once goes with its header too.
+                left = entry.size
+                data = b""
+                while chunk := os.read(fd, min(left + 1, COPY_BUFFER)):
+                    if len(chunk) > left:
+                        break
+                    left -= len(chunk)
+                    if data:
                         done += len(data)
-                        add(data)
-                    if data or left:
-                        _check_unchanged(entry, os.fstat(fd), "was written to while it was read")
-                        raise NixlayerError(_changed(os.fsdecode(entry.source), "was written to while it was read"))
-                except OSError as e:
-                    raise NixlayerError(f"cannot read {os.fsdecode(entry.source)}: {e.strerror or e}") from None
-                finally:
-                    os.close(fd)
-                add(tar.padding(entry.size))
+                        add(header, data)
+                        header = b""
+                    data = chunk
+                if chunk or left:
+                    _check_unchanged(entry, os.fstat(fd), "was written to while it was read")
+                    raise NixlayerError(_changed(os.fsdecode(entry.source), "was written to while it was read"))
+            except OSError as e:
+                raise NixlayerError(f"cannot read {os.fsdecode(entry.source)}: {e.strerror or e}") from None
+            finally:
+                os.close(fd)
+            done += len(data)
+            add(header, data, tar.padding(entry.size))
         blob = writer.finish()
     if progress is not None:
-        progress(done, total)
+        progress(done)
     return blob
 
 
@@ -448,7 +475,9 @@ def _open_listed(entry: Entry) -> int:
             raise NixlayerError(_changed(where, "it was removed")) from None
         raise NixlayerError(f"cannot read {where}: {e.strerror or e}") from None
     try:
-        _check_unchanged(entry, os.fstat(fd), "it is another file now")
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != entry.inode or st.st_size != entry.size or not stat.S_ISREG(st.st_mode):
+            _check_unchanged(entry, st, "it is another file now")  # the whole check, naming a change
     except BaseException:
         os.close(fd)
         raise
@@ -480,12 +509,17 @@ def write_store_layer(
     ``perms``: the permission rules to apply (``nixlayer.perms``).
 
     Returns the LayerBlob (diff_id, size, digest, blob_size, media_type). Raises NixlayerError
-    naming the culprit for a path outside ``store_dir``, a missing path, a FIFO, socket or
-    device file, or an unreadable file; the caller discards what was written to ``out``.
+    naming the culprit for a path outside ``store_dir`` (before anything is written), a missing
+    path, a FIFO, socket or device file, or an unreadable file; the caller discards what was
+    written to ``out``.
     """
+    paths = [check_store_path(path, store_dir) for path in paths]
     matcher = Matcher(perms)
-    entries = [with_perms(entry, matcher, None) for entry in parent_dirs(store_dir)]
-    for path in paths:
-        listed = store_path_entries(path, store_root, store_dir)
-        entries.extend((with_perms(entry, matcher, path) for entry in listed) if perms else listed)
-    return write_entries(entries, out, settings, compression, progress)
+
+    def entries() -> Iterator[Entry]:
+        yield from (with_perms(entry, matcher, None) for entry in parent_dirs(store_dir))
+        for path in paths:
+            listed = store_path_entries(path, store_root, store_dir)
+            yield from (with_perms(entry, matcher, path) for entry in listed) if perms else listed
+
+    return write_entries(entries(), out, settings, compression, progress)

@@ -19,6 +19,8 @@ symbolic links; all numbers integers, as a layer's are.
 from __future__ import annotations
 
 import functools
+import struct
+import zlib
 
 BLOCKSIZE = 512
 RECORDSIZE = 20 * BLOCKSIZE
@@ -40,31 +42,81 @@ def header(name: str, kind: bytes, mode: int, *, uid: int = 0, gid: int = 0, siz
     one, then its ustar header, exactly as ``TarFile(format=PAX_FORMAT, encoding="utf-8")``
     writes them (``TarInfo.tobuf``). ``kind``: REGTYPE, DIRTYPE or SYMTYPE; names are ``str``
     (bytes that are not UTF-8 as surrogate escapes, written back as those bytes). Numbers must
-    not be negative."""
-    if kind == DIRTYPE and not name.endswith("/"):
-        name += "/"
-    # Written out field by field, not looped over: this runs for every member of every layer.
-    pax = {}
-    if len(name) > 100 or not name.isascii():
-        pax["path"] = name
-    if len(linkname) > 100 or not linkname.isascii():
-        pax["linkpath"] = linkname
-    if len(uname) > 32 or not uname.isascii():
-        pax["uname"] = uname
-    if len(gname) > 32 or not gname.isascii():
-        pax["gname"] = gname
-    if uid >= _MAX_ID or gid >= _MAX_ID or size >= _MAX_NUMBER or mtime >= _MAX_NUMBER:
-        # A number a pax record holds is 0 in the ustar header, as tarfile writes it.
+    not be negative. :class:`Headers` makes the same headers quicker for many members of one
+    owner and mtime."""
+    return _headers(uid, gid, mtime, uname, gname)(name, kind, mode, size, linkname)
+
+
+class Headers:
+    """The headers (:func:`header`) of members that share their owner (uid, gid, uname, gname)
+    and mtime, as a layer's members do: what those fields make is made once."""
+
+    def __init__(self, *, uid: int = 0, gid: int = 0, mtime: int = 0, uname: str = "", gname: str = "") -> None:
+        # The pax records of these fields, in tarfile's order (path, linkpath, uname, gname,
+        # uid, gid, size, mtime); a number a pax record holds is 0 in the ustar header.
+        self._owner_records: dict[str, str] = {}
+        self._mtime_records: dict[str, str] = {}
+        if len(uname) > 32 or not uname.isascii():
+            self._owner_records["uname"] = uname
+        if len(gname) > 32 or not gname.isascii():
+            self._owner_records["gname"] = gname
         if uid >= _MAX_ID:
-            pax["uid"], uid = str(uid), 0
+            self._owner_records["uid"], uid = str(uid), 0
         if gid >= _MAX_ID:
-            pax["gid"], gid = str(gid), 0
-        if size >= _MAX_NUMBER:
-            pax["size"], size = str(size), 0
+            self._owner_records["gid"], gid = str(gid), 0
         if mtime >= _MAX_NUMBER:
-            pax["mtime"], mtime = str(mtime), 0
-    block = _ustar(name, kind, mode, uid, gid, size, mtime, linkname, uname, gname)
-    return _pax_extended(pax) + block if pax else block
+            self._mtime_records["mtime"], mtime = str(mtime), 0
+        self._plain = not (self._owner_records or self._mtime_records)  # no pax record for these
+        self._ids = b"%07o\0%07o\0" % (uid, gid)
+        self._mtime = b"%011o\0" % mtime
+        self._owners = _MAGIC + _field(uname, 32) + _field(gname, 32) + _TAIL
+        self._sum = _SPACES_SUM + sum(self._ids) + sum(self._mtime) + sum(self._owners)
+
+    def __call__(self, name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") -> bytes:
+        """The header block(s) of the member ``name``; see :func:`header`."""
+        if kind == DIRTYPE and not name.endswith("/"):
+            name += "/"
+        # Written out field by field: this runs for every member of every layer, and nearly
+        # every one needs at most a path record (a long ASCII name).
+        if (self._plain and linkname.isascii() and len(linkname) <= 100 and size < _MAX_NUMBER
+                and name.isascii()):
+            block = self._ustar(name, kind, mode, size, linkname)
+            return block if len(name) <= 100 else _pax_blocks(_record("path", name.encode("ascii"))) + block
+        records = {}
+        if len(name) > 100 or not name.isascii():
+            records["path"] = name
+        if len(linkname) > 100 or not linkname.isascii():
+            records["linkpath"] = linkname
+        records.update(self._owner_records)
+        if size >= _MAX_NUMBER:
+            records["size"], size = str(size), 0
+        records.update(self._mtime_records)
+        block = self._ustar(name, kind, mode, size, linkname)
+        return _pax_extended(records) + block if records else block
+
+    def _ustar(self, name: str, kind: bytes, mode: int, size: int, linkname: str) -> bytes:
+        name_field = name.encode("ascii", "replace")[:100]
+        link_field = linkname.encode("ascii", "replace")[:100]
+        mode_field = b"%07o\0" % (mode & 0o7777)
+        size_field = b"%011o\0" % size
+        # The checksum is the sum of the block's bytes with its own field as spaces; the NULs
+        # that fill the fields add nothing to it. The sum of the name, mode, size and link name
+        # (220 bytes at most) is adler32's first half less its initial 1: exact, the sum being
+        # far below adler32's modulus (65521), and a loop in C rather than in Python.
+        checksum = self._sum + kind[0] - 1 + (zlib.adler32(link_field, zlib.adler32(
+            size_field, zlib.adler32(mode_field, zlib.adler32(name_field)))) & 0xFFFF)
+        return _USTAR.pack(name_field, mode_field, self._ids, size_field, self._mtime, b"%06o\0 " % checksum, kind,
+                           link_field, self._owners)
+
+
+@functools.lru_cache(maxsize=64)
+def _headers(uid: int, gid: int, mtime: int, uname: str, gname: str) -> Headers:
+    return Headers(uid=uid, gid=gid, mtime=mtime, uname=uname, gname=gname)
+
+
+# The ustar header block: name, mode, uid and gid, size, mtime, checksum, type, link name, then
+# magic, owner names and the empty rest (``Headers._owners``). ``s`` fills with NULs.
+_USTAR = struct.Struct("100s8s16s12s12s8sc100s255s")
 
 
 def end(size: int) -> bytes:
@@ -76,30 +128,15 @@ def end(size: int) -> bytes:
 
 def padding(size: int) -> bytes:
     """The zeros that follow ``size`` bytes of a member's contents, up to a whole block."""
-    return NUL * (-size % BLOCKSIZE)
+    return _PADDINGS[size % BLOCKSIZE]
 
 
-def _ascii(value: str, length: int) -> bytes:
-    return value.encode("ascii", "replace")[:length]
+_PADDINGS = [NUL * (-n % BLOCKSIZE) for n in range(BLOCKSIZE)]  # made once: one for every member
 
 
-@functools.lru_cache(maxsize=64)
-def _owner_fields(uname: str, gname: str) -> tuple[bytes, int]:
-    """The end of a ustar header from the magic on (its owner names, then zeros), and the sum of
-    its bytes: the same for nearly every member of a layer, so made once."""
-    fields = _MAGIC + _ascii(uname, 32).ljust(32, NUL) + _ascii(gname, 32).ljust(32, NUL) + _TAIL
-    return fields, sum(fields)
-
-
-def _ustar(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
-           linkname: str, uname: str, gname: str) -> bytes:
-    name_field, link_field = _ascii(name, 100), _ascii(linkname, 100)
-    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, uid, gid, size, mtime)
-    owners, owners_sum = _owner_fields(uname, gname)
-    # The checksum is the sum of the block's bytes with its own field as spaces; the zeros that
-    # fill the name fields add nothing to it.
-    checksum = _SPACES_SUM + sum(name_field) + sum(numbers) + kind[0] + sum(link_field) + owners_sum
-    return b"".join((name_field.ljust(100, NUL), numbers, b"%06o\0 " % checksum, kind, link_field.ljust(100, NUL), owners))
+def _field(value: str, length: int) -> bytes:
+    """A name as a ustar field holds it: ASCII (``?`` for the rest), cut or NUL-filled to ``length``."""
+    return value.encode("ascii", "replace")[:length].ljust(length, NUL)
 
 
 def _pax_extended(records: dict[str, str]) -> bytes:
@@ -107,22 +144,30 @@ def _pax_extended(records: dict[str, str]) -> bytes:
     Values that are not UTF-8 (surrogate escapes) are written as their bytes, after a
     ``hdrcharset=BINARY`` record, as tarfile does."""
     try:
-        encoded = [(key, value.encode("utf-8")) for key, value in records.items()]
-        data = b""
+        data = b"".join([_record(key, value.encode("utf-8")) for key, value in records.items()])
     except UnicodeEncodeError:
-        encoded = [(key, value.encode("utf-8", "surrogateescape")) for key, value in records.items()]
-        data = b"21 hdrcharset=BINARY\n"
-    for key, value in encoded:
-        record = b" %s=%s\n" % (key.encode("ascii"), value)
-        # The record's length counts its own digits: the least length that does.
-        digits = len(str(len(record)))
-        if len(str(len(record) + digits)) > digits:
-            digits += 1
-        data += b"%d%s" % (len(record) + digits, record)
-    return _pax_header_block(len(data)) + data + padding(len(data))
+        data = b"21 hdrcharset=BINARY\n" + b"".join(
+            [_record(key, value.encode("utf-8", "surrogateescape")) for key, value in records.items()])
+    return _pax_blocks(data)
+
+
+def _pax_blocks(data: bytes) -> bytes:
+    """The pax extended header of the records ``data``: its ustar header, the records, zeros
+    to a whole block."""
+    return _pax_header_block(len(data)) + data + NUL * (-len(data) % BLOCKSIZE)
+
+
+def _record(key: str, value: bytes) -> bytes:
+    """One pax record, ``"<length> <key>=<value>\\n"``; its length counts its own digits (the
+    least length that does)."""
+    length = len(key) + len(value) + 3
+    digits = len(str(length))
+    if len(str(length + digits)) > digits:
+        digits += 1
+    return b"%d %s=%s\n" % (length + digits, key.encode("ascii"), value)
 
 
 @functools.lru_cache(maxsize=1024)
 def _pax_header_block(size: int) -> bytes:
     """The ustar header of a pax extended header of ``size`` bytes of records."""
-    return _ustar("././@PaxHeader", _PAXTYPE, 0, 0, 0, size, 0, "", "", "")
+    return _headers(0, 0, 0, "", "")._ustar("././@PaxHeader", _PAXTYPE, 0, size, "")

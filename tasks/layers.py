@@ -175,15 +175,20 @@ class LayerTask(LayerParameters, abstract=True):
         report(100, f"{what}: {console.size(record.blob.size)}, diff_id {record.blob.diff_id}, blob {record.blob.digest}")
         return record
 
-    def _progress(self, done: int, total: int) -> None:
-        """The tar writer's report: ``done`` of the layer's ``total`` file bytes written."""
-        fraction = 1.0 if total == 0 else done / total
-        runlog.layer_progress(self.output().path, self.store_paths()[0], fraction)
+    def _progress(self, done: int) -> None:
+        """The tar writer's report: ``done`` file-content bytes of the layer written. How much
+        that is of the layer is told by its planned bytes (its store paths' NAR sizes, their
+        contents and a little more; unknown when the closure has none): the writer does not
+        list the files before it writes them."""
+        record = self.output().path
+        runlog.layer_progress(record, self.store_paths()[0], done)
         now = time.monotonic()
-        if done < total and now - self._last_report < 0.5:
+        if now - self._last_report < 0.5:
             return
         self._last_report = now
-        self._reporting(int(100 * fraction), f"{self.describe()}: {console.size(done)} of {console.size(total)} written")
+        planned = runlog.planned_bytes(record)
+        of = f" of about {console.size(planned)}" if planned else ""
+        self._reporting(min(99, 100 * done // planned) if planned else 0, f"{self.describe()}: {console.size(done)}{of} written")
 
 
 class BatchableLayer(BatchableTask, LayerTask, abstract=True):

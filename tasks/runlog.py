@@ -20,8 +20,9 @@ writes it). It is started when Luigi's worker starts (:func:`start`, see
   end of the run by the process luigi started (``tasks.console``).
 
 Bytes of a layer are *planned bytes*: the NAR sizes of its store paths, as the closure says
-(:func:`plan` takes them per layer record), scaled by how much of the layer's file contents
-is written; a layer without them (the customisation layer, a closure without NAR sizes)
+(:func:`plan` takes them per layer record). While a layer is written, its file contents
+written so far count, up to its planned bytes (a NAR is its files' contents and a little
+framing); a layer without them (the customisation layer, a closure without NAR sizes)
 counts as written only.
 """
 
@@ -130,10 +131,11 @@ _tally = _Tally()
 os.register_at_fork(after_in_child=_tally.__init__)  # a worker process counts its own
 
 
-def layer_progress(record: str, path: str, fraction: float) -> None:
-    """Note that ``fraction`` (0 to 1) of the layer with record ``record``, which holds store
-    path ``path`` (first of several), is written; appended at most every FLUSH_SECONDS."""
-    _tally.current = int(planned_bytes(record) * fraction)
+def layer_progress(record: str, path: str, done: int) -> None:
+    """Note that ``done`` bytes of file contents of the layer with record ``record``, which
+    holds store path ``path`` (first of several), are written: as many planned bytes, up to the
+    layer's; appended at most every FLUSH_SECONDS."""
+    _tally.current = min(done, planned_bytes(record))
     _tally.path = path
     _flush(force=False)
 

@@ -73,7 +73,7 @@ def test_a_file_swapped_after_it_was_listed_is_refused_and_nothing_is_written(tm
     store = LayerStore(str(tmp_path / "layer-store"))
     swapped = []
 
-    def progress(done: int, total: int) -> None:  # after "a" is read, before "b" is opened
+    def progress(done: int) -> None:  # after "a" is read, before "b" is opened
         if not swapped:
             swap(disk / "b")
             swapped.append(True)
@@ -128,7 +128,7 @@ def test_a_file_written_to_while_it_is_read_is_refused(tmp_path):
     entries = list(store_path_entries(name, str(tmp_path / "root")))
     grown = []
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int) -> None:
         if not grown:
             with open(disk / "a", "ab") as f:
                 f.write(b"more")

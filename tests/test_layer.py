@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -15,7 +16,7 @@ import zstandard
 from nixlayer.compression import Compression
 from nixlayer.customisation import check_contents, customisation_entries, write_customisation_layer
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import LayerSettings, write_entries, write_store_layer
+from nixlayer.layer import Entry, LayerSettings, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
 
 
@@ -113,17 +114,39 @@ def test_special_files_are_an_error_naming_the_file_and_nothing_is_written(tmp_p
     assert out.getvalue() == b""
 
 
-def test_missing_store_path_and_path_outside_the_store(tmp_path):
+def test_missing_store_path_and_path_outside_the_store(tmp_path, vectors):
     with pytest.raises(NixlayerError, match="does not exist"):
         layer(["/nix/store/" + "a" * 32 + "-missing"])
-    with pytest.raises(NixlayerError, match="not in the store directory"):
-        layer(["/usr/bin"])
+    # Every path is checked before anything is listed or written, the last one too.
+    out = io.BytesIO()
+    with pytest.raises(NixlayerError, match="^/usr/bin is not a store path directly in the store directory"):
+        write_store_layer([vectors["store_paths"]["longnames"], "/usr/bin"], out)
+    assert out.getvalue() == b""
+
+
+def test_entries_are_written_as_they_are_listed(tmp_path):
+    """The tar is handed on to be hashed and compressed while its entries are still being
+    listed (listing all first left a core idle): here, the first file's two pieces are handed
+    over before the next entry is asked for."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (2 * 2**20))
+    handed = []
+
+    def entries():
+        yield Entry("/big", "file", 0o644, big.stat().st_size, os.fsencode(big))
+        assert handed == [2**20, 2 * 2**20]  # both went before this entry was listed
+        yield Entry("/small", "dir", 0o755)
+
+    write_entries(entries(), io.BytesIO(), LayerSettings(), progress=handed.append)
+    assert handed == [2**20, 2 * 2**20, 2 * 2**20]  # the last at the end
 
 
 def test_progress_reports_content_bytes(vectors, vectors_app):
     seen = []
-    write_store_layer([vectors["store_paths"]["longnames"]], io.BytesIO(), progress=lambda d, t: seen.append((d, t)))
-    assert seen and seen[-1][0] == seen[-1][1] > 0
+    path = vectors["store_paths"]["longnames"]
+    write_store_layer([path], io.BytesIO(), progress=seen.append)
+    files = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and not f.is_symlink())
+    assert seen and seen[-1] == files > 0
 
 
 def test_progress_within_a_large_file(tmp_path):
@@ -133,9 +156,8 @@ def test_progress_within_a_large_file(tmp_path):
     (path / "data").write_bytes(b"x" * (3 * 2**20 + 1))
     seen = []
     write_store_layer([f"/nix/store/{path.name}"], io.BytesIO(), store_root=str(tmp_path),
-                      progress=lambda d, t: seen.append((d, t)))
-    total = 3 * 2**20 + 1
-    assert [d for d, _ in seen] == [2**20, 2 * 2**20, 3 * 2**20, total] and {t for _, t in seen} == {total}
+                      progress=seen.append)
+    assert seen == [2**20, 2 * 2**20, 3 * 2**20, 3 * 2**20 + 1]
 
 
 def test_files_of_8_gib_and_more_get_their_true_size(tmp_path):
