@@ -156,7 +156,7 @@ class _DigestingWriter:
         self._diff = hashlib.sha256()
         # Uncompressed, the blob is the tar: one hash serves for both digests.
         self._blob = self._diff if compression.name == "none" else hashlib.sha256()
-        self.size = 0
+        self.size = 0  # bytes of the tar handed over as pieces (not those pending)
         self.blob_size = 0
         self._pending = bytearray()  # tar bytes not yet handed over as a piece
         self._pieces: queue.Queue[bytes | None] = queue.Queue(self._QUEUE)
@@ -509,9 +509,11 @@ def write_store_layer(
     ``perms``: the permission rules to apply (``nixlayer.perms``).
 
     Returns the LayerBlob (diff_id, size, digest, blob_size, media_type). Raises NixlayerError
-    naming the culprit for a path outside ``store_dir`` (before anything is written), a missing
-    path, a FIFO, socket or device file, or an unreadable file; the caller discards what was
-    written to ``out``.
+    naming the culprit for a path that is not a store path directly in ``store_dir``
+    (:func:`nixlayer.storepath.check_store_path`, every path before anything is written), a
+    missing path, a FIFO, socket or device file, or an unreadable file; the caller discards
+    what was written to ``out`` (the tar is written as it is listed: these errors may come
+    after some of it).
     """
     paths = [check_store_path(path, store_dir) for path in paths]
     matcher = Matcher(perms)

@@ -154,7 +154,7 @@ def _pax_extended(records: dict[str, str]) -> bytes:
 def _pax_blocks(data: bytes) -> bytes:
     """The pax extended header of the records ``data``: its ustar header, the records, zeros
     to a whole block."""
-    return _pax_header_block(len(data)) + data + NUL * (-len(data) % BLOCKSIZE)
+    return _pax_header_block(len(data)) + data + padding(len(data))
 
 
 def _record(key: str, value: bytes) -> bytes:

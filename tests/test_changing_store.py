@@ -150,3 +150,39 @@ def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path):
         assert len([e for e in entries if e.kind == "dir"]) == 1100 + 2
     finally:  # pytest removes old temporary directories with shutil.rmtree, which recurses
         subprocess.run(["rm", "-rf", str(disk)], check=True)
+
+
+def test_an_error_found_while_listing_after_pieces_were_written_leaves_nothing(tmp_path):
+    """The tar is written as it is listed: a FIFO found in the second store path, after the
+    first one's pieces were hashed and written to the blob, still leaves nothing in the layer
+    store, and the writer's thread stops."""
+    first, _ = store_path(tmp_path / "root", "first")
+    (tmp_path / "root" / "nix" / "store" / ("a" * 32 + "-first") / "big").write_bytes(b"z" * (3 * 2**20))
+    second = tmp_path / "root" / "nix" / "store" / ("b" * 32 + "-second")
+    second.mkdir()
+    os.mkfifo(second / "pipe")
+    store = LayerStore(str(tmp_path / "layer-store"))
+    written = threading.Event()  # the writer's thread wrote a piece to the blob
+
+    class Recording(io.RawIOBase):
+        def __init__(self, out):
+            self.out = out
+
+        def write(self, data):
+            written.set()
+            return self.out.write(data)
+
+    def progress(done: int) -> None:  # a piece was handed over: wait until one reached the blob
+        written.wait(30)
+
+    def write_blob(out):
+        return write_store_layer([first, f"/nix/store/{second.name}"], Recording(out),
+                                 store_root=str(tmp_path / "root"), progress=progress)
+
+    record = str(tmp_path / "layer-store" / "layers" / "k" / "layer.json")
+    with pytest.raises(NixlayerError, match=r"/pipe is a FIFO, socket or device file"):
+        store.write(record, [first], "", write_blob)
+    assert written.is_set()  # the error came after some of the layer was in the blob
+    assert not os.path.exists(record)
+    assert [p for p in (tmp_path / "layer-store").rglob("*") if p.is_file()] == []
+    assert [thread for thread in threading.enumerate() if thread.name == "layer-writer"] == []

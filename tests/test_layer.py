@@ -114,13 +114,17 @@ def test_special_files_are_an_error_naming_the_file_and_nothing_is_written(tmp_p
     assert out.getvalue() == b""
 
 
-def test_missing_store_path_and_path_outside_the_store(tmp_path, vectors):
+def test_missing_store_path_and_path_outside_the_store(tmp_path):
+    missing = "/nix/store/" + "a" * 32 + "-missing"
     with pytest.raises(NixlayerError, match="does not exist"):
-        layer(["/nix/store/" + "a" * 32 + "-missing"])
-    # Every path is checked before anything is listed or written, the last one too.
+        layer([missing])
+    # Every path is checked before anything is listed or written, the last one too: listed
+    # first, the missing path would be the error.
     out = io.BytesIO()
     with pytest.raises(NixlayerError, match="^/usr/bin is not a store path directly in the store directory"):
-        write_store_layer([vectors["store_paths"]["longnames"], "/usr/bin"], out)
+        write_store_layer([missing, "/usr/bin"], out)
+    with pytest.raises(NixlayerError, match="^/nix/store/bad is not a valid store path name"):
+        write_store_layer([missing, "/nix/store/bad"], out)
     assert out.getvalue() == b""
 
 

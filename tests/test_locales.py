@@ -2,7 +2,8 @@
 so the same store path gives the same layer, bit for bit, whatever the builder's locale and
 Python's UTF-8 mode. Locales are made with ``localedef`` into a directory of the test's own
 (``LOCPATH``); Python's UTF-8 mode is off (``PYTHONUTF8=0``), so each locale's encoding is the
-file system encoding Python decodes names with."""
+file system encoding Python decodes names with, but in one run, where it is on (UTF-8 whatever
+the locale: the shortcut ``nixlayer.layer.read_directory`` takes)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,10 @@ def names_store(root: Path) -> str:
     return f"/nix/store/{disk.name}"
 
 
-def layers_in(locale: str, locales: Path, root: str, paths: list[str], contents: list[str]) -> dict:
-    env = dict(os.environ, LOCPATH=str(locales), LC_ALL=locale, PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+def layers_in(locale: str, locales: Path, root: str, paths: list[str], contents: list[str],
+              utf8_mode: bool = False) -> dict:
+    env = dict(os.environ, LOCPATH=str(locales), LC_ALL=locale, PYTHONUTF8="1" if utf8_mode else "0",
+               PYTHONCOERCECLOCALE="0")
     run = subprocess.run([sys.executable, "-c", SCRIPT, root, json.dumps(paths), json.dumps(contents)], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -68,12 +71,16 @@ def layers_in(locale: str, locales: Path, root: str, paths: list[str], contents:
 
 def test_a_layer_is_the_same_in_every_locale(tmp_path, locales, vectors, vectors_app):
     """Names in several encodings give one layer under UTF-8, ISO-8859-1, EUC-JP, KOI8-R and
-    C; the fixture's store paths (``café`` among their names) give nixpkgs' layers in each."""
+    C, and in Python's UTF-8 mode under ISO-8859-1; the fixture's store paths (``café`` among
+    their names) give nixpkgs' layers in each."""
     paths = [names_store(tmp_path), *vectors["store_paths"].values()]
     results = {locale: layers_in(locale, locales, str(tmp_path), paths[:1], paths[:1])
                for locale in [name for name, _, _ in LOCALES] + ["C"]}
     encodings = {result["encoding"] for result in results.values()}
     assert encodings == {"utf-8", "iso8859-1", "euc_jp", "koi8-r", "ascii"}  # each locale took effect
+    # Python's UTF-8 mode in a locale that is not: names are decoded as UTF-8 whatever the locale.
+    results["utf8-mode"] = layers_in("en_US.ISO-8859-1", locales, str(tmp_path), paths[:1], paths[:1], utf8_mode=True)
+    assert results["utf8-mode"]["encoding"] == "utf-8"
     layers = {json.dumps(result["layers"], sort_keys=True) for result in results.values()}
     assert len(layers) == 1, results
     for locale in ("en_US.ISO-8859-1", "C"):

@@ -57,6 +57,23 @@ def test_pax_record_lengths_around_their_digit_counts(length: int) -> None:
             assert tar.header(name, kind, 0o644, mtime=1) == tarfile_header(name, kind, 0o644, 0, 0, 0, 1, "", "", "")
 
 
+@pytest.mark.parametrize("owner", [dict(), dict(uid=1000, gid=100, mtime=1, uname="root", gname="root"),
+                                   dict(uid=8**7, mtime=8**11, uname="u" * 33, gname="é")])
+def test_names_and_link_targets_around_100_characters(owner: dict) -> None:
+    """Where ustar's 100-byte name and link fields end (a directory's name counting the ``/``
+    tarfile appends), with one :class:`tar.Headers` reused for every member, as a layer uses
+    its settings' one: the quick path (owner and mtime fit ustar) and the other."""
+    headers = tar.Headers(**owner)
+    for length in range(97, 104):
+        for name, target in (("/" + "n" * (length - 1), "t"), ("/é" + "n" * (length - 2), "é" * length),
+                             ("/a", "t" * length), ("/a", "t" * (length - 1) + "\udcff")):
+            for kind in (tar.REGTYPE, tar.DIRTYPE, tar.SYMTYPE):
+                link = target if kind == tar.SYMTYPE else ""
+                fields = {"uid": 0, "gid": 0, "mtime": 0, "uname": "", "gname": "", **owner}
+                expected = tarfile_header(name, kind, 0o755, size=0, linkname=link, **fields)
+                assert headers(name, kind, 0o755, 0, link) == expected, (name, kind, link)
+
+
 def test_end_and_padding_equal_tarfile() -> None:
     import io
 
