@@ -571,7 +571,8 @@ def _dump(entry: bytes, scanner: _ReferenceScanner, nar: _Nar) -> None:
         nar.add(struct.pack("<Q", info.st_size))
         size = scanner.scan_file(entry, nar.add)
         if size != info.st_size:
-            raise NixlayerError(f"{os.fsdecode(entry)} changed size while it was read")
+            raise NixlayerError(f"{os.fsdecode(entry)} changed size while it was read: build again when nothing"
+                                " writes to the store path (store paths are never changed by Nix)")
         nar.add(bytes(-size % 8))
     elif stat.S_ISDIR(info.st_mode):
         nar.string(b"directory")

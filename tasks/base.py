@@ -181,7 +181,11 @@ class BatchableTask(NixlayerTask, abstract=True):
     def run(self) -> None:
         members = self.members()
         if members == [self]:
-            self.run_member(self, self._report_self)
+            try:
+                self.run_member(self, self._report_self)
+            except Exception as error:  # its row on the dashboard says so, as a batch member's does
+                self._report_self(0, f"failed: {error}")
+                raise
             return
         scheduler, worker_id = runtime.task_scheduler(self) or (None, None)
         failures: list[Exception] = []

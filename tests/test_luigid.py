@@ -203,3 +203,18 @@ def test_two_layer_stores_on_one_luigid(tmp_path, luigid):
         run.wait(timeout=120)
         assert run.returncode == 0, (tmp_path / f"err{n}.log").read_text()[-3000:]
         assert verify_layer_store(tmp_path / f"store{n}") == 10 + 2 * 6 + 2
+
+
+def test_a_layer_that_fails_on_its_own_says_so_on_the_dashboard(tmp_path, luigid, vectors_app):
+    """A layer run alone (not in a batch) that fails: its row's status says it failed and why,
+    as a batch member's does, not the "writing" it started with."""
+    cfg = tmp_path / "luigi.cfg"
+    cfg.write_text(f"[core]\nlocal_scheduler = false\n[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
+    run = subprocess.run(
+        ["luigi", "--module", "pipelines", "BuildImage", "--name", "x", "--contents", json.dumps([vectors_app]),
+         "--extra-commands", "echo no >&2; exit 3", "--output", str(tmp_path / "x.tar"),
+         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid["port"])],
+        cwd=REPO, env=dict(os.environ, LUIGI_CONFIG_PATH=str(cfg)), capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and run.stderr.splitlines()[-1].startswith("nixlayer: error: "), run.stderr
+    failed = api(luigid["port"], "task_list", status="FAILED", upstream_status="", search="CustomisationLayer")
+    assert [t["status_message"] for t in failed.values()] == ["failed: " + run.stderr.splitlines()[-1][len("nixlayer: error: "):]]
