@@ -37,7 +37,7 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 from nixlayer import tar
 from nixlayer.compression import Compression
@@ -504,24 +504,68 @@ def write_store_layer(
     store_dir: str = DEFAULT_STORE_DIR,
     progress: Progress | None = None,
     perms: Sequence[PermRule] = (),
+    nar_sizes: Mapping[str, int] | None = None,
 ) -> LayerBlob:
     """Write the layer of ``paths`` (store paths, in layer order) to ``out``; see the module doc.
-    ``perms``: the permission rules to apply (``nixlayer.perms``).
+    ``perms``: the permission rules to apply (``nixlayer.perms``). ``nar_sizes``: the NAR size
+    the closure gives a store path (Nix's ``narSize``), for those it knows: each of those store
+    paths, as listed, must make a NAR of that size (:func:`_nar_checked`), so a file added or
+    removed since the closure was read is found.
 
     Returns the LayerBlob (diff_id, size, digest, blob_size, media_type). Raises NixlayerError
     naming the culprit for a path that is not a store path directly in ``store_dir``
     (:func:`nixlayer.storepath.check_store_path`, every path before anything is written), a
-    missing path, a FIFO, socket or device file, or an unreadable file; the caller discards
-    what was written to ``out`` (the tar is written as it is listed: these errors may come
-    after some of it).
+    missing path, a FIFO, socket or device file, an unreadable file, or a store path whose NAR
+    size is not the closure's; the caller discards what was written to ``out`` (the tar is
+    written as it is listed: these errors may come after some of it).
     """
     paths = [check_store_path(path, store_dir) for path in paths]
     matcher = Matcher(perms)
+    nar_sizes = nar_sizes or {}
 
     def entries() -> Iterator[Entry]:
         yield from (with_perms(entry, matcher, None) for entry in parent_dirs(store_dir))
         for path in paths:
             listed = store_path_entries(path, store_root, store_dir)
+            if nar_sizes.get(path) is not None:
+                listed = _nar_checked(listed, path, nar_sizes[path])
             yield from (with_perms(entry, matcher, path) for entry in listed) if perms else listed
 
     return write_entries(entries(), out, settings, compression, progress)
+
+
+def _nar_checked(entries: Iterator[Entry], path: str, nar_size: int) -> Iterator[Entry]:
+    """The entries of the store path ``path`` (:func:`store_path_entries`, as listed: modes
+    before any permission rule), passed on; once they end, the NAR they make must be
+    ``nar_size`` bytes, else NixlayerError.
+
+    The size follows Nix's NAR serialisation (``nix-store --dump``): each string is its 8-byte
+    length and its bytes, padded to 8; ``nix-archive-1``, then each node: ``( type regular
+    [executable ""] contents <size> <bytes> )`` (executable when its owner may run it),
+    ``( type symlink target <target> )``, or ``( type directory <entries> )``, each entry
+    ``entry ( name <name> node <node> )``.
+    """
+    # "nix-archive-1"; less the entry framing counted below for the store path itself, which has
+    # none (its name: ASCII, as every store path's)
+    size = 24 - 88 - (len(path.rpartition("/")[2]) + 7 & -8)
+    for entry in entries:
+        yield entry
+        name = entry.name
+        if name.isascii():
+            length = len(name) - name.rfind("/") - 1
+        else:
+            length = len(name[name.rfind("/") + 1:].encode("utf-8", "surrogateescape"))
+        kind = entry.kind
+        if kind == "file":  # entry ( name <name> node ( type regular [executable ""] contents <size> ) )
+            size += 176 + (length + 7 & -8) + (entry.size + 7 & -8) + (32 if entry.mode & stat.S_IXUSR else 0)
+        elif kind == "symlink":  # entry ( name <name> node ( type symlink target <target> ) )
+            target = entry.target
+            size += 176 + (length + 7 & -8) + ((len(target) if target.isascii() else
+                                                len(target.encode("utf-8", "surrogateescape"))) + 7 & -8)
+        else:  # entry ( name <name> node ( type directory ... ) )
+            size += 160 + (length + 7 & -8)
+    if size != nar_size:
+        raise NixlayerError(
+            f"{path} is not the store path the closure names: its files make a NAR of {size} bytes, the closure says"
+            f" {nar_size}; a file was added or removed since (store paths are never changed by Nix): build again"
+            " when nothing writes to the store path")

@@ -119,7 +119,7 @@ def plan(title: str, layers: list[tuple[str, list[str], int, bool]], nar_sizes: 
     if _console is not None and _console.pid == os.getpid():
         return
     planned = {record: size for record, _, size, done in layers if not done}
-    runlog.plan(planned)
+    runlog.plan(planned, nar_sizes)
     from tasks.runtime import luigi_command
 
     if not luigi_command():

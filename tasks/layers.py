@@ -142,6 +142,7 @@ class LayerTask(LayerParameters, abstract=True):
         return write_store_layer(
             self.store_paths(), out, self.settings(), self.compressor(),
             self.store_root, self.store_dir, progress=self._progress, perms=self.perm_rules(),
+            nar_sizes=runlog.nar_sizes(self.store_paths()),
         )
 
     def run(self) -> None:

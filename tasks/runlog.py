@@ -33,14 +33,16 @@ import json
 import os
 import tempfile
 import time
-from typing import NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 # The descriptor of this process's run log, or None before any run started.
 _fd: int | None = None
 # How many runs this process started (its current run's number).
 _run = 0
-# Planned bytes of each layer to write in this run, by layer record path (see ``plan``).
+# Planned bytes of each layer to write in this run, by layer record path, and the closure's NAR
+# size of each store path (see ``plan``).
 _planned: dict[str, int] = {}
+_nar_sizes: dict[str, int] = {}
 
 FLUSH_SECONDS = 0.1
 """How often a process appends its progress line while it writes layers, at most."""
@@ -59,6 +61,7 @@ def start() -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
     _fd = fd
     _planned.clear()
+    _nar_sizes.clear()
     _tally.__init__()
 
 
@@ -105,10 +108,18 @@ def results(entries: list[dict]) -> Results:
                    {entry["pushed"]: entry for entry in entries if "pushed" in entry})
 
 
-def plan(planned: dict[str, int]) -> None:
-    """Record the planned bytes of each layer to write (layer record path -> bytes): read by
-    :func:`layer_progress` in this process and in those forked from it later."""
+def plan(planned: dict[str, int], nar_sizes: Mapping[str, int | None]) -> None:
+    """Record the planned bytes of each layer to write (layer record path -> bytes), read by
+    :func:`layer_progress`, and the closure's NAR size of each store path (None: unknown), read
+    by :func:`nar_sizes`: in this process and in those forked from it later."""
     _planned.update(planned)
+    _nar_sizes.update((path, size) for path, size in nar_sizes.items() if size is not None)
+
+
+def nar_sizes(paths: Iterable[str]) -> dict[str, int]:
+    """The NAR sizes the planned closure gives ``paths`` (those it knows): what a layer of them
+    is checked against as it is written (``nixlayer.layer.write_store_layer``)."""
+    return {path: _nar_sizes[path] for path in paths if path in _nar_sizes}
 
 
 def planned_bytes(record: str) -> int:

@@ -7,6 +7,7 @@ The layer is refused with one error naming the path, and nothing reaches the lay
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import threading
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLOW
+from conftest import SLOW, run_pipelines
+from nixlayer.closure import graph_from_store_dir
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerSettings, read_directory, store_path_entries, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
@@ -186,3 +188,44 @@ def test_an_error_found_while_listing_after_pieces_were_written_leaves_nothing(t
     assert not os.path.exists(record)
     assert [p for p in (tmp_path / "layer-store").rglob("*") if p.is_file()] == []
     assert [thread for thread in threading.enumerate() if thread.name == "layer-writer"] == []
+
+
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_a_file_added_or_removed_after_planning_is_refused(tmp_path, change):
+    """A store path whose files no longer make the NAR the closure names (a file added to or
+    removed from a writable --store-root after the closure was read) is refused at its layer,
+    naming it and both sizes, and nothing is kept; put back, it builds the layer it had."""
+    from test_batch import synthetic_store
+
+    root = tmp_path / "root"
+    roots = synthetic_store(root, images=1, base=2, unique=1)
+    graph = graph_from_store_dir(roots, str(root), "/nix/store")
+    (tmp_path / "graph.json").write_text(json.dumps(
+        [{"path": p, "narSize": graph.nar_size(p), "references": sorted(graph.references(p))} for p in graph]))
+    lib = next(p for p in graph if "-lib0-0" in p)
+    disk = root / lib.lstrip("/")
+    victim = sorted(f for f in disk.rglob("*") if f.is_file())[0]
+    kept = victim.read_bytes()
+    if change == "added":
+        (victim.parent / "new").write_bytes(b"x" * 5)
+    else:
+        victim.unlink()
+    args = ["BuildImage", "--name", "n", "--contents", json.dumps(roots), "--store-root", str(root),
+            "--closure-graph", str(tmp_path / "graph.json"), "--format", "oci", "--output", str(tmp_path / "out")]
+    run = run_pipelines(args, tmp_path / "store")
+    assert run.returncode == 30, run.stderr
+    nar = graph.nar_size(lib)
+    grown = 88 + 8 + 88 + 8 if change == "added" else -(88 + (len(victim.name) + 7 & -8) + 88 + (len(kept) + 7 & -8))
+    assert run.stderr.splitlines()[-1] == (
+        f"nixlayer: error: {lib} is not the store path the closure names: its files make a NAR of {nar + grown}"
+        f" bytes, the closure says {nar}; a file was added or removed since (store paths are never changed by Nix):"
+        " build again when nothing writes to the store path"), run.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in (tmp_path / "store").rglob("*.json") if lib.split("/")[-1][:32] in p.read_text()]
+    if change == "added":
+        (victim.parent / "new").unlink()
+    else:
+        victim.write_bytes(kept)
+    assert run_pipelines(args, tmp_path / "store").returncode == 0
+    assert run_pipelines([*args[:-1], str(tmp_path / "again")], tmp_path / "fresh").returncode == 0
+    assert (tmp_path / "out" / "index.json").read_bytes() == (tmp_path / "again" / "index.json").read_bytes()

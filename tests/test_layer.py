@@ -128,6 +128,18 @@ def test_missing_store_path_and_path_outside_the_store(tmp_path):
     assert out.getvalue() == b""
 
 
+def test_store_paths_are_checked_against_the_nar_size_nix_registered(vectors, vectors_app):
+    """Each vector store path (long and non-ASCII names, symlinks, an executable) makes, as
+    listed, a NAR of the size Nix registered for it; a size Nix did not register is refused."""
+    for path in vectors["store_paths"].values():
+        size = int(subprocess.run(["nix-store", "--query", "--size", path], capture_output=True, text=True,
+                                  check=True).stdout)
+        write_store_layer([path], io.BytesIO(), nar_sizes={path: size})
+        with pytest.raises(NixlayerError, match=f"^{path} is not the store path the closure names: its files make"
+                                                f" a NAR of {size} bytes, the closure says {size + 8};"):
+            write_store_layer([path], io.BytesIO(), nar_sizes={path: size + 8})
+
+
 def test_entries_are_written_as_they_are_listed(tmp_path):
     """The tar is handed on to be hashed and compressed while its entries are still being
     listed (listing all first left a core idle): here, the first file's two pieces are handed
