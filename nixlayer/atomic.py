@@ -25,6 +25,29 @@ from nixlayer.errors import NixlayerError
 # seconds older than a new temporary in the same directory is abandoned and removed.
 STALE_TEMP_SECONDS = 10 * 60
 
+# The temporary files this process is writing now (see :func:`writing`).
+_writing: set[str] = set()
+
+
+@contextlib.contextmanager
+def writing(temp: str) -> Iterator[None]:
+    """Count ``temp`` among the temporary files this process is writing while the block runs,
+    for :func:`remove_own_temporaries`."""
+    _writing.add(temp)
+    try:
+        yield
+    finally:
+        _writing.discard(temp)
+
+
+def remove_own_temporaries() -> None:
+    """Remove the temporary files this process is writing: for a process about to end at a
+    signal it may catch (``tasks.runtime``: Luigi terminates the processes it forked for tasks
+    when its run is interrupted), which would otherwise leave them until they are stale."""
+    for temp in list(_writing):
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
 
 def remove_stale_temporaries(directory: str, prefix: str, reference: str) -> list[str]:
     """Remove the entries of ``directory`` named ``prefix*`` untouched for STALE_TEMP_SECONDS.
@@ -107,7 +130,7 @@ def atomic_file(destination: str, sweep: bool = True, temp_dir: str | None = Non
     """
     fd, temp = _temp_file(destination, temp_dir)
     try:
-        with open(fd, "wb") as f:
+        with writing(temp), open(fd, "wb") as f:
             if sweep and temp_dir is None:
                 _sweep(destination, temp)
             yield f

@@ -58,7 +58,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Callable, Sequence
 
-from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries
+from nixlayer.atomic import STALE_TEMP_SECONDS, atomic_file, remove_stale_temporaries, writing
 from nixlayer.compression import Compression
 from nixlayer.customisation import FRAGMENT_FORMAT
 from nixlayer.errors import NixlayerError, NixlayerWarning
@@ -405,7 +405,7 @@ class LayerStore:
         except OSError as e:
             raise NixlayerError(f"cannot write to layer store {self.root}: {e.strerror}") from None
         try:
-            with os.fdopen(fd, "wb") as f:
+            with writing(temp), os.fdopen(fd, "wb") as f:
                 _sweep_temporaries(temps, temp)
                 blob = write_blob(f)
             os.chmod(temp, 0o444)

@@ -85,6 +85,7 @@ import luigi.worker
 from luigi.task import UnconsumedParameterWarning
 from luigi.task_status import BATCH_RUNNING, RUNNING
 
+from nixlayer.atomic import remove_own_temporaries
 from tasks import errors, runlog
 
 
@@ -207,6 +208,17 @@ def _worker_ignores_interrupts() -> None:
     """In a process Luigi forks to run a task (``--workers N``) of the ``luigi`` command:
     Ctrl-C, sent to every process of the terminal, is left to the process luigi started,
     which says so in one line and ends; Luigi's worker then terminates the forked ones.
-    (Each printed the traceback of wherever it was, through multiprocessing.)"""
+    (Each printed the traceback of wherever it was, through multiprocessing.) Terminated
+    (SIGTERM), a forked process removes the temporary files it is writing, a layer's blob
+    among them, and ends at once (:func:`_terminated`)."""
     if luigi_command():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """A forked task process told to end: its temporaries go (else they would stay in the
+    layer store's ``tmp/`` until swept as stale, ten minutes on), then the process, with the
+    status a SIGTERM gives, without unwinding into Luigi's reporting of a failed task."""
+    remove_own_temporaries()
+    os._exit(128 + signum)

@@ -270,7 +270,9 @@ def test_the_dashboard_shows_a_batch_of_layers_writing(tmp_path, big, luigid):  
 @SLOW
 def test_an_interrupt_is_one_line(tmp_path, big, workers):
     """Ctrl-C (SIGINT to the terminal's process group) while layers are written: one line, last,
-    and the process ends by SIGINT, as any interrupted command (130 in a shell)."""
+    and the process ends by SIGINT, as any interrupted command (130 in a shell); no layer's
+    half-written blob is left in the layer store (with 2 workers, Luigi terminates the
+    processes it forked: they remove theirs)."""
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(f"[nixlayer]\nlayer_store = {tmp_path / 'store'}\n")
     run = subprocess.Popen(["luigi", "--module", "pipelines", *big_args(big, tmp_path / "out", "--compression-level", "9",
@@ -281,6 +283,10 @@ def test_an_interrupt_is_one_line(tmp_path, big, workers):
                            # job of a script, nohup: SIGINT ignored, and so in luigi)
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert PLAN.fullmatch(run.stderr.readline().rstrip("\n"))  # layers are being written now
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "store" / "tmp").glob(".blob.tmp-*")):
+        assert time.monotonic() < deadline, "no layer was being written"
+        time.sleep(0.05)
     time.sleep(0.5)
     os.killpg(run.pid, signal.SIGINT)
     rest = run.stderr.read()
@@ -288,6 +294,10 @@ def test_an_interrupt_is_one_line(tmp_path, big, workers):
     assert rest.splitlines() == ["nixlayer: error: interrupted: the layers written so far are kept in the layer store, and"
                                  " nothing half-written is taken as done; run the same command again to go on"], rest
     assert not (tmp_path / "out").exists()
+    deadline = time.monotonic() + 10  # Luigi's worker does not wait for the processes it terminates
+    while list((tmp_path / "store" / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
 
 
 @pytest.mark.parametrize("to", ["stdout", "fifo"])
