@@ -52,6 +52,7 @@ import luigi.configuration  # noqa: E402
 from luigi.execution_summary import _summary_dict  # noqa: E402
 from luigi.task_register import Register  # noqa: E402
 
+from nixlayer.closure import graph_from_store_dir  # noqa: E402
 from nixlayer.storepath import NIX_BASE32  # noqa: E402
 import pipelines.build  # noqa: E402
 from pipelines import BuildImage, BuildImages  # noqa: E402
@@ -109,12 +110,11 @@ def make_store(root: Path, images: int, base: int, base_mib: int, unique: int, s
         share = disk / path.rsplit("/", 1)[1] / "share"
         share.mkdir(parents=True)
         # Text naming the references, then binary filler.
-        text = share / f"{name}.txt"
-        text.write_bytes((f"{name}\n" + "".join(f"needs {r}\n" for r in refs)).encode() + rng.randbytes(rng.randrange(64, 4096)))
-        size = text.stat().st_size
+        (share / f"{name}.txt").write_bytes(
+            (f"{name}\n" + "".join(f"needs {r}\n" for r in refs)).encode() + rng.randbytes(rng.randrange(64, 4096)))
         for n in range(0, bulk, FILE_BYTES):  # bulk in files of up to 4 MiB
             (share / f"data{n // FILE_BYTES}.bin").write_bytes(rng.randbytes(min(FILE_BYTES, bulk - n)))
-        graph.append({"path": path, "narSize": size + bulk, "references": sorted(refs)})
+        graph.append({"path": path, "references": sorted(refs)})
         return path
 
     base_paths: list[str] = []
@@ -124,6 +124,10 @@ def make_store(root: Path, images: int, base: int, base_mib: int, unique: int, s
     for image in range(images):
         own = [new_path(f"img{image}-lib{j}-1.0", rng.sample(base_paths, min(base, 4))) for j in range(unique)]
         roots.append(new_path(f"img{image}-app-1.0", own))
+    # Each path's NAR size as Nix registers it (a layer is checked against it as it is written).
+    scanned = graph_from_store_dir(roots, str(root), STORE_DIR)
+    for entry in graph:
+        entry["narSize"] = scanned.nar_size(entry["path"])
     graph_file = root / "graph.json"
     graph_file.write_text(json.dumps(graph))
     return roots, graph_file

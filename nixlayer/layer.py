@@ -566,6 +566,6 @@ def _nar_checked(entries: Iterator[Entry], path: str, nar_size: int) -> Iterator
             size += 160 + (length + 7 & -8)
     if size != nar_size:
         raise NixlayerError(
-            f"{path} is not the store path the closure names: its files make a NAR of {size} bytes, the closure says"
-            f" {nar_size}; a file was added or removed since (store paths are never changed by Nix): build again"
-            " when nothing writes to the store path")
+            f"{path} is not the store path the closure names: its files make a NAR of {size} bytes, the closure gives"
+            f" {nar_size} (narSize); a file was added or removed since, or the closure graph is wrong (store paths"
+            " are never changed by Nix): build again when nothing writes to the store path")

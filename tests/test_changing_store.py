@@ -218,7 +218,8 @@ def test_a_file_added_or_removed_after_planning_is_refused(tmp_path, change):
     grown = 88 + 8 + 88 + 8 if change == "added" else -(88 + (len(victim.name) + 7 & -8) + 88 + (len(kept) + 7 & -8))
     assert run.stderr.splitlines()[-1] == (
         f"nixlayer: error: {lib} is not the store path the closure names: its files make a NAR of {nar + grown}"
-        f" bytes, the closure says {nar}; a file was added or removed since (store paths are never changed by Nix):"
+        f" bytes, the closure gives {nar} (narSize); a file was added or removed since, or the closure graph is wrong"
+        " (store paths are never changed by Nix):"
         " build again when nothing writes to the store path"), run.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in (tmp_path / "store").rglob("*.json") if lib.split("/")[-1][:32] in p.read_text()]
