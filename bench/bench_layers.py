@@ -5,7 +5,8 @@ Builds a set of store paths from real files: the biggest subdirectories of /usr/
 hard-linked when /usr and the temp dir share a file system, copied otherwise). Then, in the
 same run and on the same warm page cache, interleaved, ``--repeat`` runs of:
 
-- ``nixlayer.layer.write_store_layer`` of all the paths into a discarding sink, with
+- ``nixlayer.layer.write_store_layer`` of all the paths into a discarding sink (each checked
+  against its NAR size, as a build does), with
   compression none, gzip (level 6) and zstd (level 3), gzip and zstd on 1 thread and on N, the
   cores this process may run on (or ``--threads``);
 - the floor: ``tar -c --hard-dereference <paths> | sha256sum`` (GNU tar; it hashes the
@@ -46,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nixlayer.closure import graph_from_store_dir  # noqa: E402
 from nixlayer.compression import Compression, machine_threads  # noqa: E402
 from nixlayer.layer import write_store_layer  # noqa: E402
 from nixlayer.storepath import NIX_BASE32  # noqa: E402
@@ -228,9 +230,14 @@ def main() -> None:
         shell(f"{tar} | cat > /dev/null")  # warm the page cache
         sizes: dict[str, int] = {}
 
+        # Each store path is checked against its NAR size as a build checks it (tasks.layers).
+        scanned = graph_from_store_dir(paths, root, "/nix/store")
+        nar_sizes = {path: scanned.nar_size(path) for path in paths}
+
         def ours(label: str, compression: Compression):
             def run() -> None:
-                sizes[label] = write_store_layer(paths, Sink(), compression=compression, store_root=root).blob_size
+                sizes[label] = write_store_layer(paths, Sink(), compression=compression, store_root=root,
+                                                 nar_sizes=nar_sizes).blob_size
             return run
 
         runs = {"nixlayer none": ours("nixlayer none", Compression("none"))}
