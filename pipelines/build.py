@@ -13,7 +13,7 @@ import warnings
 import luigi
 
 from nixlayer.atomic import check_writable
-from nixlayer.base_image import absolute_source, inherit_config, read_base_image
+from nixlayer.base_image import BaseImage, absolute_source, inherit_config, read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format, is_stream
@@ -27,7 +27,7 @@ from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
-from nixlayer.registry import parse_pull_reference, push_reference
+from nixlayer.registry import parse_pull_reference, parse_push_target, push_reference
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -253,7 +253,17 @@ class ImageParameters(NixlayerTask, abstract=True):
             **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
+            **({"remote_base": True} if base and self.leaves_base_remote(base) else {}),
         }
+
+    def leaves_base_remote(self, base: BaseImage) -> bool:
+        """Whether the layers of ``base`` are left in its registry (``ImageTask.remote_base``):
+        every destination of the image is a push to the base's registry host, so no layer of
+        it need be downloaded unless the push can neither find nor mount it there. An output
+        (an archive, a layout, an index written to one) holds their bytes: they are copied."""
+        where = base.registry()
+        return (where is not None and bool(self.push) and not self.output
+                and parse_push_target(self.push_target(self.push)).host == where.host)
 
     def push_target(self, target: str) -> str:
         """The push target ``target`` (``--push``, ``--target``, a batch file's ``push``) as
