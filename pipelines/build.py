@@ -422,7 +422,8 @@ def image_report(image, results: runlog.Results, layers: dict[str, tuple[int, st
     tasks = image.image_tasks()
     assemble = next((task for task in tasks if isinstance(task, (AssembleImage, AssembleIndex))), None)
     push = next((task for task in tasks if not isinstance(task, (AssembleImage, AssembleIndex))), None)
-    targets = list({layer.output().path: layer.output() for task in tasks for layer in task.requires()}.values())
+    targets = list({layer.output().path: layer.output() for task in tasks
+                    for layer in [*task.remote_base_layers(), *task.requires()]}.values())
     for target in targets:  # the blob sizes of the layers built (others may be gone since)
         if target.path not in layers:
             built_here = target.path in results.built_layers
@@ -461,20 +462,22 @@ def layer_plan(targets: list[ImageTask], nar_sizes: dict[str, int | None],
     its store paths (none for a customisation layer), its planned bytes, whether it is in the
     layer store; with ``check`` false, taken as not). Planned bytes: a store layer's NAR sizes
     (``nar_sizes``), a base layer's blob size, a customisation layer's copy_to_root NAR sizes
-    (its links and commands' files count none)."""
+    (its links and commands' files count none). A base layer left in its registry
+    (``ImageTask.remote_base``) is not to write: taken as in the layer store (reused)."""
     layers = {}
-    for target in targets:
-        for task in target.requires():
-            record = task.output().path
-            if record not in layers:
-                if isinstance(task, CustomisationLayer):
-                    paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
-                elif isinstance(task, BaseImageLayer):
-                    paths, planned = [], task.blob_size
-                else:
-                    paths = task.store_paths()
-                    planned = sum(nar_sizes.get(path) or 0 for path in paths)
-                layers[record] = (record, paths, planned, check and task.complete())
+    required = [(task, False) for target in targets for task in target.requires()]
+    remote = [(task, True) for target in targets for task in target.remote_base_layers()]
+    for task, left_remote in [*required, *remote]:  # a layer another target requires is to write
+        record = task.output().path
+        if record not in layers:
+            if isinstance(task, CustomisationLayer):
+                paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
+            elif isinstance(task, BaseImageLayer):
+                paths, planned = [], task.blob_size
+            else:
+                paths = task.store_paths()
+                planned = sum(nar_sizes.get(path) or 0 for path in paths)
+            layers[record] = (record, paths, planned, left_remote or (check and task.complete()))
     return list(layers.values())
 
 

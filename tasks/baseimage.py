@@ -6,6 +6,11 @@ the blob's digest and whether it is kept as it is or as a tar (a docker-archive 
 from the blob kept as it is, so a compressed blob is downloaded once). The copy is streamed and
 verified (``nixlayer.base_image.write_base_layer``), from the layer store when it holds the
 blob already, else from the base image's source: a rebuild reads nothing.
+
+An image only pushed to its base's registry does not require these tasks
+(``tasks.image.ImageTask.remote_base``): its push takes each layer as
+:meth:`BaseImageLayer.remote_layer`, copied (:meth:`BaseImageLayer.copy`) only if the push can
+neither find the blob in the target repository nor mount it from the base's.
 """
 
 from __future__ import annotations

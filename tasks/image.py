@@ -130,11 +130,16 @@ class ImageTask(LayerParameters, abstract=True):
         """The tasks of the base image's layers (none without one)."""
         return base_layer_tasks(self.base_image, self.base_uncompressed(), self.layer_store_dir)
 
+    def remote_base_layers(self) -> list[BaseImageLayer]:
+        """The tasks of the base layers left in the base's registry (``remote_base``), which
+        this task does not require (none unless ``remote_base``)."""
+        return self.base_layer_tasks() if self.remote_base else []
+
     def image_layers(self) -> list[ImageLayer]:
         """The image's layers from the layer store (the required tasks must be complete), its
         base's first, those left in its registry as ``remote_base`` says."""
         store = self.layer_store()
-        remote = [task.remote_layer() for task in self.base_layer_tasks()] if self.remote_base else []
+        remote = [task.remote_layer() for task in self.remote_base_layers()]
         return remote + [store.image_layer(task.output().record()) for task in self.requires()]
 
     def image_config(self, layers: list[ImageLayer]) -> bytes:

@@ -214,6 +214,10 @@ def test_a_push_to_the_bases_registry_mounts_the_base_layers_without_downloading
     run = build_app(tmp_path, store, base["registry"], "--push", f"docker://{registry.host}/team/app-mounted:1",
                     output=None)
     assert run.returncode == 0, run.stderr
+    plan, summary = run.stderr.splitlines()
+    assert " in 4 layers: 2 to write (" in plan and plan.endswith(", 2 reused"), plan  # the base's are not written
+    assert "(5 blobs uploaded" in summary and "; 2 mounted, 0 already there)" in summary, summary
+    assert "; layers: 2 built, 2 reused;" in summary, summary
     requests = registry.requests()[mark:]
     downloads = [r.path for r in requests if r.method == "GET" and "/blobs/" in r.path]
     assert len(downloads) == 1 and downloads[0].startswith("/v2/team/base/blobs/"), downloads  # its config
