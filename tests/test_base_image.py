@@ -24,6 +24,7 @@ from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
 from tasks import console
 from registry_fixture import AUTH_PASSWORD, AUTH_USER, FaultProxy, auth_registry, registry  # noqa: F401 - fixtures
+from test_batch import run_batch_cli, write_batch
 from test_registry import write_auth
 from test_build import PODMAN_RUN
 
@@ -266,6 +267,36 @@ def test_a_base_layer_the_registry_will_not_mount_is_downloaded_then_and_uploade
     assert all(Path(LayerStore(str(store)).blob_path(digest)).exists() for digest in layers)  # kept, verified
     assert pushed_manifest(registry.host, "team/app-unmounted") == pushed_manifest(registry.host, "team/app-out")
     runs_as_pulled(registry.host, "team/app-unmounted", tmp_path)
+
+
+def test_an_index_pushed_to_the_bases_registry_mounts_each_platforms_base_layers(tmp_path, base, registry):
+    """An amd64 and an arm64 image on the registry base (an index), pushed as one index to its
+    registry: no base layer downloaded, each mounted, the index the one a batch writing an OCI
+    layout too pushes, each platform's image whole in the registry."""
+    greeting = nix_build(HELLO, "greeting")
+
+    def batch(name: str, target: str, *extra: str) -> Path:
+        image = (f'name = "app"\ntag = "1"\nfrom_image = "{base["registry"]}"\ncontents = ["{greeting}"]\n'
+                 f'config = {{ Env = {json.dumps(APP_CONFIG["Env"])}, Cmd = {json.dumps(APP_CONFIG["Cmd"])} }}\n'
+                 f'push = "docker://{registry.host}/{target}"\n' + "".join(extra))
+        return write_batch(tmp_path / name, "", [f'{image}platform = "linux/{arch}"\n' for arch in ("amd64", "arm64")])
+
+    with_output = run_batch_cli(batch("out.toml", "team/app-index-out:1", f'output = "{tmp_path / "layout"}"\n',
+                                      'format = "oci"\n'), tmp_path / "store-out")
+    assert with_output.returncode == 0, with_output.stderr
+    mark = registry.mark()
+    run = run_batch_cli(batch("push.toml", "team/app-index:1"), tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    layers = {layer["digest"] for layer in base["layout_layers"]}
+    downloads = {r.path.rsplit("/", 1)[1] for r in registry.requests()[mark:] if r.method == "GET" and "/blobs/" in r.path}
+    assert len(downloads) == 2 and not downloads & layers  # each platform's base config
+    assert set(registry.blob_activity("team/app-index", mark)["mounted"]) >= layers
+    assert pushed_manifest(registry.host, "team/app-index") == pushed_manifest(registry.host, "team/app-index-out")
+    for arch in ("arm64", "amd64"):  # every blob of each platform's image is read
+        copy = tmp_path / f"copy-{arch}"
+        skopeo("copy", "--src-tls-verify=false", "--override-arch", arch, f"docker://{registry.host}/team/app-index:1",
+               f"oci:{copy}:x")
+        assert inspect(f"oci:{copy}:x", "--config")["architecture"] == arch
 
 
 @SLOW
