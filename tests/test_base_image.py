@@ -269,6 +269,7 @@ def test_a_base_layer_the_registry_will_not_mount_is_downloaded_then_and_uploade
     runs_as_pulled(registry.host, "team/app-unmounted", tmp_path)
 
 
+@SLOW
 def test_an_index_pushed_to_the_bases_registry_mounts_each_platforms_base_layers(tmp_path, base, registry):
     """An amd64 and an arm64 image on the registry base (an index), pushed as one index to its
     registry: no base layer downloaded, each mounted, the index the one a batch writing an OCI
