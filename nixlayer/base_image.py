@@ -48,7 +48,7 @@ from nixlayer.mediatypes import (
     MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER,
     MEDIA_TYPE_OCI_MANIFEST,
 )
-from nixlayer.registry import RegistrySource, parse_pull_reference
+from nixlayer.registry import PushTarget, RegistrySource, parse_pull_reference
 
 TRANSPORTS = ("docker-archive", "oci", "oci-archive", "docker")
 _FORMS = ("use docker-archive:FILE, oci:DIR[:TAG], oci-archive:FILE[:TAG] or"
@@ -104,6 +104,12 @@ class BaseImage:
         its manifest's annotations (not where it is read from)."""
         return [[[layer.digest, layer.media_type, layer.diff_id] for layer in self.layers], list(self.history),
                 self.annotations]
+
+    def registry(self) -> PushTarget | None:
+        """Where it is read from when that is a registry (``docker://``): its host, repository
+        and tag; None for a file source."""
+        transport, reference, _ = parse_source(self.source)
+        return parse_pull_reference(reference)[0] if transport == "docker" else None
 
     def to_json(self) -> str:
         """What an image task needs of it (not the config, which the new image's merges), as

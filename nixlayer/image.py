@@ -12,9 +12,9 @@ import hashlib
 import json
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import LayerBlob
@@ -37,12 +37,16 @@ class ImageLayer:
     """A layer ready to assemble: its digests, the file holding its blob, and what it holds.
 
     ``file`` holds the blob bytes (compressed as ``blob.media_type`` says); ``comment`` goes
-    into the image config's history (nixpkgs: ``store paths: [...]``).
+    into the image config's history (nixpkgs: ``store paths: [...]``). ``fetch``, if given,
+    writes ``file``, which may be absent until then: a base image's layer left in its registry
+    (``tasks.image.ImageTask.remote_base``), whose ``blob.size`` (its tar's) is unknown (0);
+    only a push that must upload it calls it.
     """
 
     blob: LayerBlob
     file: str
     comment: str
+    fetch: Callable[[], object] | None = field(default=None, compare=False)
 
 
 CREATED_BY = "nixlayer"

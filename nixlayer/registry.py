@@ -205,13 +205,16 @@ class Blob:
 
     ``digest`` is ``sha256:<64 hex>`` of the exact bytes in ``path``; ``size`` is their length in
     bytes; ``media_type`` is the descriptor's media type (informative here: the registry stores
-    bytes only).
+    bytes only). ``fetch``, if given, writes ``path`` when it is absent: called only when the
+    blob must be uploaded (neither in the repository nor mounted), as for a base image's layer
+    left in its registry (``nixlayer.image.ImageLayer.fetch``).
     """
 
     digest: str
     size: int
     media_type: str
     path: Path
+    fetch: Callable[[], object] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _DIGEST.match(self.digest):
@@ -778,7 +781,10 @@ def _upload_once(client: _Client, blob: Blob, chunk_size: int | None, location: 
 
 def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
     """Upload ``blob``, restarting the whole session after a transient fault. Raises
-    NixlayerError naming its file, before anything is sent, if its bytes do not match its digest."""
+    NixlayerError naming its file, before anything is sent, if its bytes do not match its digest.
+    A blob with a ``fetch`` whose file is absent is fetched first."""
+    if blob.fetch is not None and not blob.path.exists():
+        blob.fetch()
     try:
         actual = blob.path.stat().st_size
     except OSError as exc:

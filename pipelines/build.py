@@ -13,7 +13,7 @@ import warnings
 import luigi
 
 from nixlayer.atomic import check_writable
-from nixlayer.base_image import absolute_source, inherit_config, read_base_image
+from nixlayer.base_image import BaseImage, absolute_source, inherit_config, read_base_image
 from nixlayer.closure import ClosureGraph, read_graph
 from nixlayer.compression import NAMES, Compression
 from nixlayer.formats import FORMATS, STDOUT, check_format, is_stream
@@ -27,7 +27,7 @@ from nixlayer.index import Platform, image_platform
 from nixlayer.layer import LayerSettings
 from nixlayer.plan import DEFAULT_LAYERING, LAYERINGS, check_layering, plan_image
 from nixlayer.reference import check_name, check_tag, without_credentials
-from nixlayer.registry import parse_pull_reference, push_reference
+from nixlayer.registry import parse_pull_reference, parse_push_target, push_reference
 from nixlayer.storepath import DEFAULT_STORE_DIR, normalize_store_dir, resolve_store_path
 from nixlayer.layerstore import LayerStore
 from tasks import console, runlog
@@ -253,7 +253,17 @@ class ImageParameters(NixlayerTask, abstract=True):
             **image, **annotations, "name": self.name, "tag": tag, "mtime": mtime, "uid": self.uid, "gid": self.gid,
             "uname": self.uname, "gname": self.gname, "store_dir": store_dir, "store_root": self.store_root,
             "layer_store_dir": layer_store.root, "closure": keep_closure(graph), "attach_sbom": self.attach_sbom,
+            **({"remote_base": True} if base and self.leaves_base_remote(base) else {}),
         }
+
+    def leaves_base_remote(self, base: BaseImage) -> bool:
+        """Whether the layers of ``base`` are left in its registry (``ImageTask.remote_base``):
+        every destination of the image is a push to the base's registry host, so no layer of
+        it need be downloaded unless the push can neither find nor mount it there. An output
+        (an archive, a layout, an index written to one) holds their bytes: they are copied."""
+        where = base.registry()
+        return (where is not None and bool(self.push) and not self.output
+                and parse_push_target(self.push_target(self.push)).host == where.host)
 
     def push_target(self, target: str) -> str:
         """The push target ``target`` (``--push``, ``--target``, a batch file's ``push``) as
@@ -412,7 +422,8 @@ def image_report(image, results: runlog.Results, layers: dict[str, tuple[int, st
     tasks = image.image_tasks()
     assemble = next((task for task in tasks if isinstance(task, (AssembleImage, AssembleIndex))), None)
     push = next((task for task in tasks if not isinstance(task, (AssembleImage, AssembleIndex))), None)
-    targets = list({layer.output().path: layer.output() for task in tasks for layer in task.requires()}.values())
+    targets = list({layer.output().path: layer.output() for task in tasks
+                    for layer in [*task.remote_base_layers(), *task.requires()]}.values())
     for target in targets:  # the blob sizes of the layers built (others may be gone since)
         if target.path not in layers:
             built_here = target.path in results.built_layers
@@ -451,20 +462,22 @@ def layer_plan(targets: list[ImageTask], nar_sizes: dict[str, int | None],
     its store paths (none for a customisation layer), its planned bytes, whether it is in the
     layer store; with ``check`` false, taken as not). Planned bytes: a store layer's NAR sizes
     (``nar_sizes``), a base layer's blob size, a customisation layer's copy_to_root NAR sizes
-    (its links and commands' files count none)."""
+    (its links and commands' files count none). A base layer left in its registry
+    (``ImageTask.remote_base``) is not to write: taken as in the layer store (reused)."""
     layers = {}
-    for target in targets:
-        for task in target.requires():
-            record = task.output().path
-            if record not in layers:
-                if isinstance(task, CustomisationLayer):
-                    paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
-                elif isinstance(task, BaseImageLayer):
-                    paths, planned = [], task.blob_size
-                else:
-                    paths = task.store_paths()
-                    planned = sum(nar_sizes.get(path) or 0 for path in paths)
-                layers[record] = (record, paths, planned, check and task.complete())
+    required = [(task, False) for target in targets for task in target.requires()]
+    remote = [(task, True) for target in targets for task in target.remote_base_layers()]
+    for task, left_remote in [*required, *remote]:  # a layer another target requires is to write
+        record = task.output().path
+        if record not in layers:
+            if isinstance(task, CustomisationLayer):
+                paths, planned = [], sum(nar_sizes.get(path) or 0 for path in task.copy_to_root)
+            elif isinstance(task, BaseImageLayer):
+                paths, planned = [], task.blob_size
+            else:
+                paths = task.store_paths()
+                planned = sum(nar_sizes.get(path) or 0 for path in paths)
+            layers[record] = (record, paths, planned, left_remote or (check and task.complete()))
     return list(layers.values())
 
 

@@ -6,6 +6,11 @@ the blob's digest and whether it is kept as it is or as a tar (a docker-archive 
 from the blob kept as it is, so a compressed blob is downloaded once). The copy is streamed and
 verified (``nixlayer.base_image.write_base_layer``), from the layer store when it holds the
 blob already, else from the base image's source: a rebuild reads nothing.
+
+An image only pushed to its base's registry does not require these tasks
+(``tasks.image.ImageTask.remote_base``): its push takes each layer as
+:meth:`BaseImageLayer.remote_layer`, copied (:meth:`BaseImageLayer.copy`) only if the push can
+neither find the blob in the target repository nor mount it from the base's.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import luigi
 
 from nixlayer.base_image import BaseImage, BaseLayer, write_base_layer
 from nixlayer.errors import NixlayerError
-from nixlayer.layerstore import LayerStore, record_name
+from nixlayer.image import ImageLayer
+from nixlayer.layer import LayerBlob
+from nixlayer.layerstore import LayerRecord, LayerStore, record_name
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_LAYER
 from tasks import runlog
 from tasks.base import NixlayerTask
@@ -64,19 +71,33 @@ class BaseImageLayer(NixlayerTask):
             target = self._output = LayerStoreTarget(LayerStore(self.layer_store_dir), name)
         return target
 
-    def run(self) -> None:
-        store = LayerStore(self.layer_store_dir)
-        what = f"base layer {self.digest}"
-        self.set_status_message(f"{what}: copying from {self.source}")
-        kept = store.blob_path(self.digest)
+    def comment(self) -> str:
+        """The layer record's comment."""
+        return f"base image {self.source}"
+
+    def copy(self) -> LayerRecord:
+        """Copy the blob into the layer store (see the module docstring); its record."""
+        kept = LayerStore(self.layer_store_dir).blob_path(self.digest)
         try:
             kept_here = os.path.getsize(kept) == self.blob_size
         except OSError:
             kept_here = False
-        target = self.output()
-        record = target.write([], f"base image {self.source}", lambda out: write_base_layer(
+        return self.output().write([], self.comment(), lambda out: write_base_layer(
             self.source, self.layer(), out, uncompressed=self.uncompressed, kept=kept if kept_here else None,
             insecure=self.insecure_registry))
+
+    def remote_layer(self) -> ImageLayer:
+        """The layer as an image left in the base's registry takes it (``ImageTask.remote_base``):
+        its digests from the base's manifest and config, its blob file where :meth:`copy` writes
+        it (absent until then), :meth:`copy` as its ``fetch``."""
+        blob = LayerBlob(self.diff_id, 0, self.digest, self.blob_size, self.media_type)
+        return ImageLayer(blob, LayerStore(self.layer_store_dir).blob_path(self.digest), self.comment(), self.copy)
+
+    def run(self) -> None:
+        what = f"base layer {self.digest}"
+        self.set_status_message(f"{what}: copying from {self.source}")
+        target = self.output()
+        record = self.copy()
         runlog.layer_written(target.path)
         runlog.append([{"layer": target.path}])
         runlog.flush()

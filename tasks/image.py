@@ -18,7 +18,7 @@ from nixlayer.layerstore import read_json
 from nixlayer.perms import perms_json, rules_for
 from nixlayer.sbom import image_sbom, sbom_artifact
 from tasks.base import json_list
-from tasks.baseimage import base_layer_tasks
+from tasks.baseimage import BaseImageLayer, base_layer_tasks
 from tasks.layers import CustomisationLayer, LayerParameters, layer_task
 
 
@@ -42,6 +42,14 @@ class ImageTask(LayerParameters, abstract=True):
     plus the customisation layer, all with this task's layer parameters, so tasks of several
     images that share a layer share its task.
 
+    With ``remote_base`` (set by ``pipelines.build`` when every destination of the image is a
+    push to its base's registry host) the base layers are not required: they are left in the
+    base's registry, absent from the layer store. The image takes their digests, sizes, media
+    types and diff_ids from the base's manifest and config (``BaseImage``), the same image
+    bytes; the push mounts each blob the target lacks from the base's repository, and only if
+    that fails copies it into the layer store then and uploads it
+    (``BaseImageLayer.remote_layer``), as nix2container and go-containerregistry do.
+
     The image's own parameters gather when a subclass that is a ``tasks.base.BatchableTask``
     (AssembleImage) is handed out in batches: strings into a JSON list (no image name starts
     with ``[``), lists into a tuple (see ``batch_values``). Other subclasses go one image at a
@@ -58,6 +66,8 @@ class ImageTask(LayerParameters, abstract=True):
     contents = luigi.ListParameter(default=[], batch_method=tuple)
     base_image = luigi.Parameter(default="", description="the base image's layers and history (BaseImage.to_json)",
                                  batch_method=json_list)
+    remote_base = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                      description="the base image's layers are left in its registry (see above)")
     # What the customisation layer holds beyond the contents' symlinks (nixlayer.rootfs);
     # ``perms`` (a layer parameter) is here every rule of the image.
     copy_to_root = luigi.ListParameter(default=[])
@@ -96,7 +106,7 @@ class ImageTask(LayerParameters, abstract=True):
             def perms(store_paths) -> dict:  # each layer task gets the rules that can touch it
                 return {**params, "perms": perms_json(rules_for(rules, store_paths))}
 
-            layers = base_layer_tasks(self.base_image, self.base_uncompressed(), self.layer_store_dir)
+            layers = [] if self.remote_base else self.base_layer_tasks()
             layers += [layer_task(list(paths), **perms(paths)) for paths in self.store_layers]
             nix_db = sorted({path for paths in self.store_layers for path in paths}) if self.include_nix_db else []
             layers.append(CustomisationLayer(
@@ -116,10 +126,21 @@ class ImageTask(LayerParameters, abstract=True):
         they are where the output takes them)."""
         return False
 
+    def base_layer_tasks(self) -> list[BaseImageLayer]:
+        """The tasks of the base image's layers (none without one)."""
+        return base_layer_tasks(self.base_image, self.base_uncompressed(), self.layer_store_dir)
+
+    def remote_base_layers(self) -> list[BaseImageLayer]:
+        """The tasks of the base layers left in the base's registry (``remote_base``), which
+        this task does not require (none unless ``remote_base``)."""
+        return self.base_layer_tasks() if self.remote_base else []
+
     def image_layers(self) -> list[ImageLayer]:
-        """The image's layers from the layer store (the required tasks must be complete)."""
+        """The image's layers from the layer store (the required tasks must be complete), its
+        base's first, those left in its registry as ``remote_base`` says."""
         store = self.layer_store()
-        return [store.image_layer(task.output().record()) for task in self.requires()]
+        remote = [task.remote_layer() for task in self.remote_base_layers()]
+        return remote + [store.image_layer(task.output().record()) for task in self.requires()]
 
     def image_config(self, layers: list[ImageLayer]) -> bytes:
         """The image config JSON for ``layers``."""

@@ -50,6 +50,11 @@ class IndexTask(NixlayerTask, abstract=True):
         tasks = {task.task_id: task for member in self.members() for task in member.requires()}
         return list(tasks.values())
 
+    def remote_base_layers(self) -> list:
+        """Every image's base layers left in its base's registry (``ImageTask.remote_base``), each once."""
+        tasks = {task.task_id: task for member in self.members() for task in member.remote_base_layers()}
+        return list(tasks.values())
+
     def platform_images(self) -> list[PlatformImage]:
         """Each image, as it is alone (``ImageTask.platform_image``: its manifest annotations
         and SBOM too), from the layer store (the layers must be complete)."""

@@ -21,10 +21,10 @@ from nixlayer.image import sha256_digest
 from nixlayer.index import PlatformImage
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST
 from nixlayer.errors import NixlayerError
-from nixlayer.base_image import BaseImage, parse_source
+from nixlayer.base_image import BaseImage
 from nixlayer.layerstore import LayerStore, read_json
 from nixlayer.registry import (
-    Blob, ImagePush, PushOptions, PushResult, PushTarget, Referrer, parse_pull_reference, parse_push_target, push_image,
+    Blob, ImagePush, PushOptions, PushResult, PushTarget, Referrer, parse_push_target, push_image,
     tagged_manifest_digest,
 )
 from nixlayer.reference import without_credentials
@@ -84,14 +84,16 @@ def push_options(task, base_images: Iterable[str]) -> PushOptions:
 
 def image_push(store: LayerStore, image: PlatformImage) -> ImagePush:
     """``image`` as a push takes it: its manifest, its config and artifacts' blobs (kept as
-    blobs in the layer store ``store`` to be read from there), its layers' blobs, and its
-    artifacts as the referrers of its manifest."""
+    blobs in the layer store ``store`` to be read from there), its layers' blobs (a base
+    layer left in its registry fetched only if it must be uploaded), and its artifacts as the
+    referrers of its manifest."""
     def blob(data: bytes, media_type: str) -> Blob:
         return Blob(sha256_digest(data), len(data), media_type, store.put_bytes(data))
 
     return ImagePush(
         image.manifest, blob(image.config, MEDIA_TYPE_OCI_CONFIG),
-        [Blob(layer.blob.digest, layer.blob.blob_size, layer.blob.media_type, layer.file) for layer in image.layers],
+        [Blob(layer.blob.digest, layer.blob.blob_size, layer.blob.media_type, layer.file, layer.fetch)
+         for layer in image.layers],
         [Referrer(a.manifest, a.descriptor, [blob(b, media_type) for b, media_type in zip(a.blobs, a.media_types)])
          for a in image.artifacts],
     )
@@ -123,8 +125,7 @@ def mount_sources(layer_store: str, target: PushTarget, base_images: Iterable[st
     and those of ``base_images`` (each ``BaseImage.to_json``, '' for none) on that registry."""
     sources = []
     for base_image in filter(None, base_images):
-        transport, reference, _ = parse_source(BaseImage.from_json(base_image).source)
-        base = parse_pull_reference(reference)[0] if transport == "docker" else None
+        base = BaseImage.from_json(base_image).registry()
         if base is not None and base.host == target.host and base.repository != target.repository:
             sources.append(base.repository)
     for path in sorted(glob.glob(os.path.join(layer_store, "pushes", "*.json"))):

@@ -50,6 +50,12 @@ Behaviour changed:
    replacing ``Register.get_all_params``, which only that parser reads): 151 of its 308
    parameters, 15 of the 32 ms of each ``CmdlineParser``; a no-op rebuild 0.50 -> 0.47 s.
    ``--help-all`` no longer lists them. luigi.cfg sections of those tasks still apply.
+10. A push of an image whose base layers are left in the base's registry
+   (``tasks.image.ImageTask.remote_base``) writes a ``BaseImageLayer``'s target itself, in
+   its own run, for a blob it must upload because the registry neither holds it in the target
+   repository nor mounts it from the base's (``BaseImageLayer.remote_layer``, lives there):
+   as a required task, Luigi would download every base layer before the push, which then
+   mounts them and reads none.
 
 Luigi's internals used for speed or structure, elsewhere:
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import zstandard
@@ -22,7 +23,8 @@ from nixlayer.layerstore import LayerStore
 from nixlayer.mediatypes import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST
 from pipelines import BuildImage
 from tasks import console
-from registry_fixture import AUTH_PASSWORD, AUTH_USER, auth_registry, registry  # noqa: F401 - fixtures
+from registry_fixture import AUTH_PASSWORD, AUTH_USER, FaultProxy, auth_registry, registry  # noqa: F401 - fixtures
+from test_batch import run_batch_cli, write_batch
 from test_registry import write_auth
 from test_build import PODMAN_RUN
 
@@ -100,11 +102,12 @@ def add_index(layout: Path, tag: str, architectures: list[str]) -> None:
     (layout / "index.json").write_text(json.dumps(index))
 
 
-def build_app(tmp_path: Path, store: Path, source: str, *extra: str, output: str = "app.tar") -> subprocess.CompletedProcess:
+def build_app(tmp_path: Path, store: Path, source: str, *extra: str, output: str | None = "app.tar") -> subprocess.CompletedProcess:
+    """Build the app on the base ``source``, written to ``output`` in ``tmp_path`` (None: no output)."""
     greeting = nix_build(HELLO, "greeting")
     return run_pipelines(["BuildImage", "--name", "app", "--tag", "1", "--from-image", source,
                           "--contents", json.dumps([greeting]), "--config", json.dumps(APP_CONFIG),
-                          "--output", str(tmp_path / output), *extra], store)
+                          *(["--output", str(tmp_path / output)] if output else []), *extra], store)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +181,123 @@ def test_a_rebuild_on_a_registry_base_downloads_nothing_and_a_push_mounts_its_bl
     reads = [r for r in registry.requests()[mark:] if r.method == "GET" and r.path.startswith("/v2/team/base/")]
     assert reads == []  # a HEAD for the tag's digest, nothing downloaded
     assert (tmp_path / "app.tar").exists()
+
+
+def pushed_manifest(host: str, repository: str) -> bytes:
+    return subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{repository}:1"],
+                          check=True, capture_output=True).stdout
+
+
+def runs_as_pulled(host: str, repository: str, tmp_path: Path) -> None:
+    """Copy the pushed app (every blob read from the registry) to an OCI layout; it runs in podman."""
+    layout = tmp_path / f"pulled-{repository.replace('/', '-')}"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host}/{repository}:1", f"oci:{layout}:app")
+    image = subprocess.run(["podman", "pull", "-q", f"oci:{layout}:app"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    try:
+        out = subprocess.run([*PODMAN_RUN, image], capture_output=True, text=True, timeout=120)
+        assert out.stdout == APP_OUTPUT, out.stderr
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+
+
+def test_a_push_to_the_bases_registry_mounts_the_base_layers_without_downloading_them(tmp_path, base, registry):
+    """No output, a push to the base's registry: the base layers are neither downloaded nor in
+    the layer store; the push mounts them from the base's repository, and the image is the one
+    a build with an output (which copies them) pushes."""
+    layers = {layer["digest"] for layer in base["layout_layers"]}
+    with_output = build_app(tmp_path, tmp_path / "store-out", base["registry"],
+                            "--push", f"docker://{registry.host}/team/app-out:1")
+    assert with_output.returncode == 0, with_output.stderr
+
+    mark = registry.mark()
+    store = tmp_path / "store"
+    run = build_app(tmp_path, store, base["registry"], "--push", f"docker://{registry.host}/team/app-mounted:1",
+                    output=None)
+    assert run.returncode == 0, run.stderr
+    plan, summary = run.stderr.splitlines()
+    assert " in 4 layers: 2 to write (" in plan and plan.endswith(", 2 reused"), plan  # the base's are not written
+    assert "(5 blobs uploaded" in summary and "; 2 mounted, 0 already there)" in summary, summary
+    assert "; layers: 2 built, 2 reused;" in summary, summary
+    requests = registry.requests()[mark:]
+    downloads = [r.path for r in requests if r.method == "GET" and "/blobs/" in r.path]
+    assert len(downloads) == 1 and downloads[0].startswith("/v2/team/base/blobs/"), downloads  # its config
+    assert not layers & {path.rsplit("/", 1)[1] for path in downloads}
+    assert set(registry.blob_activity("team/app-mounted", mark)["mounted"]) >= layers
+    assert not any(Path(LayerStore(str(store)).blob_path(digest)).exists() for digest in layers)
+    assert pushed_manifest(registry.host, "team/app-mounted") == pushed_manifest(registry.host, "team/app-out")
+    runs_as_pulled(registry.host, "team/app-mounted", tmp_path)
+
+    mark = registry.mark()  # pushed again to where the blobs are: found there, nothing read
+    again = build_app(tmp_path, tmp_path / "store2", base["registry"], "--push",
+                      f"docker://{registry.host}/team/app-out:1", output=None)
+    assert again.returncode == 0, again.stderr
+    assert [r for r in registry.requests()[mark:] if r.method == "GET" and "/blobs/" in r.path and
+            r.path.rsplit("/", 1)[1] in layers] == []
+
+
+def test_a_base_layer_the_registry_will_not_mount_is_downloaded_then_and_uploaded(tmp_path, base, registry):
+    """A registry that refuses to mount from the base's repository (403, as distribution answers
+    a pusher without pull access there; a proxy in front of the registry answers it): each base
+    layer is downloaded, verified and uploaded when the push needs it, and the image is the same."""
+    layers = {layer["digest"] for layer in base["layout_layers"]}
+    with_output = build_app(tmp_path, tmp_path / "store-out", base["registry"],
+                            "--push", f"docker://{registry.host}/team/app-out:1")
+    assert with_output.returncode == 0, with_output.stderr
+
+    def refuse_mounts(method: str, path: str) -> int | None:
+        return 403 if method == "POST" and "mount=" in path else None
+
+    with FaultProxy(registry.port, refuse_mounts) as proxy:
+        source = base["registry"].replace(registry.host, proxy.host)
+        mark = registry.mark()
+        store = tmp_path / "store"
+        run = build_app(tmp_path, store, source, "--push", f"docker://{proxy.host}/team/app-unmounted:1", output=None)
+        assert run.returncode == 0, run.stderr
+        # Each base layer is downloaded after its mount was refused, when the push needs it.
+        order = [("mount", parse_qs(urlsplit(path).query)["mount"][0]) if method == "POST" and status == 403
+                 else ("download", path.rsplit("/", 1)[1]) for method, path, status in proxy.seen
+                 if (method == "POST" and status == 403) or (method == "GET" and "/blobs/" in path)]
+        for digest in layers:
+            assert order.index(("mount", digest)) < order.index(("download", digest)), order
+    downloads = [r.path.rsplit("/", 1)[1] for r in registry.requests()[mark:] if r.method == "GET" and "/blobs/" in r.path]
+    assert sorted(d for d in downloads if d in layers) == sorted(layers)  # each once
+    activity = registry.blob_activity("team/app-unmounted", mark)
+    assert set(activity["uploaded"]) >= layers and activity["mounted"] == []
+    assert all(Path(LayerStore(str(store)).blob_path(digest)).exists() for digest in layers)  # kept, verified
+    assert pushed_manifest(registry.host, "team/app-unmounted") == pushed_manifest(registry.host, "team/app-out")
+    runs_as_pulled(registry.host, "team/app-unmounted", tmp_path)
+
+
+@SLOW
+def test_an_index_pushed_to_the_bases_registry_mounts_each_platforms_base_layers(tmp_path, base, registry):
+    """An amd64 and an arm64 image on the registry base (an index), pushed as one index to its
+    registry: no base layer downloaded, each mounted, the index the one a batch writing an OCI
+    layout too pushes, each platform's image whole in the registry."""
+    greeting = nix_build(HELLO, "greeting")
+
+    def batch(name: str, target: str, *extra: str) -> Path:
+        image = (f'name = "app"\ntag = "1"\nfrom_image = "{base["registry"]}"\ncontents = ["{greeting}"]\n'
+                 f'config = {{ Env = {json.dumps(APP_CONFIG["Env"])}, Cmd = {json.dumps(APP_CONFIG["Cmd"])} }}\n'
+                 f'push = "docker://{registry.host}/{target}"\n' + "".join(extra))
+        return write_batch(tmp_path / name, "", [f'{image}platform = "linux/{arch}"\n' for arch in ("amd64", "arm64")])
+
+    with_output = run_batch_cli(batch("out.toml", "team/app-index-out:1", f'output = "{tmp_path / "layout"}"\n',
+                                      'format = "oci"\n'), tmp_path / "store-out")
+    assert with_output.returncode == 0, with_output.stderr
+    mark = registry.mark()
+    run = run_batch_cli(batch("push.toml", "team/app-index:1"), tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    layers = {layer["digest"] for layer in base["layout_layers"]}
+    downloads = {r.path.rsplit("/", 1)[1] for r in registry.requests()[mark:] if r.method == "GET" and "/blobs/" in r.path}
+    assert len(downloads) == 2 and not downloads & layers  # each platform's base config
+    assert set(registry.blob_activity("team/app-index", mark)["mounted"]) >= layers
+    assert pushed_manifest(registry.host, "team/app-index") == pushed_manifest(registry.host, "team/app-index-out")
+    for arch in ("arm64", "amd64"):  # every blob of each platform's image is read
+        copy = tmp_path / f"copy-{arch}"
+        skopeo("copy", "--src-tls-verify=false", "--override-arch", arch, f"docker://{registry.host}/team/app-index:1",
+               f"oci:{copy}:x")
+        assert inspect(f"oci:{copy}:x", "--config")["architecture"] == arch
 
 
 @SLOW
