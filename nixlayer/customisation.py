@@ -26,12 +26,12 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 from nixlayer.atomic import atomic_file
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.layer import Entry, LayerBlob, LayerSettings, encode_entry, read_directory, write_encoded
+from nixlayer.layer import Entry, LayerBlob, LayerSettings, NarSize, encode_entry, read_directory, write_encoded
 from nixlayer.spec import SPEC_SUFFIX
 from nixlayer.storepath import on_disk
 
@@ -63,18 +63,22 @@ def _content_dir(content: str, store_root: str) -> tuple[bytes, os.stat_result]:
     return disk, st
 
 
-def content_entries(content: str, store_root: str = "/") -> list[Entry]:
+def content_entries(content: str, store_root: str = "/", nar_size: int | None = None) -> list[Entry]:
     """The entries one contents store path gives the layer, in layer order (by name, compared
     component by component: a depth-first walk by name): each directory below it as a
     directory (mode 0755), everything else as a symlink (mode 0777) to its place in the store.
     Names are their bytes on disk, in every locale, and directories are read as
     ``nixlayer.layer.read_directory`` reads them (never through a symlink swapped in).
+    ``nar_size``: the closure's NAR size of ``content``, which its files must make
+    (``nixlayer.layer.NarSize``; None: not checked).
 
-    Raises NixlayerError when the path is missing or not a directory, or a directory below it
-    cannot be read or changed while it was walked.
+    Raises NixlayerError when the path is missing or not a directory, a directory below it
+    cannot be read or changed while it was walked, or its NAR size is not ``nar_size``.
     """
     entries: list[Entry] = []
     disk, st = _content_dir(content, store_root)
+    nar = NarSize(content)
+    nar.add(content.rpartition("/")[2], "dir", 0, st.st_mode)
     # Depth-first without recursion: what is still to go, last first.
     stack = [(f"/{child}", *rest) for child, *rest in reversed(read_directory(disk, st))]
     while stack:
@@ -82,8 +86,14 @@ def content_entries(content: str, store_root: str = "/") -> list[Entry]:
         if stat.S_ISDIR(st.st_mode):
             entries.append(Entry(name, "dir", 0o755))
             stack.extend((f"{name}/{child}", *rest) for child, *rest in reversed(read_directory(disk, st)))
+            kind = "dir"
         else:
             entries.append(Entry(name, "symlink", 0o777, target=content + name))
+            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+        # A symlink's size is its target's bytes.
+        nar.add(name[name.rfind("/") + 1:], kind, st.st_size, st.st_mode)
+    if nar_size is not None:
+        nar.check(nar_size)
     return entries
 
 
@@ -144,15 +154,16 @@ class Fragments:
         """The fragment file of ``content``."""
         return os.path.join(self.directory, os.path.basename(content))
 
-    def read(self, content: str, store_root: str = "/") -> _Fragment:
-        """The fragment of ``content``, made first if it is missing or damaged. Raises
-        NixlayerError as :func:`content_entries` does (also when a fragment exists: the
-        contents path must still be there), or when the fragment cannot be written."""
+    def read(self, content: str, store_root: str = "/", nar_size: int | None = None) -> _Fragment:
+        """The fragment of ``content``, made first if it is missing or damaged (its files
+        checked against ``nar_size``, see :func:`content_entries`). Raises NixlayerError as
+        :func:`content_entries` does (also when a fragment exists: the contents path must
+        still be there), or when the fragment cannot be written."""
         _content_dir(content, store_root)
         path = self.path(content)
         fragment = _read(path, content)
         if fragment is None:
-            entries = content_entries(content, store_root)
+            entries = content_entries(content, store_root, nar_size)
             try:
                 os.makedirs(self.directory, exist_ok=True)
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -315,18 +326,21 @@ def write_customisation_layer(
     compression: Compression = Compression(),
     store_root: str = "/",
     fragments_dir: str | None = None,
+    nar_sizes: Mapping[str, int] | None = None,
 ) -> LayerBlob:
     """Write the customisation layer of ``contents`` to ``out``; return its digests.
 
     The layer is merged from the contents' fragments in ``fragments_dir`` (made there for the
-    contents that have none; a temporary directory if None): the entries are ordered first,
-    then their headers are copied from the fragments in runs of about 1 MiB. Raises
-    NixlayerError as :func:`check_contents`, before writing a byte.
+    contents that have none, each checked against its NAR size in ``nar_sizes`` if there;
+    a temporary directory if None): the entries are ordered first, then their headers are
+    copied from the fragments in runs of about 1 MiB. Raises NixlayerError as
+    :func:`check_contents`, or for a NAR size that is not the closure's, before writing a byte.
     """
     contents = list(contents)
+    nar_sizes = nar_sizes or {}
     readers = _Readers()
     with _fragments(settings, fragments_dir) as fragments, contextlib.closing(readers):
-        read = [fragments.read(content, store_root) for content in contents]
+        read = [fragments.read(content, store_root, nar_sizes.get(content)) for content in contents]
 
         merged = _merge(contents, [fragment.rows for fragment in read])  # conflicts raise here
 

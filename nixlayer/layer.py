@@ -537,35 +537,53 @@ def write_store_layer(
 def _nar_checked(entries: Iterator[Entry], path: str, nar_size: int) -> Iterator[Entry]:
     """The entries of the store path ``path`` (:func:`store_path_entries`, as listed: modes
     before any permission rule), passed on; once they end, the NAR they make must be
-    ``nar_size`` bytes, else NixlayerError.
-
-    The size follows Nix's NAR serialisation (``nix-store --dump``): each string is its 8-byte
-    length and its bytes, padded to 8; ``nix-archive-1``, then each node: ``( type regular
-    [executable ""] contents <size> <bytes> )`` (executable when its owner may run it),
-    ``( type symlink target <target> )``, or ``( type directory <entries> )``, each entry
-    ``entry ( name <name> node <node> )``.
-    """
-    # "nix-archive-1"; less the entry framing counted below for the store path itself, which has
-    # none (its name: ASCII, as every store path's)
-    size = 24 - 88 - (len(path.rpartition("/")[2]) + 7 & -8)
+    ``nar_size`` bytes (:class:`NarSize`), else NixlayerError."""
+    nar = NarSize(path)
     for entry in entries:
         yield entry
         name = entry.name
-        if name.isascii():
-            length = len(name) - name.rfind("/") - 1
-        else:
-            length = len(name[name.rfind("/") + 1:].encode("utf-8", "surrogateescape"))
         kind = entry.kind
-        if kind == "file":  # entry ( name <name> node ( type regular [executable ""] contents <size> ) )
-            size += 176 + (length + 7 & -8) + (entry.size + 7 & -8) + (32 if entry.mode & stat.S_IXUSR else 0)
-        elif kind == "symlink":  # entry ( name <name> node ( type symlink target <target> ) )
-            target = entry.target
-            size += 176 + (length + 7 & -8) + ((len(target) if target.isascii() else
-                                                len(target.encode("utf-8", "surrogateescape"))) + 7 & -8)
-        else:  # entry ( name <name> node ( type directory ... ) )
-            size += 160 + (length + 7 & -8)
-    if size != nar_size:
-        raise NixlayerError(
-            f"{path} is not the store path the closure names: its files make a NAR of {size} bytes, the closure gives"
-            f" {nar_size} (narSize); a file was added or removed since, or the closure graph is wrong (store paths"
-            " are never changed by Nix): build again when nothing writes to the store path")
+        length = entry.size if kind == "file" else len(entry.target.encode("utf-8", "surrogateescape"))
+        nar.add(name[name.rfind("/") + 1:], kind, length, entry.mode)
+    nar.check(nar_size)
+
+
+class NarSize:
+    """The size of a store path's NAR (Nix's serialisation, ``nix-store --dump``), counted from
+    its listing: its ``narSize``, which Nix registers and a closure gives, so a store path on
+    disk is checked against it without reading its files again.
+
+    In a NAR each string is its 8-byte length and its bytes, padded to 8; it is
+    ``nix-archive-1``, then the store path's node: ``( type regular [executable ""] contents
+    <size> <bytes> )`` (executable when its owner may run it), ``( type symlink target
+    <target> )``, or ``( type directory <entries> )``, each entry ``entry ( name <name> node
+    <node> )``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # "nix-archive-1"; less the entry framing that add counts for the store path itself,
+        # which has none (its name: ASCII, as every store path's)
+        self.size = 24 - 88 - (len(path.rpartition("/")[2]) + 7 & -8)
+
+    def add(self, name: str, kind: str, length: int, mode: int) -> None:
+        """Count a node: the store path or a file below it, its ``name`` (a file name, as
+        :func:`file_name` reads it), ``kind`` ("file", "dir" or "symlink"), ``length`` (a file's
+        size, a symlink target's bytes) and ``mode`` (its permission bits)."""
+        if not name.isascii():
+            name = name.encode("utf-8", "surrogateescape")
+        # entry ( name <name> node ( type ...: 88 bytes and the name; then the node's own
+        if kind == "file":  # regular [executable ""] contents <size> <bytes> )
+            self.size += 176 + (len(name) + 7 & -8) + (length + 7 & -8) + (32 if mode & stat.S_IXUSR else 0)
+        elif kind == "symlink":  # symlink target <target> )
+            self.size += 176 + (len(name) + 7 & -8) + (length + 7 & -8)
+        else:  # directory <entries> )
+            self.size += 160 + (len(name) + 7 & -8)
+
+    def check(self, nar_size: int) -> None:
+        """Raise NixlayerError unless the nodes counted make a NAR of ``nar_size`` bytes."""
+        if self.size != nar_size:
+            raise NixlayerError(
+                f"{self.path} is not the store path the closure names: its files make a NAR of {self.size} bytes, the"
+                f" closure gives {nar_size} (narSize); a file was added or removed since, or the closure graph is"
+                " wrong (store paths are never changed by Nix): build again when nothing writes to the store path")

@@ -37,7 +37,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 from nixlayer.compression import Compression
 from nixlayer.customisation import content_entries
@@ -104,9 +104,11 @@ def _copy_dir(path: str, store_root: str) -> str:
     return disk
 
 
-def _sources(contents: Sequence[str], tree: RootTree, store_root: str) -> list[tuple[str, str, list[Entry]]]:
-    """(what, store path, entries) of each contents and copy_to_root path, in that order."""
-    sources = [(f"contents {c}", c, content_entries(c, store_root)) for c in contents]
+def _sources(contents: Sequence[str], tree: RootTree, store_root: str,
+             nar_sizes: Mapping[str, int] | None = None) -> list[tuple[str, str, list[Entry]]]:
+    """(what, store path, entries) of each contents and copy_to_root path, in that order; the
+    contents checked against their NAR sizes in ``nar_sizes`` (``content_entries``)."""
+    sources = [(f"contents {c}", c, content_entries(c, store_root, (nar_sizes or {}).get(c))) for c in contents]
     for path in tree.copy_to_root:
         sources.append((f"copy_to_root {path}", path, list(tree_entries("", _copy_dir(path, store_root)))[1:]))
     return sources
@@ -221,7 +223,8 @@ def _order(name: str) -> list[str]:
 
 
 def root_entries(contents: Sequence[str], tree: RootTree, work: str, settings: LayerSettings,
-                 store_root: str = "/", store_dir: str = DEFAULT_STORE_DIR) -> list[Entry]:
+                 store_root: str = "/", store_dir: str = DEFAULT_STORE_DIR,
+                 nar_sizes: Mapping[str, int] | None = None) -> list[Entry]:
     """The customisation layer's entries (see the module doc), in layer order. ``work`` is an
     empty directory for the tree, the database and the commands; files are read from it when
     the entries are written, so it must outlive them.
@@ -230,7 +233,7 @@ def root_entries(contents: Sequence[str], tree: RootTree, work: str, settings: L
     and last line of output) or makes a FIFO, socket or device file.
     """
     store_dir = normalize_store_dir(store_dir)
-    sources: list[tuple[str, str | None, list[Entry]]] = list(_sources(contents, tree, store_root))
+    sources: list[tuple[str, str | None, list[Entry]]] = list(_sources(contents, tree, store_root, nar_sizes))
     if tree.nix_db:
         db = os.path.join(work, "nix-db")
         os.mkdir(db)
@@ -261,11 +264,12 @@ def root_entries(contents: Sequence[str], tree: RootTree, work: str, settings: L
 
 def write_root_layer(contents: Sequence[str], tree: RootTree, out: BinaryIO, settings: LayerSettings = LayerSettings(),
                      compression: Compression = Compression(), store_root: str = "/",
-                     store_dir: str = DEFAULT_STORE_DIR) -> LayerBlob:
+                     store_dir: str = DEFAULT_STORE_DIR, nar_sizes: Mapping[str, int] | None = None) -> LayerBlob:
     """Write the customisation layer of ``contents`` and ``tree`` to ``out``; its digests.
-    Raises NixlayerError as :func:`root_entries`, before a byte is written."""
+    ``nar_sizes``: the closure's NAR sizes the contents are checked against. Raises
+    NixlayerError as :func:`root_entries`, before a byte is written."""
     with tempfile.TemporaryDirectory(prefix="nixlayer-root-") as work:
-        entries = root_entries(contents, tree, work, settings, store_root, store_dir)
+        entries = root_entries(contents, tree, work, settings, store_root, store_dir, nar_sizes)
         return write_entries(entries, out, settings, compression)
 
 

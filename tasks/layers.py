@@ -305,10 +305,10 @@ class CustomisationLayer(BatchableLayer):
         tree = self.tree()
         if tree:
             return write_root_layer(self.store_paths(), tree, out, self.settings(), self.compressor(),
-                                    self.store_root, self.store_dir)
+                                    self.store_root, self.store_dir, runlog.nar_sizes(self.store_paths()))
         return write_customisation_layer(
             self.store_paths(), out, self.settings(), self.compressor(), self.store_root,
-            self.layer_store().fragments_dir(self.settings(), self.store_dir),
+            self.layer_store().fragments_dir(self.settings(), self.store_dir), runlog.nar_sizes(self.store_paths()),
         )
 
 

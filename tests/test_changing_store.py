@@ -191,10 +191,13 @@ def test_an_error_found_while_listing_after_pieces_were_written_leaves_nothing(t
 
 
 @pytest.mark.parametrize("change", ["added", "removed"])
-def test_a_file_added_or_removed_after_planning_is_refused(tmp_path, change):
+@pytest.mark.parametrize("which", ["-lib0-0", "-app0"])
+def test_a_file_added_or_removed_after_planning_is_refused(tmp_path, change, which):
     """A store path whose files no longer make the NAR the closure names (a file added to or
     removed from a writable --store-root after the closure was read) is refused at its layer,
-    naming it and both sizes, and nothing is kept; put back, it builds the layer it had."""
+    and, for a contents path, at the customisation layer's walk of it, naming it and both
+    sizes; nothing is kept, the customisation layer's fragment of it neither: put back, the
+    image is the one it was."""
     from test_batch import synthetic_store
 
     root = tmp_path / "root"
@@ -202,7 +205,7 @@ def test_a_file_added_or_removed_after_planning_is_refused(tmp_path, change):
     graph = graph_from_store_dir(roots, str(root), "/nix/store")
     (tmp_path / "graph.json").write_text(json.dumps(
         [{"path": p, "narSize": graph.nar_size(p), "references": sorted(graph.references(p))} for p in graph]))
-    lib = next(p for p in graph if "-lib0-0" in p)
+    lib = next(p for p in graph if p.endswith(which))
     disk = root / lib.lstrip("/")
     victim = sorted(f for f in disk.rglob("*") if f.is_file())[0]
     kept = victim.read_bytes()

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from nixlayer.compression import Compression
-from nixlayer.customisation import check_contents, customisation_entries, write_customisation_layer
+from nixlayer.customisation import check_contents, content_entries, customisation_entries, write_customisation_layer
 from nixlayer.errors import NixlayerError
 from nixlayer.layer import Entry, LayerSettings, write_entries, write_store_layer
 from nixlayer.layerstore import LayerStore
@@ -131,11 +131,16 @@ def test_missing_store_path_and_path_outside_the_store(tmp_path):
 
 def test_store_paths_are_checked_against_the_nar_size_nix_registered(vectors, vectors_app):
     """Each vector store path (long and non-ASCII names, symlinks, an executable) makes, as
-    listed, a NAR of the size Nix registered for it; a size Nix did not register is refused."""
+    its layer lists it and as the customisation layer walks it, a NAR of the size Nix
+    registered for it; a size Nix did not register is refused."""
     for path in vectors["store_paths"].values():
         size = int(subprocess.run(["nix-store", "--query", "--size", path], capture_output=True, text=True,
                                   check=True).stdout)
         write_store_layer([path], io.BytesIO(), nar_sizes={path: size})
+        if os.path.isdir(path):
+            content_entries(path, "/", size)
+            with pytest.raises(NixlayerError, match="the closure gives 1 "):
+                content_entries(path, "/", 1)
         with pytest.raises(NixlayerError, match="^" + re.escape(f"{path} is not the store path the closure names: its"
                                                               f" files make a NAR of {size} bytes, the closure gives"
                                                               f" {size + 8} (narSize);")):
