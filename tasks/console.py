@@ -107,8 +107,9 @@ def plan(title: str, layers: list[tuple[str, list[str], int, bool]], nar_sizes: 
     of the build once, as (its record path, the store paths it holds, the bytes it is planned to
     be (``tasks.runlog``), whether it is in the layer store already); a customisation or base
     layer holds none. ``nar_sizes``: store path -> NAR size (None: unknown), for the closure's
-    size. The bytes to write are left out of the line when none are known (a customisation
-    layer of links): the summary gives those written.
+    size, left out of the line unless every one is known. The bytes to write are left out of
+    the line when none are known (a customisation layer of links): the summary gives those
+    written.
     ``summary(entries)``: the summary lines of the run, from the run log's entries, printed
     at its end (none if it returns none). The run log must be started.
 
@@ -125,9 +126,10 @@ def plan(title: str, layers: list[tuple[str, list[str], int, bool]], nar_sizes: 
     if not luigi_command():
         return
     paths = {path for _, layer_paths, _, _ in layers for path in layer_paths}
-    total = sum(nar_sizes.get(path) or 0 for path in paths)
+    known = all(nar_sizes.get(path) is not None for path in paths)  # a closure graph may give none
+    total = f" ({size(sum(nar_sizes[path] for path in paths))})" if known else ""
     to_bytes = sum(planned.values())
-    print(f"nixlayer: {title}: {count(len(paths), 'store path')} ({size(total)}) in {count(len(layers), 'layer')}:"
+    print(f"nixlayer: {title}: {count(len(paths), 'store path')}{total} in {count(len(layers), 'layer')}:"
           f" {len(planned)} to write{f' ({size(to_bytes)})' if to_bytes else ''}, {len(layers) - len(planned)} reused",
           file=sys.stderr, flush=True)
     _console = _Console(len(planned), to_bytes, summary)

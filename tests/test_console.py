@@ -326,6 +326,19 @@ def test_a_stream_counts_the_bytes_it_streamed(tmp_path, vectors_app, to):
                             f" in {summary.rsplit(' in ', 1)[1]}"), summary
 
 
+def test_the_plan_line_gives_no_closure_size_it_does_not_know(tmp_path, vectors_app):
+    """A closure graph without NAR sizes: the plan line gives the store paths, not "(0 B)"."""
+    closure = subprocess.run(["nix-store", "-qR", vectors_app], capture_output=True, text=True, check=True).stdout.split()
+    graph = [{"path": p, "references": subprocess.run(["nix-store", "-q", "--references", p], capture_output=True,
+                                                      text=True, check=True).stdout.split()} for p in closure]
+    (tmp_path / "graph.json").write_text(json.dumps(graph))
+    run = run_pipelines(["BuildImage", "--name", "vec", "--tag", "1", "--contents", json.dumps([vectors_app]),
+                         "--closure-graph", str(tmp_path / "graph.json"), "--layering", "popularity",
+                         "--output", str(tmp_path / "v.tar")], tmp_path / "store")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[0] == "nixlayer: vec:1: 5 store paths in 6 layers: 6 to write, 0 reused", run.stderr
+
+
 def test_the_plan_line_gives_no_size_it_does_not_know(tmp_path, vectors_app):
     """A rebuild that writes only the customisation layer (links and commands: no NAR size to
     plan by) says how many layers it writes, not "(0 B)"; the summary gives the bytes written."""
