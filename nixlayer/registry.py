@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import ipaddress
@@ -721,13 +722,19 @@ def _try_mount(client: _Client, blob: Blob, sources: Sequence[str]) -> tuple[str
                 continue
             if i == len(sources) - 1:
                 return None, location
-            try:  # cancel the session the registry opened; the next candidate may mount
-                client.send("DELETE", location)
-            except (_Transient, NixlayerError):
-                pass
+            _cancel(client, location)  # the next candidate may mount
             continue
         # Any other answer: the registry does not do mounts from here; upload instead.
     return None, None
+
+
+def _cancel(client: _Client, location: str | None) -> None:
+    """Cancel the upload session at ``location``, if any, with a ``DELETE`` of it (Docker's
+    registry API; the OCI spec leaves abandoned sessions to expire): a registry that does not
+    take it keeps the session until then."""
+    if location is not None:
+        with contextlib.suppress(_Transient, NixlayerError):
+            client.send("DELETE", location)
 
 
 def _upload_once(client: _Client, blob: Blob, chunk_size: int | None, location: str | None) -> None:
@@ -784,7 +791,11 @@ def _upload(client: _Client, blob: Blob, chunk_size: int | None, location: str |
     NixlayerError naming its file, before anything is sent, if its bytes do not match its digest.
     A blob with a ``fetch`` whose file is absent is fetched first."""
     if blob.fetch is not None and not blob.path.exists():
-        blob.fetch()
+        try:
+            blob.fetch()
+        except BaseException:
+            _cancel(client, location)  # the session a mount opened instead of mounting
+            raise
     try:
         actual = blob.path.stat().st_size
     except OSError as exc:

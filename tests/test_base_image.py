@@ -236,6 +236,26 @@ def test_a_push_to_the_bases_registry_mounts_the_base_layers_without_downloading
             r.path.rsplit("/", 1)[1] in layers] == []
 
 
+def test_a_base_layer_gone_from_the_base_repository_fails_the_push_and_cancels_its_upload(tmp_path, base, registry):
+    """A base whose repository no longer holds one of its layers (deleted there): the mount
+    opens an upload session instead (202), the download then finds nothing; the push fails in
+    one line naming the blob, and cancels that session rather than leave it to expire."""
+    source = f"docker://{registry.host}/lib/gone:1"
+    skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", base["registry"], source)
+    digest = sorted(layer["digest"] for layer in base["layout_layers"])[0]
+    subprocess.run(["curl", "-sSf", "-X", "DELETE", f"http://{registry.host}/v2/lib/gone/blobs/{digest}"], check=True)
+    mark = registry.mark()
+    run = build_app(tmp_path, tmp_path / "store", source, "--push", f"docker://{registry.host}/team/app-gone:1",
+                    output=None)
+    assert run.returncode == 30, run.stderr
+    assert run.stderr.splitlines()[-1].startswith("nixlayer: error: ") and digest in run.stderr.splitlines()[-1]
+    requests = registry.requests()[mark:]
+    mounts = [r for r in requests if r.method == "POST" and r.query.get("mount") == digest]
+    assert [r.status for r in mounts] == [202], requests
+    cancelled = [r for r in requests if r.method == "DELETE" and r.path.startswith("/v2/team/app-gone/blobs/uploads/")]
+    assert [r.status for r in cancelled] == [204], requests
+
+
 def test_a_base_layer_the_registry_will_not_mount_is_downloaded_then_and_uploaded(tmp_path, base, registry):
     """A registry that refuses to mount from the base's repository (403, as distribution answers
     a pusher without pull access there; a proxy in front of the registry answers it): each base
