@@ -78,7 +78,7 @@ def content_entries(content: str, store_root: str = "/", nar_size: int | None = 
     entries: list[Entry] = []
     disk, st = _content_dir(content, store_root)
     nar = NarSize(content)
-    nar.add(content.rpartition("/")[2], "dir", 0, st.st_mode)
+    nar.add(len(content.rpartition("/")[2]), "dir", 0, st.st_mode)  # a store path's name is ASCII
     # Depth-first without recursion: what is still to go, last first.
     stack = [(f"/{child}", *rest) for child, *rest in reversed(read_directory(disk, st))]
     while stack:
@@ -90,8 +90,8 @@ def content_entries(content: str, store_root: str = "/", nar_size: int | None = 
         else:
             entries.append(Entry(name, "symlink", 0o777, target=content + name))
             kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file"
-        # A symlink's size is its target's bytes.
-        nar.add(name[name.rfind("/") + 1:], kind, st.st_size, st.st_mode)
+        # The name's bytes are the end of its path on disk; a symlink's size is its target's.
+        nar.add(len(disk) - disk.rfind(b"/") - 1, kind, st.st_size, st.st_mode)
     if nar_size is not None:
         nar.check(nar_size)
     return entries

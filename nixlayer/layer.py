@@ -539,12 +539,21 @@ def _nar_checked(entries: Iterator[Entry], path: str, nar_size: int) -> Iterator
     before any permission rule), passed on; once they end, the NAR they make must be
     ``nar_size`` bytes (:class:`NarSize`), else NixlayerError."""
     nar = NarSize(path)
+    add = nar.add
     for entry in entries:
         yield entry
-        name = entry.name
-        kind = entry.kind
-        length = entry.size if kind == "file" else len(entry.target.encode("utf-8", "surrogateescape"))
-        nar.add(name[name.rfind("/") + 1:], kind, length, entry.mode)
+        name, kind = entry.name, entry.kind
+        # ASCII names and link targets, nearly all, need no encoding to be counted in bytes
+        if name.isascii():
+            name_length = len(name) - name.rfind("/") - 1
+        else:
+            name_length = len(name[name.rfind("/") + 1:].encode("utf-8", "surrogateescape"))
+        if kind == "file":
+            add(name_length, kind, entry.size, entry.mode)
+        else:
+            target = entry.target
+            add(name_length, kind, len(target) if target.isascii() else len(target.encode("utf-8", "surrogateescape")),
+                entry.mode)
     nar.check(nar_size)
 
 
@@ -566,19 +575,17 @@ class NarSize:
         # which has none (its name: ASCII, as every store path's)
         self.size = 24 - 88 - (len(path.rpartition("/")[2]) + 7 & -8)
 
-    def add(self, name: str, kind: str, length: int, mode: int) -> None:
-        """Count a node: the store path or a file below it, its ``name`` (a file name, as
-        :func:`file_name` reads it), ``kind`` ("file", "dir" or "symlink"), ``length`` (a file's
-        size, a symlink target's bytes) and ``mode`` (its permission bits)."""
-        if not name.isascii():
-            name = name.encode("utf-8", "surrogateescape")
+    def add(self, name_length: int, kind: str, length: int, mode: int) -> None:
+        """Count a node: the store path or a file below it, its name's length in bytes, its
+        ``kind`` ("file", "dir" or "symlink"), ``length`` (a file's size, a symlink target's
+        bytes) and ``mode`` (its permission bits)."""
         # entry ( name <name> node ( type ...: 88 bytes and the name; then the node's own
         if kind == "file":  # regular [executable ""] contents <size> <bytes> )
-            self.size += 176 + (len(name) + 7 & -8) + (length + 7 & -8) + (32 if mode & stat.S_IXUSR else 0)
+            self.size += 176 + (name_length + 7 & -8) + (length + 7 & -8) + (32 if mode & stat.S_IXUSR else 0)
         elif kind == "symlink":  # symlink target <target> )
-            self.size += 176 + (len(name) + 7 & -8) + (length + 7 & -8)
+            self.size += 176 + (name_length + 7 & -8) + (length + 7 & -8)
         else:  # directory <entries> )
-            self.size += 160 + (len(name) + 7 & -8)
+            self.size += 160 + (name_length + 7 & -8)
 
     def check(self, nar_size: int) -> None:
         """Raise NixlayerError unless the nodes counted make a NAR of ``nar_size`` bytes."""
