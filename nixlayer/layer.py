@@ -475,9 +475,7 @@ def _open_listed(entry: Entry) -> int:
             raise NixlayerError(_changed(where, "it was removed")) from None
         raise NixlayerError(f"cannot read {where}: {e.strerror or e}") from None
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != entry.inode or st.st_size != entry.size or not stat.S_ISREG(st.st_mode):
-            _check_unchanged(entry, st, "it is another file now")  # the whole check, naming a change
+        _check_unchanged(entry, os.fstat(fd), "it is another file now")
     except BaseException:
         os.close(fd)
         raise
@@ -525,8 +523,8 @@ def write_store_layer(
 
     def entries() -> Iterator[Entry]:
         yield from (with_perms(entry, matcher, None) for entry in parent_dirs(store_dir))
-        for path in paths:
-            listed = store_path_entries(path, store_root, store_dir)
+        for path in paths:  # checked above: store_path_entries would check each again
+            listed = tree_entries(path, on_disk(store_root, path))
             if nar_sizes.get(path) is not None:
                 listed = _nar_checked(listed, path, nar_sizes[path])
             yield from (with_perms(entry, matcher, path) for entry in listed) if perms else listed
